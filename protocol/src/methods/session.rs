@@ -1,0 +1,183 @@
+//! Session methods: `auth`, `auth.refresh`, `ping`, `cancel`, and the
+//! `token.expiring` and `closing` notifications.
+
+use minicbor::{Decode, Encode};
+
+use crate::method::{NotificationMethod, RpcMethod};
+use crate::raw::{RawRef, RawValue};
+
+/// An empty map `{}`: the result of methods that return nothing else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Empty {}
+
+/// `auth` params: `{0: token, ? 1: instance, ? 2: agent}`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct AuthParams<'a> {
+    /// The JWT (compact serialization).
+    #[b(0)]
+    pub token: &'a str,
+    /// Client instance id (e.g. a device id). A newer connection of the same
+    /// user with the same instance replaces the older one (close 4009).
+    #[b(1)]
+    pub instance: Option<&'a str>,
+    /// Free-form client name and version, for logs and metrics.
+    #[b(2)]
+    pub agent: Option<&'a str>,
+}
+
+/// The limits the server announces in the `auth` result. A client must stay
+/// within them; values are fixed for the life of the connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ServerLimits {
+    /// Largest frame the server accepts, in bytes.
+    #[n(0)]
+    pub max_frame_size: u64,
+    /// Most requests in flight at once on one connection.
+    #[n(1)]
+    pub max_in_flight: u64,
+    /// Most subscriptions on one connection.
+    #[n(2)]
+    pub max_subscriptions: u64,
+    /// Longest topic or pattern, in bytes.
+    #[n(3)]
+    pub max_topic_len: u64,
+    /// Largest publish payload (`data`), in encoded bytes.
+    #[n(4)]
+    pub max_payload: u64,
+    /// Largest presence info, in encoded bytes.
+    #[n(5)]
+    pub max_presence_info: u64,
+    /// Interval of the server's WebSocket pings, in milliseconds.
+    #[n(6)]
+    pub ping_interval_ms: u64,
+    /// Sustained request rate allowed, per second.
+    #[n(7)]
+    pub rate_per_sec: u64,
+    /// Burst of requests allowed above the sustained rate.
+    #[n(8)]
+    pub rate_burst: u64,
+}
+
+/// `auth` result: `{0: session, 1: user, ? 2: expires_in_ms, 3: limits}`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct AuthResult {
+    /// The server-assigned id of this connection.
+    #[n(0)]
+    pub session: String,
+    /// The authenticated user (the token's `sub`).
+    #[n(1)]
+    pub user: String,
+    /// Time until the token expires, in milliseconds; absent if it never does.
+    #[n(2)]
+    pub expires_in_ms: Option<u64>,
+    /// The limits in force on this connection.
+    #[n(3)]
+    pub limits: ServerLimits,
+}
+
+/// `auth` — authenticate the connection. Must be the first frame.
+#[derive(Debug)]
+pub enum Auth {}
+impl RpcMethod for Auth {
+    const NAME: &'static str = "auth";
+    type Params<'a> = AuthParams<'a>;
+    type Result = AuthResult;
+}
+
+/// `auth.refresh` params: `{0: token}`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct AuthRefreshParams<'a> {
+    /// The new JWT; its `sub` must equal the session's user.
+    #[b(0)]
+    pub token: &'a str,
+}
+
+/// `auth.refresh` result: `{? 0: expires_in_ms}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct AuthRefreshResult {
+    /// Time until the new token expires, in milliseconds.
+    #[n(0)]
+    pub expires_in_ms: Option<u64>,
+}
+
+/// `auth.refresh` — swap in a fresh token without reconnecting.
+#[derive(Debug)]
+pub enum AuthRefresh {}
+impl RpcMethod for AuthRefresh {
+    const NAME: &'static str = "auth.refresh";
+    type Params<'a> = AuthRefreshParams<'a>;
+    type Result = AuthRefreshResult;
+}
+
+/// `ping` — the result is the params, unchanged (any CBOR item).
+#[derive(Debug)]
+pub enum Ping {}
+impl RpcMethod for Ping {
+    const NAME: &'static str = "ping";
+    type Params<'a> = RawRef<'a>;
+    type Result = RawValue;
+}
+
+/// `cancel` params: `{0: id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct CancelParams {
+    /// The id of the in-flight request to abort.
+    #[n(0)]
+    pub id: u64,
+}
+
+/// `cancel` — client notification aborting an in-flight request, which then
+/// answers `cancelled` (or its normal result, if it had already finished).
+#[derive(Debug)]
+pub enum Cancel {}
+impl NotificationMethod for Cancel {
+    const NAME: &'static str = "cancel";
+    type Params<'a> = CancelParams;
+}
+
+/// `token.expiring` params: `{0: expires_in_ms}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct TokenExpiringParams {
+    /// Time left before the server closes with 4002, in milliseconds.
+    #[n(0)]
+    pub expires_in_ms: u64,
+}
+
+/// `token.expiring` — the token expires soon; call `auth.refresh`.
+#[derive(Debug)]
+pub enum TokenExpiring {}
+impl NotificationMethod for TokenExpiring {
+    const NAME: &'static str = "token.expiring";
+    type Params<'a> = TokenExpiringParams;
+}
+
+/// `closing` params: `{0: code, 1: reason, ? 2: retry_after_ms}`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct ClosingParams<'a> {
+    /// The WebSocket close code that will follow.
+    #[n(0)]
+    pub code: u16,
+    /// Human-readable reason.
+    #[b(1)]
+    pub reason: &'a str,
+    /// How long to wait before reconnecting, in milliseconds.
+    #[n(2)]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// `closing` — sent before the server closes the connection on purpose.
+#[derive(Debug)]
+pub enum Closing {}
+impl NotificationMethod for Closing {
+    const NAME: &'static str = "closing";
+    type Params<'a> = ClosingParams<'a>;
+}

@@ -1,0 +1,68 @@
+use super::*;
+use crate::{RawValue, decode_params};
+
+#[test]
+fn publish_params_borrow_and_skip_unknown_keys() {
+    // {0: "a.b", 1: h'0102', 9: "future", 2: false}
+    let data = RawValue::encode(&minicbor::bytes::ByteArray::from([1u8, 2])).unwrap();
+    let raw = RawValue::encode(&PublishParams {
+        topic: "a.b",
+        data: data.as_raw_ref(),
+        echo: Some(false),
+    })
+    .unwrap();
+    let p: PublishParams = decode_params(&raw).unwrap();
+    assert_eq!(p.topic, "a.b");
+    assert_eq!(p.data.as_bytes(), &[0x42, 1, 2]);
+    assert_eq!(p.echo, Some(false));
+
+    let with_unknown = hex_bytes("a4006361 2e62014201 02096666 75747572 6502f4");
+    let raw = RawValue::from_bytes(with_unknown.into(), &Default::default()).unwrap();
+    let p: PublishParams = decode_params(&raw).unwrap();
+    assert_eq!((p.topic, p.echo), ("a.b", Some(false)));
+}
+
+#[test]
+fn missing_or_mistyped_fields_are_invalid_params() {
+    let raw = RawValue::encode(&5u8).unwrap();
+    assert_eq!(
+        decode_params::<SubscribeParams>(&raw).unwrap_err().code,
+        crate::ErrorCode::InvalidParams
+    );
+    // {1: true}: topic missing
+    let raw = RawValue::from_bytes(vec![0xa1, 0x01, 0xf5].into(), &Default::default()).unwrap();
+    assert!(decode_params::<SubscribeParams>(&raw).is_err());
+}
+
+#[test]
+fn results_round_trip() {
+    let r = AuthResult {
+        session: "s1".into(),
+        user: "alice".into(),
+        expires_in_ms: Some(1000),
+        limits: ServerLimits {
+            max_frame_size: 1 << 20,
+            ..Default::default()
+        },
+    };
+    let raw = RawValue::encode(&r).unwrap();
+    assert_eq!(raw.decode::<AuthResult>().unwrap(), r);
+    let g = PresenceGetResult {
+        members: vec![Member {
+            session: "s".into(),
+            user: "u".into(),
+            info: Some(RawValue::encode(&"here").unwrap()),
+        }],
+        next: None,
+    };
+    assert_eq!(RawValue::encode(&g).unwrap().decode::<PresenceGetResult>().unwrap(), g);
+    assert_eq!(RawValue::encode(&Empty {}).unwrap().as_bytes(), &[0xa0]);
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}

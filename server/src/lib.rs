@@ -1,0 +1,2 @@
+//! The Plexus hub.
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! The plexus binary.
+#![forbid(unsafe_code)]
+fn main() {}
