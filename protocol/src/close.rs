@@ -97,6 +97,9 @@ close_codes! {
     /// 4009: a newer connection of the same user and client instance
     /// replaced this one.
     SessionReplaced = 4009, "session_replaced", reconnect: Never;
+    /// 4010: the client did not answer the server's WebSocket ping within
+    /// the keepalive timeout.
+    KeepaliveTimeout = 4010, "keepalive_timeout", reconnect: WithBackoff;
 }
 
 impl std::fmt::Display for CloseCode {

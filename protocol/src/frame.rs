@@ -320,7 +320,8 @@ pub type EncodeError = minicbor::encode::Error<Infallible>;
 ///
 /// ```
 /// use plexus_protocol::frame::encode_request;
-/// let bytes = encode_request(7, "ping", &()).unwrap();
+/// use plexus_protocol::RawValue;
+/// let bytes = encode_request(7, "ping", &RawValue::null()).unwrap();
 /// assert_eq!(bytes, [0x84, 0x00, 0x07, 0x64, b'p', b'i', b'n', b'g', 0xf6]);
 /// ```
 pub fn encode_request<T: Encode<()>>(id: u64, method: &str, params: &T) -> Result<Vec<u8>, EncodeError> {
