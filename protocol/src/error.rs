@@ -194,7 +194,10 @@ impl<C> Encode<C> for ErrorCode {
 }
 
 impl<'b, C> Decode<'b, C> for ErrorCode {
-    fn decode(d: &mut minicbor::Decoder<'b>, _ctx: &mut C) -> Result<Self, minicbor::decode::Error> {
+    fn decode(
+        d: &mut minicbor::Decoder<'b>,
+        _ctx: &mut C,
+    ) -> Result<Self, minicbor::decode::Error> {
         Ok(ErrorCode::from_name(d.str()?))
     }
 }

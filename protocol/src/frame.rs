@@ -263,11 +263,13 @@ fn decode_envelope(bytes: &Bytes) -> Result<Frame, DecodeError> {
             })?;
             let outcome = match status {
                 STATUS_OK => Ok(raw(&mut d)?),
-                STATUS_ERROR => Err(d.decode::<WireError>().map_err(|_| {
-                    DecodeError::InvalidEnvelope {
-                        reason: "invalid error object",
-                    }
-                })?),
+                STATUS_ERROR => {
+                    Err(d
+                        .decode::<WireError>()
+                        .map_err(|_| DecodeError::InvalidEnvelope {
+                            reason: "invalid error object",
+                        })?)
+                }
                 _ => {
                     return Err(DecodeError::InvalidEnvelope {
                         reason: "unknown response status",
@@ -324,7 +326,11 @@ pub type EncodeError = minicbor::encode::Error<Infallible>;
 /// let bytes = encode_request(7, "ping", &RawValue::null()).unwrap();
 /// assert_eq!(bytes, [0x84, 0x00, 0x07, 0x64, b'p', b'i', b'n', b'g', 0xf6]);
 /// ```
-pub fn encode_request<T: Encode<()>>(id: u64, method: &str, params: &T) -> Result<Vec<u8>, EncodeError> {
+pub fn encode_request<T: Encode<()>>(
+    id: u64,
+    method: &str,
+    params: &T,
+) -> Result<Vec<u8>, EncodeError> {
     encode_with(|e| {
         e.array(4)?.u64(KIND_REQUEST)?.u64(id)?.str(method)?;
         params.encode(e, &mut ())
@@ -352,7 +358,10 @@ pub fn encode_error(id: u64, error: &WireError) -> Vec<u8> {
 ///
 /// The hub uses this to build an `event` once per publish and share the
 /// bytes with every subscriber.
-pub fn encode_notification<T: Encode<()>>(method: &str, params: &T) -> Result<Vec<u8>, EncodeError> {
+pub fn encode_notification<T: Encode<()>>(
+    method: &str,
+    params: &T,
+) -> Result<Vec<u8>, EncodeError> {
     encode_with(|e| {
         e.array(3)?.u64(KIND_NOTIFICATION)?.str(method)?;
         params.encode(e, &mut ())
@@ -360,7 +369,12 @@ pub fn encode_notification<T: Encode<()>>(method: &str, params: &T) -> Result<Ve
 }
 
 /// Encodes a chunk frame straight from typed data.
-pub fn encode_chunk<T: Encode<()>>(id: u64, seq: u64, fin: bool, data: &T) -> Result<Vec<u8>, EncodeError> {
+pub fn encode_chunk<T: Encode<()>>(
+    id: u64,
+    seq: u64,
+    fin: bool,
+    data: &T,
+) -> Result<Vec<u8>, EncodeError> {
     encode_with(|e| {
         e.array(5)?.u64(KIND_CHUNK)?.u64(id)?.u64(seq)?.bool(fin)?;
         data.encode(e, &mut ())

@@ -58,7 +58,9 @@ impl RawValue {
     }
 
     /// Encodes a value with minicbor.
-    pub fn encode<T: Encode<()>>(value: &T) -> Result<Self, minicbor::encode::Error<std::convert::Infallible>> {
+    pub fn encode<T: Encode<()>>(
+        value: &T,
+    ) -> Result<Self, minicbor::encode::Error<std::convert::Infallible>> {
         Ok(RawValue(Bytes::from(minicbor::to_vec(value)?)))
     }
 

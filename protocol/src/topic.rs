@@ -211,7 +211,10 @@ mod tests {
         assert_eq!(Topic::parse("a.", 10), Err(TopicError::EmptyToken));
         assert_eq!(Topic::parse("a b", 10), Err(TopicError::InvalidChar));
         assert_eq!(Topic::parse("a.>", 10), Err(TopicError::Wildcard));
-        assert_eq!(Topic::parse("abcdefghijk", 10), Err(TopicError::TooLong { max: 10 }));
+        assert_eq!(
+            Topic::parse("abcdefghijk", 10),
+            Err(TopicError::TooLong { max: 10 })
+        );
         assert_eq!(Pattern::parse("a.>.b", 10), Err(TopicError::Wildcard));
         assert_eq!(Pattern::parse("a.b*", 10), Err(TopicError::Wildcard));
         assert!(Pattern::parse("*.>", 10).is_ok());

@@ -182,11 +182,23 @@ mod tests {
 
     #[test]
     fn depth_is_bounded() {
-        let deep = [0x81u8; 9].iter().copied().chain([0x00]).collect::<Vec<_>>();
+        let deep = [0x81u8; 9]
+            .iter()
+            .copied()
+            .chain([0x00])
+            .collect::<Vec<_>>();
         assert!(matches!(ok(&deep), Err(DecodeError::TooDeep { max: 8 })));
-        let fine = [0x81u8; 7].iter().copied().chain([0x00]).collect::<Vec<_>>();
+        let fine = [0x81u8; 7]
+            .iter()
+            .copied()
+            .chain([0x00])
+            .collect::<Vec<_>>();
         assert!(ok(&fine).is_ok());
-        let tags = [0xc1u8; 9].iter().copied().chain([0x00]).collect::<Vec<_>>();
+        let tags = [0xc1u8; 9]
+            .iter()
+            .copied()
+            .chain([0x00])
+            .collect::<Vec<_>>();
         assert!(matches!(ok(&tags), Err(DecodeError::TooDeep { .. })));
     }
 

@@ -55,7 +55,13 @@ fn results_round_trip() {
         }],
         next: None,
     };
-    assert_eq!(RawValue::encode(&g).unwrap().decode::<PresenceGetResult>().unwrap(), g);
+    assert_eq!(
+        RawValue::encode(&g)
+            .unwrap()
+            .decode::<PresenceGetResult>()
+            .unwrap(),
+        g
+    );
     assert_eq!(RawValue::encode(&Empty {}).unwrap().as_bytes(), &[0xa0]);
 }
 
