@@ -1,7 +1,7 @@
 //! WebSocket close codes used by plexus.v1.
 //!
 //! Application codes live in 4000–4099; each has exactly one meaning. The
-//! standard codes 1000, 1002, 1003, 1009 and 1011 are used where they fit.
+//! standard codes 1000, 1002, 1003 and 1009 are used where they fit.
 
 macro_rules! close_codes {
     ($( $(#[$doc:meta])* $variant:ident = $code:literal, $name:literal, reconnect: $reconnect:ident; )*) => {
@@ -71,8 +71,6 @@ close_codes! {
     UnsupportedData = 1003, "unsupported_data", reconnect: Never;
     /// 1009: a message exceeded the maximum frame size.
     MessageTooBig = 1009, "message_too_big", reconnect: WithBackoff;
-    /// 1011: the server hit an unexpected internal error.
-    InternalError = 1011, "internal_error", reconnect: WithBackoff;
     /// 4000: the `auth` request failed (bad token, signature, claims).
     AuthFailed = 4000, "auth_failed", reconnect: Never;
     /// 4001: no `auth` request arrived within the auth deadline.
@@ -84,8 +82,8 @@ close_codes! {
     Forbidden = 4003, "forbidden", reconnect: Never;
     /// 4004: the user already has the maximum number of connections.
     TooManyConnections = 4004, "too_many_connections", reconnect: WithBackoff;
-    /// 4005: the client broke the protocol (malformed CBOR, bad envelope,
-    /// a first frame that is not `auth`, a duplicate in-flight id).
+    /// 4005: the client broke the protocol (malformed CBOR, a bad
+    /// envelope, a duplicate in-flight request id).
     ProtocolError = 4005, "protocol_error", reconnect: Never;
     /// 4006: the client read too slowly and its outbound queue overflowed.
     SlowConsumer = 4006, "slow_consumer", reconnect: WithBackoff;

@@ -1,0 +1,918 @@
+#!/usr/bin/env python3
+"""Generator of the plexus.v1 golden test vectors.
+
+The JSON files next to this script are the committed golden vectors; this
+script is kept for reference and to regenerate them:
+
+    pip install cbor2
+    python3 conformance/vectors/generate.py
+
+It deliberately does NOT use the Rust crate under test: every byte is
+produced either by the Python `cbor2` library (an independent CBOR encoder)
+or by the small `head()` helper below, which writes CBOR initial bytes by
+hand (needed for non-shortest heads, indefinite lengths, reserved additional
+information and other encodings no conforming encoder produces). Embedded
+items (params, results, chunk data) are encoded on their own and spliced into
+the envelope, so the vector records their exact bytes.
+
+Each vector is one JSON file `<name>.json`; the format is described in
+`README.md` in this directory. Before writing, the script re-reads every valid
+frame with `cbor2.loads` and checks it against the vector's `expect`, so the
+generator is itself a second, independent check of the expectations.
+
+Running it deletes every other `*.json` file in this directory, so a renamed
+or removed vector does not linger.
+"""
+
+import json
+import math
+import pathlib
+import struct
+
+import cbor2
+
+OUT = pathlib.Path(__file__).resolve().parent
+
+U64_MAX = 2**64 - 1
+
+# ---------------------------------------------------------------------------
+# Encoding helpers
+# ---------------------------------------------------------------------------
+
+
+def head(major, value, width=None):
+    """The initial byte(s) of a data item of `major` type with argument
+    `value`, shortest unless `width` (1, 2, 4 or 8 argument bytes) is given."""
+    if width is None:
+        if value < 24:
+            return bytes([major << 5 | value])
+        for w in (1, 2, 4, 8):
+            if value < 1 << (8 * w):
+                width = w
+                break
+    ai = {1: 24, 2: 25, 4: 26, 8: 27}[width]
+    assert value < 1 << (8 * width)
+    return bytes([major << 5 | ai]) + value.to_bytes(width, "big")
+
+
+def enc(v):
+    """Encodes a value: bytes are taken as an already-encoded item, anything
+    else goes through cbor2."""
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v)
+    return cbor2.dumps(v)
+
+
+class Raw(bytes):
+    """Marks bytes as an already-encoded CBOR item (as opposed to a CBOR byte
+    string) where the distinction matters to the reader."""
+
+
+def arr(*items, width=None):
+    """A definite-length array of already-encoded or encodable items."""
+    return head(4, len(items), width) + b"".join(enc(i) for i in items)
+
+
+def bstr(data, width=None):
+    """A CBOR byte string."""
+    return head(2, len(data), width) + data
+
+
+def tstr(text, width=None):
+    """A CBOR text string (or raw bytes as a text string's content)."""
+    data = text.encode() if isinstance(text, str) else text
+    return head(3, len(data), width) + data
+
+
+def cmap(*pairs):
+    """A definite-length map from (key, value) pairs, in the given order,
+    each side already encoded or encodable."""
+    return head(5, len(pairs)) + b"".join(enc(k) + enc(v) for k, v in pairs)
+
+
+# ---------------------------------------------------------------------------
+# Diagnostic notation (RFC 8949 section 8, with encoding indicators for
+# non-shortest heads and always for floats)
+# ---------------------------------------------------------------------------
+
+
+class DiagError(Exception):
+    pass
+
+
+def _arg(b, pos, ai):
+    if ai < 24:
+        return ai, pos, ""
+    if ai > 27:
+        raise DiagError("reserved or indefinite")
+    n = 1 << (ai - 24)
+    if pos + n > len(b):
+        raise DiagError("truncated")
+    v = int.from_bytes(b[pos:pos + n], "big")
+    shortest = {24: 24, 25: 256, 26: 65536, 27: 2**32}[ai]
+    non_shortest = v < shortest
+    return v, pos + n, ("_%d" % (ai - 24)) if non_shortest else ""
+
+
+def _fmt_float(x, ind):
+    if math.isnan(x):
+        s = "NaN"
+    elif math.isinf(x):
+        s = "Infinity" if x > 0 else "-Infinity"
+    else:
+        s = repr(x)
+    return s + ind
+
+
+def _diag(b, pos):
+    if pos >= len(b):
+        raise DiagError("truncated")
+    ib = b[pos]
+    pos += 1
+    major, ai = ib >> 5, ib & 31
+    if major == 7 and ai in (25, 26, 27):
+        n = 1 << (ai - 24)
+        if pos + n > len(b):
+            raise DiagError("truncated")
+        raw = b[pos:pos + n]
+        x = struct.unpack({2: ">e", 4: ">f", 8: ">d"}[n], raw)[0]
+        return _fmt_float(x, "_%d" % (ai - 24)), pos + n
+    v, pos, ind = _arg(b, pos, ai)
+    if major == 0:
+        return "%d%s" % (v, ind), pos
+    if major == 1:
+        return "%d%s" % (-1 - v, ind), pos
+    if major in (2, 3):
+        if pos + v > len(b):
+            raise DiagError("truncated")
+        data = b[pos:pos + v]
+        pos += v
+        if major == 2:
+            return "h'%s'%s" % (data.hex(), ind), pos
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DiagError("utf8") from e
+        return json.dumps(text, ensure_ascii=False) + ind, pos
+    if major == 4:
+        parts = []
+        for _ in range(v):
+            s, pos = _diag(b, pos)
+            parts.append(s)
+        return "[" + (ind + " " if ind else "") + ", ".join(parts) + "]", pos
+    if major == 5:
+        parts = []
+        for _ in range(v):
+            k, pos = _diag(b, pos)
+            x, pos = _diag(b, pos)
+            parts.append("%s: %s" % (k, x))
+        return "{" + (ind + " " if ind else "") + ", ".join(parts) + "}", pos
+    if major == 6:
+        s, pos = _diag(b, pos)
+        return "%d%s(%s)" % (v, ind, s), pos
+    # major 7, simple values
+    if ai == 24 and v < 32:
+        raise DiagError("two-byte simple below 32")
+    return {20: "false", 21: "true", 22: "null", 23: "undefined"}.get(
+        v, "simple(%d)" % v) + ind, pos
+
+
+def diagnostic(b):
+    """Diagnostic notation of exactly one well-formed item, or None."""
+    try:
+        s, pos = _diag(b, 0)
+    except DiagError:
+        return None
+    return s if pos == len(b) else None
+
+
+# ---------------------------------------------------------------------------
+# Vector builders
+# ---------------------------------------------------------------------------
+
+VECTORS = []
+
+
+def add(v):
+    assert v["name"] not in {x["name"] for x in VECTORS}, v["name"]
+    VECTORS.append(v)
+
+
+def valid(name, description, frame, expect, canonical=None, layer="frame",
+          **extra):
+    v = {
+        "name": name,
+        "description": description,
+        "layer": layer,
+        "valid": True,
+        "cbor_hex": frame.hex(),
+        "diagnostic": diagnostic(frame),
+        "expect": expect,
+    }
+    assert v["diagnostic"] is not None, name
+    if canonical is not None:
+        assert canonical != frame, name
+        v["canonical_hex"] = canonical.hex()
+    v.update(extra)
+    add(v)
+
+
+def invalid(name, description, frame, decode_error, max_frame_size=None):
+    too_large = decode_error == "TooLarge"
+    v = {
+        "name": name,
+        "description": description,
+        "layer": "frame",
+        "valid": False,
+        "cbor_hex": frame.hex(),
+        "error": "payload_too_large" if too_large else "invalid_frame",
+        "close": 1009 if too_large else 4005,
+        "decode_error": decode_error,
+    }
+    d = diagnostic(frame)
+    if d is not None:
+        # Well-formed CBOR with a bad envelope: the notation helps the reader.
+        v["diagnostic"] = d
+    if max_frame_size is not None:
+        v["max_frame_size"] = max_frame_size
+    add(v)
+
+
+def params_vector(name, description, frame, expect, method, ok,
+                  error="invalid_params"):
+    extra = {"method": method, "params_valid": ok}
+    if not ok:
+        extra["error"] = error
+        extra["close"] = None
+    valid(name, description, frame, expect, layer="params", **extra)
+
+
+def request(id_, method, params):
+    p = enc(params)
+    return arr(0, id_, method, p), {
+        "kind": "request", "id": id_, "method": method, "params_hex": p.hex()}
+
+
+def notification(method, params):
+    p = enc(params)
+    return arr(2, method, p), {
+        "kind": "notification", "method": method, "params_hex": p.hex()}
+
+
+def response_ok(id_, result):
+    r = enc(result)
+    return arr(1, id_, 0, r), {
+        "kind": "response", "id": id_, "result_hex": r.hex()}
+
+
+def response_err(id_, code, message, retry_after_ms=None, details=None,
+                 extra_pairs=()):
+    pairs = [(0, code), (1, message)]
+    err = {"code": code, "message": message}
+    if retry_after_ms is not None:
+        pairs.append((2, retry_after_ms))
+        err["retry_after_ms"] = retry_after_ms
+    if details is not None:
+        d = enc(details)
+        pairs.append((3, d))
+        err["details_hex"] = d.hex()
+    obj = cmap(*pairs, *extra_pairs)
+    return arr(1, id_, 1, obj), {"kind": "response", "id": id_, "error": err}
+
+
+def chunk(id_, seq, fin, data):
+    d = enc(data)
+    return arr(3, id_, seq, fin, d), {
+        "kind": "chunk", "id": id_, "seq": seq, "final": fin,
+        "data_hex": d.hex()}
+
+
+# Where docs/protocol.md has an example frame, the vector uses the same
+# values, so the examples there and these vectors agree byte for byte.
+
+TOKEN = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImlhdCI6MTc2"
+         "NzIyNTYwMCwiZXhwIjoxNzY3MjI5MjAwLCJwbGV4dXMiOnsic3ViIjpbImNoYXQuPiJd"
+         "LCJwdWIiOlsiY2hhdC4-Il0sInByZXNlbmNlIjp0cnVlfX0.OT2zoOjgoo3hhp81VrF2D"
+         "dK9GG4TfM6ucbJ29DASEoo")
+TOKEN2 = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImlhdCI6MTc"
+          "2NzIyODYwMCwiZXhwIjoxNzY3MjMyMjAwLCJwbGV4dXMiOnsic3ViIjpbImNoYXQuPiJ"
+          "dLCJwdWIiOlsiY2hhdC4-Il0sInByZXNlbmNlIjp0cnVlfX0.hTOVZ6SWg6jhNaanREg"
+          "XdjWG3QyJbPCzEYFc4xI1IXQ")
+
+LIMITS = cmap((0, 1048576), (1, 64), (2, 1024), (3, 256), (4, 262144),
+              (5, 1024), (6, 25000), (7, 100), (8, 200))
+
+# ---------------------------------------------------------------------------
+# Requests, one per v1 request method
+# ---------------------------------------------------------------------------
+
+f, e = request(1, "auth", cmap((0, TOKEN), (1, "laptop-1"),
+                                (2, "plexus-py/0.1.0")))
+valid("request-auth", "auth with token, instance and agent: the first frame "
+      "of every connection", f, e)
+f, e = request(1, "auth", cmap((0, TOKEN)))
+valid("request-auth-token-only", "auth with only the required token", f, e)
+f, e = request(12, "auth.refresh", cmap((0, TOKEN2)))
+valid("request-auth-refresh", "auth.refresh with a fresh token", f, e)
+f, e = request(1, "ping", None)
+valid("request-ping", "ping with null params, the smallest useful request", f,
+      e)
+f, e = request(4, "ping", 1767225723456)
+valid("request-ping-integer", "ping with an integer timestamp as params", f, e)
+f, e = request(5, "ping", cmap(("t", 1700000000123), ("n", [1, -1, b"\x00\xff",
+                                                              True, None])))
+valid("request-ping-any-params", "ping params may be any CBOR item; the "
+      "result echoes them", f, e)
+OPAQUE = arr(Raw(head(6, 1) + enc(1767225723)),
+             Raw(head(6, 2) + bstr(b"\x01" + b"\x00" * 10)),
+             Raw(b"\xf9\x3e\x00"), Raw(b"\xfa\x47\xc3\x50\x00"),
+             Raw(head(6, 55799) + tstr("x")))
+f, e = request(6, "ping", Raw(OPAQUE))
+valid("request-ping-tags-floats", "tags (of any number, semantics unchecked) "
+      "and half/single floats may appear inside opaque items", f, e)
+f, e = request(2, "subscribe", cmap((0, "chat.room1"), (1, True)))
+valid("request-subscribe", "subscribe to an exact topic and join its presence",
+      f, e)
+f, e = request(5, "subscribe", cmap((0, "chat.*")))
+valid("request-subscribe-pattern", "subscribe to a pattern with a * wildcard",
+      f, e)
+f, e = request(8, "unsubscribe", cmap((0, "chat.*")))
+valid("request-unsubscribe", "unsubscribe from a pattern", f, e)
+f, e = request(3, "publish", cmap((0, "chat.room1"), (1, {"text": "hello"})))
+valid("request-publish", "publish a map payload (echo absent: defaults to "
+      "true)", f, e)
+f, e = request(10, "publish", cmap((0, "chat.room2"), (1, bstr(b"\x00\x01")),
+                                    (2, False)))
+valid("request-publish-bytes-no-echo", "publish a byte-string payload without "
+      "echo", f, e)
+f, e = request(21, "presence.get", cmap((0, "chat.room1"), (1, 2), (2, 2)))
+valid("request-presence-get", "presence.get with cursor and limit", f, e)
+f, e = request(20, "presence.get", cmap((0, "chat.room1"), (2, 2)))
+valid("request-presence-get-first-page", "presence.get first page: limit, no "
+      "cursor", f, e)
+f, e = request(22, "presence.set", cmap((0, {"status": "away"})))
+valid("request-presence-set", "presence.set with a small info map", f, e)
+f, e = request(23, "presence.set", cmap((0, None)))
+valid("request-presence-set-clear", "presence.set with null info clears it",
+      f, e)
+
+# ---------------------------------------------------------------------------
+# Notifications
+# ---------------------------------------------------------------------------
+
+f, e = notification("cancel", cmap((0, 21)))
+valid("notification-cancel", "client cancel of in-flight request 21", f, e)
+f, e = notification("event", cmap((0, "chat.room1"), (1, {"text": "hello"}),
+                                  (2, "alice")))
+valid("notification-event", "event with payload and publisher", f, e)
+f, e = notification("event", cmap((0, "chat.room1"), (1, "hi"), (2, "alice")))
+valid("notification-event-text", "event with a text payload", f, e)
+f, e = notification("event", cmap((0, "sensors.t1"),
+                                  (1, bstr(b"\x01\x02\x03"))))
+valid("notification-event-no-from", "event without the optional from", f, e)
+MEMBER_ALICE = cmap((0, "sess-4f1c"), (1, "alice"), (2, {"status": "online"}))
+f, e = notification("presence.join", cmap(
+    (0, "chat.room1"),
+    (1, cmap((0, "sess-4f1c"), (1, "alice"), (2, {"status": "away"})))))
+valid("notification-presence-join", "a member with info joined (or changed "
+      "its info)", f, e)
+f, e = notification("presence.join", cmap(
+    (0, "chat.room1"), (1, cmap((0, "sess-4f1c"), (1, "alice")))))
+valid("notification-presence-join-no-info", "a member without info joined",
+      f, e)
+f, e = notification("presence.leave", cmap((0, "chat.room1"),
+                                           (1, cmap((0, "sess-9b02"),
+                                                    (1, "bob")))))
+valid("notification-presence-leave", "a member left (no info)", f, e)
+f, e = notification("token.expiring", cmap((0, 60000)))
+valid("notification-token-expiring", "the token expires in 60 s", f, e)
+f, e = notification("closing", cmap((0, 4008), (1, "server shutting down"),
+                                    (2, 2000)))
+valid("notification-closing-going-away", "closing before close 4008, with a "
+      "retry hint", f, e)
+for code, slug, reason in [
+        (4000, "auth-failed", "authentication failed"),
+        (4001, "auth-timeout", "no auth within the deadline"),
+        (4002, "token-expired", "token expired"),
+        (4003, "forbidden", "token subject changed"),
+        (4004, "too-many-connections", "connection limit reached"),
+        (4005, "protocol-error", "undecodable frame"),
+        (4007, "rate-limited", "request rate exceeded repeatedly"),
+        (4009, "session-replaced", "replaced by a newer connection")]:
+    f, e = notification("closing", cmap((0, code), (1, reason)))
+    valid("notification-closing-" + slug, "closing before close %d" % code,
+          f, e)
+f, e = notification("x.future", cmap((0, 1)))
+valid("notification-unknown", "a notification this version does not know is "
+      "a valid frame (receivers ignore it)", f, e)
+
+# ---------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------
+
+f, e = response_ok(1, cmap((0, "sess-4f1c"), (1, "alice"), (2, 3599000),
+                           (3, LIMITS)))
+valid("response-auth", "auth result with session, user, expiry and limits", f,
+      e, result_of="auth")
+f, e = response_ok(12, cmap((0, 3599000)))
+valid("response-auth-refresh", "auth.refresh result", f, e,
+      result_of="auth.refresh")
+f, e = response_ok(1, None)
+valid("response-ping", "ping result echoing null params", f, e,
+      result_of="ping")
+f, e = response_ok(4, 1767225723456)
+valid("response-ping-integer", "ping result echoing an integer", f, e,
+      result_of="ping")
+f, e = response_ok(2, {})
+valid("response-subscribe", "subscribe result: an empty map", f, e,
+      result_of="subscribe")
+f, e = response_ok(3, cmap((0, 2)))
+valid("response-publish", "publish result: queued for 2 connections", f, e,
+      result_of="publish")
+f, e = response_ok(20, cmap(
+    (0, arr(MEMBER_ALICE, cmap((0, "sess-9b02"), (1, "bob")))), (1, 2)))
+valid("response-presence-get", "presence.get page with two members and a "
+      "next cursor", f, e, result_of="presence.get")
+f, e = response_ok(21, cmap((0, [])))
+valid("response-presence-get-empty", "presence.get last page: no members, "
+      "no cursor", f, e, result_of="presence.get")
+
+f, e = response_ok(8, {})
+valid("response-unsubscribe", "unsubscribe result: an empty map", f, e,
+      result_of="unsubscribe")
+f, e = response_ok(22, {})
+valid("response-presence-set", "presence.set result: an empty map", f, e,
+      result_of="presence.set")
+f, e = response_ok(21, cmap((0, arr(cmap((0, "sess-c311"), (1, "carol"))))))
+valid("response-presence-get-last-page", "presence.get last page: one member, "
+      "no next cursor", f, e, result_of="presence.get")
+f, e = response_err(8, "not_found", "not subscribed to chat.*")
+valid("response-error-not-found-pattern", "unsubscribe of a pattern not "
+      "subscribed", f, e)
+f, e = response_err(10, "forbidden", "may not publish on admin.alerts")
+valid("response-error-forbidden-publish", "publish refused by the "
+      "capabilities", f, e)
+
+# (code, id, message, retry_after_ms, details)
+ERRORS = [
+    ("invalid_frame", 30, "chunk sequence broken", None, None),
+    ("invalid_params", 6, "presence requires an exact topic", None, None),
+    ("unauthenticated", 1, "token expired", None, None),
+    ("forbidden", 12, "token subject differs from the session's user", None,
+     None),
+    ("not_found", 7, "not subscribed to chat.room2", None, None),
+    ("method_not_found", 41, "unknown method history.get", None, None),
+    ("conflict", 5, "already subscribed to chat.*", None, None),
+    ("rate_limited", 40, "request rate exceeded", 250, None),
+    ("payload_too_large", 22, "presence info is 2048 bytes; the limit is 1024",
+     None, None),
+    ("too_many_requests", 42, "64 requests already in flight", None, None),
+    ("timeout", 31, "timed out", None, None),
+    ("cancelled", 21, "cancelled by the client", None, None),
+    ("unavailable", 32, "token keys unavailable", 1000, None),
+    ("internal", 33, "internal error", None, None),
+]
+for code, id_, message, retry, details in ERRORS:
+    f, e = response_err(id_, code, message, retry, details)
+    desc = "error response with code %s" % code
+    if retry:
+        desc += " and retry_after_ms"
+    valid("response-error-" + code.replace("_", "-"), desc, f, e)
+f, e = response_err(43, "quota_exceeded", "monthly quota used up",
+                    details={"quota": 1000000})
+valid("response-error-unknown-code", "an error code this version does not "
+      "know (with details) is still a valid error response", f, e)
+f, e = response_err(122, "conflict", "already subscribed",
+                    extra_pairs=[(9, "future"), (-1, 0)])
+canon, _ = response_err(122, "conflict", "already subscribed")
+valid("response-error-unknown-keys", "unknown keys (also negative ones) in "
+      "the error object are ignored (and dropped on re-encoding)", f, e,
+      canonical=canon)
+canon, e = response_err(123, "timeout", "timed out")
+f = arr(1, 123, 1, cmap((0, "timeout"), (1, "timed out"), (2, None),
+                        (3, None)))
+valid("response-error-null-optionals", "retry_after_ms and details given as "
+      "null mean absent (and are dropped on re-encoding)", f, e,
+      canonical=canon)
+canon, e = response_err(124, "internal", "oops")
+valid("response-error-keys-unordered", "error object keys in any order "
+      "(re-encoded in ascending order)",
+      arr(1, 124, 1, cmap((1, "oops"), (0, "internal"))), e, canonical=canon)
+
+# ---------------------------------------------------------------------------
+# Chunks
+# ---------------------------------------------------------------------------
+
+f, e = chunk(9, 0, False, bstr(b"\x01\x02"))
+valid("chunk-first", "first chunk of a stream", f, e)
+f, e = chunk(9, 1, True, None)
+valid("chunk-final", "final chunk with null data", f, e)
+f, e = chunk(9, 2, True, bstr(b""))
+valid("chunk-empty-bytes", "chunk with an empty byte string", f, e)
+f, e = chunk(11, 0, True, {"rows": [1, 2, 3]})
+valid("chunk-map-data", "chunk data may be any CBOR item", f, e)
+BIG = bytes(i % 251 for i in range(65536))
+f, e = chunk(10, 0, True, bstr(BIG))
+valid("chunk-64kib", "chunk carrying 64 KiB of data (4-byte length head)",
+      f, e)
+f, e = chunk(12, U64_MAX, True, bstr(b"x"))
+valid("chunk-seq-max", "seq 2^64-1", f, e)
+
+# ---------------------------------------------------------------------------
+# Ids and integer heads
+# ---------------------------------------------------------------------------
+
+for id_, slug, what in [(0, "0", "id 0"),
+                        (23, "23", "id 23, the largest immediate value"),
+                        (24, "24", "id 24, 1-byte argument"),
+                        (500, "500", "id 500, 2-byte argument"),
+                        (70000, "70000", "id 70000, 4-byte argument"),
+                        (2**32, "2pow32", "id 2^32, 8-byte argument"),
+                        (U64_MAX, "max", "id 2^64-1")]:
+    f, e = request(id_, "ping", None)
+    valid("request-id-" + slug, what, f, e)
+f, e = response_ok(U64_MAX, None)
+valid("response-id-max", "response to id 2^64-1", f, e)
+f, e = chunk(U64_MAX, 0, False, bstr(b""))
+valid("chunk-id-max", "chunk of request 2^64-1", f, e)
+
+ping_canon, ping_expect = request(1, "ping", None)
+NULL = Raw(b"\xf6")
+for width in (1, 2, 4, 8):
+    f = arr(0, head(0, 1, width), "ping", NULL)
+    valid("nonshortest-id-%dbyte" % width, "id 1 with a %d-byte argument: "
+          "accepted, re-encoded shortest" % width, f, ping_expect,
+          canonical=ping_canon)
+valid("nonshortest-kind", "kind 0 with a 1-byte argument",
+      arr(head(0, 0, 1), 1, "ping", NULL), ping_expect, canonical=ping_canon)
+valid("nonshortest-array-length", "frame array length 4 with a 1-byte "
+      "argument", arr(0, 1, "ping", NULL, width=1), ping_expect,
+      canonical=ping_canon)
+valid("nonshortest-method-length", "method text length with a 1-byte argument",
+      arr(0, 1, tstr("ping", 1), NULL), ping_expect, canonical=ping_canon)
+f, e = response_ok(1, None)
+valid("nonshortest-status", "response status 0 with a 2-byte argument",
+      arr(1, 1, head(0, 0, 2), NULL), e, canonical=f)
+f, e = chunk(9, 1, True, bstr(b""))
+valid("nonshortest-seq", "chunk seq 1 with a 4-byte argument",
+      arr(3, 9, head(0, 1, 4), True, bstr(b"")), e, canonical=f)
+PARAMS_NS = head(5, 1) + head(0, 0, 2) + tstr("chat.room1", 1)
+f, e = request(12, "unsubscribe", Raw(PARAMS_NS))
+valid("nonshortest-inside-params", "non-shortest heads inside params are "
+      "kept byte for byte (params are never re-encoded)", f, e)
+
+# ---------------------------------------------------------------------------
+# Trailing envelope elements (ignored, dropped on re-encoding)
+# ---------------------------------------------------------------------------
+
+f, e = request(2, "ping", None)
+valid("request-trailing-element", "a fifth request element is ignored",
+      arr(0, 2, "ping", NULL, "future"), e, canonical=f)
+f, e = notification("event", cmap((0, "a.b"), (1, 1)))
+valid("notification-trailing-elements", "extra notification elements (any "
+      "items) are ignored", arr(2, "event", cmap((0, "a.b"), (1, 1)), 1,
+                                {"x": [1]}), e, canonical=f)
+f, e = response_ok(5, cmap((0, 1)))
+valid("response-trailing-element", "an extra response element is ignored",
+      arr(1, 5, 0, cmap((0, 1)), None), e, canonical=f)
+f, e = chunk(9, 2, False, bstr(b"ab"))
+valid("chunk-trailing-element", "an extra chunk element is ignored",
+      arr(3, 9, 2, False, bstr(b"ab"), 0), e, canonical=f)
+
+# ---------------------------------------------------------------------------
+# Limits: depth and size
+# ---------------------------------------------------------------------------
+
+# Depth counts every item: the frame array is depth 1, params depth 2. Params
+# of 31 nested arrays, the innermost empty, reach depth 32 exactly.
+deep_ok = b"\x81" * 30 + b"\x80"
+f, e = request(1, "ping", Raw(deep_ok))
+valid("depth-32", "params nested so the innermost item is at depth 32, the "
+      "default limit", f, e)
+f, _ = request(1, "ping", Raw(b"\x81" * 31 + b"\x00"))
+invalid("depth-33", "one level more: the innermost integer is at depth 33",
+        f, "TooDeep")
+f, _ = request(1, "ping", Raw(b"\xc1" * 31 + b"\x00"))
+invalid("depth-33-tags", "tags count as levels too: 31 nested tags put the "
+        "integer at depth 33", f, "TooDeep")
+
+f, e = request(1, "ping", bstr(b"\x00" * 54))
+assert len(f) == 64
+valid("size-at-limit", "a 64-byte frame with max_frame_size 64 is accepted",
+      f, e, max_frame_size=64)
+f, _ = request(1, "ping", bstr(b"\x00" * 55))
+assert len(f) == 65
+invalid("too-large", "a 65-byte frame with max_frame_size 64", f, "TooLarge",
+        max_frame_size=64)
+invalid("too-large-before-parsing", "size is checked before anything else: an "
+        "oversized frame of break bytes is TooLarge, not Malformed",
+        b"\xff" * 65, "TooLarge", max_frame_size=64)
+
+# ---------------------------------------------------------------------------
+# Unknown method and params-level vectors (typed params decoding)
+# ---------------------------------------------------------------------------
+
+f, e = request(4, "chat.history", cmap((0, "chat.room1")))
+params_vector("request-unknown-method", "a request for a method this version "
+              "does not know is a valid frame; the server answers "
+              "method_not_found and keeps the connection", f, e,
+              "chat.history", False, error="method_not_found")
+
+
+def pv(name, description, method, params, ok, id_=20):
+    if method in ("cancel", "event", "presence.join", "presence.leave",
+                  "token.expiring", "closing"):
+        f, e = notification(method, params)
+    else:
+        f, e = request(id_, method, params)
+    params_vector(name, description, f, e, method, ok)
+
+
+pv("params-auth-unknown-keys", "unknown integer keys in auth params are "
+   "ignored", "auth", cmap((0, TOKEN), (7, "future"), (2, "agent/1")), True)
+pv("params-auth-missing-token", "auth without its required token", "auth",
+   cmap((1, "device-7f3a")), False)
+pv("params-auth-token-bytes", "auth token as a byte string instead of text",
+   "auth", cmap((0, bstr(TOKEN.encode()))), False)
+pv("params-auth-null", "auth with null params", "auth", None, False)
+pv("params-auth-refresh-token-int", "auth.refresh token of the wrong type",
+   "auth.refresh", cmap((0, 12345)), False)
+pv("params-ping-any", "ping accepts any item as params", "ping",
+   arr(1, "two", {3: 4.5}), True)
+pv("params-subscribe-unknown-keys", "unknown keys (including a negative "
+   "integer key) are ignored", "subscribe",
+   cmap((0, "chat.room1"), (9, "future"), (-1, [1, 2]), (1, True)), True)
+pv("params-subscribe-missing-topic", "subscribe without a topic", "subscribe",
+   cmap((1, True)), False)
+pv("params-subscribe-topic-int", "subscribe topic of the wrong type",
+   "subscribe", cmap((0, 5)), False)
+pv("params-subscribe-presence-int", "subscribe presence must be a bool",
+   "subscribe", cmap((0, "chat.room1"), (1, 1)), False)
+pv("params-subscribe-array", "params as an array instead of a map",
+   "subscribe", ["chat.room1"], False)
+pv("params-subscribe-text-key", "a text key in an integer-keyed params map",
+   "subscribe", cmap((0, "chat.room1"), ("x", 1)), False)
+pv("params-subscribe-keys-unordered", "typed map keys in any order",
+   "subscribe", cmap((1, True), (0, "chat.room1")), True)
+pv("params-subscribe-key-beyond-i64", "an integer key outside the signed "
+   "64-bit range (2^63) makes a typed map invalid", "subscribe",
+   cmap((0, "chat.room1"), (Raw(head(0, 2**63)), 1)), False)
+pv("params-subscribe-tagged-topic", "a tag on a typed field (here the topic) "
+   "makes the params invalid", "subscribe",
+   cmap((0, Raw(head(6, 32) + tstr("chat.room1")))), False)
+pv("params-publish-echo-undefined", "undefined is never a valid value of a "
+   "typed field, not even an optional one", "publish",
+   cmap((0, "a.b"), (1, 1), (2, Raw(b"\xf7"))), False)
+pv("params-unsubscribe-empty-map", "unsubscribe with an empty map",
+   "unsubscribe", {}, False)
+pv("params-publish-unknown-keys", "unknown keys in publish params are ignored",
+   "publish", cmap((0, "a.b"), (1, bstr(b"\x01\x02")), (9, "future"),
+                   (2, False)), True)
+pv("params-publish-missing-data", "publish without data", "publish",
+   cmap((0, "a.b")), False)
+pv("params-publish-echo-null", "an optional field given as null is absent",
+   "publish", cmap((0, "a.b"), (1, 1), (2, None)), True)
+pv("params-presence-get-limit-negative", "presence.get limit must be "
+   "unsigned", "presence.get", cmap((0, "chat.room1"), (2, -1)), False)
+pv("params-presence-set-missing-info", "presence.set requires info (null to "
+   "clear)", "presence.set", {}, False)
+pv("params-cancel-id-text", "cancel id of the wrong type", "cancel",
+   cmap((0, "6")), False)
+pv("params-event-from-int", "event from of the wrong type", "event",
+   cmap((0, "a.b"), (1, 1), (2, 7)), False)
+pv("params-presence-join-member-missing-user", "presence.join member without "
+   "user", "presence.join", cmap((0, "a.b"), (1, cmap((0, "s-1")))), False)
+pv("params-presence-leave-unknown-keys", "unknown keys inside the member are "
+   "ignored", "presence.leave",
+   cmap((0, "a.b"), (1, cmap((0, "s-1"), (1, "bob"), (5, True)))), True)
+pv("params-token-expiring-missing", "token.expiring without expires_in_ms",
+   "token.expiring", {}, False)
+pv("params-closing-code-too-large", "closing code must fit 16 bits",
+   "closing", cmap((0, 70000), (1, "bye")), False)
+
+# ---------------------------------------------------------------------------
+# Decoder errors: CBOR well-formedness
+# ---------------------------------------------------------------------------
+
+PING = arr(0, 1, "ping", NULL)
+invalid("empty-input", "zero bytes", b"", "Truncated")
+invalid("truncated-array-elements", "array of 4 with only 2 elements",
+        PING[:3], "Truncated")
+invalid("truncated-method-text", "input ends inside the method text",
+        PING[:6], "Truncated")
+invalid("truncated-params", "input ends before the params item", PING[:-1],
+        "Truncated")
+invalid("truncated-uint-argument", "input ends inside a 2-byte id argument",
+        b"\x84\x00\x19\x01", "Truncated")
+invalid("truncated-chunk-data", "byte string length points past the input",
+        arr(3, 9, 0, True, Raw(head(2, 100) + b"\x00" * 10)), "Truncated")
+invalid("truncated-huge-array-count", "params array claiming 2^64-1 elements",
+        arr(0, 1, "ping", Raw(head(4, U64_MAX, 8))), "Truncated")
+invalid("truncated-map-value", "params map missing its last value",
+        head(4, 4) + b"\x00\x01" + tstr("ping") + head(5, 1) + b"\x00",
+        "Truncated")
+invalid("trailing-byte", "a zero byte after a complete frame", PING + b"\x00",
+        "TrailingBytes")
+invalid("trailing-second-frame", "two frames in one message", PING + PING,
+        "TrailingBytes")
+invalid("indefinite-array-frame", "the frame as an indefinite-length array",
+        b"\x9f\x00\x01" + tstr("ping") + b"\xf6\xff", "IndefiniteLength")
+invalid("indefinite-map-params", "params as an indefinite-length map",
+        arr(0, 1, "subscribe", Raw(b"\xbf\x00" + tstr("a.b") + b"\xff")),
+        "IndefiniteLength")
+invalid("indefinite-bytes-data", "chunk data as an indefinite-length byte "
+        "string", arr(3, 9, 0, True, Raw(b"\x5f\x41\x00\xff")),
+        "IndefiniteLength")
+invalid("indefinite-text-method", "method as an indefinite-length text string",
+        head(4, 4) + b"\x00\x01" + b"\x7f" + tstr("ping") + b"\xff\xf6",
+        "IndefiniteLength")
+invalid("break-top-level", "a lone break byte", b"\xff", "Malformed")
+invalid("break-as-params", "a break byte where params belong",
+        arr(0, 1, "ping", Raw(b"\xff")), "Malformed")
+invalid("reserved-ai-28", "additional information 28 in the id",
+        arr(0, Raw(b"\x1c"), "ping", NULL), "Malformed")
+invalid("reserved-ai-29", "additional information 29 (negative integer) in "
+        "params", arr(0, 1, "ping", Raw(b"\x3d")), "Malformed")
+invalid("reserved-ai-30", "additional information 30 (major type 7) in "
+        "params", arr(0, 1, "ping", Raw(b"\xfe")), "Malformed")
+invalid("reserved-ai-31-uint", "additional information 31 on an unsigned "
+        "integer (no indefinite form exists)",
+        arr(0, Raw(b"\x1f"), "ping", NULL), "Malformed")
+invalid("reserved-ai-31-tag", "additional information 31 on a tag",
+        arr(0, 1, "ping", Raw(b"\xdf\x00")), "Malformed")
+invalid("simple-two-byte-below-32", "simple value 20 in its two-byte form "
+        "(f8 14)", arr(0, 1, "ping", Raw(b"\xf8\x14")), "Malformed")
+invalid("invalid-utf8-method", "method text is not UTF-8",
+        arr(0, 1, Raw(tstr(b"pi\xc3\x28")), NULL), "InvalidUtf8")
+invalid("invalid-utf8-params", "a text string inside params is not UTF-8",
+        arr(0, 1, "subscribe", cmap((0, Raw(tstr(b"chat.\xff"))))),
+        "InvalidUtf8")
+invalid("invalid-utf8-surrogate", "an encoded UTF-16 surrogate (ed a0 80) is "
+        "not UTF-8", arr(2, "event", cmap((0, "a.b"),
+                                           (1, Raw(tstr(b"\xed\xa0\x80"))))),
+        "InvalidUtf8")
+
+# ---------------------------------------------------------------------------
+# Decoder errors: the envelope
+# ---------------------------------------------------------------------------
+
+invalid("envelope-map", "the frame is a map, not an array",
+        cmap((0, 0), (1, 1)), "InvalidEnvelope")
+invalid("envelope-int", "the frame is an integer", b"\x00", "InvalidEnvelope")
+invalid("envelope-tagged", "a tagged frame (self-described CBOR tag 55799) is "
+        "not an array", head(6, 55799) + PING, "InvalidEnvelope")
+invalid("envelope-empty-array", "an empty array", b"\x80", "InvalidEnvelope")
+invalid("kind-text", "kind as a text string", arr("0", 1, "ping", NULL),
+        "InvalidEnvelope")
+invalid("kind-negative", "kind -1", arr(-1, 1, "ping", NULL),
+        "InvalidEnvelope")
+invalid("kind-4", "unknown frame kind 4", arr(4, 1, "ping", NULL),
+        "UnknownKind")
+invalid("kind-99", "unknown frame kind 99", arr(99, 1, "x", NULL, 0),
+        "UnknownKind")
+invalid("kind-max", "unknown frame kind 2^64-1 alone in its array",
+        arr(U64_MAX), "UnknownKind")
+invalid("too-few-kind-only", "a request kind and nothing else", arr(0),
+        "InvalidEnvelope")
+invalid("too-few-request", "request without params", arr(0, 1, "ping"),
+        "InvalidEnvelope")
+invalid("too-few-response", "response without result", arr(1, 1, 0),
+        "InvalidEnvelope")
+invalid("too-few-notification", "notification without params",
+        arr(2, "event"), "InvalidEnvelope")
+invalid("too-few-chunk", "chunk without data", arr(3, 9, 0, True),
+        "InvalidEnvelope")
+invalid("kind-tagged", "a tag on the kind", arr(Raw(head(6, 1) + b"\x00"), 1,
+                                               "ping", NULL),
+        "InvalidEnvelope")
+invalid("id-negative", "request id -1", arr(0, -1, "ping", NULL),
+        "InvalidEnvelope")
+invalid("id-text", "request id as text", arr(0, "1", "ping", NULL),
+        "InvalidEnvelope")
+invalid("id-float", "request id 1.0 (single-precision float)",
+        arr(0, Raw(b"\xfa\x3f\x80\x00\x00"), "ping", NULL), "InvalidEnvelope")
+invalid("id-bignum", "request id as a tag-2 bignum",
+        arr(0, Raw(head(6, 2) + bstr(b"\x01" + b"\x00" * 8)), "ping", NULL),
+        "InvalidEnvelope")
+invalid("response-id-negative", "response id -1", arr(1, -1, 0, NULL),
+        "InvalidEnvelope")
+invalid("chunk-id-text", "chunk id as text", arr(3, "9", 0, True, NULL),
+        "InvalidEnvelope")
+invalid("method-bytes", "method as a byte string",
+        arr(0, 1, bstr(b"ping"), NULL), "InvalidEnvelope")
+invalid("method-int", "method as an integer", arr(0, 1, 7, NULL),
+        "InvalidEnvelope")
+invalid("method-empty", "empty method name", arr(0, 1, "", NULL),
+        "InvalidEnvelope")
+invalid("notification-method-null", "notification method null",
+        arr(2, None, NULL), "InvalidEnvelope")
+invalid("notification-method-empty", "empty notification method name",
+        arr(2, "", NULL), "InvalidEnvelope")
+invalid("seq-negative", "chunk seq -1", arr(3, 9, -1, True, NULL),
+        "InvalidEnvelope")
+invalid("seq-text", "chunk seq as text", arr(3, 9, "0", True, NULL),
+        "InvalidEnvelope")
+invalid("final-int", "chunk final as the integer 1", arr(3, 9, 0, 1, NULL),
+        "InvalidEnvelope")
+invalid("final-null", "chunk final null", arr(3, 9, 0, None, NULL),
+        "InvalidEnvelope")
+invalid("status-2", "response status 2", arr(1, 1, 2, NULL),
+        "InvalidEnvelope")
+invalid("status-text", "response status as text", arr(1, 1, "ok", NULL),
+        "InvalidEnvelope")
+invalid("error-missing-code", "error object without code",
+        arr(1, 1, 1, cmap((1, "oops"))), "InvalidEnvelope")
+invalid("error-code-int", "error code as an integer",
+        arr(1, 1, 1, cmap((0, 5), (1, "oops"))), "InvalidEnvelope")
+invalid("error-code-tagged", "a tag on the error code",
+        arr(1, 1, 1, cmap((0, Raw(head(6, 32) + tstr("internal"))),
+                          (1, "oops"))), "InvalidEnvelope")
+invalid("error-key-beyond-i64", "an error object key outside the signed "
+        "64-bit range makes the error object, so the frame, invalid",
+        arr(1, 1, 1, cmap((0, "internal"), (1, "oops"),
+                          (Raw(head(0, U64_MAX)), 0))), "InvalidEnvelope")
+invalid("error-missing-message", "error object without message",
+        arr(1, 1, 1, cmap((0, "internal"))), "InvalidEnvelope")
+invalid("error-message-bytes", "error message as a byte string",
+        arr(1, 1, 1, cmap((0, "internal"), (1, bstr(b"oops")))),
+        "InvalidEnvelope")
+invalid("error-retry-negative", "retry_after_ms -1",
+        arr(1, 1, 1, cmap((0, "rate_limited"), (1, "slow down"), (2, -1))),
+        "InvalidEnvelope")
+invalid("error-bytes", "error object as a byte string",
+        arr(1, 1, 1, bstr(b"oops")), "InvalidEnvelope")
+invalid("error-array", "error object as an array",
+        arr(1, 1, 1, arr("internal", "oops")), "InvalidEnvelope")
+invalid("error-null", "error object null", arr(1, 1, 1, NULL),
+        "InvalidEnvelope")
+
+# ---------------------------------------------------------------------------
+# Self-check with cbor2 and writing
+# ---------------------------------------------------------------------------
+
+
+def check(v):
+    b = bytes.fromhex(v["cbor_hex"])
+    if not v["valid"]:
+        return
+    frame = cbor2.loads(b)
+    x = v["expect"]
+    assert isinstance(frame, list), v["name"]
+    kinds = {"request": 0, "response": 1, "notification": 2, "chunk": 3}
+    assert frame[0] == kinds[x["kind"]], v["name"]
+
+    def item(key, got):
+        assert cbor2.loads(bytes.fromhex(x[key])) == got, (v["name"], key)
+
+    if x["kind"] == "request":
+        assert frame[1] == x["id"] and frame[2] == x["method"], v["name"]
+        item("params_hex", frame[3])
+    elif x["kind"] == "notification":
+        assert frame[1] == x["method"], v["name"]
+        item("params_hex", frame[2])
+    elif x["kind"] == "chunk":
+        assert frame[1:4] == [x["id"], x["seq"], x["final"]], v["name"]
+        item("data_hex", frame[4])
+    else:
+        assert frame[1] == x["id"], v["name"]
+        if "error" in x:
+            assert frame[2] == 1, v["name"]
+            err = frame[3]
+            assert err[0] == x["error"]["code"], v["name"]
+            assert err[1] == x["error"]["message"], v["name"]
+            assert err.get(2) == x["error"].get("retry_after_ms"), v["name"]
+        else:
+            assert frame[2] == 0, v["name"]
+            item("result_hex", frame[3])
+    if "canonical_hex" in v:
+        # The canonical form decodes to the same envelope minus extras.
+        c = cbor2.loads(bytes.fromhex(v["canonical_hex"]))
+        assert c[:-1] == frame[:len(c) - 1], v["name"]
+        last = frame[len(c) - 1]
+        if isinstance(c[-1], dict):
+            assert c[-1].items() <= last.items(), v["name"]
+        else:
+            assert c[-1] == last, v["name"]
+
+
+KEY_ORDER = ["name", "description", "layer", "valid", "method", "params_valid",
+             "max_frame_size", "error", "close", "decode_error", "result_of",
+             "diagnostic", "expect", "cbor_hex", "canonical_hex"]
+
+
+def main():
+    for v in VECTORS:
+        check(v)
+    for old in OUT.glob("*.json"):
+        old.unlink()
+    for v in VECTORS:
+        assert set(v) <= set(KEY_ORDER), v["name"]
+        ordered = {k: v[k] for k in KEY_ORDER if k in v}
+        path = OUT / (v["name"] + ".json")
+        path.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) +
+                        "\n")
+    print("wrote %d vectors to %s" % (len(VECTORS), OUT))
+
+
+if __name__ == "__main__":
+    main()
