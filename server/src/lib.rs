@@ -1,2 +1,200 @@
-//! The Plexus hub.
+//! # plexus-server
+//!
+//! The Plexus hub: a WebSocket server speaking `plexus.v1`
+//! (see `plexus-protocol` and `docs/protocol.md`).
+//!
+//! ## How the pieces fit
+//!
+//! - [`transport`]: hyper accepts HTTP connections, serves `/health` and
+//!   `/metrics`, and upgrades `/v1/ws` to a WebSocket that it hands to
+//!   [`session::run`].
+//! - [`session`]: one task per connection reads and decodes frames and
+//!   dispatches requests through an open table of handlers; a writer task
+//!   owns the socket's sending half and drains the connection's bounded
+//!   [`outbound`] queue in batches.
+//! - [`auth`]: JWT verification into a [`auth::Principal`] with capabilities
+//!   that every operation consults.
+//! - [`broker`]: the subject index (exact topics in a sharded map, wildcard
+//!   patterns in a token trie) and presence. A publish is encoded once and
+//!   its bytes are shared with every subscriber.
+//! - [`hub`]: the shared state; [`config`]: settings; [`metrics`]: Prometheus.
+//!
+//! [`Server`] starts a hub on a listener and shuts it down gracefully; the
+//! `plexus` binary and the integration tests both use it.
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod conn;
+pub mod hub;
+pub mod metrics;
+pub mod outbound;
+pub mod session;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+pub use hub::Hub;
+
+use auth::{AuthSettings, Authenticator, HmacAlg, KeySource};
+use config::HmacAlgName;
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The public key file could not be read.
+    #[error("cannot read the public key file {path}: {source}")]
+    PublicKey {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The key material is unusable.
+    #[error("cannot set up token verification: {0}")]
+    Auth(#[from] auth::AuthSetupError),
+    /// The development key could not be created or read.
+    #[error("cannot create or read the development key in {dir}: {source}")]
+    DevKey {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Where the verification key came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// `--jwt-secret`.
+    Secret,
+    /// `--jwt-public-key`.
+    PublicKey,
+    /// `--jwks-url`.
+    Jwks,
+    /// The development key in the data directory (`created` on this start).
+    DevKey {
+        /// Whether this start created it.
+        created: bool,
+    },
+}
+
+/// Builds the token-verification settings from the configuration, creating
+/// the development key when no key is configured.
+pub fn auth_settings(config: &Config) -> Result<(AuthSettings, KeyOrigin), StartError> {
+    let hmac = |alg: HmacAlgName| match alg {
+        HmacAlgName::HS256 => HmacAlg::HS256,
+        HmacAlgName::HS384 => HmacAlg::HS384,
+        HmacAlgName::HS512 => HmacAlg::HS512,
+    };
+    let (key, origin) = if !config.jwt_secret.is_empty() {
+        (
+            KeySource::Hmac {
+                secret: config.jwt_secret.as_bytes().to_vec(),
+                alg: hmac(config.jwt_hmac_alg),
+            },
+            KeyOrigin::Secret,
+        )
+    } else if !config.jwt_public_key.as_os_str().is_empty() {
+        let pem =
+            std::fs::read(&config.jwt_public_key).map_err(|source| StartError::PublicKey {
+                path: config.jwt_public_key.clone(),
+                source,
+            })?;
+        (KeySource::PublicKeyPem { pem }, KeyOrigin::PublicKey)
+    } else if !config.jwks_url.is_empty() {
+        (
+            KeySource::Jwks {
+                url: config.jwks_url.clone(),
+            },
+            KeyOrigin::Jwks,
+        )
+    } else {
+        let (secret, created) =
+            auth::load_or_create_dev_key(&config.data_dir).map_err(|source| {
+                StartError::DevKey {
+                    dir: config.data_dir.clone(),
+                    source,
+                }
+            })?;
+        (
+            KeySource::Hmac {
+                secret,
+                alg: HmacAlg::HS256,
+            },
+            KeyOrigin::DevKey { created },
+        )
+    };
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    Ok((
+        AuthSettings {
+            key,
+            issuer: non_empty(&config.jwt_issuer),
+            audience: non_empty(&config.jwt_audience),
+            leeway: config.jwt_leeway.0,
+            jwks_refresh: config.jwks_refresh.0,
+            jwks_timeout: config.jwks_timeout.0,
+        },
+        origin,
+    ))
+}
+
+/// A running hub.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    hub: Arc<Hub>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `config.listen` and starts serving.
+    pub async fn start(config: Config, auth: Authenticator) -> Result<Server, StartError> {
+        let addr = config.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        auth.spawn_jwks_refresh();
+        let hub = Arc::new(Hub::new(config, auth));
+        let accept = tokio::spawn(transport::serve(listener, hub.clone()));
+        Ok(Server { addr, hub, accept })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared hub state.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Stops accepting, sends `closing` and close 4008 to every connection,
+    /// and waits for them to drain, at most `shutdown_grace`. Returns the
+    /// number of connections still open at the deadline.
+    pub async fn shutdown(self) -> u64 {
+        self.hub.begin_shutdown();
+        let _ = self.accept.await;
+        let deadline = tokio::time::Instant::now() + self.hub.config.shutdown_grace.0;
+        while self.hub.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.hub.open_connections()
+    }
+}

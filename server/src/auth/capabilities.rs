@@ -1,0 +1,139 @@
+//! Who a connection is and what it may do.
+
+use std::sync::Arc;
+
+use plexus_protocol::topic::{MAX_TOPIC_LEN, Pattern, Topic};
+
+/// An authenticated user: the result of a successful
+/// [`Authenticator::verify`](super::Authenticator::verify).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's `sub`.
+    pub user: Arc<str>,
+    /// What the token allows.
+    pub caps: Arc<Capabilities>,
+    /// The token's `exp`, in Unix seconds. Always `Some` for verified
+    /// tokens (they must expire); `None` is for principals made in code.
+    pub expires_at: Option<u64>,
+}
+
+/// What a token allows, from its `plexus` claim:
+///
+/// ```json
+/// "plexus": {"sub": ["chat.>"], "pub": ["chat.room1"], "presence": true}
+/// ```
+///
+/// An absent claim or field allows nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Patterns the client may subscribe within (the `sub` field).
+    pub subscribe: Vec<Pattern>,
+    /// Patterns the client may publish to (the `pub` field).
+    pub publish: Vec<Pattern>,
+    /// Whether the client may join presence (the `presence` field);
+    /// see [`Capabilities::can_join_presence`].
+    pub presence: bool,
+}
+
+impl Capabilities {
+    /// Capabilities that allow everything: subscribe and publish on `>`,
+    /// presence on. For development setups and tests.
+    pub fn allow_all() -> Capabilities {
+        let all = Pattern::parse(">", MAX_TOPIC_LEN).map_or_else(|_| Vec::new(), |p| vec![p]);
+        Capabilities {
+            subscribe: all.clone(),
+            publish: all,
+            presence: true,
+        }
+    }
+
+    /// Whether subscribing to `pattern` is allowed: some allowed subscribe
+    /// pattern [covers](Pattern::covers) it. `chat.>` allows `chat.*` and
+    /// `chat.room1`; `chat.*` does not allow `chat.>`.
+    pub fn can_subscribe(&self, pattern: &Pattern) -> bool {
+        self.subscribe.iter().any(|allowed| allowed.covers(pattern))
+    }
+
+    /// Whether publishing to `topic` is allowed: some allowed publish
+    /// pattern matches it.
+    pub fn can_publish(&self, topic: &Topic) -> bool {
+        self.publish.iter().any(|allowed| allowed.matches(topic))
+    }
+
+    /// Whether reading `topic`'s presence (`presence.get`, presence
+    /// notices) is allowed: the same as subscribing to that exact topic.
+    pub fn can_read_presence(&self, topic: &Topic) -> bool {
+        self.can_subscribe(&Pattern::from(topic.clone()))
+    }
+
+    /// Whether joining `topic`'s presence (subscribing with `presence:
+    /// true`) is allowed: the `presence` capability plus
+    /// [`can_read_presence`](Capabilities::can_read_presence) on that topic.
+    pub fn can_join_presence(&self, topic: &Topic) -> bool {
+        self.presence && self.can_read_presence(topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pat(s: &str) -> Pattern {
+        Pattern::parse(s, MAX_TOPIC_LEN).unwrap()
+    }
+
+    fn topic(s: &str) -> Topic {
+        Topic::parse(s, MAX_TOPIC_LEN).unwrap()
+    }
+
+    #[test]
+    fn subscribe_uses_covers() {
+        let caps = Capabilities {
+            subscribe: vec![pat("chat.>"), pat("news.*")],
+            ..Capabilities::default()
+        };
+        assert!(caps.can_subscribe(&pat("chat.*")));
+        assert!(caps.can_subscribe(&pat("chat.room1")));
+        assert!(caps.can_subscribe(&pat("chat.a.b.>")));
+        assert!(!caps.can_subscribe(&pat("chat")));
+        assert!(!caps.can_subscribe(&pat(">")));
+        assert!(caps.can_subscribe(&pat("news.x")));
+        assert!(caps.can_subscribe(&pat("news.*")));
+        assert!(!caps.can_subscribe(&pat("news.>")));
+        assert!(caps.can_read_presence(&topic("chat.room9")));
+        assert!(!caps.can_read_presence(&topic("other")));
+        assert!(
+            !caps.can_join_presence(&topic("chat.room9")),
+            "presence flag off"
+        );
+    }
+
+    #[test]
+    fn publish_uses_matches() {
+        let caps = Capabilities {
+            publish: vec![pat("chat.room1"), pat("log.*")],
+            presence: true,
+            ..Capabilities::default()
+        };
+        assert!(caps.can_publish(&topic("chat.room1")));
+        assert!(!caps.can_publish(&topic("chat.room2")));
+        assert!(caps.can_publish(&topic("log.x")));
+        assert!(!caps.can_publish(&topic("log.x.y")));
+        assert!(
+            !caps.can_subscribe(&pat("chat.room1")),
+            "publish does not imply subscribe"
+        );
+        assert!(!caps.can_join_presence(&topic("chat.room1")));
+    }
+
+    #[test]
+    fn nothing_and_everything() {
+        let none = Capabilities::default();
+        assert!(!none.can_subscribe(&pat("a")));
+        assert!(!none.can_publish(&topic("a")));
+        let all = Capabilities::allow_all();
+        assert!(all.can_subscribe(&pat(">")));
+        assert!(all.can_publish(&topic("a.b.c")));
+        assert!(all.can_join_presence(&topic("a")));
+    }
+}

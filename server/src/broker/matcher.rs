@@ -1,0 +1,237 @@
+//! The subject index: which connections subscribed to patterns that match a
+//! topic.
+//!
+//! Exact subscriptions (the common case) sit in a sharded hash map keyed by
+//! topic, so a publish costs one hash lookup. Wildcard patterns sit in a
+//! token trie behind a read-write lock; a publish walks only the trie
+//! branches its tokens can reach, and skips the trie entirely while no
+//! wildcard subscription exists.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use plexus_protocol::topic::Pattern;
+
+use crate::conn::{Conn, ConnId};
+
+/// Subscribers of one exact topic or one trie position.
+type Subs = Vec<Arc<Conn>>;
+
+fn remove_conn(subs: &mut Subs, id: ConnId) -> bool {
+    match subs.iter().position(|c| c.id == id) {
+        Some(i) => {
+            subs.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    star: Option<Box<Node>>,
+    /// Subscribers whose pattern ends here.
+    here: Subs,
+    /// Subscribers whose pattern ends here with `>`.
+    rest: Subs,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.star.is_none()
+            && self.here.is_empty()
+            && self.rest.is_empty()
+    }
+
+    fn insert<'a>(&mut self, mut tokens: impl Iterator<Item = &'a str>, conn: Arc<Conn>) {
+        match tokens.next() {
+            None => self.here.push(conn),
+            Some(">") => self.rest.push(conn),
+            Some("*") => self
+                .star
+                .get_or_insert_with(Default::default)
+                .insert(tokens, conn),
+            Some(lit) => self
+                .children
+                .entry(lit.into())
+                .or_default()
+                .insert(tokens, conn),
+        }
+    }
+
+    fn remove<'a>(&mut self, mut tokens: impl Iterator<Item = &'a str>, id: ConnId) -> bool {
+        match tokens.next() {
+            None => remove_conn(&mut self.here, id),
+            Some(">") => remove_conn(&mut self.rest, id),
+            Some("*") => {
+                let Some(star) = self.star.as_mut() else {
+                    return false;
+                };
+                let removed = star.remove(tokens, id);
+                if star.is_empty() {
+                    self.star = None;
+                }
+                removed
+            }
+            Some(lit) => {
+                let Some(child) = self.children.get_mut(lit) else {
+                    return false;
+                };
+                let removed = child.remove(tokens, id);
+                if child.is_empty() {
+                    self.children.remove(lit);
+                }
+                removed
+            }
+        }
+    }
+
+    fn collect(&self, tokens: &[&str], out: &mut Vec<Arc<Conn>>) {
+        match tokens.split_first() {
+            None => out.extend(self.here.iter().cloned()),
+            Some((first, rest)) => {
+                out.extend(self.rest.iter().cloned());
+                if let Some(child) = self.children.get(*first) {
+                    child.collect(rest, out);
+                }
+                if let Some(star) = &self.star {
+                    star.collect(rest, out);
+                }
+            }
+        }
+    }
+}
+
+/// Most tokens a published topic may have; the topic length limit bounds it
+/// too, this keeps the per-publish token buffer on the stack.
+const MAX_TOKENS: usize = 64;
+
+/// The subscription index.
+#[derive(Debug, Default)]
+pub struct Matcher {
+    exact: DashMap<Box<str>, Subs>,
+    wild: RwLock<Node>,
+    wild_count: AtomicUsize,
+}
+
+impl Matcher {
+    /// Adds a subscription. The caller guarantees the connection does not
+    /// already hold the same pattern.
+    pub fn insert(&self, pattern: &Pattern, conn: Arc<Conn>) {
+        if pattern.is_exact() {
+            self.exact
+                .entry(pattern.as_str().into())
+                .or_default()
+                .push(conn);
+        } else {
+            self.wild.write().insert(pattern.tokens(), conn);
+            self.wild_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn remove(&self, pattern: &Pattern, id: ConnId) -> bool {
+        if pattern.is_exact() {
+            let removed = match self.exact.get_mut(pattern.as_str()) {
+                Some(mut subs) => remove_conn(&mut subs, id),
+                None => false,
+            };
+            self.exact
+                .remove_if(pattern.as_str(), |_, subs| subs.is_empty());
+            removed
+        } else {
+            let removed = self.wild.write().remove(pattern.tokens(), id);
+            if removed {
+                self.wild_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            removed
+        }
+    }
+
+    /// Calls `deliver` once for every connection with a subscription matching
+    /// `topic`, at most once per connection. Returns how many were called.
+    pub fn for_each_match(&self, topic: &str, mut deliver: impl FnMut(&Arc<Conn>)) -> usize {
+        let exact = self.exact.get(topic);
+        if self.wild_count.load(Ordering::Relaxed) == 0 {
+            // Fast path: one connection holds at most one exact subscription
+            // per topic, so no de-duplication is needed.
+            let Some(subs) = exact else { return 0 };
+            subs.iter().for_each(&mut deliver);
+            return subs.len();
+        }
+        let mut tokens: [&str; MAX_TOKENS] = [""; MAX_TOKENS];
+        let mut n = 0;
+        for t in topic.split('.') {
+            if n == MAX_TOKENS {
+                break;
+            }
+            tokens[n] = t;
+            n += 1;
+        }
+        let mut all: Vec<Arc<Conn>> = Vec::new();
+        if let Some(subs) = &exact {
+            all.extend(subs.iter().cloned());
+        }
+        drop(exact);
+        self.wild.read().collect(&tokens[..n], &mut all);
+        all.sort_unstable_by_key(|c| c.id);
+        all.dedup_by_key(|c| c.id);
+        all.iter().for_each(&mut deliver);
+        all.len()
+    }
+
+    /// Number of distinct exact topics with subscribers plus wildcard
+    /// subscriptions.
+    pub fn topic_count(&self) -> usize {
+        self.exact.len() + self.wild_count.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: ConnId) -> Arc<Conn> {
+        Arc::new(Conn::new(id, format!("s{id}").into(), 1024))
+    }
+
+    fn pat(s: &str) -> Pattern {
+        Pattern::parse(s, 256).unwrap()
+    }
+
+    fn matches(m: &Matcher, topic: &str) -> Vec<ConnId> {
+        let mut ids = Vec::new();
+        let n = m.for_each_match(topic, |c| ids.push(c.id));
+        assert_eq!(n, ids.len());
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn exact_and_wildcards_match_once_per_connection() {
+        let m = Matcher::default();
+        let (a, b, c) = (conn(1), conn(2), conn(3));
+        m.insert(&pat("chat.room1"), a.clone());
+        m.insert(&pat("chat.*"), a.clone());
+        m.insert(&pat("chat.>"), b.clone());
+        m.insert(&pat("*.room1"), c.clone());
+        assert_eq!(matches(&m, "chat.room1"), vec![1, 2, 3]);
+        assert_eq!(matches(&m, "chat.room2"), vec![1, 2]);
+        assert_eq!(matches(&m, "chat.room1.x"), vec![2]);
+        assert_eq!(matches(&m, "chat"), Vec::<ConnId>::new());
+        assert!(m.remove(&pat("chat.*"), 1));
+        assert!(!m.remove(&pat("chat.*"), 1));
+        assert_eq!(matches(&m, "chat.room2"), vec![2]);
+        assert!(m.remove(&pat("chat.>"), 2));
+        assert!(m.remove(&pat("*.room1"), 3));
+        assert_eq!(matches(&m, "chat.room1"), vec![1]);
+        assert!(m.remove(&pat("chat.room1"), 1));
+        assert_eq!(m.topic_count(), 0);
+        assert!(m.wild.read().is_empty(), "empty trie branches are pruned");
+    }
+}

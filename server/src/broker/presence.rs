@@ -1,0 +1,118 @@
+//! Presence: who is on a topic, with join and leave notifications.
+//!
+//! A connection joins a topic's presence by subscribing to that exact topic
+//! with `presence: true`; it leaves when it unsubscribes or its connection
+//! ends, however it ends. Every member receives `presence.join` and
+//! `presence.leave` for the others. Members are kept in connection order so
+//! `presence.get` can page with a stable cursor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use plexus_protocol::NotificationMethod;
+use plexus_protocol::frame::encode_notification;
+use plexus_protocol::methods::{Member, PresenceJoin, PresenceLeave, PresenceNotice};
+
+use crate::conn::{Conn, ConnId};
+
+/// Presence of every topic.
+#[derive(Debug, Default)]
+pub struct Presence {
+    topics: DashMap<Box<str>, BTreeMap<ConnId, Arc<Conn>>>,
+}
+
+/// The member record of a connection.
+pub fn member_of(conn: &Conn, with_info: bool) -> Member {
+    Member {
+        session: conn.session.to_string(),
+        user: conn.user().to_owned(),
+        info: if with_info {
+            conn.info.lock().clone()
+        } else {
+            None
+        },
+    }
+}
+
+fn notice(method: &str, topic: &str, member: Member) -> Option<Bytes> {
+    let n = PresenceNotice {
+        topic: topic.to_owned(),
+        member,
+    };
+    encode_notification(method, &n).ok().map(Bytes::from)
+}
+
+impl Presence {
+    /// Adds `conn` to `topic` and tells the other members. Returns false if
+    /// it was already present.
+    pub fn join(&self, topic: &str, conn: &Arc<Conn>) -> bool {
+        let mut members = self.topics.entry(topic.into()).or_default();
+        if members.contains_key(&conn.id) {
+            return false;
+        }
+        if let Some(frame) = notice(PresenceJoin::NAME, topic, member_of(conn, true)) {
+            for other in members.values() {
+                other.out.push(frame.clone());
+            }
+        }
+        members.insert(conn.id, conn.clone());
+        true
+    }
+
+    /// Removes `conn` from `topic` and tells the remaining members.
+    pub fn leave(&self, topic: &str, conn: &Conn) -> bool {
+        let removed = match self.topics.get_mut(topic) {
+            Some(mut members) => {
+                let removed = members.remove(&conn.id).is_some();
+                if removed && !members.is_empty() {
+                    if let Some(frame) = notice(PresenceLeave::NAME, topic, member_of(conn, false))
+                    {
+                        for other in members.values() {
+                            other.out.push(frame.clone());
+                        }
+                    }
+                }
+                removed
+            }
+            None => false,
+        };
+        self.topics.remove_if(topic, |_, m| m.is_empty());
+        removed
+    }
+
+    /// Tells the other members of `topic` that `conn` changed its info.
+    pub fn announce_info(&self, topic: &str, conn: &Conn) {
+        if let Some(members) = self.topics.get(topic) {
+            if let Some(frame) = notice(PresenceJoin::NAME, topic, member_of(conn, true)) {
+                for other in members.values().filter(|m| m.id != conn.id) {
+                    other.out.push(frame.clone());
+                }
+            }
+        }
+    }
+
+    /// A page of members of `topic` from `cursor` (inclusive), at most
+    /// `limit`; returns the page and the cursor of the next one.
+    pub fn page(&self, topic: &str, cursor: u64, limit: usize) -> (Vec<Member>, Option<u64>) {
+        let Some(members) = self.topics.get(topic) else {
+            return (Vec::new(), None);
+        };
+        let mut page = Vec::with_capacity(limit.min(members.len()));
+        let mut next = None;
+        for (id, conn) in members.range(cursor..) {
+            if page.len() == limit {
+                next = Some(*id);
+                break;
+            }
+            page.push(member_of(conn, true));
+        }
+        (page, next)
+    }
+
+    /// Number of members on `topic`.
+    pub fn count(&self, topic: &str) -> usize {
+        self.topics.get(topic).map_or(0, |m| m.len())
+    }
+}

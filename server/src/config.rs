@@ -1,0 +1,252 @@
+//! Configuration: command-line flags, `PLEXUS_*` environment variables, an
+//! optional TOML file, and documented defaults, in that order of precedence.
+//!
+//! Every setting is declared once, in [`Settings`], whose fields are all
+//! optional; [`Config::resolve`] layers the command line (which clap has
+//! already merged with the environment) over the file over the defaults.
+//! `docs/operations.md` lists every setting with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written as `25s`, `1h`, `500ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(Dur)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// The signing algorithm for HMAC keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum HmacAlgName {
+    /// HMAC with SHA-256.
+    HS256,
+    /// HMAC with SHA-384.
+    HS384,
+    /// HMAC with SHA-512.
+    HS512,
+}
+
+macro_rules! settings {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty = $default:expr, $long:literal, $env:literal; )*) => {
+        /// Every setting, each optional: what one layer (command line plus
+        /// environment, or the TOML file) says.
+        #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+        #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct Settings {
+            $(
+                $(#[$doc])*
+                #[arg(long = $long, env = $env, global = true)]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        /// The effective configuration.
+        #[derive(Debug, Clone, Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub struct Config {
+            $( $(#[$doc])* pub $field: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $field: $default, )* }
+            }
+        }
+
+        impl Config {
+            /// Layers `cli` over `file` over the defaults.
+            pub fn resolve(cli: Settings, file: Settings) -> Config {
+                let d = Config::default();
+                Config { $( $field: cli.$field.or(file.$field).unwrap_or(d.$field), )* }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address to listen on [default: 127.0.0.1:7700].
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7700)), "listen", "PLEXUS_LISTEN";
+    /// Data directory: embedded database and the development key [default: ./data].
+    data_dir: PathBuf = PathBuf::from("./data"), "data-dir", "PLEXUS_DATA_DIR";
+    /// HMAC secret for JWTs. When no key is configured at all, a development
+    /// key is generated in the data directory on first start.
+    jwt_secret: String = String::new(), "jwt-secret", "PLEXUS_JWT_SECRET";
+    /// HMAC algorithm for --jwt-secret [default: HS256].
+    jwt_hmac_alg: HmacAlgName = HmacAlgName::HS256, "jwt-hmac-alg", "PLEXUS_JWT_HMAC_ALG";
+    /// PEM file with the public key for RS256, ES256 or EdDSA tokens.
+    jwt_public_key: PathBuf = PathBuf::new(), "jwt-public-key", "PLEXUS_JWT_PUBLIC_KEY";
+    /// JWKS URL to fetch verification keys from (selected by `kid`).
+    jwks_url: String = String::new(), "jwks-url", "PLEXUS_JWKS_URL";
+    /// How often to refresh the JWKS [default: 5m].
+    jwks_refresh: Dur = Dur(Duration::from_secs(300)), "jwks-refresh", "PLEXUS_JWKS_REFRESH";
+    /// Timeout of one JWKS fetch [default: 5s].
+    jwks_timeout: Dur = Dur(Duration::from_secs(5)), "jwks-timeout", "PLEXUS_JWKS_TIMEOUT";
+    /// Required `iss` claim, if set.
+    jwt_issuer: String = String::new(), "jwt-issuer", "PLEXUS_JWT_ISSUER";
+    /// Required `aud` claim, if set.
+    jwt_audience: String = String::new(), "jwt-audience", "PLEXUS_JWT_AUDIENCE";
+    /// Clock leeway for `exp` and `nbf` [default: 5s].
+    jwt_leeway: Dur = Dur(Duration::from_secs(5)), "jwt-leeway", "PLEXUS_JWT_LEEWAY";
+    /// Deadline for the first frame (`auth`) [default: 10s].
+    auth_timeout: Dur = Dur(Duration::from_secs(10)), "auth-timeout", "PLEXUS_AUTH_TIMEOUT";
+    /// How long before expiry `token.expiring` is sent (at most a quarter of the token's remaining life) [default: 60s].
+    token_expiring_lead: Dur = Dur(Duration::from_secs(60)), "token-expiring-lead", "PLEXUS_TOKEN_EXPIRING_LEAD";
+    /// Comma-separated Origin allow-list for browser clients; empty allows any [default: empty].
+    allowed_origins: String = String::new(), "allowed-origins", "PLEXUS_ALLOWED_ORIGINS";
+    /// Largest frame after auth, in bytes [default: 1048576].
+    max_frame_size: usize = 1024 * 1024, "max-frame-size", "PLEXUS_MAX_FRAME_SIZE";
+    /// Largest frame before auth, in bytes [default: 16384].
+    max_preauth_frame_size: usize = 16 * 1024, "max-preauth-frame-size", "PLEXUS_MAX_PREAUTH_FRAME_SIZE";
+    /// Deepest CBOR nesting in a frame [default: 32].
+    max_depth: u16 = 32, "max-depth", "PLEXUS_MAX_DEPTH";
+    /// Most requests in flight per connection [default: 64].
+    max_in_flight: usize = 64, "max-in-flight", "PLEXUS_MAX_IN_FLIGHT";
+    /// Most subscriptions per connection [default: 1024].
+    max_subscriptions: usize = 1024, "max-subscriptions", "PLEXUS_MAX_SUBSCRIPTIONS";
+    /// Longest topic or pattern, in bytes [default: 256].
+    max_topic_len: usize = 256, "max-topic-len", "PLEXUS_MAX_TOPIC_LEN";
+    /// Largest publish payload, in encoded bytes [default: 262144].
+    max_payload: usize = 256 * 1024, "max-payload", "PLEXUS_MAX_PAYLOAD";
+    /// Largest presence info, in encoded bytes [default: 1024].
+    max_presence_info: usize = 1024, "max-presence-info", "PLEXUS_MAX_PRESENCE_INFO";
+    /// Largest page of `presence.get` [default: 1000].
+    max_presence_page: usize = 1000, "max-presence-page", "PLEXUS_MAX_PRESENCE_PAGE";
+    /// Outbound queue budget per connection, in bytes; past it the connection is closed as a slow consumer [default: 4194304].
+    max_outbound_bytes: usize = 4 * 1024 * 1024, "max-outbound-bytes", "PLEXUS_MAX_OUTBOUND_BYTES";
+    /// Most connections per user [default: 64].
+    max_connections_per_user: usize = 64, "max-connections-per-user", "PLEXUS_MAX_CONNECTIONS_PER_USER";
+    /// Most connections in total [default: 100000].
+    max_connections: usize = 100_000, "max-connections", "PLEXUS_MAX_CONNECTIONS";
+    /// Sustained requests per second per connection [default: 100].
+    rate_per_sec: u32 = 100, "rate-per-sec", "PLEXUS_RATE_PER_SEC";
+    /// Request burst above the sustained rate [default: 200].
+    rate_burst: u32 = 200, "rate-burst", "PLEXUS_RATE_BURST";
+    /// Requests rejected as rate-limited in a row before the connection is closed [default: 50].
+    rate_strikes: u32 = 50, "rate-strikes", "PLEXUS_RATE_STRIKES";
+    /// Interval of WebSocket pings [default: 25s].
+    ping_interval: Dur = Dur(Duration::from_secs(25)), "ping-interval", "PLEXUS_PING_INTERVAL";
+    /// How long to wait for a pong before closing with 4010 [default: 10s].
+    pong_timeout: Dur = Dur(Duration::from_secs(10)), "pong-timeout", "PLEXUS_PONG_TIMEOUT";
+    /// Server-side limit on one request's run time [default: 30s].
+    request_timeout: Dur = Dur(Duration::from_secs(30)), "request-timeout", "PLEXUS_REQUEST_TIMEOUT";
+    /// WebSocket read buffer per connection, in bytes [default: 4096].
+    ws_read_buffer: usize = 4096, "ws-read-buffer", "PLEXUS_WS_READ_BUFFER";
+    /// WebSocket write buffer per connection, in bytes [default: 4096].
+    ws_write_buffer: usize = 4096, "ws-write-buffer", "PLEXUS_WS_WRITE_BUFFER";
+    /// Kernel send buffer per accepted socket (SO_SNDBUF), in bytes; 0 keeps the kernel's autotuning [default: 0].
+    tcp_send_buffer: usize = 0, "tcp-send-buffer", "PLEXUS_TCP_SEND_BUFFER";
+    /// Deadline for draining connections on shutdown [default: 10s].
+    shutdown_grace: Dur = Dur(Duration::from_secs(10)), "shutdown-grace", "PLEXUS_SHUTDOWN_GRACE";
+    /// Reconnect hint sent in `closing` on shutdown [default: 2s].
+    shutdown_retry_hint: Dur = Dur(Duration::from_secs(2)), "shutdown-retry-hint", "PLEXUS_SHUTDOWN_RETRY_HINT";
+    /// Enable the `debug.*` methods (for tests only; never in production) [default: false].
+    debug_methods: bool = false, "debug-methods", "PLEXUS_DEBUG_METHODS";
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML file is invalid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: toml::de::Error,
+    },
+}
+
+/// Reads a TOML settings file.
+pub fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Config {
+    /// The Origin allow-list, parsed.
+    pub fn origins(&self) -> Vec<String> {
+        self.allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The configuration as TOML with secrets masked, for `plexus config`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        if !c.jwt_secret.is_empty() {
+            c.jwt_secret = "********".into();
+        }
+        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_beats_file_beats_default() {
+        let cli = Settings {
+            max_in_flight: Some(5),
+            ..Default::default()
+        };
+        let file: Settings =
+            toml::from_str("max-in-flight = 7\nmax-payload = 99\nping-interval = \"3s\"").unwrap();
+        let c = Config::resolve(cli, file);
+        assert_eq!(c.max_in_flight, 5);
+        assert_eq!(c.max_payload, 99);
+        assert_eq!(c.ping_interval, Dur(Duration::from_secs(3)));
+        assert_eq!(c.max_subscriptions, 1024);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected_and_secrets_masked() {
+        assert!(toml::from_str::<Settings>("no-such-key = 1").is_err());
+        let c = Config {
+            jwt_secret: "hunter2".into(),
+            ..Default::default()
+        };
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("jwt-secret = \"********\""));
+    }
+}

@@ -1,0 +1,56 @@
+//! A connection as the rest of the hub sees it: identity plus its outbound
+//! queue. Shared by the broker and presence as `Arc<Conn>`.
+
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use plexus_protocol::RawValue;
+
+use crate::outbound::Outbound;
+
+/// A hub-wide unique connection number.
+pub type ConnId = u64;
+
+/// An authenticated connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// Hub-wide unique number.
+    pub id: ConnId,
+    /// The session id announced to the client and shown in presence.
+    pub session: Arc<str>,
+    /// The authenticated user (`sub`), set once by `auth`.
+    user: OnceLock<Arc<str>>,
+    /// Frames waiting for the writer.
+    pub out: Outbound,
+    /// Presence info set with `presence.set`.
+    pub info: Mutex<Option<RawValue>>,
+}
+
+impl Conn {
+    /// A connection, not yet authenticated, with an empty queue of
+    /// `max_outbound_bytes`.
+    pub fn new(id: ConnId, session: Arc<str>, max_outbound_bytes: usize) -> Conn {
+        Conn {
+            id,
+            session,
+            user: OnceLock::new(),
+            out: Outbound::new(max_outbound_bytes),
+            info: Mutex::new(None),
+        }
+    }
+
+    /// The authenticated user, or `""` before `auth` succeeded.
+    pub fn user(&self) -> &str {
+        self.user.get().map_or("", |u| u)
+    }
+
+    /// The authenticated user as shared text, once authenticated.
+    pub fn user_arc(&self) -> Option<&Arc<str>> {
+        self.user.get()
+    }
+
+    /// Records the authenticated user; only the first call has an effect.
+    pub fn set_user(&self, user: Arc<str>) {
+        let _ = self.user.set(user);
+    }
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics, through the `metrics` facade and its Prometheus
+//! exporter. Handles for the hot counters are created once and reused.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `plexus_connections` | gauge | |
+//! | `plexus_connections_total` | counter | |
+//! | `plexus_frames_in_total` / `plexus_frames_out_total` | counter | |
+//! | `plexus_bytes_in_total` / `plexus_bytes_out_total` | counter | |
+//! | `plexus_requests_total` | counter | `method`, `code` (`ok` or an error code) |
+//! | `plexus_request_duration_seconds` | histogram | `method` |
+//! | `plexus_publishes_total` | counter | |
+//! | `plexus_deliveries_total` | counter | |
+//! | `plexus_slow_consumer_closes_total` | counter | |
+//! | `plexus_auth_failures_total` | counter | `reason` |
+//! | `plexus_closes_total` | counter | `code` |
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use plexus_protocol::{CloseCode, Method, MethodKind};
+
+/// Request latency buckets in seconds (10 µs to 10 s).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its
+/// handle, or `None` if another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("plexus_request_duration_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Renders the Prometheus text exposition.
+pub fn render() -> String {
+    install().map(|h| h.render()).unwrap_or_default()
+}
+
+/// Cached handles of the hot metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Open connections.
+    pub connections: Gauge,
+    /// Connections accepted.
+    pub connections_total: Counter,
+    /// Frames received.
+    pub frames_in: Counter,
+    /// Frames sent.
+    pub frames_out: Counter,
+    /// Bytes received in frames.
+    pub bytes_in: Counter,
+    /// Bytes sent in frames.
+    pub bytes_out: Counter,
+    /// Publishes accepted.
+    pub publishes: Counter,
+    /// Events queued for subscribers.
+    pub deliveries: Counter,
+    /// Connections closed as slow consumers.
+    pub slow_consumer_closes: Counter,
+    ok: Vec<(&'static str, Counter)>,
+}
+
+impl Metrics {
+    /// Creates the handles (installing the recorder if needed).
+    pub fn new() -> Metrics {
+        install();
+        let ok = Method::ALL
+            .iter()
+            .filter(|m| m.kind() == MethodKind::Request)
+            .map(|m| {
+                let name = m.name();
+                (
+                    name,
+                    counter!("plexus_requests_total", "method" => name, "code" => "ok"),
+                )
+            })
+            .collect();
+        Metrics {
+            connections: gauge!("plexus_connections"),
+            connections_total: counter!("plexus_connections_total"),
+            frames_in: counter!("plexus_frames_in_total"),
+            frames_out: counter!("plexus_frames_out_total"),
+            bytes_in: counter!("plexus_bytes_in_total"),
+            bytes_out: counter!("plexus_bytes_out_total"),
+            publishes: counter!("plexus_publishes_total"),
+            deliveries: counter!("plexus_deliveries_total"),
+            slow_consumer_closes: counter!("plexus_slow_consumer_closes_total"),
+            ok,
+        }
+    }
+
+    /// Counts a finished request and its latency.
+    pub fn request(&self, method: &'static str, code: Option<&str>, seconds: f64) {
+        match code {
+            None => match self.ok.iter().find(|(m, _)| *m == method) {
+                Some((_, c)) => c.increment(1),
+                None => counter!("plexus_requests_total", "method" => method, "code" => "ok")
+                    .increment(1),
+            },
+            Some(code) => {
+                counter!("plexus_requests_total", "method" => method, "code" => code.to_owned())
+                    .increment(1)
+            }
+        }
+        histogram!("plexus_request_duration_seconds", "method" => method).record(seconds);
+    }
+
+    /// Counts an authentication failure.
+    pub fn auth_failure(&self, reason: &'static str) {
+        counter!("plexus_auth_failures_total", "reason" => reason).increment(1);
+    }
+
+    /// Counts a close the server initiated.
+    pub fn close(&self, code: CloseCode) {
+        counter!("plexus_closes_total", "code" => code.as_u16().to_string()).increment(1);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

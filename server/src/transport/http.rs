@@ -1,0 +1,102 @@
+//! The accept loop and the HTTP routes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::hub::Hub;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until shutdown begins.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
+    let mut shutdown = hub.shutdown_signal();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        if hub.config.tcp_send_buffer > 0 {
+            let _ =
+                socket2::SockRef::from(&stream).set_send_buffer_size(hub.config.tcp_send_buffer);
+        }
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let hub = hub.clone();
+                async move { Ok::<_, Infallible>(route(req, hub, peer)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                debug!(error = %e, "http connection error");
+            }
+        });
+    }
+}
+
+fn route(
+    req: Request<Incoming>,
+    hub: Arc<Hub>,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/v1/ws") => super::upgrade::handle(req, hub, peer),
+        (&hyper::Method::GET, "/health") => health(&hub),
+        (&hyper::Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        _ => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+    }
+}
+
+fn health(hub: &Hub) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "status": if hub.is_shutting_down() { "draining" } else { "ok" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": hub.started.elapsed().as_secs(),
+        "connections": hub.open_connections(),
+        "topics": hub.broker.matcher.topic_count(),
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if hub.is_shutting_down() {
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    r
+}
