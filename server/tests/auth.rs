@@ -226,3 +226,31 @@ async fn per_user_connection_limit_closes_4004_and_instances_replace_4009() {
     b.expect_close(4009, true).await;
     d.call("ping", &Empty {}).await.unwrap();
 }
+
+#[tokio::test]
+async fn jwks_outage_answers_unavailable_and_keeps_the_connection() {
+    // Nothing listens on this port: the JWKS cannot be fetched.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", dead.local_addr().unwrap());
+    drop(dead);
+    let mut settings =
+        plexus_server::auth::AuthSettings::new(plexus_server::auth::KeySource::Jwks { url });
+    settings.jwks_timeout = Duration::from_millis(500);
+    let server = start_with_auth(settings).await;
+    let pem = include_bytes!("../src/auth/testdata/test-only-ec-p256-private.pem");
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let es256 = jsonwebtoken::encode(
+        &header,
+        &claims("alice", &[">"], &[">"], false),
+        &jsonwebtoken::EncodingKey::from_ec_pem(pem).unwrap(),
+    )
+    .unwrap();
+    let mut c = Client::connect(server.local_addr()).await;
+    let err = c.auth(&es256).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(err.retry_after_ms.is_some());
+    // The connection stays open for a retry.
+    let err = c.auth(&es256).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable);
+}

@@ -165,15 +165,23 @@ async fn text_frames_close_1003() {
 async fn client_close_is_answered_with_1000() {
     let server = start(|_| {}).await;
     let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
-    c.ws.close(None).await.unwrap();
+    c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
     let mut got = None;
     while let Some(Ok(m)) = c.ws.next().await {
         if let Message::Close(f) = m {
             got = f.map(|f| u16::from(f.code));
         }
     }
-    // tungstenite echoes the client's code; with no code the reply is empty.
-    assert!(got.is_none() || got == Some(1000));
+    assert_eq!(
+        got,
+        Some(1000),
+        "the hub completes the closing handshake with 1000"
+    );
 }
 
 #[tokio::test]
@@ -397,7 +405,45 @@ async fn http_edge_rejects_bad_handshakes_and_serves_health_and_metrics() {
     assert!(
         body["connections"].is_u64() && body["topics"].is_u64() && body["uptime_seconds"].is_u64()
     );
+    // Some traffic, then the counters show it.
+    let (mut c, _) = Client::authed(addr, &token("metrics")).await;
+    c.call("ping", &Empty {}).await.unwrap();
+    c.call(
+        "subscribe",
+        &SubscribeParams {
+            topic: "m",
+            presence: None,
+        },
+    )
+    .await
+    .unwrap();
+    let data = raw(&1u8);
+    c.call(
+        "publish",
+        &PublishParams {
+            topic: "m",
+            data: data.as_raw_ref(),
+            echo: None,
+        },
+    )
+    .await
+    .unwrap();
+    c.call("nope", &Empty {}).await.unwrap_err();
     let metrics = get("/metrics", "").await;
     assert!(metrics.starts_with("HTTP/1.1 200"));
-    assert!(metrics.contains("plexus_connections"), "{metrics}");
+    for needle in [
+        "plexus_connections ",
+        "plexus_connections_total ",
+        "plexus_frames_in_total ",
+        "plexus_frames_out_total ",
+        "plexus_bytes_in_total ",
+        "plexus_bytes_out_total ",
+        "plexus_requests_total{method=\"ping\",code=\"ok\"}",
+        "plexus_requests_total{method=\"unknown\",code=\"method_not_found\"}",
+        "plexus_request_duration_seconds_bucket{method=\"publish\",le=\"0.001\"}",
+        "plexus_publishes_total ",
+        "plexus_deliveries_total ",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+    }
 }

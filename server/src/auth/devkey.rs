@@ -95,10 +95,10 @@ fn create_new(path: &Path) -> io::Result<fs::File> {
 #[cfg(unix)]
 fn warn_if_shared(file: &fs::File) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = file.metadata() {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!("the dev signing key file is readable by other users; chmod 600 it");
-        }
+    if let Ok(meta) = file.metadata()
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!("the dev signing key file is readable by other users; chmod 600 it");
     }
 }
 

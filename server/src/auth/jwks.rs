@@ -165,14 +165,14 @@ impl JwksCache {
 
     async fn first_load(&self, kid: &str, seen: u64) -> Result<Arc<JwkKey>, AuthError> {
         let _guard = self.refresh.lock().await;
-        if self.attempts.load(Ordering::Acquire) == seen {
-            if let Err(e) = self.fetch_and_store().await {
-                tracing::warn!(
-                    url = %self.log_url,
-                    error = %ErrorChain(&e),
-                    "JWKS fetch failed and no keys are cached",
-                );
-            }
+        if self.attempts.load(Ordering::Acquire) == seen
+            && let Err(e) = self.fetch_and_store().await
+        {
+            tracing::warn!(
+                url = %self.log_url,
+                error = %ErrorChain(&e),
+                "JWKS fetch failed and no keys are cached",
+            );
         }
         match self.current() {
             None => Err(AuthError::Unavailable),
@@ -360,10 +360,10 @@ pub(crate) fn check_key_shape(key: &DecodingKey, alg: Algorithm) -> Result<(), &
         }
         Algorithm::ES256 | Algorithm::ES384 => {}
         _ => {
-            if let DecodingKeyKind::RsaModulusExponent { n, .. } = key.kind() {
-                if modulus_bits(n) < MIN_RSA_BITS {
-                    return Err("RSA modulus is too small");
-                }
+            if let DecodingKeyKind::RsaModulusExponent { n, .. } = key.kind()
+                && modulus_bits(n) < MIN_RSA_BITS
+            {
+                return Err("RSA modulus is too small");
             }
         }
     }

@@ -66,12 +66,12 @@ impl Presence {
         let removed = match self.topics.get_mut(topic) {
             Some(mut members) => {
                 let removed = members.remove(&conn.id).is_some();
-                if removed && !members.is_empty() {
-                    if let Some(frame) = notice(PresenceLeave::NAME, topic, member_of(conn, false))
-                    {
-                        for other in members.values() {
-                            other.out.push(frame.clone());
-                        }
+                if removed
+                    && !members.is_empty()
+                    && let Some(frame) = notice(PresenceLeave::NAME, topic, member_of(conn, false))
+                {
+                    for other in members.values() {
+                        other.out.push(frame.clone());
                     }
                 }
                 removed
@@ -84,29 +84,45 @@ impl Presence {
 
     /// Tells the other members of `topic` that `conn` changed its info.
     pub fn announce_info(&self, topic: &str, conn: &Conn) {
-        if let Some(members) = self.topics.get(topic) {
-            if let Some(frame) = notice(PresenceJoin::NAME, topic, member_of(conn, true)) {
-                for other in members.values().filter(|m| m.id != conn.id) {
-                    other.out.push(frame.clone());
-                }
+        if let Some(members) = self.topics.get(topic)
+            && let Some(frame) = notice(PresenceJoin::NAME, topic, member_of(conn, true))
+        {
+            for other in members.values().filter(|m| m.id != conn.id) {
+                other.out.push(frame.clone());
             }
         }
     }
 
     /// A page of members of `topic` from `cursor` (inclusive), at most
-    /// `limit`; returns the page and the cursor of the next one.
-    pub fn page(&self, topic: &str, cursor: u64, limit: usize) -> (Vec<Member>, Option<u64>) {
+    /// `limit` members and about `max_bytes` of encoded members (at least
+    /// one member per page); returns the page and the cursor of the next.
+    pub fn page(
+        &self,
+        topic: &str,
+        cursor: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<Member>, Option<u64>) {
         let Some(members) = self.topics.get(topic) else {
             return (Vec::new(), None);
         };
         let mut page = Vec::with_capacity(limit.min(members.len()));
+        let mut bytes = 0;
         let mut next = None;
         for (id, conn) in members.range(cursor..) {
-            if page.len() == limit {
+            let member = member_of(conn, true);
+            // Upper bound of the member's encoding: map and key heads plus
+            // the three fields.
+            let size = 32
+                + member.session.len()
+                + member.user.len()
+                + member.info.as_ref().map_or(0, |i| i.len());
+            if page.len() == limit || (!page.is_empty() && bytes + size > max_bytes) {
                 next = Some(*id);
                 break;
             }
-            page.push(member_of(conn, true));
+            bytes += size;
+            page.push(member);
         }
         (page, next)
     }
@@ -114,5 +130,38 @@ impl Presence {
     /// Number of members on `topic`.
     pub fn count(&self, topic: &str) -> usize {
         self.topics.get(topic).map_or(0, |m| m.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_protocol::RawValue;
+
+    fn conn(id: ConnId, info_len: usize) -> Arc<Conn> {
+        let c = Arc::new(Conn::new(id, format!("s{id}").into(), 1 << 20));
+        c.set_user(format!("u{id}").into());
+        let info = minicbor::bytes::ByteVec::from(vec![0u8; info_len]);
+        *c.info.lock() = Some(RawValue::encode(&info).unwrap());
+        c
+    }
+
+    #[test]
+    fn pages_are_bounded_by_count_and_bytes() {
+        let p = Presence::default();
+        for id in 1..=10 {
+            p.join("t", &conn(id, 1000));
+        }
+        let (page, next) = p.page("t", 0, 4, 1 << 20);
+        assert_eq!((page.len(), next), (4, Some(5)));
+        // About 1 KiB per member: a 3.5 KiB budget holds three.
+        let (page, next) = p.page("t", 5, 100, 3500);
+        assert_eq!((page.len(), next), (3, Some(8)));
+        // A member larger than the budget still makes progress.
+        let (page, next) = p.page("t", 8, 100, 10);
+        assert_eq!((page.len(), next), (1, Some(9)));
+        let (page, next) = p.page("t", 9, 100, 1 << 20);
+        assert_eq!((page.len(), next), (2, None));
+        assert_eq!(p.count("t"), 10);
     }
 }

@@ -35,6 +35,10 @@ pub(crate) enum Handler {
 /// Default page size of `presence.get`.
 const DEFAULT_PRESENCE_PAGE: u64 = 100;
 
+/// Room left in a response frame for the envelope and result map around a
+/// page of members.
+const RESPONSE_OVERHEAD: usize = 64;
+
 static TABLE: &[(&str, Handler)] = &[
     ("ping", Handler::Sync(ping)),
     ("subscribe", Handler::Sync(subscribe)),
@@ -168,11 +172,17 @@ fn presence_get(s: &mut Session, params: &RawValue) -> Reply {
         .limit
         .unwrap_or(DEFAULT_PRESENCE_PAGE)
         .clamp(1, max.max(1)) as usize;
+    // Keep the response within the frame size clients accept.
+    let budget = s
+        .hub
+        .config
+        .max_frame_size
+        .saturating_sub(RESPONSE_OVERHEAD);
     let (members, next) = s
         .hub
         .broker
         .presence
-        .page(p.topic, p.cursor.unwrap_or(0), limit);
+        .page(p.topic, p.cursor.unwrap_or(0), limit, budget);
     encode(&PresenceGetResult { members, next })
 }
 

@@ -28,7 +28,7 @@ use plexus_protocol::{
 };
 use tokio::time::sleep_until;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span, info_span};
 
 use crate::auth::{AuthError, Capabilities, Principal};
 use crate::conn::Conn;
@@ -317,12 +317,12 @@ impl Session {
             }
             Ok(Frame::Request(req)) => self.on_request(req).await,
             Ok(Frame::Notification(n)) => {
-                if n.method == Method::Cancel.name() && self.principal.is_some() {
-                    if let Ok(p) = decode_params::<CancelParams>(&n.params) {
-                        if let Some(h) = self.inflight.get(&p.id) {
-                            h.abort();
-                        }
-                    }
+                if n.method == Method::Cancel.name()
+                    && self.principal.is_some()
+                    && let Ok(p) = decode_params::<CancelParams>(&n.params)
+                    && let Some(h) = self.inflight.get(&p.id)
+                {
+                    h.abort();
                 }
                 // Unknown notifications are ignored, as the spec requires.
             }
@@ -385,6 +385,7 @@ impl Session {
         };
         match handler {
             Handler::Sync(f) => {
+                let _span = debug_span!("request", id = req.id, method = name).entered();
                 let reply = std::panic::catch_unwind(AssertUnwindSafe(|| f(self, &req.params)))
                     .unwrap_or_else(|_| Err(WireError::new(ErrorCode::Internal, "internal error")));
                 self.respond(req.id, name, now, reply);
@@ -412,6 +413,8 @@ impl Session {
                         Err(_) => Err(WireError::new(ErrorCode::Timeout, "request timed out")),
                     }
                 };
+                let guarded =
+                    guarded.instrument(debug_span!("request", id = req.id, method = name));
                 let (handle, reg) = AbortHandle::new_pair();
                 let id = req.id;
                 self.inflight.insert(id, handle);

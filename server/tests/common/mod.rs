@@ -50,6 +50,12 @@ pub fn auth_settings(config: &Config) -> AuthSettings {
     }
 }
 
+/// Starts a hub with explicit token-verification settings.
+pub async fn start_with_auth(settings: AuthSettings) -> Server {
+    let auth = Authenticator::new(settings).unwrap();
+    Server::start(test_config(), auth).await.unwrap()
+}
+
 /// Starts a hub with the test secret; `tweak` adjusts the configuration.
 pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     let mut config = test_config();
@@ -177,10 +183,9 @@ impl Client {
             .pending
             .iter()
             .position(|f| matches!(f, Frame::Response(r) if r.id == id))
+            && let Some(Frame::Response(r)) = self.pending.remove(pos)
         {
-            if let Some(Frame::Response(r)) = self.pending.remove(pos) {
-                return r.outcome;
-            }
+            return r.outcome;
         }
         loop {
             match self.read_frame().await {
@@ -206,10 +211,9 @@ impl Client {
             .pending
             .iter()
             .position(|f| matches!(f, Frame::Notification(n) if n.method == method))
+            && let Some(Frame::Notification(n)) = self.pending.remove(pos)
         {
-            if let Some(Frame::Notification(n)) = self.pending.remove(pos) {
-                return n;
-            }
+            return n;
         }
         loop {
             match self.read_frame().await {

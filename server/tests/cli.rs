@@ -1,0 +1,192 @@
+//! The `plexus` binary end to end: `serve` on a fresh data directory
+//! generates the development key and prints how to connect, `token` mints a
+//! token that the running hub accepts, `config` masks secrets, and SIGTERM
+//! drains connections with `closing` and 4008.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use plexus_protocol::methods::{PublishParams, PublishResult, SubscribeParams};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_plexus");
+
+fn plexus() -> Command {
+    let mut c = Command::new(BIN);
+    // The test must not inherit settings from the environment.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PLEXUS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+#[tokio::test]
+async fn serve_token_and_sigterm_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = plexus()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    let mut printed = String::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+    {
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(rest) = line.split("ws://").nth(1) {
+            addr = Some(
+                rest.split('/')
+                    .next()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap(),
+            );
+        }
+        if line.contains("-- token") && addr.is_some() {
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no address printed:\n{printed}"));
+    assert!(
+        printed.contains("generated a development signing key"),
+        "{printed}"
+    );
+    assert!(printed.contains("plexus-server -- token"), "{printed}");
+
+    let key = data.join("dev-signing-key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    let out = plexus()
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--sub-allow",
+            "chat.>",
+            "--pub-allow",
+            "chat.room1",
+            "--ttl",
+            "10m",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.split('.').count(), 3);
+
+    let (mut c, r) = Client::authed(addr, &token).await;
+    assert_eq!(r.user, "alice");
+    c.call(
+        "subscribe",
+        &SubscribeParams {
+            topic: "chat.>",
+            presence: None,
+        },
+    )
+    .await
+    .unwrap();
+    let data_item = raw(&"hi");
+    let res: PublishResult = c
+        .call(
+            "publish",
+            &PublishParams {
+                topic: "chat.room1",
+                data: data_item.as_raw_ref(),
+                echo: None,
+            },
+        )
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(res.delivered, 1);
+    let err = c
+        .call(
+            "publish",
+            &PublishParams {
+                topic: "chat.room2",
+                data: data_item.as_raw_ref(),
+                echo: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, plexus_protocol::ErrorCode::Forbidden);
+
+    // SIGTERM: the client gets `closing` and 4008, the process exits 0.
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    c.expect_close(4008, true).await;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn config_masks_secrets_and_help_names_env_vars() {
+    let out = plexus()
+        .args([
+            "config",
+            "--jwt-secret",
+            "super-secret-value-that-must-not-show",
+        ])
+        .env("PLEXUS_MAX_PAYLOAD", "1234")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("super-secret-value"), "{text}");
+    assert!(text.contains("jwt-secret = \"********\""), "{text}");
+    assert!(
+        text.contains("max-payload = 1234"),
+        "env fallback applies: {text}"
+    );
+
+    let help = plexus().arg("--help").output().await.unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for env in [
+        "PLEXUS_LISTEN",
+        "PLEXUS_DATA_DIR",
+        "PLEXUS_JWT_SECRET",
+        "PLEXUS_MAX_FRAME_SIZE",
+        "PLEXUS_RATE_PER_SEC",
+    ] {
+        assert!(help.contains(env), "--help shows {env}");
+    }
+}
