@@ -9,6 +9,10 @@
 //! described in `conformance/vectors/README.md` and mirrored by
 //! [`vectors::Vector`].
 //!
+//! [`script`] holds a scripted server: a real WebSocket endpoint that plays
+//! a fixed script per connection, to test client SDKs against servers that
+//! misbehave (refused auth, dropped connections, odd close codes, stalls).
+//!
 //! ```
 //! let all = plexus_conformance::vectors::load_all().unwrap();
 //! let ping = all.iter().find(|v| v.name == "request-ping").unwrap();
@@ -16,4 +20,5 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod script;
 pub mod vectors;

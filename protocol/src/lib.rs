@@ -55,7 +55,7 @@ pub use error::{DecodeError, ErrorCode, WireError};
 pub use frame::{Chunk, Frame, Notification, Request, Response};
 pub use limits::DecodeLimits;
 pub use method::{Method, MethodKind, NotificationMethod, RpcMethod};
-pub use raw::{RawRef, RawValue};
+pub use raw::{Encoded, RawRef, RawValue};
 
 /// The WebSocket subprotocol name, negotiated in `Sec-WebSocket-Protocol`.
 pub const SUBPROTOCOL: &str = "plexus.v1";

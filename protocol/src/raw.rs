@@ -189,3 +189,21 @@ impl<'b, C> Decode<'b, C> for RawRef<'b> {
         Ok(RawRef(&d.input()[start..end]))
     }
 }
+
+/// Bytes of one CBOR item that the caller has already encoded, written as
+/// they are (no check). For encoders that build params or results once and
+/// frame them later; the bytes must be exactly one well-formed item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded<'a>(pub &'a [u8]);
+
+impl<C> Encode<C> for Encoded<'_> {
+    fn encode<W: minicbor::encode::Write>(
+        &self,
+        e: &mut Encoder<W>,
+        _ctx: &mut C,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.writer_mut()
+            .write_all(self.0)
+            .map_err(minicbor::encode::Error::write)
+    }
+}

@@ -443,7 +443,7 @@ impl Session {
     fn respond(&mut self, id: u64, method: &'static str, started: Instant, reply: Reply) {
         let code = reply.as_ref().err().map(|e| e.code.as_str().to_owned());
         let frame = match reply {
-            Ok(result) => encode_result(id, &RawBytes(&result)),
+            Ok(result) => encode_result(id, &plexus_protocol::Encoded(&result)),
             Err(e) => Ok(encode_error(id, &e)),
         };
         match frame {
@@ -603,20 +603,5 @@ impl Session {
             None => CloseCode::Normal,
         };
         self.conn.out.close(CloseRequest::Abort(code));
-    }
-}
-
-/// Already-encoded CBOR written as is.
-struct RawBytes<'a>(&'a [u8]);
-
-impl<C> minicbor::Encode<C> for RawBytes<'_> {
-    fn encode<W: minicbor::encode::Write>(
-        &self,
-        e: &mut minicbor::Encoder<W>,
-        _: &mut C,
-    ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        e.writer_mut()
-            .write_all(self.0)
-            .map_err(minicbor::encode::Error::write)
     }
 }

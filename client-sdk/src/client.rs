@@ -1,0 +1,502 @@
+//! The client handle and its builder.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{FutureExt, Stream};
+use minicbor::Encode;
+use plexus_protocol::methods::{
+    Member, PresenceGetParams, PresenceGetResult, PresenceSetParams, PublishParams, PublishResult,
+};
+use plexus_protocol::topic::{MAX_TOPIC_LEN, Pattern};
+use plexus_protocol::{CloseCode, ErrorCode, RawValue, RpcMethod, WireError};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::backoff::Backoff;
+use crate::connection::{Command, Settings, Task, TokenFn};
+use crate::error::Error;
+use crate::state::ConnectionState;
+use crate::subscription::{SubQueue, Subscription};
+
+/// Configures and connects a [`Client`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), plexus_client::Error> {
+/// use std::time::Duration;
+/// let client = plexus_client::Client::builder("ws://127.0.0.1:7700/v1/ws")
+///     .token_provider(|| async { Ok::<_, std::io::Error>("eyJ…".to_owned()) })
+///     .call_timeout(Duration::from_secs(5))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct ClientBuilder {
+    url: String,
+    token: Option<TokenFn>,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+    backoff: Backoff,
+    subscription_buffer: usize,
+    stream_buffer: usize,
+    liveness_timeout: Option<Duration>,
+    max_frame_size: usize,
+    instance: Option<String>,
+    agent: String,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// Where to connect, e.g. `ws://127.0.0.1:7700/v1/ws`.
+    pub fn new(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            token: None,
+            connect_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
+            backoff: Backoff::default(),
+            subscription_buffer: 1024,
+            stream_buffer: 64,
+            liveness_timeout: None,
+            max_frame_size: plexus_protocol::limits::DEFAULT_MAX_FRAME_SIZE,
+            instance: None,
+            agent: concat!("plexus-client-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+
+    /// An async callback that returns a fresh token. It is called before
+    /// every connection attempt and when the hub announces `token.expiring`.
+    pub fn token_provider<F, Fut, E>(mut self, provider: F) -> ClientBuilder
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.token = Some(Arc::new(move || {
+            provider().map(|r| r.map_err(|e| e.to_string())).boxed()
+        }));
+        self
+    }
+
+    /// A fixed token (for tests and short-lived tools).
+    pub fn token(self, token: impl Into<String>) -> ClientBuilder {
+        let token: String = token.into();
+        self.token_provider(move || {
+            let t = token.clone();
+            async move { Ok::<_, std::convert::Infallible>(t) }
+        })
+    }
+
+    /// Timeout of the WebSocket handshake [default: 10 s].
+    pub fn connect_timeout(mut self, d: Duration) -> ClientBuilder {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Default timeout of a call, and of the `auth` exchange [default: 30 s].
+    pub fn call_timeout(mut self, d: Duration) -> ClientBuilder {
+        self.call_timeout = d;
+        self
+    }
+
+    /// Reconnect backoff [default: 250 ms doubling to 30 s, full jitter].
+    pub fn backoff(mut self, b: Backoff) -> ClientBuilder {
+        self.backoff = b;
+        self
+    }
+
+    /// Items buffered per subscription before [`Event::Lagged`](crate::Event::Lagged) [default: 1024].
+    pub fn subscription_buffer(mut self, n: usize) -> ClientBuilder {
+        self.subscription_buffer = n;
+        self
+    }
+
+    /// Chunks buffered per streamed call [default: 64].
+    pub fn stream_buffer(mut self, n: usize) -> ClientBuilder {
+        self.stream_buffer = n;
+        self
+    }
+
+    /// Reconnect when nothing at all (not even a ping) arrived for this
+    /// long [default: twice the hub's ping interval plus 5 s].
+    pub fn liveness_timeout(mut self, d: Duration) -> ClientBuilder {
+        self.liveness_timeout = Some(d);
+        self
+    }
+
+    /// Largest frame accepted from the hub [default: 1 MiB].
+    pub fn max_frame_size(mut self, n: usize) -> ClientBuilder {
+        self.max_frame_size = n;
+        self
+    }
+
+    /// A stable id of this client instance (e.g. a device id): a newer
+    /// connection with the same user and instance replaces an older one.
+    pub fn instance(mut self, id: impl Into<String>) -> ClientBuilder {
+        self.instance = Some(id.into());
+        self
+    }
+
+    /// Connects and authenticates. The first attempt is not retried: its
+    /// failure is returned. Later disconnects reconnect by themselves.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let token = self
+            .token
+            .ok_or_else(|| Error::TokenProvider("no token provider configured".into()))?;
+        let settings = Arc::new(Settings {
+            url: self.url,
+            token,
+            connect_timeout: self.connect_timeout,
+            call_timeout: self.call_timeout,
+            backoff: self.backoff,
+            subscription_buffer: self.subscription_buffer,
+            stream_buffer: self.stream_buffer,
+            liveness_timeout: self.liveness_timeout,
+            max_frame_size: self.max_frame_size,
+            instance: self.instance,
+            agent: self.agent,
+        });
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
+        let ids = Arc::new(AtomicU64::new(1));
+        let closed_code = Arc::new(std::sync::Mutex::new(None));
+        let task = Task::new(
+            settings.clone(),
+            ids.clone(),
+            state_tx,
+            closed_code.clone(),
+            cmd_rx,
+        );
+        let (first_tx, first_rx) = oneshot::channel();
+        tokio::spawn(task.run(first_tx));
+        match first_rx.await {
+            Ok(Ok(())) => Ok(Client {
+                inner: Arc::new(Inner {
+                    settings,
+                    cmd: cmd_tx,
+                    ids,
+                    locals: AtomicU64::new(1),
+                    state: state_rx,
+                    closed_code,
+                }),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Closed(None)),
+        }
+    }
+}
+
+struct Inner {
+    settings: Arc<Settings>,
+    cmd: mpsc::UnboundedSender<Command>,
+    ids: Arc<AtomicU64>,
+    locals: AtomicU64,
+    state: watch::Receiver<ConnectionState>,
+    closed_code: Arc<std::sync::Mutex<Option<u16>>>,
+}
+
+/// A connection to a Plexus hub. Cheap to clone; all clones share one
+/// connection. The connection closes when [`Client::close`] is called or
+/// the last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.inner.settings.url)
+            .field("state", &*self.inner.state.borrow())
+            .finish()
+    }
+}
+
+/// Sends `cancel` if the call's future is dropped before its answer.
+struct CancelOnDrop {
+    id: u64,
+    cmd: mpsc::UnboundedSender<Command>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.cmd.send(Command::Cancel { id: self.id });
+        }
+    }
+}
+
+fn encode<T: Encode<()>>(value: &T) -> Result<Vec<u8>, Error> {
+    minicbor::to_vec(value).map_err(|e| Error::Codec(e.to_string()))
+}
+
+impl Client {
+    /// Starts configuring a client for `url`.
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(url)
+    }
+
+    /// The connection state, as a watch that changes on every transition.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
+    }
+
+    fn closed(&self) -> Error {
+        let code = self.inner.closed_code.lock().ok().and_then(|c| *c);
+        Error::Closed(code.and_then(CloseCode::from_u16))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), Error> {
+        self.inner.cmd.send(cmd).map_err(|_| self.closed())
+    }
+
+    /// Calls `method` with `params` and returns the raw result, within the
+    /// default call timeout. Dropping the future cancels the call.
+    pub async fn call<P: Encode<()>>(&self, method: &str, params: &P) -> Result<RawValue, Error> {
+        self.call_with_timeout(method, params, self.inner.settings.call_timeout)
+            .await
+    }
+
+    /// [`Client::call`] with its own timeout.
+    pub async fn call_with_timeout<P: Encode<()>>(
+        &self,
+        method: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<RawValue, Error> {
+        let params = encode(params)?;
+        let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Call {
+            id,
+            method: method.to_owned(),
+            params,
+            reply,
+        })?;
+        let mut guard = CancelOnDrop {
+            id,
+            cmd: self.inner.cmd.clone(),
+            armed: true,
+        };
+        let outcome = tokio::time::timeout(timeout, rx).await;
+        match outcome {
+            Ok(Ok(result)) => {
+                guard.armed = false;
+                result
+            }
+            Ok(Err(_)) => {
+                guard.armed = false;
+                Err(self.closed())
+            }
+            // The guard sends `cancel` as it drops.
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// A typed call: `client.request::<Subscribe>(&params)`.
+    pub async fn request<M: RpcMethod>(&self, params: &M::Params<'_>) -> Result<M::Result, Error> {
+        let raw = self.call(M::NAME, params).await?;
+        raw.decode().map_err(|e| Error::Codec(e.to_string()))
+    }
+
+    /// Calls a method whose result streams as chunks. The stream ends after
+    /// the final chunk, or with an error if the hub answers one or the
+    /// stream breaks. Dropping it cancels the call.
+    pub async fn call_stream<P: Encode<()>>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<ChunkStream, Error> {
+        let params = encode(params)?;
+        let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.inner.settings.stream_buffer.max(1));
+        self.send(Command::Stream {
+            id,
+            method: method.to_owned(),
+            params,
+            tx,
+        })?;
+        Ok(ChunkStream {
+            rx,
+            guard: CancelOnDrop {
+                id,
+                cmd: self.inner.cmd.clone(),
+                armed: true,
+            },
+            done: false,
+        })
+    }
+
+    /// Publishes `data` on `topic`; returns how many connections it was
+    /// queued for. Not retried across reconnects (it might duplicate).
+    pub async fn publish<D: Encode<()>>(&self, topic: &str, data: &D) -> Result<u64, Error> {
+        let data = RawValue::encode(data).map_err(|e| Error::Codec(e.to_string()))?;
+        self.publish_raw(topic, &data, true).await
+    }
+
+    /// Publishes already-encoded data, optionally without echo to this
+    /// connection's own subscriptions.
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        data: &RawValue,
+        echo: bool,
+    ) -> Result<u64, Error> {
+        let params = PublishParams {
+            topic,
+            data: data.as_raw_ref(),
+            echo: (!echo).then_some(false),
+        };
+        let r: PublishResult = self
+            .call("publish", &params)
+            .await?
+            .decode()
+            .map_err(|e| Error::Codec(e.to_string()))?;
+        Ok(r.delivered)
+    }
+
+    /// Subscribes to a topic or pattern (`*` one token, `>` the rest).
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        self.subscribe_with(pattern, false).await
+    }
+
+    /// Subscribes to an exact topic and joins its presence: the
+    /// subscription also yields [`Event::Join`](crate::Event::Join) and
+    /// [`Event::Leave`](crate::Event::Leave).
+    pub async fn subscribe_presence(&self, topic: &str) -> Result<Subscription, Error> {
+        self.subscribe_with(topic, true).await
+    }
+
+    async fn subscribe_with(&self, pattern: &str, presence: bool) -> Result<Subscription, Error> {
+        let parsed = Pattern::parse(pattern, MAX_TOPIC_LEN)
+            .map_err(|e| Error::Remote(WireError::new(ErrorCode::InvalidParams, e.to_string())))?;
+        let local = self.inner.locals.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(SubQueue::new(self.inner.settings.subscription_buffer));
+        let (reply, rx) = oneshot::channel();
+        let sub = Subscription {
+            id: local,
+            pattern: pattern.to_owned(),
+            queue: queue.clone(),
+            cmd: self.inner.cmd.clone(),
+        };
+        self.send(Command::Subscribe {
+            local,
+            pattern: parsed,
+            presence,
+            queue,
+            reply,
+        })?;
+        match tokio::time::timeout(self.inner.settings.call_timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(sub),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(self.closed()),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Sets this connection's presence info (`null` clears it).
+    pub async fn presence_set<I: Encode<()>>(&self, info: &I) -> Result<(), Error> {
+        let info = RawValue::encode(info).map_err(|e| Error::Codec(e.to_string()))?;
+        self.call(
+            "presence.set",
+            &PresenceSetParams {
+                info: info.as_raw_ref(),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Everyone present on `topic`, fetching every page.
+    pub async fn presence_get(&self, topic: &str) -> Result<Vec<Member>, Error> {
+        let mut members = Vec::new();
+        let mut cursor = None;
+        // Each page makes progress (the hub returns at least one member per
+        // page), so the loop ends; the cap guards against a faulty hub.
+        for _ in 0..100_000 {
+            let page: PresenceGetResult = self
+                .call(
+                    "presence.get",
+                    &PresenceGetParams {
+                        topic,
+                        cursor,
+                        limit: None,
+                    },
+                )
+                .await?
+                .decode()
+                .map_err(|e| Error::Codec(e.to_string()))?;
+            members.extend(page.members);
+            match page.next {
+                Some(next) if Some(next) != cursor => cursor = Some(next),
+                _ => break,
+            }
+        }
+        Ok(members)
+    }
+
+    /// Closes the connection (close code 1000) and stops reconnecting.
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.inner.cmd.send(Command::Close { reply }).is_ok() {
+            let _ = rx.await;
+        }
+        let mut state = self.state();
+        let _ = state
+            .wait_for(|s| matches!(s, ConnectionState::Closed { .. }))
+            .await;
+    }
+}
+
+/// The chunks of a streamed result.
+#[derive(Debug)]
+pub struct ChunkStream {
+    rx: mpsc::Receiver<Result<RawValue, Error>>,
+    guard: CancelOnDrop,
+    done: bool,
+}
+
+impl std::fmt::Debug for CancelOnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelOnDrop")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Stream for ChunkStream {
+    type Item = Result<RawValue, Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                if item.is_err() {
+                    self.done = true;
+                    self.guard.armed = false;
+                }
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => {
+                // The task dropped the sender: after the final chunk, or
+                // because the stream failed to be delivered.
+                self.done = true;
+                self.guard.armed = false;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
