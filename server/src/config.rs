@@ -215,6 +215,15 @@ impl Config {
         if !c.jwt_secret.is_empty() {
             c.jwt_secret = "********".into();
         }
+        // A JWKS URL may carry credentials in its user info or query.
+        if let Some((base, _)) = c.jwks_url.split_once('?') {
+            c.jwks_url = format!("{base}?********");
+        }
+        if let Some((scheme, rest)) = c.jwks_url.split_once("://")
+            && let Some((_, host)) = rest.split_once('@')
+        {
+            c.jwks_url = format!("{scheme}://********@{host}");
+        }
         toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
@@ -248,5 +257,11 @@ mod tests {
         let shown = c.to_masked_toml();
         assert!(!shown.contains("hunter2"));
         assert!(shown.contains("jwt-secret = \"********\""));
+        let c = Config {
+            jwks_url: "https://user:pw@idp.example/keys?token=abc".into(),
+            ..Default::default()
+        };
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("abc") && !shown.contains("pw@"), "{shown}");
     }
 }

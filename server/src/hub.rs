@@ -66,7 +66,9 @@ impl Hub {
             max_frame_size: config.max_frame_size as u64,
             max_in_flight: config.max_in_flight as u64,
             max_subscriptions: config.max_subscriptions as u64,
-            max_topic_len: config.max_topic_len as u64,
+            max_topic_len: config
+                .max_topic_len
+                .min(plexus_protocol::topic::MAX_TOPIC_LEN) as u64,
             max_payload: config.max_payload as u64,
             max_presence_info: config.max_presence_info as u64,
             ping_interval_ms: config.ping_interval.0.as_millis() as u64,

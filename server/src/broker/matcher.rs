@@ -107,8 +107,7 @@ impl Node {
     }
 }
 
-/// Most tokens a published topic may have; the topic length limit bounds it
-/// too, this keeps the per-publish token buffer on the stack.
+/// Tokens kept on the stack per publish; longer topics use a heap buffer.
 const MAX_TOKENS: usize = 64;
 
 /// The subscription index.
@@ -164,21 +163,29 @@ impl Matcher {
             subs.iter().for_each(&mut deliver);
             return subs.len();
         }
-        let mut tokens: [&str; MAX_TOKENS] = [""; MAX_TOKENS];
+        // Tokens on the stack for ordinary topics; a topic with more tokens
+        // than that (possible within the length limit) takes the slow path.
+        let mut stack: [&str; MAX_TOKENS] = [""; MAX_TOKENS];
         let mut n = 0;
+        let mut heap: Vec<&str> = Vec::new();
         for t in topic.split('.') {
-            if n == MAX_TOKENS {
-                break;
+            if n < MAX_TOKENS {
+                stack[n] = t;
+                n += 1;
+            } else {
+                if heap.is_empty() {
+                    heap.extend_from_slice(&stack);
+                }
+                heap.push(t);
             }
-            tokens[n] = t;
-            n += 1;
         }
+        let tokens: &[&str] = if heap.is_empty() { &stack[..n] } else { &heap };
         let mut all: Vec<Arc<Conn>> = Vec::new();
         if let Some(subs) = &exact {
             all.extend(subs.iter().cloned());
         }
         drop(exact);
-        self.wild.read().collect(&tokens[..n], &mut all);
+        self.wild.read().collect(tokens, &mut all);
         all.sort_unstable_by_key(|c| c.id);
         all.dedup_by_key(|c| c.id);
         all.iter().for_each(&mut deliver);
@@ -233,5 +240,23 @@ mod tests {
         assert!(m.remove(&pat("chat.room1"), 1));
         assert_eq!(m.topic_count(), 0);
         assert!(m.wild.read().is_empty(), "empty trie branches are pruned");
+    }
+
+    #[test]
+    fn topics_longer_than_the_stack_buffer_match_exactly() {
+        let m = Matcher::default();
+        let long_pattern: Vec<&str> = vec!["a"; MAX_TOKENS];
+        m.insert(
+            &Pattern::parse(&long_pattern.join("."), 1024).unwrap(),
+            conn(1),
+        );
+        m.insert(&pat("a.>"), conn(2));
+        let longer = vec!["a"; MAX_TOKENS + 1].join(".");
+        assert_eq!(
+            matches(&m, &longer),
+            vec![2],
+            "a 64-token pattern must not match 65 tokens"
+        );
+        assert_eq!(matches(&m, &long_pattern.join(".")), vec![1, 2]);
     }
 }

@@ -152,9 +152,6 @@ fn publish(s: &mut Session, params: &RawValue) -> Reply {
     let m = &s.hub.metrics;
     m.publishes.increment(1);
     m.deliveries.increment(fan.delivered);
-    if fan.overflowed > 0 {
-        m.slow_consumer_closes.increment(fan.overflowed);
-    }
     encode(&PublishResult {
         delivered: fan.delivered,
     })
@@ -198,7 +195,10 @@ fn presence_set(s: &mut Session, params: &RawValue) -> Reply {
             "presence info exceeds max_presence_info",
         ));
     }
-    let info = params.slice_ref(p.info);
+    // Copy the info out of the request frame, so the frame's buffer is not
+    // kept alive for as long as the info is set.
+    let info = RawValue::decode::<RawValue>(&params.slice_ref(p.info))
+        .map_err(|_| WireError::new(ErrorCode::InvalidParams, "invalid info"))?;
     *s.conn.info.lock() = if info.is_null() { None } else { Some(info) };
     for sub in s.subs.values().filter(|sub| sub.presence) {
         s.hub

@@ -33,7 +33,7 @@ use tracing::{Instrument, debug, debug_span, info_span};
 use crate::auth::{AuthError, Capabilities, Principal};
 use crate::conn::Conn;
 use crate::hub::{Hub, RegisterError};
-use crate::outbound::{CloseRequest, Push};
+use crate::outbound::CloseRequest;
 use handlers::{Handler, Reply, lookup};
 use ratelimit::TokenBucket;
 
@@ -277,7 +277,10 @@ impl Session {
     async fn on_message(&mut self, msg: Message) {
         match msg {
             Message::Binary(bytes) => {
-                if self.closing_since.is_some() {
+                // Once a close is under way, from this session or from
+                // outside it (slow consumer, replaced session), frames are
+                // ignored: none may take effect.
+                if self.closing_since.is_some() || self.conn.out.is_closing() {
                     return;
                 }
                 self.hub.metrics.frames_in.increment(1);
@@ -459,9 +462,8 @@ impl Session {
     }
 
     fn send(&mut self, frame: Bytes) {
-        if self.conn.out.push(frame) == Push::Overflow {
-            self.hub.metrics.slow_consumer_closes.increment(1);
-        }
+        // An overflow is counted by the writer, which performs the close.
+        let _ = self.conn.out.push(frame);
     }
 
     async fn auth(&mut self, req: Request) {

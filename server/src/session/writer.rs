@@ -86,6 +86,10 @@ where
             let code = match req {
                 CloseRequest::Graceful(c) | CloseRequest::Abort(c) => c,
             };
+            if req == CloseRequest::Abort(CloseCode::SlowConsumer) {
+                metrics.slow_consumer_closes.increment(1);
+                metrics.close(CloseCode::SlowConsumer);
+            }
             let wait = match req {
                 CloseRequest::Abort(CloseCode::SlowConsumer) => ABORT_CLOSE_TIMEOUT,
                 _ => CLOSE_FRAME_TIMEOUT,
