@@ -160,7 +160,7 @@ fn serve(config: Config) -> ExitCode {
         if let KeyOrigin::DevKey { created } = origin {
             let what = if created { "generated a" } else { "using the" };
             println!(
-                "{what} development signing key in {} (HS256). Mint a token with:\n  cargo run --release -p plexus-server -- token --data-dir {} --sub alice --sub-allow 'chat.>' --pub-allow 'chat.>' --presence --ttl 1h\nthen connect, send [0, 1, \"auth\", {{0: TOKEN}}], and see docs/sdk.md and client-sdk/examples/.",
+                "{what} development signing key in {} (HS256). Mint a token with:\n  TOKEN=$(cargo run -q --release -p plexus-server -- token --data-dir {} --sub alice --sub-allow 'demo.>' --pub-allow 'demo.>' --presence --ttl 1h)\nthen run an example, e.g. `cargo run -p plexus-client --example chat -- --token \"$TOKEN\"` (see docs/sdk.md and client-sdk/examples/).",
                 config.data_dir.display(),
                 config.data_dir.display()
             );
