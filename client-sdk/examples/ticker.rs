@@ -112,7 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         None => return Ok(()),
                     },
                     _ = report.tick() => {
-                        let avg = if count > 0 { lat_sum / count } else { 0 };
+                        let avg = lat_sum.checked_div(count).unwrap_or(0);
                         println!("received {count}/s, latency avg {avg} µs max {lat_max} µs");
                         (count, lat_sum, lat_max) = (0, 0, 0);
                     }
