@@ -13,13 +13,18 @@ test:
 ci:
     bash .ci/run
 
+# The benchmark suite (Plexus beside NATS and the echo floor) and the codec benches.
+bench *args:
+    bash bench/run.sh {{args}}
+
 # Criterion benches of the protocol codec.
-bench:
+bench-codec:
     cargo bench -p plexus-protocol --bench codec
 
-# Fuzz the frame decoder (needs cargo-fuzz; see docs/protocol.md, "Fuzzing").
+# Fuzz the frame decoder (needs `cargo install cargo-fuzz`; see protocol/fuzz/README.md).
+# New inputs go to the ignored decode-work/; the committed seeds stay clean.
 fuzz seconds="60":
-    cd protocol && RUSTC_BOOTSTRAP=1 cargo fuzz run decode -- -max_total_time={{seconds}}
+    cd protocol && RUSTC_BOOTSTRAP=1 cargo fuzz run decode fuzz/corpus/decode-work fuzz/corpus/decode -- -max_total_time={{seconds}}
 
 # Run the hub.
 run:
