@@ -24,6 +24,9 @@ use crate::subscription::{SubQueue, Subscription};
 
 /// Configures and connects a [`Client`].
 ///
+/// Every setting has a default (listed on its method) except the token:
+/// call [`token`](Self::token) or [`token_provider`](Self::token_provider).
+///
 /// ```no_run
 /// # async fn run() -> Result<(), plexus_client::Error> {
 /// use std::time::Duration;
@@ -76,6 +79,14 @@ impl ClientBuilder {
 
     /// An async callback that returns a fresh token. It is called before
     /// every connection attempt and when the hub announces `token.expiring`.
+    ///
+    /// If it fails before a connection attempt, the client stops for good
+    /// (the first [`connect`](Self::connect) returns
+    /// [`Error::TokenProvider`]; later, the state becomes
+    /// [`ConnectionState::Closed`]). A failure during an in-band refresh is
+    /// only logged. The SDK puts no timeout on it: a provider that never
+    /// completes stalls the connection attempt, so retry and time out
+    /// inside the provider.
     pub fn token_provider<F, Fut, E>(mut self, provider: F) -> ClientBuilder
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -89,6 +100,10 @@ impl ClientBuilder {
     }
 
     /// A fixed token (for tests and short-lived tools).
+    ///
+    /// The same token is sent on every attempt and every refresh, so a
+    /// client cannot outlive the token's `exp`: after the hub closes with
+    /// 4002 the reconnect is refused and the client ends closed with 4000.
     pub fn token(self, token: impl Into<String>) -> ClientBuilder {
         let token: String = token.into();
         self.token_provider(move || {
@@ -97,13 +112,19 @@ impl ClientBuilder {
         })
     }
 
-    /// Timeout of the WebSocket handshake [default: 10 s].
+    /// Timeout of the TCP connect and WebSocket handshake [default: 10 s].
+    /// The `auth` exchange that follows is bounded by
+    /// [`call_timeout`](Self::call_timeout).
     pub fn connect_timeout(mut self, d: Duration) -> ClientBuilder {
         self.connect_timeout = d;
         self
     }
 
     /// Default timeout of a call, and of the `auth` exchange [default: 30 s].
+    ///
+    /// It also bounds how long [`Client::subscribe`] waits for the hub, and
+    /// each page of [`Client::presence_get`]. Time spent waiting for a
+    /// reconnect counts.
     pub fn call_timeout(mut self, d: Duration) -> ClientBuilder {
         self.call_timeout = d;
         self
@@ -122,6 +143,9 @@ impl ClientBuilder {
     }
 
     /// Chunks buffered per streamed call [default: 64].
+    ///
+    /// A consumer that falls this far behind loses the rest of the stream:
+    /// see [`ChunkStream`].
     pub fn stream_buffer(mut self, n: usize) -> ClientBuilder {
         self.stream_buffer = n;
         self
@@ -134,7 +158,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Largest frame accepted from the hub [default: 1 MiB].
+    /// Largest frame accepted from the hub [default: 1 MiB]. A larger
+    /// message drops the connection (the client then reconnects). It is
+    /// not applied to frames the client sends.
     pub fn max_frame_size(mut self, n: usize) -> ClientBuilder {
         self.max_frame_size = n;
         self
@@ -149,6 +175,14 @@ impl ClientBuilder {
 
     /// Connects and authenticates. The first attempt is not retried: its
     /// failure is returned. Later disconnects reconnect by themselves.
+    ///
+    /// Errors: [`Error::Auth`] when the hub refuses the token,
+    /// [`Error::TokenProvider`] when there is no token or the provider
+    /// fails, [`Error::Connect`] for an invalid URL or any other failed
+    /// attempt (network, handshake, timeout, a transient `auth` error; the
+    /// cause is logged at debug level), [`Error::Closed`] when the hub
+    /// closes during `auth` with a code after which the SDK never
+    /// reconnects. Must be called within a tokio runtime.
     pub async fn connect(self) -> Result<Client, Error> {
         let token = self
             .token
@@ -206,8 +240,9 @@ struct Inner {
 }
 
 /// A connection to a Plexus hub. Cheap to clone; all clones share one
-/// connection. The connection closes when [`Client::close`] is called or
-/// the last clone is dropped.
+/// connection. The connection closes when [`Client::close`] is called, or
+/// when the last clone and every [`Subscription`] and [`ChunkStream`] are
+/// dropped (they keep the connection alive too).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -248,6 +283,20 @@ impl Client {
     }
 
     /// The connection state, as a watch that changes on every transition.
+    ///
+    /// A watch keeps only the latest value: a receiver that is not looking
+    /// may miss a short-lived state.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) {
+    /// use plexus_client::ConnectionState;
+    /// let mut state = client.state();
+    /// state
+    ///     .wait_for(|s| *s == ConnectionState::Connected)
+    ///     .await
+    ///     .ok();
+    /// # }
+    /// ```
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.inner.state.clone()
     }
@@ -263,12 +312,31 @@ impl Client {
 
     /// Calls `method` with `params` and returns the raw result, within the
     /// default call timeout. Dropping the future cancels the call.
+    ///
+    /// A hub error is [`Error::Remote`]; a call in flight when the
+    /// connection drops fails with [`Error::ConnectionLost`] and is not
+    /// resent; a call made while reconnecting waits for the connection.
+    /// Use [`subscribe`](Self::subscribe) rather than calling `subscribe`
+    /// or `unsubscribe` here: the SDK would not route or renew it.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// use plexus_client::protocol::ErrorCode;
+    /// match client.call("ping", &"hello").await {
+    ///     Ok(echo) => assert_eq!(echo.decode::<String>().ok().as_deref(), Some("hello")),
+    ///     Err(e) if e.code() == Some(&ErrorCode::RateLimited) => { /* wait, retry */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn call<P: Encode<()>>(&self, method: &str, params: &P) -> Result<RawValue, Error> {
         self.call_with_timeout(method, params, self.inner.settings.call_timeout)
             .await
     }
 
-    /// [`Client::call`] with its own timeout.
+    /// [`Client::call`] with its own timeout. On timeout the call is
+    /// cancelled (a `cancel` is sent if the request had gone out) and
+    /// [`Error::Timeout`] is returned.
     pub async fn call_with_timeout<P: Encode<()>>(
         &self,
         method: &str,
@@ -304,7 +372,23 @@ impl Client {
         }
     }
 
-    /// A typed call: `client.request::<Subscribe>(&params)`.
+    /// A typed call through the protocol's [`RpcMethod`] catalog, with the
+    /// default timeout. A result that does not decode as `M::Result` is
+    /// [`Error::Codec`].
+    ///
+    /// Not for `subscribe`, `unsubscribe`, `auth` or `auth.refresh`: the
+    /// SDK manages those itself, and a subscription made here would not be
+    /// routed to any [`Subscription`] or renewed after a reconnect.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// use plexus_client::RawValue;
+    /// use plexus_client::protocol::methods::Ping;
+    /// let params = RawValue::encode(&7u8).unwrap();
+    /// let echoed: RawValue = client.request::<Ping>(&params.as_raw_ref()).await?;
+    /// assert_eq!(echoed.decode::<u8>().ok(), Some(7));
+    /// # Ok(()) }
+    /// ```
     pub async fn request<M: RpcMethod>(&self, params: &M::Params<'_>) -> Result<M::Result, Error> {
         let raw = self.call(M::NAME, params).await?;
         raw.decode().map_err(|e| Error::Codec(e.to_string()))
@@ -313,6 +397,20 @@ impl Client {
     /// Calls a method whose result streams as chunks. The stream ends after
     /// the final chunk, or with an error if the hub answers one or the
     /// stream breaks. Dropping it cancels the call.
+    ///
+    /// It returns once the request is queued and has no timeout of its
+    /// own. See [`ChunkStream`] for how it ends.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// use futures_util::StreamExt;
+    /// let mut chunks = client.call_stream("history.get", &"demo.chat").await?;
+    /// while let Some(item) = chunks.next().await {
+    ///     let chunk = item?; // Err ends the stream: None follows
+    ///     println!("{} bytes", chunk.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn call_stream<P: Encode<()>>(
         &self,
         method: &str,
@@ -340,6 +438,17 @@ impl Client {
 
     /// Publishes `data` on `topic`; returns how many connections it was
     /// queued for. Not retried across reconnects (it might duplicate).
+    ///
+    /// The event is echoed to this connection's own matching
+    /// subscriptions; use [`publish_raw`](Self::publish_raw) to turn that
+    /// off.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// let delivered = client.publish("demo.chat.lobby", &"hello").await?;
+    /// println!("queued for {delivered} connection(s)");
+    /// # Ok(()) }
+    /// ```
     pub async fn publish<D: Encode<()>>(&self, topic: &str, data: &D) -> Result<u64, Error> {
         let data = RawValue::encode(data).map_err(|e| Error::Codec(e.to_string()))?;
         self.publish_raw(topic, &data, true).await
@@ -347,6 +456,13 @@ impl Client {
 
     /// Publishes already-encoded data, optionally without echo to this
     /// connection's own subscriptions.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// let data = plexus_client::RawValue::encode(&("tick", 42u32)).unwrap();
+    /// client.publish_raw("demo.ticker", &data, false).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn publish_raw(
         &self,
         topic: &str,
@@ -367,6 +483,28 @@ impl Client {
     }
 
     /// Subscribes to a topic or pattern (`*` one token, `>` the rest).
+    ///
+    /// Resolves once the hub confirmed the subscription (within the call
+    /// timeout). Local subscriptions to the same pattern share one hub
+    /// subscription; each receives every matching event. An invalid
+    /// pattern is refused locally with [`Error::Remote`] (`invalid_params`).
+    /// The subscription is renewed after every reconnect.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// use futures_util::StreamExt;
+    /// use plexus_client::Event;
+    /// let mut sub = client.subscribe("demo.chat.*").await?;
+    /// while let Some(event) = sub.next().await {
+    ///     match event {
+    ///         Event::Message(m) => println!("{}: {:?}", m.topic, m.data.decode::<String>()),
+    ///         Event::Lagged(n) => eprintln!("missed {n}"),
+    ///         Event::Ended(e) => return Err(e),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
         self.subscribe_with(pattern, false).await
     }
@@ -374,6 +512,11 @@ impl Client {
     /// Subscribes to an exact topic and joins its presence: the
     /// subscription also yields [`Event::Join`](crate::Event::Join) and
     /// [`Event::Leave`](crate::Event::Leave).
+    ///
+    /// Joins and leaves are for the other members (never this connection's
+    /// own). After a reconnect the connection rejoins with a new session
+    /// id and without info: call [`presence_set`](Self::presence_set)
+    /// again if you use it.
     pub async fn subscribe_presence(&self, topic: &str) -> Result<Subscription, Error> {
         self.subscribe_with(topic, true).await
     }
@@ -406,6 +549,16 @@ impl Client {
     }
 
     /// Sets this connection's presence info (`null` clears it).
+    ///
+    /// To clear it pass a CBOR `null` such as `&None::<()>` (`&()` encodes
+    /// as an empty array). The info is not re-sent after a reconnect.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// client.presence_set(&"at my desk").await?;
+    /// client.presence_set(&None::<()>).await?; // clears it
+    /// # Ok(()) }
+    /// ```
     pub async fn presence_set<I: Encode<()>>(&self, info: &I) -> Result<(), Error> {
         let info = RawValue::encode(info).map_err(|e| Error::Codec(e.to_string()))?;
         self.call(
@@ -419,6 +572,10 @@ impl Client {
     }
 
     /// Everyone present on `topic`, fetching every page.
+    ///
+    /// Each page is a call of its own; the list is not a snapshot (members
+    /// that join or leave meanwhile may be missing or listed twice; key
+    /// them by `session`).
     pub async fn presence_get(&self, topic: &str) -> Result<Vec<Member>, Error> {
         let mut members = Vec::new();
         let mut cursor = None;
@@ -446,7 +603,13 @@ impl Client {
         Ok(members)
     }
 
-    /// Closes the connection (close code 1000) and stops reconnecting.
+    /// Closes the connection and stops reconnecting, for every clone.
+    ///
+    /// It sends a WebSocket Close frame (without a status code), waits up
+    /// to 2 s for the hub's reply, and returns once the state is
+    /// [`ConnectionState::Closed`]. Calls in flight fail with
+    /// [`Error::ConnectionLost`], later ones with [`Error::Closed`], and
+    /// every [`Subscription`] ends with [`Event::Ended`](crate::Event::Ended).
     pub async fn close(&self) {
         let (reply, rx) = oneshot::channel();
         if self.inner.cmd.send(Command::Close { reply }).is_ok() {
@@ -459,7 +622,18 @@ impl Client {
     }
 }
 
-/// The chunks of a streamed result.
+/// The chunks of a streamed result, from [`Client::call_stream`].
+///
+/// It yields each chunk's data and then `None` after the final chunk. A
+/// failure is one `Err` item and then `None`: [`Error::Remote`] for an
+/// error response, [`Error::BrokenStream`] for a gap in sequence numbers,
+/// [`Error::ConnectionLost`] when the connection drops. Dropping it before
+/// the end sends `cancel`.
+///
+/// Caveat: if a chunk arrives while the consumer is a whole
+/// [`stream_buffer`](ClientBuilder::stream_buffer) behind, the SDK
+/// abandons the stream without queuing an error: the consumer reads the
+/// chunks already buffered and then `None`, as if the stream had ended.
 #[derive(Debug)]
 pub struct ChunkStream {
     rx: mpsc::Receiver<Result<RawValue, Error>>,

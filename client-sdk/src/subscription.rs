@@ -59,6 +59,13 @@ pub enum Event {
     Lagged(u64),
     /// The subscription ended: the hub refused it when it was renewed after
     /// a reconnect, or the client closed. Nothing follows.
+    ///
+    /// The error says why: [`Error::Remote`](crate::Error::Remote) for a
+    /// refused renewal, [`Error::Closed`](crate::Error::Closed) after
+    /// `close` or a close by the hub after which the SDK does not
+    /// reconnect, [`Error::Auth`](crate::Error::Auth) or
+    /// [`Error::TokenProvider`](crate::Error::TokenProvider) when a
+    /// reconnect could not authenticate.
     Ended(crate::Error),
 }
 
@@ -144,6 +151,28 @@ impl SubQueue {
 /// (see [`ClientBuilder::subscription_buffer`](crate::ClientBuilder::subscription_buffer));
 /// a consumer that falls behind gets [`Event::Lagged`] with the number of
 /// items it missed, never unbounded memory and never silent loss.
+///
+/// `Lagged` appears where the gap is: the items before it arrived before
+/// the loss, those after it arrived after. Events published while the
+/// client was disconnected are not delivered and not reported. The
+/// subscription survives reconnects; it keeps the client's connection
+/// alive while it exists.
+///
+/// ```no_run
+/// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+/// use futures_util::StreamExt;
+/// use plexus_client::Event;
+/// let mut sub = client.subscribe("demo.>").await?;
+/// while let Some(event) = sub.next().await {
+///     match event {
+///         Event::Message(m) => println!("{} from {:?}", m.topic, m.from),
+///         Event::Lagged(n) => eprintln!("{n} events dropped here"),
+///         Event::Ended(e) => eprintln!("ended: {e}"),
+///         Event::Join(_) | Event::Leave(_) => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Subscription {
     pub(crate) id: u64,
