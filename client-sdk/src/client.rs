@@ -204,12 +204,14 @@ impl ClientBuilder {
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
         let ids = Arc::new(AtomicU64::new(1));
         let closed_code = Arc::new(std::sync::Mutex::new(None));
+        let presence_info = Arc::new(std::sync::Mutex::new(None));
         let task = Task::new(
             settings.clone(),
             ids.clone(),
             state_tx,
             closed_code.clone(),
             cmd_rx,
+            presence_info.clone(),
         );
         let (first_tx, first_rx) = oneshot::channel();
         tokio::spawn(task.run(first_tx));
@@ -222,6 +224,7 @@ impl ClientBuilder {
                     locals: AtomicU64::new(1),
                     state: state_rx,
                     closed_code,
+                    presence_info,
                 }),
             }),
             Ok(Err(e)) => Err(e),
@@ -237,6 +240,9 @@ struct Inner {
     locals: AtomicU64,
     state: watch::Receiver<ConnectionState>,
     closed_code: Arc<std::sync::Mutex<Option<u16>>>,
+    /// The last presence info set, which the task re-sends after a
+    /// reconnect.
+    presence_info: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 /// A connection to a Plexus hub. Cheap to clone; all clones share one
@@ -419,14 +425,20 @@ impl Client {
         let params = encode(params)?;
         let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.inner.settings.stream_buffer.max(1));
+        let failed = Arc::new(std::sync::OnceLock::new());
+        let sink = crate::connection::StreamSink {
+            tx,
+            failed: failed.clone(),
+        };
         self.send(Command::Stream {
             id,
             method: method.to_owned(),
             params,
-            tx,
+            sink,
         })?;
         Ok(ChunkStream {
             rx,
+            failed,
             guard: CancelOnDrop {
                 id,
                 cmd: self.inner.cmd.clone(),
@@ -568,6 +580,10 @@ impl Client {
             },
         )
         .await?;
+        // Remembered so a reconnect restores it (null clears it for good).
+        if let Ok(mut kept) = self.inner.presence_info.lock() {
+            *kept = (!info.is_null()).then(|| info.as_bytes().to_vec());
+        }
         Ok(())
     }
 
@@ -637,6 +653,7 @@ impl Client {
 #[derive(Debug)]
 pub struct ChunkStream {
     rx: mpsc::Receiver<Result<RawValue, Error>>,
+    failed: Arc<std::sync::OnceLock<Error>>,
     guard: CancelOnDrop,
     done: bool,
 }
@@ -664,11 +681,11 @@ impl Stream for ChunkStream {
                 Poll::Ready(Some(item))
             }
             Poll::Ready(None) => {
-                // The task dropped the sender: after the final chunk, or
-                // because the stream failed to be delivered.
+                // The task dropped the sender: after the final chunk, or with
+                // the error that ended the stream recorded beside it.
                 self.done = true;
                 self.guard.armed = false;
-                Poll::Ready(None)
+                Poll::Ready(self.failed.get().cloned().map(Err))
             }
             Poll::Pending => Poll::Pending,
         }

@@ -36,6 +36,9 @@ use crate::subscription::{Event, Publication, SubQueue};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// A session that lasted this long resets the backoff to its first step.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
 /// The token provider: called before every connection attempt and on
 /// `token.expiring`.
 pub(crate) type TokenFn = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
@@ -55,6 +58,22 @@ pub(crate) struct Settings {
     pub(crate) agent: String,
 }
 
+/// The task's end of a streamed call: chunks go into a bounded channel; a
+/// terminal error is recorded beside it, so it is never lost to a full
+/// channel.
+pub(crate) struct StreamSink {
+    pub(crate) tx: mpsc::Sender<Result<RawValue, Error>>,
+    pub(crate) failed: Arc<std::sync::OnceLock<Error>>,
+}
+
+impl StreamSink {
+    /// Ends the stream with an error (the receiver sees it after the chunks
+    /// it already has).
+    fn fail(self, err: Error) {
+        let _ = self.failed.set(err);
+    }
+}
+
 /// What `Client` handles ask of the task.
 pub(crate) enum Command {
     Call {
@@ -67,7 +86,7 @@ pub(crate) enum Command {
         id: u64,
         method: String,
         params: Vec<u8>,
-        tx: mpsc::Sender<Result<RawValue, Error>>,
+        sink: StreamSink,
     },
     Cancel {
         id: u64,
@@ -89,10 +108,7 @@ pub(crate) enum Command {
 
 enum Pending {
     Call(oneshot::Sender<Result<RawValue, Error>>),
-    Stream {
-        tx: mpsc::Sender<Result<RawValue, Error>>,
-        next_seq: u64,
-    },
+    Stream { sink: StreamSink, next_seq: u64 },
     Auth,
     Subscribe(String),
     Unsubscribe,
@@ -133,6 +149,12 @@ pub(crate) struct Task {
     limits: ServerLimits,
     retry_hint: Option<Duration>,
     refresh: Option<BoxFuture<'static, Result<String, String>>>,
+    /// Frames produced while handling a frame, sent right after it.
+    outbox: Vec<Vec<u8>>,
+    /// The last presence info set, re-sent after a reconnect.
+    presence_info: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    /// Why the last attempt failed, for the first connect's error.
+    last_error: Option<Error>,
 }
 
 impl Task {
@@ -142,6 +164,7 @@ impl Task {
         state: watch::Sender<ConnectionState>,
         closed_code: Arc<std::sync::Mutex<Option<u16>>>,
         cmd: mpsc::UnboundedReceiver<Command>,
+        presence_info: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     ) -> Task {
         Task {
             settings,
@@ -156,6 +179,9 @@ impl Task {
             limits: ServerLimits::default(),
             retry_hint: None,
             refresh: None,
+            outbox: Vec::new(),
+            presence_info,
+            last_error: None,
         }
     }
 
@@ -189,10 +215,14 @@ impl Task {
                         let _ = f.send(Ok(()));
                     }
                     self.state.send_replace(ConnectionState::Connected);
+                    let since = tokio::time::Instant::now();
                     let end = self.session(ws).await;
                     self.connection_lost();
                     match end {
-                        End::Reconnect => attempt = 1,
+                        // A connection that lasted is a fresh start; one that
+                        // failed at once keeps backing off.
+                        End::Reconnect if since.elapsed() >= STABLE_SESSION => attempt = 1,
+                        End::Reconnect => attempt = attempt.saturating_add(1),
                         End::Stop(code, err) => {
                             let reason = err.to_string();
                             return self.finish(code, err, &reason);
@@ -208,14 +238,12 @@ impl Task {
                 }
                 Err(End::Reconnect) => {
                     if let Some(f) = first.take() {
-                        let _ = f.send(Err(Error::Connect(
-                            "the first connection attempt failed".into(),
-                        )));
-                        return self.finish(
-                            None,
-                            Error::Closed(None),
-                            "the first connection attempt failed",
-                        );
+                        let err = self.last_error.take().unwrap_or_else(|| {
+                            Error::Connect("the first connection attempt failed".into())
+                        });
+                        let reason = err.to_string();
+                        let _ = f.send(Err(err.clone()));
+                        return self.finish(None, err, &reason);
                     }
                     attempt = attempt.saturating_add(1);
                 }
@@ -324,9 +352,24 @@ impl Task {
 
     /// Opens the socket and authenticates.
     async fn connect(&mut self) -> Result<Ws, End> {
-        let token = (self.settings.token)()
-            .await
-            .map_err(|e| End::Stop(None, Error::TokenProvider(e)))?;
+        // A provider that fails or hangs is treated like a network failure:
+        // retried with backoff (the first connect reports it).
+        let token = match tokio::time::timeout(
+            self.settings.connect_timeout,
+            (self.settings.token)(),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                self.last_error = Some(Error::TokenProvider(e));
+                return Err(End::Reconnect);
+            }
+            Err(_) => {
+                self.last_error = Some(Error::TokenProvider("timed out".into()));
+                return Err(End::Reconnect);
+            }
+        };
         let mut req = self
             .settings
             .url
@@ -349,9 +392,13 @@ impl Task {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(e)) => {
                 debug!(error = %e, "connect failed");
+                self.last_error = Some(Error::Connect(e.to_string()));
                 return Err(End::Reconnect);
             }
-            Err(_) => return Err(End::Reconnect),
+            Err(_) => {
+                self.last_error = Some(Error::Connect("timed out".into()));
+                return Err(End::Reconnect);
+            }
         };
         let id = self.next_id();
         let params = AuthParams {
@@ -465,6 +512,20 @@ impl Task {
             }
             self.pending.insert(id, Pending::Subscribe(pattern));
         }
+        let info = self.presence_info.lock().ok().and_then(|i| i.clone());
+        if let Some(info) = info {
+            let id = self.next_id();
+            if let Ok(info) = minicbor::decode::<plexus_protocol::RawRef>(&info) {
+                let params = plexus_protocol::methods::PresenceSetParams { info };
+                if !self
+                    .send(&mut ws, encode_request(id, "presence.set", &params))
+                    .await
+                {
+                    return End::Reconnect;
+                }
+                self.pending.insert(id, Pending::Refresh);
+            }
+        }
         while let Some(cmd) = self.queued.pop_front() {
             if !self.command(&mut ws, cmd).await {
                 return End::Reconnect;
@@ -487,8 +548,13 @@ impl Task {
                     last_heard = tokio::time::Instant::now();
                     match msg {
                         Some(Ok(Message::Binary(b))) => {
-                            if let Some(end) = self.on_frame(&mut ws, b).await {
+                            if let Some(end) = self.on_frame(b) {
                                 return end;
+                            }
+                            for frame in std::mem::take(&mut self.outbox) {
+                                if ws.send(Message::Binary(frame.into())).await.is_err() {
+                                    return End::Reconnect;
+                                }
                             }
                         }
                         Some(Ok(Message::Close(f))) => {
@@ -572,9 +638,10 @@ impl Task {
                 id,
                 method,
                 params,
-                tx,
+                sink,
             } => {
-                self.pending.insert(id, Pending::Stream { tx, next_seq: 0 });
+                self.pending
+                    .insert(id, Pending::Stream { sink, next_seq: 0 });
                 self.send(ws, encode_request(id, &method, &Encoded(&params)))
                     .await
             }
@@ -647,7 +714,7 @@ impl Task {
     }
 
     /// Handles a frame from the hub; `Some` ends the session.
-    async fn on_frame(&mut self, _ws: &mut Ws, bytes: Bytes) -> Option<End> {
+    fn on_frame(&mut self, bytes: Bytes) -> Option<End> {
         match self.decode(bytes)? {
             Frame::Response(r) => self.on_response(r),
             Frame::Notification(n) => match &*n.method {
@@ -676,24 +743,40 @@ impl Task {
                 _ => {}
             },
             Frame::Chunk(c) => {
-                let done = match self.pending.get_mut(&c.id) {
-                    Some(Pending::Stream { tx, next_seq }) => {
-                        if c.seq != *next_seq {
-                            let _ = tx.try_send(Err(Error::BrokenStream("chunk sequence gap")));
-                            true
-                        } else if tx.try_send(Ok(c.data)).is_err() {
-                            // The consumer fell a whole buffer behind (or went
-                            // away): fail the stream rather than grow memory.
-                            true
-                        } else {
+                let Some(Pending::Stream { sink, next_seq }) = self.pending.get_mut(&c.id) else {
+                    // Chunks for unknown ids are ignored.
+                    return None;
+                };
+                let outcome = if c.seq != *next_seq {
+                    Err(Error::BrokenStream("chunk sequence gap"))
+                } else {
+                    match sink.tx.try_send(Ok(c.data)) {
+                        Ok(()) => {
                             *next_seq += 1;
-                            c.fin
+                            Ok(c.fin)
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => Err(Error::BrokenStream(
+                            "the consumer fell a whole buffer behind",
+                        )),
+                        // The consumer dropped the stream; its drop sent
+                        // `cancel` already.
+                        Err(mpsc::error::TrySendError::Closed(_)) => Ok(true),
+                    }
+                };
+                match outcome {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        self.pending.remove(&c.id);
+                    }
+                    Err(e) => {
+                        if let Some(Pending::Stream { sink, .. }) = self.pending.remove(&c.id) {
+                            sink.fail(e);
+                        }
+                        // Tell the hub to stop sending the rest.
+                        if let Ok(f) = encode_notification("cancel", &CancelParams { id: c.id }) {
+                            self.outbox.push(f);
                         }
                     }
-                    _ => false,
-                };
-                if done {
-                    self.pending.remove(&c.id);
                 }
             }
             // The hub sends no requests in v1.
@@ -710,15 +793,32 @@ impl Task {
             Pending::Call(reply) => {
                 let _ = reply.send(r.outcome.map_err(Error::Remote));
             }
-            Pending::Stream { tx, .. } => {
-                let _ = match r.outcome {
-                    Ok(v) if v.is_null() => Ok(()),
-                    Ok(v) => tx.try_send(Ok(v)).map_err(|_| ()),
-                    Err(e) => tx.try_send(Err(Error::Remote(e))).map_err(|_| ()),
-                };
-            }
+            Pending::Stream { sink, .. } => match r.outcome {
+                Ok(v) if v.is_null() => {}
+                Ok(v) => {
+                    if sink.tx.try_send(Ok(v)).is_err() {
+                        sink.fail(Error::BrokenStream(
+                            "the consumer fell a whole buffer behind",
+                        ));
+                    }
+                }
+                Err(e) => sink.fail(Error::Remote(e)),
+            },
             Pending::Subscribe(pattern) => {
                 let Some(server) = self.server_subs.get_mut(&pattern) else {
+                    // Every local subscription went away while this was in
+                    // flight: drop the hub's side too, or it would leak.
+                    if r.outcome.is_ok() {
+                        let id = self.next_id();
+                        if let Ok(f) = encode_request(
+                            id,
+                            "unsubscribe",
+                            &UnsubscribeParams { topic: &pattern },
+                        ) {
+                            self.pending.insert(id, Pending::Unsubscribe);
+                            self.outbox.push(f);
+                        }
+                    }
                     return;
                 };
                 match r.outcome {
@@ -794,9 +894,7 @@ impl Task {
                 Pending::Call(reply) => {
                     let _ = reply.send(Err(Error::ConnectionLost));
                 }
-                Pending::Stream { tx, .. } => {
-                    let _ = tx.try_send(Err(Error::ConnectionLost));
-                }
+                Pending::Stream { sink, .. } => sink.fail(Error::ConnectionLost),
                 _ => {}
             }
         }
@@ -816,9 +914,7 @@ impl Task {
                 Command::Call { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
-                Command::Stream { tx, .. } => {
-                    let _ = tx.try_send(Err(err.clone()));
-                }
+                Command::Stream { sink, .. } => sink.fail(err.clone()),
                 _ => {}
             }
         }

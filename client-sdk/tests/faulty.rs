@@ -364,3 +364,157 @@ async fn a_thousand_clients_reconnect_spread_out() {
     drop(clients);
     drop(second);
 }
+
+#[tokio::test]
+async fn a_stream_consumer_that_falls_behind_gets_an_error_and_the_hub_a_cancel() {
+    let (cancelled_tx, cancelled_rx) = tokio::sync::oneshot::channel::<u64>();
+    let cancelled_tx = Arc::new(std::sync::Mutex::new(Some(cancelled_tx)));
+    let server = ScriptedServer::start(move |mut p: Peer| {
+        let cancelled_tx = cancelled_tx.clone();
+        async move {
+            p.accept_auth().await;
+            let r = p.recv_request().await.unwrap();
+            for seq in 0..100u64 {
+                p.chunk(r.id, seq, seq == 99, &seq).await;
+            }
+            // The client gives up on the stream and says so.
+            while let Some(f) = p.recv().await {
+                if let plexus_protocol::Frame::Notification(n) = f
+                    && n.method == "cancel"
+                {
+                    let id = n
+                        .params
+                        .decode::<plexus_protocol::methods::CancelParams>()
+                        .unwrap()
+                        .id;
+                    if let Some(tx) = cancelled_tx.lock().unwrap().take() {
+                        let _ = tx.send(id);
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let c = builder(server.url())
+        .stream_buffer(4)
+        .connect()
+        .await
+        .unwrap();
+    let mut s = c.call_stream("history", &()).await.unwrap();
+    // Do not read until the hub has sent everything.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut items = Vec::new();
+    while let Some(item) = s.next().await {
+        items.push(item);
+    }
+    assert_eq!(items.len(), 5, "{items:?}");
+    assert!(items[..4].iter().all(Result::is_ok));
+    assert!(
+        matches!(items[4], Err(Error::BrokenStream(_))),
+        "{:?}",
+        items[4]
+    );
+    let id = tokio::time::timeout(Duration::from_secs(5), cancelled_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(id > 0);
+}
+
+#[tokio::test]
+async fn a_subscription_abandoned_before_its_answer_is_unsubscribed() {
+    let (unsub_tx, unsub_rx) = tokio::sync::oneshot::channel::<String>();
+    let unsub_tx = Arc::new(std::sync::Mutex::new(Some(unsub_tx)));
+    let server = ScriptedServer::start(move |mut p: Peer| {
+        let unsub_tx = unsub_tx.clone();
+        async move {
+            p.accept_auth().await;
+            let sub = p.recv_request().await.unwrap();
+            assert_eq!(sub.method, "subscribe");
+            // Answer only after the client has given up waiting.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            p.respond(sub.id, &plexus_protocol::methods::Empty {}).await;
+            while let Some(r) = p.recv_request().await {
+                if r.method == "unsubscribe" {
+                    let topic = r
+                        .params
+                        .decode::<plexus_protocol::methods::UnsubscribeParams>()
+                        .unwrap()
+                        .topic
+                        .to_owned();
+                    if let Some(tx) = unsub_tx.lock().unwrap().take() {
+                        let _ = tx.send(topic);
+                    }
+                }
+                p.respond(r.id, &plexus_protocol::methods::Empty {}).await;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let c = builder(server.url())
+        .call_timeout(Duration::from_millis(150))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(c.subscribe("news").await.unwrap_err(), Error::Timeout);
+    let topic = tokio::time::timeout(Duration::from_secs(5), unsub_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        topic, "news",
+        "the late subscription was dropped on the hub too"
+    );
+}
+
+#[tokio::test]
+async fn presence_info_is_restored_after_a_reconnect() {
+    let (info_tx, info_rx) = tokio::sync::oneshot::channel::<String>();
+    let info_tx = Arc::new(std::sync::Mutex::new(Some(info_tx)));
+    let server = ScriptedServer::start(move |mut p: Peer| {
+        let info_tx = info_tx.clone();
+        async move {
+            p.accept_auth().await;
+            let r = p.recv_request().await.unwrap();
+            assert_eq!(r.method, "presence.set");
+            p.respond(r.id, &plexus_protocol::methods::Empty {}).await;
+            if p.index == 0 {
+                p.drop_connection();
+                return;
+            }
+            let info = r
+                .params
+                .decode::<plexus_protocol::methods::PresenceSetParams>()
+                .unwrap()
+                .info
+                .decode::<String>()
+                .unwrap();
+            if let Some(tx) = info_tx.lock().unwrap().take() {
+                let _ = tx.send(info);
+            }
+            echo(p).await;
+        }
+    })
+    .await
+    .unwrap();
+    let c = builder(server.url()).connect().await.unwrap();
+    c.presence_set(&"at my desk").await.unwrap();
+    let info = tokio::time::timeout(Duration::from_secs(5), info_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info, "at my desk");
+}
+
+#[tokio::test]
+async fn wss_urls_use_tls_and_fail_cleanly_against_a_plain_server() {
+    let server = ScriptedServer::start(echo).await.unwrap();
+    let url = server.url().replace("ws://", "wss://");
+    let err = builder(url).connect().await.unwrap_err();
+    assert!(
+        matches!(err, Error::Connect(_)),
+        "a TLS handshake was attempted and failed: {err}"
+    );
+}
