@@ -646,10 +646,10 @@ impl Client {
 /// [`Error::ConnectionLost`] when the connection drops. Dropping it before
 /// the end sends `cancel`.
 ///
-/// Caveat: if a chunk arrives while the consumer is a whole
-/// [`stream_buffer`](ClientBuilder::stream_buffer) behind, the SDK
-/// abandons the stream without queuing an error: the consumer reads the
-/// chunks already buffered and then `None`, as if the stream had ended.
+/// If the consumer falls a whole [`stream_buffer`](ClientBuilder::stream_buffer)
+/// behind, the stream ends with [`Error::BrokenStream`] after the chunks
+/// already buffered, and the SDK sends `cancel`: an error is never lost to
+/// a full buffer.
 #[derive(Debug)]
 pub struct ChunkStream {
     rx: mpsc::Receiver<Result<RawValue, Error>>,
