@@ -1,2 +1,21 @@
-//! Placeholder.
+//! # plexus-bench
+//!
+//! The benchmark kit: scenarios (fan-out, RPC, idle connections, slow
+//! consumers) run against Plexus and, in the same invocation, against
+//! baselines — NATS over WebSocket and a bare tokio-tungstenite echo server
+//! (the floor) — so every figure is reported as a ratio measured on the
+//! same machine at the same time.
+//!
+//! Latency is measured from a timestamp the sender writes into each payload
+//! (nanoseconds since the load generator started), read by the receiver in
+//! the same process.
 #![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod echo;
+pub mod nats;
+pub mod plexus;
+pub mod procs;
+pub mod report;
+pub mod scenario;
+pub mod stats;

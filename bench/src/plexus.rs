@@ -1,0 +1,643 @@
+//! The Plexus side of every scenario, driven over raw `plexus.v1` frames
+//! (the protocol crate, not the SDK) so the load generator adds as little
+//! as possible.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt, StreamExt};
+use minicbor::bytes::ByteSlice;
+use plexus_protocol::frame::encode_request;
+use plexus_protocol::methods::{AuthParams, PublishParams, SubscribeParams};
+use plexus_protocol::{DecodeLimits, Frame, RawValue};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::clock::{now_nanos, read_stamp, stamp};
+use crate::procs::{HubProcess, token};
+use crate::scenario::{
+    ConnectionsConfig, ConnectionsResult, FanoutConfig, FanoutResult, Rate, RpcConfig, RpcResult,
+};
+use crate::stats::Latency;
+
+/// A client WebSocket.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long any single wait in a scenario may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Why a bench connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// WebSocket-level failure.
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The hub answered with an error.
+    #[error("hub error: {0}")]
+    Hub(String),
+    /// Timed out or the connection ended.
+    #[error("no answer")]
+    NoAnswer,
+}
+
+/// Opens a WebSocket with the plexus.v1 subprotocol.
+pub async fn open(url: &str) -> Result<Ws, ConnError> {
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
+            plexus_protocol::SUBPROTOCOL,
+        ),
+    );
+    let connecting = tokio_tungstenite::connect_async_with_config(
+        req,
+        Some(crate::scenario::client_ws_config()),
+        true,
+    );
+    let (ws, _) = tokio::time::timeout(WAIT, connecting)
+        .await
+        .map_err(|_| ConnError::NoAnswer)??;
+    Ok(ws)
+}
+
+/// Sends a request and waits for its response (other frames are dropped).
+pub async fn call<T: minicbor::Encode<()>>(
+    ws: &mut Ws,
+    id: u64,
+    method: &str,
+    params: &T,
+) -> Result<RawValue, ConnError> {
+    let frame = encode_request(id, method, params).map_err(|e| ConnError::Hub(e.to_string()))?;
+    ws.send(Message::Binary(frame.into())).await?;
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .map_err(|_| ConnError::NoAnswer)?;
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                if let Ok(Frame::Response(r)) = Frame::decode(b, &DecodeLimits::default())
+                    && r.id == id
+                {
+                    return r.outcome.map_err(|e| ConnError::Hub(e.to_string()));
+                }
+            }
+            Some(Ok(Message::Close(_))) | None => return Err(ConnError::NoAnswer),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Opens, authenticates as `user` and optionally subscribes.
+pub async fn connect(url: &str, user: &str, subscribe: Option<&str>) -> Result<Ws, ConnError> {
+    let mut ws = open(url).await?;
+    let t = token(user);
+    call(
+        &mut ws,
+        1,
+        "auth",
+        &AuthParams {
+            token: &t,
+            instance: None,
+            agent: Some("plexus-bench"),
+        },
+    )
+    .await?;
+    if let Some(topic) = subscribe {
+        call(
+            &mut ws,
+            2,
+            "subscribe",
+            &SubscribeParams {
+                topic,
+                presence: None,
+            },
+        )
+        .await?;
+    }
+    Ok(ws)
+}
+
+/// Opens many connections, `concurrency` at a time.
+async fn connect_many(
+    url: &str,
+    n: usize,
+    concurrency: usize,
+    topic: impl Fn(usize) -> Option<String>,
+) -> Vec<Result<Ws, ConnError>> {
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let t = topic(i);
+            let url = url.to_owned();
+            async move { connect(&url, &format!("u{i}"), t.as_deref()).await }
+        })
+        .buffered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+}
+
+/// The measurement window, in `now_nanos` time.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Start (after warm-up).
+    pub start: u64,
+    /// End.
+    pub end: u64,
+}
+
+impl Window {
+    /// A window starting `warmup` from now and lasting `duration`.
+    pub fn after(warmup: Duration, duration: Duration) -> Window {
+        let start = now_nanos() + warmup.as_nanos() as u64;
+        Window {
+            start,
+            end: start + duration.as_nanos() as u64,
+        }
+    }
+
+    /// Whether `t` is inside.
+    pub fn contains(&self, t: u64) -> bool {
+        t >= self.start && t < self.end
+    }
+
+    /// Whether `t` is past the end.
+    pub fn over(&self, t: u64) -> bool {
+        t >= self.end
+    }
+
+    /// Length in seconds.
+    pub fn secs(&self) -> f64 {
+        (self.end - self.start) as f64 / 1e9
+    }
+}
+
+/// The bytes of an `event` frame's payload (a CBOR byte string), if any.
+///
+/// The load generator reads only what it needs, with a plain CBOR decoder
+/// (as the NATS driver reads only the `MSG` header): `[2, "event", {0:
+/// topic, 1: data, …}]`. This keeps the generator's cost per event small
+/// and comparable across targets; the hub's own decoding is what is
+/// measured.
+fn event_payload(frame: &[u8]) -> Option<&[u8]> {
+    let mut d = minicbor::Decoder::new(frame);
+    d.array().ok()?;
+    if d.u8().ok()? != 2 || d.str().ok()? != "event" {
+        return None;
+    }
+    let n = d.map().ok()??;
+    for _ in 0..n {
+        match d.u8().ok()? {
+            1 => return d.bytes().ok(),
+            _ => d.skip().ok()?,
+        }
+    }
+    None
+}
+
+/// Reads events until the window is over; returns (count, latency).
+async fn subscriber(
+    mut rx: SplitStream<Ws>,
+    win: Window,
+    errors: Arc<AtomicU64>,
+) -> (u64, Latency) {
+    let mut lat = Latency::new();
+    let mut count = 0u64;
+    loop {
+        let now = now_nanos();
+        if win.over(now) {
+            break;
+        }
+        let left = Duration::from_nanos(win.end - now);
+        match tokio::time::timeout(left, rx.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                let t = now_nanos();
+                if !win.contains(t) {
+                    continue;
+                }
+                if let Some(sent) = event_payload(&b).and_then(read_stamp) {
+                    count += 1;
+                    lat.record(t.saturating_sub(sent));
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    (count, lat)
+}
+
+/// Encodes a publish request with a stamped payload.
+fn publish_frame(id: u64, topic: &str, payload: &mut [u8]) -> Bytes {
+    stamp(payload);
+    let bytes: &ByteSlice = payload[..].into();
+    let data = minicbor::to_vec(bytes).unwrap_or_default();
+    let data =
+        RawValue::from_bytes(Bytes::from(data), &DecodeLimits::default()).unwrap_or_default();
+    let params = PublishParams {
+        topic,
+        data: data.as_raw_ref(),
+        echo: None,
+    };
+    Bytes::from(encode_request(id, "publish", &params).unwrap_or_default())
+}
+
+/// Publishes until the window is over; returns acks counted in the window.
+async fn publisher(
+    ws: Ws,
+    topic: String,
+    payload: usize,
+    rate: Rate,
+    per_publisher: f64,
+    win: Window,
+    errors: Arc<AtomicU64>,
+) -> u64 {
+    let (mut tx, mut rx) = ws.split();
+    let window = match rate {
+        Rate::Saturate { window } => window.max(1),
+        Rate::Fixed { .. } => usize::MAX >> 4,
+    };
+    let permits = Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS)));
+    let acks = {
+        let permits = permits.clone();
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            let mut acked = 0u64;
+            let limits = DecodeLimits::default();
+            loop {
+                match tokio::time::timeout(WAIT, rx.next()).await {
+                    Ok(Some(Ok(Message::Binary(b)))) => {
+                        if let Ok(Frame::Response(r)) = Frame::decode(b, &limits) {
+                            if r.outcome.is_err() {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if win.contains(now_nanos()) {
+                                acked += 1;
+                            }
+                            permits.add_permits(1);
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+                if win.over(now_nanos()) {
+                    break;
+                }
+            }
+            permits.close();
+            acked
+        })
+    };
+    let mut buf = vec![0u8; payload.max(8)];
+    let mut id = 10u64;
+    match rate {
+        Rate::Saturate { .. } => {
+            while !win.over(now_nanos()) {
+                let Ok(p) = permits.acquire().await else {
+                    break;
+                };
+                p.forget();
+                let mut sent = 1;
+                id += 1;
+                if tx
+                    .feed(Message::Binary(publish_frame(id, &topic, &mut buf)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                while let Ok(p) = permits.try_acquire() {
+                    p.forget();
+                    id += 1;
+                    sent += 1;
+                    if tx
+                        .feed(Message::Binary(publish_frame(id, &topic, &mut buf)))
+                        .await
+                        .is_err()
+                        || sent > 256
+                    {
+                        break;
+                    }
+                }
+                if tx.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+        Rate::Fixed { .. } => {
+            let tick = Duration::from_millis(1);
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let started = now_nanos();
+            let mut sent_total = 0u64;
+            while !win.over(now_nanos()) {
+                interval.tick().await;
+                let due = ((now_nanos() - started) as f64 / 1e9 * per_publisher) as u64;
+                while sent_total < due {
+                    id += 1;
+                    sent_total += 1;
+                    if tx
+                        .feed(Message::Binary(publish_frame(id, &topic, &mut buf)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                if tx.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = tx.close().await;
+    acks.await.unwrap_or(0)
+}
+
+/// Runs the fan-out scenario against a running hub.
+pub async fn fanout(hub: &HubProcess, cfg: &FanoutConfig) -> FanoutResult {
+    let url = hub.url();
+    let errors = Arc::new(AtomicU64::new(0));
+    let subs = connect_many(&url, cfg.subscribers, 64, |i| Some(cfg.topic(i))).await;
+    let mut stalled: Vec<Ws> = connect_many(&url, cfg.stalled, 16, |i| Some(cfg.topic(i)))
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let pubs = connect_many(&url, cfg.publishers, 16, |_| None).await;
+    let win = Window::after(cfg.warmup, cfg.duration);
+    let mut readers = Vec::new();
+    for s in subs {
+        match s {
+            Ok(ws) => {
+                let (_tx, rx) = ws.split();
+                readers.push(tokio::spawn(subscriber(rx, win, errors.clone())));
+            }
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let per_publisher = match cfg.rate {
+        Rate::Fixed { per_sec } => per_sec as f64 / cfg.publishers.max(1) as f64,
+        Rate::Saturate { .. } => 0.0,
+    };
+    let mut writers = Vec::new();
+    for (j, p) in pubs.into_iter().enumerate() {
+        match p {
+            Ok(ws) => writers.push(tokio::spawn(publisher(
+                ws,
+                cfg.topic(j),
+                cfg.payload,
+                cfg.rate,
+                per_publisher,
+                win,
+                errors.clone(),
+            ))),
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let mut published = 0;
+    for w in writers {
+        published += w.await.unwrap_or(0);
+    }
+    let mut delivered = 0;
+    let mut lat = Latency::new();
+    for r in readers {
+        if let Ok((n, l)) = r.await {
+            delivered += n;
+            lat.merge(&l);
+        }
+    }
+    let stalled_closed = stalled_outcome(&mut stalled).await;
+    FanoutResult {
+        published_per_sec: published as f64 / win.secs(),
+        delivered_per_sec: delivered as f64 / win.secs(),
+        latency: lat.summary(),
+        stalled_closed,
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// Reads what the stalled connections had queued and reports how each one
+/// was closed: `Some(code)`, `Some(0)` for closed without a code, `None`
+/// when still open after 5 s.
+async fn stalled_outcome(stalled: &mut [Ws]) -> Vec<Option<u16>> {
+    let mut out = Vec::new();
+    for ws in stalled.iter_mut() {
+        let verdict = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(f))) => return Some(f.map_or(0, |f| u16::from(f.code))),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return Some(0),
+                }
+            }
+        })
+        .await
+        .unwrap_or(None);
+        out.push(verdict);
+    }
+    out
+}
+
+/// Runs `ping` calls: C connections, K in flight each.
+pub async fn rpc(url: &str, cfg: &RpcConfig, authenticate: bool) -> RpcResult {
+    let errors = Arc::new(AtomicU64::new(0));
+    let conns: Vec<Ws> = futures_util::stream::iter(0..cfg.connections)
+        .map(|i| {
+            let url = url.to_owned();
+            async move {
+                if authenticate {
+                    connect(&url, &format!("rpc{i}"), None).await
+                } else {
+                    open(&url).await
+                }
+            }
+        })
+        .buffered(16)
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    let win = Window::after(cfg.warmup, cfg.duration);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(rpc_conn(
+                ws,
+                cfg.in_flight,
+                cfg.payload,
+                win,
+                errors.clone(),
+            ))
+        })
+        .collect();
+    let mut calls = 0;
+    let mut lat = Latency::new();
+    for t in tasks {
+        if let Ok((n, l)) = t.await {
+            calls += n;
+            lat.merge(&l);
+        }
+    }
+    RpcResult {
+        calls_per_sec: calls as f64 / win.secs(),
+        latency: lat.summary(),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// The stamped payload carried back in a `ping` response (Plexus) or in the
+/// echoed request (floor).
+fn rpc_payload(f: &Frame) -> Option<&[u8]> {
+    let raw = match f {
+        Frame::Response(r) => r.outcome.as_ref().ok()?,
+        Frame::Request(r) => &r.params,
+        _ => return None,
+    };
+    let bytes: &ByteSlice = raw.decode().ok()?;
+    Some(bytes)
+}
+
+async fn rpc_conn(
+    ws: Ws,
+    in_flight: usize,
+    payload: usize,
+    win: Window,
+    errors: Arc<AtomicU64>,
+) -> (u64, Latency) {
+    let (mut tx, mut rx) = ws.split();
+    let permits = Arc::new(Semaphore::new(in_flight.max(1)));
+    let reader = {
+        let permits = permits.clone();
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut lat = Latency::new();
+            let limits = DecodeLimits::default();
+            loop {
+                match tokio::time::timeout(WAIT, rx.next()).await {
+                    Ok(Some(Ok(Message::Binary(b)))) => {
+                        let t = now_nanos();
+                        match Frame::decode(b, &limits) {
+                            Ok(f) => {
+                                if let Some(sent) = rpc_payload(&f).and_then(read_stamp) {
+                                    if win.contains(t) {
+                                        n += 1;
+                                        lat.record(t.saturating_sub(sent));
+                                    }
+                                } else {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        permits.add_permits(1);
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+                if win.over(now_nanos()) {
+                    break;
+                }
+            }
+            permits.close();
+            (n, lat)
+        })
+    };
+    let mut buf = vec![0u8; payload.max(8)];
+    let mut id = 100u64;
+    while !win.over(now_nanos()) {
+        let Ok(p) = permits.acquire().await else {
+            break;
+        };
+        p.forget();
+        let mut batch = 0;
+        loop {
+            id += 1;
+            batch += 1;
+            stamp(&mut buf);
+            let bytes: &ByteSlice = buf[..].into();
+            let frame = encode_request(id, "ping", &bytes).unwrap_or_default();
+            if tx.feed(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+            match permits.try_acquire() {
+                Ok(p) if batch < 256 => p.forget(),
+                _ => break,
+            }
+        }
+        if tx.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = tx.close().await;
+    // The reader ends at the window's end.
+    reader.await.unwrap_or_default()
+}
+
+/// Opens N authenticated connections with one subscription each and
+/// measures the hub's memory per connection.
+pub async fn connections(
+    hub: &HubProcess,
+    cfg: &ConnectionsConfig,
+) -> (ConnectionsResult, Vec<Ws>) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = hub.rss_kib().unwrap_or(0);
+    let started = now_nanos();
+    let results = connect_many(&hub.url(), cfg.connections, cfg.concurrency, |i| {
+        Some(format!("bench.idle.{i}"))
+    })
+    .await;
+    let secs = (now_nanos() - started) as f64 / 1e9;
+    let conns: Vec<Ws> = results.into_iter().filter_map(Result::ok).collect();
+    // Let allocations settle before sampling.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = hub.rss_kib().unwrap_or(0);
+    let opened = conns.len();
+    let result = ConnectionsResult {
+        opened,
+        connect_rate: opened as f64 / secs.max(1e-9),
+        rss_before_kib: before,
+        rss_after_kib: after,
+        kib_per_connection: after.saturating_sub(before) as f64 / opened.max(1) as f64,
+    };
+    (result, conns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_protocol::frame::encode_notification;
+
+    #[test]
+    fn event_payload_reads_the_data_of_a_real_event() {
+        let bytes: &ByteSlice = (&[1u8, 2, 3][..]).into();
+        let data = RawValue::encode(&bytes).unwrap();
+        let frame = encode_notification(
+            "event",
+            &plexus_protocol::methods::EventParams {
+                topic: "a.b",
+                data: data.as_raw_ref(),
+                from: Some("u"),
+            },
+        )
+        .unwrap();
+        assert_eq!(event_payload(&frame), Some(&[1u8, 2, 3][..]));
+        let ping = encode_request(1, "ping", &()).unwrap();
+        assert_eq!(event_payload(&ping), None);
+    }
+}

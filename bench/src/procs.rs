@@ -1,0 +1,195 @@
+//! Processes under test: the Plexus hub and the echo floor, each in its own
+//! process so the load generator never shares their runtime or their RSS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Why a process under test could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// Spawning or talking to it failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// It did not print its address in time.
+    #[error("{0} did not report its address")]
+    NoAddress(String),
+}
+
+/// The HMAC secret the bench hub is started with (bench only).
+pub const BENCH_SECRET: &str = "plexus-bench-secret-0123456789abcdef-not-for-production";
+
+/// Finds a binary built next to this one (`target/release/NAME`), or in
+/// `PLEXUS_BENCH_BIN_DIR`.
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("PLEXUS_BENCH_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+async fn read_addr(child: &mut Child, name: &str, marker: &str) -> Result<SocketAddr, ProcError> {
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| ProcError::NoAddress(name.into()))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let find = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split(marker).nth(1) {
+                let addr = rest.split(['/', ' ']).next().unwrap_or("");
+                if let Ok(a) = addr.parse() {
+                    return Some((a, lines));
+                }
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(30), find).await {
+        Ok(Some((addr, mut lines))) => {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok(addr)
+        }
+        _ => Err(ProcError::NoAddress(name.into())),
+    }
+}
+
+/// A running `plexus` hub.
+#[derive(Debug)]
+pub struct HubProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl HubProcess {
+    /// Starts the hub with bench-friendly limits (no rate limit, no
+    /// per-user cap) plus `extra` flags.
+    pub async fn start(extra: &[String]) -> Result<HubProcess, ProcError> {
+        let dir = tempfile::tempdir().map_err(|source| ProcError::Io {
+            what: "tempdir".into(),
+            source,
+        })?;
+        let bin = binary("plexus");
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            BENCH_SECRET,
+        ])
+        .args(["--rate-per-sec", "100000000", "--rate-burst", "100000000"])
+        .args([
+            "--max-connections-per-user",
+            "1000000",
+            "--max-in-flight",
+            "4096",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| ProcError::Io {
+            what: format!(
+                "spawning {} (build it with `cargo build --release -p plexus-server`)",
+                bin.display()
+            ),
+            source,
+        })?;
+        let addr = read_addr(&mut child, "plexus", "ws://").await?;
+        Ok(HubProcess {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    /// The WebSocket URL.
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// The hub's resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.child.id()?)
+    }
+}
+
+/// A token for the bench hub, allowed everything for an hour.
+pub fn token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 3600;
+    let claims = serde_json::json!({
+        "sub": sub,
+        "exp": exp,
+        "plexus": { "sub": [">"], "pub": [">"], "presence": true },
+    });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(BENCH_SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+/// The resident set size of a process in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The echo floor in its own process (`plexus-bench echo-server`).
+#[derive(Debug)]
+pub struct EchoProcess {
+    _child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl EchoProcess {
+    /// Starts `plexus-bench echo-server` from the same build.
+    pub async fn start() -> Result<EchoProcess, ProcError> {
+        let bin = binary("plexus-bench");
+        let mut child = Command::new(&bin)
+            .arg("echo-server")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ProcError::Io {
+                what: format!("spawning {}", bin.display()),
+                source,
+            })?;
+        let addr = read_addr(&mut child, "echo-server", "ws://").await?;
+        Ok(EchoProcess {
+            _child: child,
+            addr,
+        })
+    }
+
+    /// The WebSocket URL.
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
