@@ -25,6 +25,9 @@ use plexus_bench::{echo, nats, plexus};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Extra flags for every hub started, e.g. `--hub-arg=--ws-read-buffer=4096`.
+    #[arg(long = "hub-arg", allow_hyphen_values = true, global = true)]
+    hub_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,9 +100,6 @@ enum Command {
         /// Hold them open this long after measuring (to inspect the hub).
         #[arg(long, default_value = "0s")]
         hold: humantime::Duration,
-        /// Extra flags for the hub, e.g. `--hub-arg=--ws-read-buffer=1024`.
-        #[arg(long = "hub-arg", allow_hyphen_values = true)]
-        hub_args: Vec<String>,
     },
     /// Run the echo floor server (used by the suite as a subprocess).
     EchoServer {
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cli.hub_args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("plexus-bench: {e}");
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error>;
 
-async fn run(command: Command) -> Result<(), BoxError> {
+async fn run(command: Command, hub_args: Vec<String>) -> Result<(), BoxError> {
     match command {
         Command::EchoServer { listen } => echo::serve(listen).await?,
         Command::Fanout {
@@ -159,7 +159,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
                 stalled,
             };
             let result = match target {
-                Target::Plexus => plexus::fanout(&HubProcess::start(&[]).await?, &cfg).await,
+                Target::Plexus => plexus::fanout(&HubProcess::start(&hub_args).await?, &cfg).await,
                 Target::Nats => nats::fanout(&NatsServer::start().await?, &cfg).await,
                 Target::Floor => return Err("the floor has no fan-out".into()),
             };
@@ -182,7 +182,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
             };
             let result = match target {
                 Target::Plexus => {
-                    plexus::rpc(&HubProcess::start(&[]).await?.url(), &cfg, true).await
+                    plexus::rpc(&HubProcess::start(&hub_args).await?.url(), &cfg, true).await
                 }
                 Target::Floor => plexus::rpc(&EchoProcess::start().await?.url(), &cfg, false).await,
                 Target::Nats => nats::request_reply(&NatsServer::start().await?, &cfg).await,
@@ -193,7 +193,6 @@ async fn run(command: Command) -> Result<(), BoxError> {
             n,
             concurrency,
             hold,
-            hub_args,
         } => {
             let hub = HubProcess::start(&hub_args).await?;
             let (result, conns) = plexus::connections(
@@ -212,12 +211,17 @@ async fn run(command: Command) -> Result<(), BoxError> {
             quick,
             out,
             connections,
-        } => suite(quick, out, connections).await?,
+        } => suite(quick, out, connections, &hub_args).await?,
     }
     Ok(())
 }
 
-async fn suite(quick: bool, out: PathBuf, connections: Option<usize>) -> Result<(), BoxError> {
+async fn suite(
+    quick: bool,
+    out: PathBuf,
+    connections: Option<usize>,
+    hub_args: &[String],
+) -> Result<(), BoxError> {
     let (warmup, duration) = if quick {
         (Duration::from_millis(500), Duration::from_secs(2))
     } else {
@@ -239,7 +243,7 @@ async fn suite(quick: bool, out: PathBuf, connections: Option<usize>) -> Result<
     };
     eprintln!("fanout 1→1000, saturating …");
     let (p, n) = {
-        let hub = HubProcess::start(&[]).await?;
+        let hub = HubProcess::start(hub_args).await?;
         let p = plexus::fanout(&hub, &fan).await;
         drop(hub);
         let server = NatsServer::start().await?;
@@ -280,7 +284,7 @@ async fn suite(quick: bool, out: PathBuf, connections: Option<usize>) -> Result<
         per_sec: sustainable,
     };
     let (p, n) = {
-        let hub = HubProcess::start(&[]).await?;
+        let hub = HubProcess::start(hub_args).await?;
         let p = plexus::fanout(&hub, &fan).await;
         drop(hub);
         let server = NatsServer::start().await?;
@@ -325,7 +329,7 @@ async fn suite(quick: bool, out: PathBuf, connections: Option<usize>) -> Result<
         duration,
     };
     let p = {
-        let hub = HubProcess::start(&[]).await?;
+        let hub = HubProcess::start(hub_args).await?;
         plexus::rpc(&hub.url(), &rpc_cfg, true).await
     };
     let f = {
@@ -373,7 +377,7 @@ async fn suite(quick: bool, out: PathBuf, connections: Option<usize>) -> Result<
         concurrency: 200,
     };
     let c = {
-        let hub = HubProcess::start(&[]).await?;
+        let hub = HubProcess::start(hub_args).await?;
         let (c, conns) = plexus::connections(&hub, &conn_cfg).await;
         drop(conns);
         c

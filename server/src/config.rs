@@ -151,8 +151,8 @@ settings! {
     pong_timeout: Dur = Dur(Duration::from_secs(10)), "pong-timeout", "PLEXUS_PONG_TIMEOUT";
     /// Server-side limit on one request's run time [default: 30s].
     request_timeout: Dur = Dur(Duration::from_secs(30)), "request-timeout", "PLEXUS_REQUEST_TIMEOUT";
-    /// WebSocket read buffer per connection, in bytes [default: 4096].
-    ws_read_buffer: usize = 4096, "ws-read-buffer", "PLEXUS_WS_READ_BUFFER";
+    /// WebSocket read buffer per connection, in bytes; it grows for larger frames [default: 1024].
+    ws_read_buffer: usize = 1024, "ws-read-buffer", "PLEXUS_WS_READ_BUFFER";
     /// WebSocket write buffer per connection, in bytes [default: 4096].
     ws_write_buffer: usize = 4096, "ws-write-buffer", "PLEXUS_WS_WRITE_BUFFER";
     /// Kernel send buffer per accepted socket (SO_SNDBUF), in bytes; 0 keeps the kernel's autotuning [default: 0].

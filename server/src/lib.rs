@@ -172,6 +172,19 @@ impl Server {
         auth.spawn_jwks_refresh();
         let hub = Arc::new(Hub::new(config, auth));
         let accept = tokio::spawn(transport::serve(listener, hub.clone()));
+        // Histogram samples accumulate until folded into buckets: fold them
+        // on a timer, not only when /metrics is scraped.
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(metrics::UPKEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                if weak.upgrade().is_none() {
+                    break;
+                }
+                metrics::upkeep();
+            }
+        });
         Ok(Server { addr, hub, accept })
     }
 

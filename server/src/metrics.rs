@@ -17,7 +17,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, Gauge, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use plexus_protocol::{CloseCode, Method, MethodKind};
 
@@ -46,6 +46,18 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// How often histogram samples are folded into their buckets. Until then
+/// the exporter keeps raw samples, so this bounds that memory.
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds pending histogram samples into buckets (run every
+/// [`UPKEEP_INTERVAL`]; the hub spawns a task for it).
+pub fn upkeep() {
+    if let Some(h) = install() {
+        h.run_upkeep();
+    }
+}
+
 /// Renders the Prometheus text exposition.
 pub fn render() -> String {
     install().map(|h| h.render()).unwrap_or_default()
@@ -72,14 +84,16 @@ pub struct Metrics {
     pub deliveries: Counter,
     /// Connections closed as slow consumers.
     pub slow_consumer_closes: Counter,
-    ok: Vec<(&'static str, Counter)>,
+    /// Per known method: its name, its `ok` counter and its latency
+    /// histogram, so the hot path does no registry lookup.
+    methods: Vec<(&'static str, Counter, Histogram)>,
 }
 
 impl Metrics {
     /// Creates the handles (installing the recorder if needed).
     pub fn new() -> Metrics {
         install();
-        let ok = Method::ALL
+        let methods = Method::ALL
             .iter()
             .filter(|m| m.kind() == MethodKind::Request)
             .map(|m| {
@@ -87,6 +101,7 @@ impl Metrics {
                 (
                     name,
                     counter!("plexus_requests_total", "method" => name, "code" => "ok"),
+                    histogram!("plexus_request_duration_seconds", "method" => name),
                 )
             })
             .collect();
@@ -100,24 +115,29 @@ impl Metrics {
             publishes: counter!("plexus_publishes_total"),
             deliveries: counter!("plexus_deliveries_total"),
             slow_consumer_closes: counter!("plexus_slow_consumer_closes_total"),
-            ok,
+            methods,
         }
     }
 
     /// Counts a finished request and its latency.
     pub fn request(&self, method: &'static str, code: Option<&str>, seconds: f64) {
-        match code {
-            None => match self.ok.iter().find(|(m, _)| *m == method) {
-                Some((_, c)) => c.increment(1),
-                None => counter!("plexus_requests_total", "method" => method, "code" => "ok")
-                    .increment(1),
-            },
-            Some(code) => {
+        let cached = self.methods.iter().find(|(m, _, _)| *m == method);
+        match (code, cached) {
+            (None, Some((_, ok, _))) => ok.increment(1),
+            (None, None) => {
+                counter!("plexus_requests_total", "method" => method, "code" => "ok").increment(1)
+            }
+            (Some(code), _) => {
                 counter!("plexus_requests_total", "method" => method, "code" => code.to_owned())
                     .increment(1)
             }
         }
-        histogram!("plexus_request_duration_seconds", "method" => method).record(seconds);
+        match cached {
+            Some((_, _, h)) => h.record(seconds),
+            None => {
+                histogram!("plexus_request_duration_seconds", "method" => method).record(seconds)
+            }
+        }
     }
 
     /// Counts an authentication failure.
