@@ -13,7 +13,9 @@ use minicbor::bytes::ByteSlice;
 use plexus_protocol::frame::encode_request;
 use plexus_protocol::methods::{AuthParams, PublishParams, SubscribeParams};
 use plexus_protocol::{DecodeLimits, Frame, RawValue};
-use tokio::net::TcpStream;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -48,6 +50,13 @@ pub enum ConnError {
 
 /// Opens a WebSocket with the plexus.v1 subprotocol.
 pub async fn open(url: &str) -> Result<Ws, ConnError> {
+    open_from(url, None).await
+}
+
+/// Opens a WebSocket from a given local address (e.g. `127.0.0.2`), so one
+/// load generator can exceed the ephemeral ports of a single source
+/// address.
+pub async fn open_from(url: &str, source: Option<IpAddr>) -> Result<Ws, ConnError> {
     let mut req = url.into_client_request()?;
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
@@ -55,11 +64,31 @@ pub async fn open(url: &str) -> Result<Ws, ConnError> {
             plexus_protocol::SUBPROTOCOL,
         ),
     );
-    let connecting = tokio_tungstenite::connect_async_with_config(
-        req,
-        Some(crate::scenario::client_ws_config()),
-        true,
-    );
+    let config = Some(crate::scenario::client_ws_config());
+    let connecting = async {
+        match source {
+            None => tokio_tungstenite::connect_async_with_config(req, config, true).await,
+            Some(ip) => {
+                let host = req.uri().host().unwrap_or("127.0.0.1").to_owned();
+                let port = req.uri().port_u16().unwrap_or(80);
+                let peer: SocketAddr = format!("{host}:{port}").parse().map_err(|_| {
+                    tokio_tungstenite::tungstenite::Error::Url(
+                        tokio_tungstenite::tungstenite::error::UrlError::NoHostName,
+                    )
+                })?;
+                let sock = if ip.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                sock.bind(SocketAddr::new(ip, 0))?;
+                let tcp = sock.connect(peer).await?;
+                let _ = tcp.set_nodelay(true);
+                tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(tcp), config)
+                    .await
+            }
+        }
+    };
     let (ws, _) = tokio::time::timeout(WAIT, connecting)
         .await
         .map_err(|_| ConnError::NoAnswer)??;
@@ -96,7 +125,17 @@ pub async fn call<T: minicbor::Encode<()>>(
 
 /// Opens, authenticates as `user` and optionally subscribes.
 pub async fn connect(url: &str, user: &str, subscribe: Option<&str>) -> Result<Ws, ConnError> {
-    let mut ws = open(url).await?;
+    connect_from(url, None, user, subscribe).await
+}
+
+/// [`connect`] from a given local address.
+pub async fn connect_from(
+    url: &str,
+    source: Option<IpAddr>,
+    user: &str,
+    subscribe: Option<&str>,
+) -> Result<Ws, ConnError> {
+    let mut ws = open_from(url, source).await?;
     let t = token(user);
     call(
         &mut ws,
@@ -131,11 +170,24 @@ async fn connect_many(
     concurrency: usize,
     topic: impl Fn(usize) -> Option<String>,
 ) -> Vec<Result<Ws, ConnError>> {
+    connect_many_from(url, &[], n, concurrency, topic).await
+}
+
+/// Opens many connections, `concurrency` at a time, spreading them
+/// round-robin over `sources` (the default source when empty).
+async fn connect_many_from(
+    url: &str,
+    sources: &[IpAddr],
+    n: usize,
+    concurrency: usize,
+    topic: impl Fn(usize) -> Option<String>,
+) -> Vec<Result<Ws, ConnError>> {
     futures_util::stream::iter(0..n)
         .map(|i| {
             let t = topic(i);
             let url = url.to_owned();
-            async move { connect(&url, &format!("u{i}"), t.as_deref()).await }
+            let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+            async move { connect_from(&url, source, &format!("u{i}"), t.as_deref()).await }
         })
         .buffered(concurrency.max(1))
         .collect::<Vec<_>>()
@@ -592,13 +644,14 @@ async fn rpc_conn(
 /// Opens N authenticated connections with one subscription each and
 /// measures the hub's memory per connection.
 pub async fn connections(
-    hub: &HubProcess,
+    url: &str,
+    rss_kib: impl Fn() -> Option<u64>,
     cfg: &ConnectionsConfig,
 ) -> (ConnectionsResult, Vec<Ws>) {
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = hub.rss_kib().unwrap_or(0);
+    let before = rss_kib().unwrap_or(0);
     let started = now_nanos();
-    let results = connect_many(&hub.url(), cfg.connections, cfg.concurrency, |i| {
+    let results = connect_many_from(url, &cfg.sources, cfg.connections, cfg.concurrency, |i| {
         Some(format!("bench.idle.{i}"))
     })
     .await;
@@ -606,7 +659,7 @@ pub async fn connections(
     let conns: Vec<Ws> = results.into_iter().filter_map(Result::ok).collect();
     // Let allocations settle before sampling.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = hub.rss_kib().unwrap_or(0);
+    let after = rss_kib().unwrap_or(0);
     let opened = conns.len();
     let result = ConnectionsResult {
         opened,

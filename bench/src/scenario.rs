@@ -104,6 +104,10 @@ pub struct ConnectionsConfig {
     pub connections: usize,
     /// Connections opened concurrently.
     pub concurrency: usize,
+    /// Local addresses to connect from, round-robin (e.g. 127.0.0.2,
+    /// 127.0.0.3 …); empty for the default. Each source address has its own
+    /// ~28,000 ephemeral ports toward one hub port.
+    pub sources: Vec<std::net::IpAddr>,
 }
 
 /// What the idle-connections run measured.

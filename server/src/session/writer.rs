@@ -21,7 +21,7 @@ pub const CLOSE_FRAME_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the writer tries to deliver the close frame to a slow consumer,
 /// whose socket is full: long enough for a reader that resumes to learn why
 /// it was cut off. Only the close frame is held, never the dropped queue.
-pub const ABORT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const ABORT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the writer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
