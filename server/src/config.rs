@@ -153,8 +153,8 @@ settings! {
     request_timeout: Dur = Dur(Duration::from_secs(30)), "request-timeout", "PLEXUS_REQUEST_TIMEOUT";
     /// WebSocket read buffer per connection, in bytes; it grows for larger frames [default: 1024].
     ws_read_buffer: usize = 1024, "ws-read-buffer", "PLEXUS_WS_READ_BUFFER";
-    /// WebSocket write buffer per connection, in bytes [default: 4096].
-    ws_write_buffer: usize = 4096, "ws-write-buffer", "PLEXUS_WS_WRITE_BUFFER";
+    /// WebSocket write batch per connection, in bytes: frames are gathered up to this size per write; the buffer only grows this large while a connection is busy [default: 16384].
+    ws_write_buffer: usize = 16 * 1024, "ws-write-buffer", "PLEXUS_WS_WRITE_BUFFER";
     /// Kernel send buffer per accepted socket (SO_SNDBUF), in bytes; 0 keeps the kernel's autotuning [default: 0].
     tcp_send_buffer: usize = 0, "tcp-send-buffer", "PLEXUS_TCP_SEND_BUFFER";
     /// Deadline for draining connections on shutdown [default: 10s].

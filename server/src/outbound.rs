@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use plexus_protocol::CloseCode;
 use tokio::sync::Notify;
@@ -57,7 +58,9 @@ struct State {
 #[derive(Debug)]
 pub struct Outbound {
     state: Mutex<State>,
-    notify: Notify,
+    /// The writer's waker: lighter than a `Notify` on the fan-out path,
+    /// where every publish wakes every idle subscriber's writer.
+    writer: AtomicWaker,
     aborted: Notify,
     max_bytes: usize,
     closing: AtomicBool,
@@ -68,7 +71,7 @@ impl Outbound {
     pub fn new(max_bytes: usize) -> Outbound {
         Outbound {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
+            writer: AtomicWaker::new(),
             aborted: Notify::new(),
             max_bytes,
             closing: AtomicBool::new(false),
@@ -87,7 +90,7 @@ impl Outbound {
             st.close = Some(CloseRequest::Abort(CloseCode::SlowConsumer));
             self.closing.store(true, Ordering::Release);
             drop(st);
-            self.notify.notify_one();
+            self.writer.wake();
             self.aborted.notify_one();
             return Push::Overflow;
         }
@@ -96,7 +99,7 @@ impl Outbound {
         st.items.push_back(OutItem::Frame(frame));
         drop(st);
         if was_empty {
-            self.notify.notify_one();
+            self.writer.wake();
         }
         Push::Queued
     }
@@ -107,7 +110,7 @@ impl Outbound {
         if st.close.is_none() {
             st.items.push_back(OutItem::Ping(payload));
             drop(st);
-            self.notify.notify_one();
+            self.writer.wake();
         }
     }
 
@@ -127,7 +130,7 @@ impl Outbound {
         }
         self.closing.store(true, Ordering::Release);
         drop(st);
-        self.notify.notify_one();
+        self.writer.wake();
         if matches!(req, CloseRequest::Abort(_)) {
             self.aborted.notify_one();
         }
@@ -164,17 +167,18 @@ impl Outbound {
     /// moves all queued items into `batch` (which must be empty). Returns the
     /// close request when the writer should close after writing `batch`.
     pub async fn next_batch(&self, batch: &mut VecDeque<OutItem>) -> Option<CloseRequest> {
-        loop {
-            let notified = self.notify.notified();
-            {
-                let mut st = self.state.lock();
-                if !st.items.is_empty() || st.close.is_some() {
-                    std::mem::swap(&mut st.items, batch);
-                    return st.close;
-                }
+        std::future::poll_fn(|cx| {
+            // Register first, then look: a push between the two wakes us.
+            self.writer.register(cx.waker());
+            let mut st = self.state.lock();
+            if !st.items.is_empty() || st.close.is_some() {
+                std::mem::swap(&mut st.items, batch);
+                std::task::Poll::Ready(st.close)
+            } else {
+                std::task::Poll::Pending
             }
-            notified.await;
-        }
+        })
+        .await
     }
 
     /// Releases budget for `bytes` that the writer has handed to the socket.
