@@ -28,10 +28,18 @@ fn bench(c: &mut Criterion) {
             m.insert(&pattern(&format!("room.{i}.msgs")), conn(i as u64));
         }
         g.bench_with_input(BenchmarkId::new("exact_hit", topics), &m, |b, m| {
-            b.iter(|| m.for_each_match(black_box("room.77.msgs"), |c| drop(black_box(c))))
+            b.iter(|| {
+                m.for_each_match(black_box("room.77.msgs"), |c| {
+                    black_box(c);
+                })
+            })
         });
         g.bench_with_input(BenchmarkId::new("exact_miss", topics), &m, |b, m| {
-            b.iter(|| m.for_each_match(black_box("nobody.here"), |c| drop(black_box(c))))
+            b.iter(|| {
+                m.for_each_match(black_box("nobody.here"), |c| {
+                    black_box(c);
+                })
+            })
         });
         // Add wildcard patterns: one per 10 topics, `room.N.*`, plus `room.>`.
         for i in (0..topics).step_by(10) {
@@ -41,12 +49,24 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("with_wildcards_hit", topics),
             &m,
-            |b, m| b.iter(|| m.for_each_match(black_box("room.70.msgs"), |c| drop(black_box(c)))),
+            |b, m| {
+                b.iter(|| {
+                    m.for_each_match(black_box("room.70.msgs"), |c| {
+                        black_box(c);
+                    })
+                })
+            },
         );
         g.bench_with_input(
             BenchmarkId::new("with_wildcards_miss", topics),
             &m,
-            |b, m| b.iter(|| m.for_each_match(black_box("nobody.here"), |c| drop(black_box(c)))),
+            |b, m| {
+                b.iter(|| {
+                    m.for_each_match(black_box("nobody.here"), |c| {
+                        black_box(c);
+                    })
+                })
+            },
         );
     }
     // Fan-out of one topic to 1,000 subscribers: the per-subscriber cost.
@@ -55,7 +75,11 @@ fn bench(c: &mut Criterion) {
         m.insert(&pattern("feed"), conn(i));
     }
     g.bench_function("exact_1000_subscribers", |b| {
-        b.iter(|| m.for_each_match(black_box("feed"), |c| drop(black_box(c))))
+        b.iter(|| {
+            m.for_each_match(black_box("feed"), |c| {
+                black_box(c);
+            })
+        })
     });
     g.finish();
 }
