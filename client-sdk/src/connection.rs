@@ -285,29 +285,52 @@ impl Task {
                 queue,
                 reply,
             } => {
-                if let Err(e) = self.add_local(local, pattern.clone(), presence, queue) {
-                    let _ = reply.send(Err(e));
-                    return;
-                }
-                let sub = self
-                    .server_subs
-                    .entry(pattern.as_str().to_owned())
-                    .or_insert(ServerSub {
-                        presence,
-                        confirmed: false,
-                        waiters: Vec::new(),
-                    });
-                if sub.confirmed {
-                    let _ = reply.send(Ok(()));
-                } else {
-                    sub.waiters.push((local, reply));
-                }
+                // Sent when the connection is back (renewals go out first).
+                self.register_subscription(local, &pattern, presence, queue, reply);
             }
             Command::Unsubscribe { local } => {
                 self.remove_local(local);
             }
             Command::Close { reply } => {
                 let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Records a local subscription and answers it when the hub already
+    /// confirmed its pattern; returns true when the hub must be asked (the
+    /// pattern is new).
+    fn register_subscription(
+        &mut self,
+        local: u64,
+        pattern: &Pattern,
+        presence: bool,
+        queue: Arc<SubQueue>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    ) -> bool {
+        if let Err(e) = self.add_local(local, pattern.clone(), presence, queue) {
+            let _ = reply.send(Err(e));
+            return false;
+        }
+        match self.server_subs.get_mut(pattern.as_str()) {
+            Some(s) if s.confirmed => {
+                let _ = reply.send(Ok(()));
+                false
+            }
+            Some(s) => {
+                s.waiters.push((local, reply));
+                false
+            }
+            None => {
+                self.server_subs.insert(
+                    pattern.as_str().to_owned(),
+                    ServerSub {
+                        presence,
+                        confirmed: false,
+                        waiters: vec![(local, reply)],
+                    },
+                );
+                true
             }
         }
     }
@@ -660,39 +683,18 @@ impl Task {
                 queue,
                 reply,
             } => {
-                if let Err(e) = self.add_local(local, pattern.clone(), presence, queue) {
-                    let _ = reply.send(Err(e));
+                if !self.register_subscription(local, &pattern, presence, queue, reply) {
                     return true;
                 }
-                match self.server_subs.get_mut(pattern.as_str()) {
-                    Some(s) if s.confirmed => {
-                        let _ = reply.send(Ok(()));
-                        true
-                    }
-                    Some(s) => {
-                        s.waiters.push((local, reply));
-                        true
-                    }
-                    None => {
-                        self.server_subs.insert(
-                            pattern.as_str().to_owned(),
-                            ServerSub {
-                                presence,
-                                confirmed: false,
-                                waiters: vec![(local, reply)],
-                            },
-                        );
-                        let id = self.next_id();
-                        self.pending
-                            .insert(id, Pending::Subscribe(pattern.as_str().to_owned()));
-                        let params = SubscribeParams {
-                            topic: pattern.as_str(),
-                            presence: presence.then_some(true),
-                        };
-                        self.send(ws, encode_request(id, "subscribe", &params))
-                            .await
-                    }
-                }
+                let id = self.next_id();
+                self.pending
+                    .insert(id, Pending::Subscribe(pattern.as_str().to_owned()));
+                let params = SubscribeParams {
+                    topic: pattern.as_str(),
+                    presence: presence.then_some(true),
+                };
+                self.send(ws, encode_request(id, "subscribe", &params))
+                    .await
             }
             Command::Unsubscribe { local } => match self.remove_local(local) {
                 Some(pattern) => {

@@ -135,11 +135,9 @@ impl<C> Encode<C> for RawValue {
     fn encode<W: minicbor::encode::Write>(
         &self,
         e: &mut Encoder<W>,
-        _ctx: &mut C,
+        ctx: &mut C,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        e.writer_mut()
-            .write_all(&self.0)
-            .map_err(minicbor::encode::Error::write)
+        Encoded(&self.0).encode(e, ctx)
     }
 }
 
@@ -173,11 +171,9 @@ impl<C> Encode<C> for RawRef<'_> {
     fn encode<W: minicbor::encode::Write>(
         &self,
         e: &mut Encoder<W>,
-        _ctx: &mut C,
+        ctx: &mut C,
     ) -> Result<(), minicbor::encode::Error<W::Error>> {
-        e.writer_mut()
-            .write_all(self.0)
-            .map_err(minicbor::encode::Error::write)
+        Encoded(self.0).encode(e, ctx)
     }
 }
 

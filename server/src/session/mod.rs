@@ -76,6 +76,16 @@ pub(crate) struct Session {
 /// Frames counted locally before they are added to the shared counters.
 const METRICS_BATCH: u64 = 64;
 
+/// The answer when token keys cannot be had right now (a JWKS outage):
+/// retryable, with a hint.
+fn keys_unavailable() -> WireError {
+    WireError::new(
+        ErrorCode::Unavailable,
+        "token keys unavailable, retry later",
+    )
+    .with_retry_after_ms(1000)
+}
+
 /// How long the reader keeps going after asking to close, waiting for the
 /// writer to deliver the close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(6);
@@ -505,12 +515,7 @@ impl Session {
         let principal = match self.hub.auth.verify(params.token).await {
             Ok(p) => p,
             Err(AuthError::Unavailable) => {
-                let err = WireError::new(
-                    ErrorCode::Unavailable,
-                    "token keys unavailable, retry later",
-                )
-                .with_retry_after_ms(1000);
-                return self.respond(req.id, "auth", now, Err(err));
+                return self.respond(req.id, "auth", now, Err(keys_unavailable()));
             }
             Err(AuthError::Invalid(why)) => {
                 self.hub.metrics.auth_failure("invalid");
@@ -558,12 +563,7 @@ impl Session {
         let principal = match self.hub.auth.verify(params.token).await {
             Ok(p) => p,
             Err(AuthError::Unavailable) => {
-                let err = WireError::new(
-                    ErrorCode::Unavailable,
-                    "token keys unavailable, retry later",
-                )
-                .with_retry_after_ms(1000);
-                return self.respond(req.id, name, now, Err(err));
+                return self.respond(req.id, name, now, Err(keys_unavailable()));
             }
             Err(AuthError::Invalid(why)) => {
                 self.hub.metrics.auth_failure("refresh_invalid");
