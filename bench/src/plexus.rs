@@ -332,6 +332,36 @@ fn publish_frame(id: u64, topic: &str, payload: &mut [u8]) -> Bytes {
     Bytes::from(encode_request(id, "publish", &params).unwrap_or_default())
 }
 
+/// Reads the answers to a windowed sender until the window is over (or 10 s
+/// of silence): each frame, decoded, goes to `on_frame` with its arrival
+/// time and returns one permit to the sender (an undecodable one too, so the
+/// sender never stalls on it).
+async fn read_answers<T>(
+    mut rx: futures_util::stream::SplitStream<Ws>,
+    permits: Arc<Semaphore>,
+    win: Window,
+    mut state: T,
+    mut on_frame: impl FnMut(&mut T, Result<Frame, plexus_protocol::DecodeError>, u64),
+) -> T {
+    let limits = DecodeLimits::default();
+    loop {
+        match tokio::time::timeout(WAIT, rx.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                let t = now_nanos();
+                on_frame(&mut state, Frame::decode(b, &limits), t);
+                permits.add_permits(1);
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+        if win.over(now_nanos()) {
+            break;
+        }
+    }
+    permits.close();
+    state
+}
+
 /// Publishes until the window is over; returns acks counted in the window.
 async fn publisher(
     ws: Ws,
@@ -342,42 +372,29 @@ async fn publisher(
     win: Window,
     errors: Arc<AtomicU64>,
 ) -> u64 {
-    let (mut tx, mut rx) = ws.split();
+    let (mut tx, rx) = ws.split();
     let window = match rate {
         Rate::Saturate { window } => window.max(1),
         Rate::Fixed { .. } => usize::MAX >> 4,
     };
     let permits = Arc::new(Semaphore::new(window.min(Semaphore::MAX_PERMITS)));
-    let acks = {
-        let permits = permits.clone();
+    let acks = tokio::spawn(read_answers(rx, permits.clone(), win, 0u64, {
         let errors = errors.clone();
-        tokio::spawn(async move {
-            let mut acked = 0u64;
-            let limits = DecodeLimits::default();
-            loop {
-                match tokio::time::timeout(WAIT, rx.next()).await {
-                    Ok(Some(Ok(Message::Binary(b)))) => {
-                        if let Ok(Frame::Response(r)) = Frame::decode(b, &limits) {
-                            if r.outcome.is_err() {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if win.contains(now_nanos()) {
-                                acked += 1;
-                            }
-                            permits.add_permits(1);
-                        }
-                    }
-                    Ok(Some(Ok(_))) => {}
-                    _ => break,
+        move |acked: &mut u64, frame: Result<Frame, _>, t: u64| match frame {
+            Ok(Frame::Response(r)) => {
+                if r.outcome.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
                 }
-                if win.over(now_nanos()) {
-                    break;
+                if win.contains(t) {
+                    *acked += 1;
                 }
             }
-            permits.close();
-            acked
-        })
-    };
+            Ok(_) => {}
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }));
     let mut buf = vec![0u8; payload.max(8)];
     let mut id = 10u64;
     match rate {
@@ -595,47 +612,32 @@ async fn rpc_conn(
     win: Window,
     errors: Arc<AtomicU64>,
 ) -> (u64, Latency) {
-    let (mut tx, mut rx) = ws.split();
+    let (mut tx, rx) = ws.split();
     let permits = Arc::new(Semaphore::new(in_flight.max(1)));
-    let reader = {
-        let permits = permits.clone();
-        let errors = errors.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            let mut lat = Latency::new();
-            let limits = DecodeLimits::default();
-            loop {
-                match tokio::time::timeout(WAIT, rx.next()).await {
-                    Ok(Some(Ok(Message::Binary(b)))) => {
-                        let t = now_nanos();
-                        match Frame::decode(b, &limits) {
-                            Ok(f) => {
-                                if let Some(sent) = rpc_payload(&f).and_then(read_stamp) {
-                                    if win.contains(t) {
-                                        n += 1;
-                                        lat.record(t.saturating_sub(sent));
-                                    }
-                                } else {
-                                    errors.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            Err(_) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        permits.add_permits(1);
-                    }
-                    Ok(Some(Ok(_))) => {}
-                    _ => break,
+    let reader = tokio::spawn(read_answers(
+        rx,
+        permits.clone(),
+        win,
+        (0u64, Latency::new()),
+        {
+            let errors = errors.clone();
+            move |(n, lat): &mut (u64, Latency), frame: Result<Frame, _>, t: u64| match frame
+                .ok()
+                .as_ref()
+                .and_then(rpc_payload)
+                .and_then(read_stamp)
+            {
+                Some(sent) if win.contains(t) => {
+                    *n += 1;
+                    lat.record(t.saturating_sub(sent));
                 }
-                if win.over(now_nanos()) {
-                    break;
+                Some(_) => {}
+                None => {
+                    errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            permits.close();
-            (n, lat)
-        })
-    };
+        },
+    ));
     let mut buf = vec![0u8; payload.max(8)];
     let mut id = 100u64;
     while !win.over(now_nanos()) {
