@@ -80,13 +80,13 @@ impl ClientBuilder {
     /// An async callback that returns a fresh token. It is called before
     /// every connection attempt and when the hub announces `token.expiring`.
     ///
-    /// If it fails before a connection attempt, the client stops for good
-    /// (the first [`connect`](Self::connect) returns
-    /// [`Error::TokenProvider`]; later, the state becomes
-    /// [`ConnectionState::Closed`]). A failure during an in-band refresh is
-    /// only logged. The SDK puts no timeout on it: a provider that never
-    /// completes stalls the connection attempt, so retry and time out
-    /// inside the provider.
+    /// Before a connection attempt it may take at most the connect timeout.
+    /// If it fails or times out, the first [`connect`](Self::connect)
+    /// returns [`Error::TokenProvider`]; later, that attempt counts as
+    /// failed and the client tries again with backoff (it never gives up
+    /// because of the provider). A failure during an in-band refresh is
+    /// only logged; the hub then closes with 4002 at expiry and the client
+    /// reconnects with a fresh token.
     pub fn token_provider<F, Fut, E>(mut self, provider: F) -> ClientBuilder
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -527,8 +527,8 @@ impl Client {
     ///
     /// Joins and leaves are for the other members (never this connection's
     /// own). After a reconnect the connection rejoins with a new session
-    /// id and without info: call [`presence_set`](Self::presence_set)
-    /// again if you use it.
+    /// id, and the SDK re-sends the last info set with
+    /// [`presence_set`](Self::presence_set).
     pub async fn subscribe_presence(&self, topic: &str) -> Result<Subscription, Error> {
         self.subscribe_with(topic, true).await
     }
@@ -563,7 +563,8 @@ impl Client {
     /// Sets this connection's presence info (`null` clears it).
     ///
     /// To clear it pass a CBOR `null` such as `&None::<()>` (`&()` encodes
-    /// as an empty array). The info is not re-sent after a reconnect.
+    /// as an empty array). The SDK remembers the info and sets it again
+    /// after every reconnect.
     ///
     /// ```no_run
     /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {

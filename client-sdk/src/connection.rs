@@ -559,6 +559,10 @@ impl Task {
                 + Duration::from_secs(5)
         });
         let mut last_heard = tokio::time::Instant::now();
+        // One timer for the session, moved forward when it fires early
+        // (not re-created for every frame).
+        let silence = tokio::time::sleep(liveness);
+        tokio::pin!(silence);
         loop {
             let refresh = async {
                 match self.refresh.as_mut() {
@@ -625,9 +629,13 @@ impl Task {
                         Err(e) => debug!(error = %e, "token provider failed during refresh"),
                     }
                 }
-                _ = tokio::time::sleep_until(last_heard + liveness) => {
-                    debug!("the hub went silent; reconnecting");
-                    return End::Reconnect;
+                _ = &mut silence => {
+                    let due = last_heard + liveness;
+                    if tokio::time::Instant::now() >= due {
+                        debug!("the hub went silent; reconnecting");
+                        return End::Reconnect;
+                    }
+                    silence.as_mut().reset(due);
                 }
             }
         }
@@ -824,7 +832,16 @@ impl Task {
                     return;
                 };
                 match r.outcome {
+                    // `conflict`: the hub already holds this pattern for
+                    // this connection (an earlier subscribe for it was still
+                    // in flight), which is what we want.
                     Ok(_) => {
+                        server.confirmed = true;
+                        for (_, w) in server.waiters.drain(..) {
+                            let _ = w.send(Ok(()));
+                        }
+                    }
+                    Err(e) if e.code == ErrorCode::Conflict => {
                         server.confirmed = true;
                         for (_, w) in server.waiters.drain(..) {
                             let _ = w.send(Ok(()));

@@ -384,7 +384,9 @@ pub fn encode_chunk<T: Encode<()>>(
 fn encode_with(
     f: impl FnOnce(&mut Encoder<&mut Vec<u8>>) -> Result<(), EncodeError>,
 ) -> Result<Vec<u8>, EncodeError> {
-    let mut buf = Vec::with_capacity(64);
+    // Most frames (responses, events with small payloads) fit without a
+    // reallocation.
+    let mut buf = Vec::with_capacity(256);
     f(&mut Encoder::new(&mut buf))?;
     Ok(buf)
 }

@@ -141,7 +141,10 @@ impl Outbound {
     pub async fn aborted(&self) {
         loop {
             let notified = self.aborted.notified();
-            if matches!(self.state.lock().close, Some(CloseRequest::Abort(_))) {
+            // The flag first: the writer selects on this for every batch,
+            // and almost always nothing is closing.
+            if self.is_closing() && matches!(self.state.lock().close, Some(CloseRequest::Abort(_)))
+            {
                 return;
             }
             notified.await;

@@ -254,3 +254,23 @@ async fn jwks_outage_answers_unavailable_and_keeps_the_connection() {
     let err = c.auth(&es256).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable);
 }
+
+#[tokio::test]
+async fn a_far_future_expiry_means_no_expiry_and_does_not_break_the_session() {
+    let server = start(|_| {}).await;
+    let mut c = claims("alice", &[">"], &[">"], false);
+    c["exp"] = 18_000_000_000_000_000_000u64.into();
+    let (mut client, r) =
+        Client::authed(server.local_addr(), &sign(&c, Algorithm::HS256, SECRET)).await;
+    assert_eq!(r.expires_in_ms, None);
+    client.call("ping", &Empty {}).await.unwrap();
+    drop(client);
+    // The connection is unregistered when it ends.
+    for _ in 0..100 {
+        if server.hub().open_connections() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the connection was never unregistered");
+}

@@ -113,7 +113,10 @@ const MAX_TOKENS: usize = 64;
 /// The subscription index.
 #[derive(Debug, Default)]
 pub struct Matcher {
-    exact: DashMap<Box<str>, Subs>,
+    /// Copy-on-write subscriber lists: a publish clones the `Arc` and lets
+    /// go of the shard lock before fanning out, so a large fan-out never
+    /// blocks subscribes in the same shard.
+    exact: DashMap<Box<str>, Arc<Subs>>,
     wild: RwLock<Node>,
     wild_count: AtomicUsize,
 }
@@ -123,10 +126,7 @@ impl Matcher {
     /// already hold the same pattern.
     pub fn insert(&self, pattern: &Pattern, conn: Arc<Conn>) {
         if pattern.is_exact() {
-            self.exact
-                .entry(pattern.as_str().into())
-                .or_default()
-                .push(conn);
+            Arc::make_mut(&mut self.exact.entry(pattern.as_str().into()).or_default()).push(conn);
         } else {
             self.wild.write().insert(pattern.tokens(), conn);
             self.wild_count.fetch_add(1, Ordering::Relaxed);
@@ -137,7 +137,7 @@ impl Matcher {
     pub fn remove(&self, pattern: &Pattern, id: ConnId) -> bool {
         if pattern.is_exact() {
             let removed = match self.exact.get_mut(pattern.as_str()) {
-                Some(mut subs) => remove_conn(&mut subs, id),
+                Some(mut subs) => remove_conn(Arc::make_mut(&mut subs), id),
                 None => false,
             };
             self.exact
@@ -155,7 +155,8 @@ impl Matcher {
     /// Calls `deliver` once for every connection with a subscription matching
     /// `topic`, at most once per connection. Returns how many were called.
     pub fn for_each_match(&self, topic: &str, mut deliver: impl FnMut(&Arc<Conn>)) -> usize {
-        let exact = self.exact.get(topic);
+        // Take the list and release the shard lock before delivering.
+        let exact: Option<Arc<Subs>> = self.exact.get(topic).map(|e| Arc::clone(e.value()));
         if self.wild_count.load(Ordering::Relaxed) == 0 {
             // Fast path: one connection holds at most one exact subscription
             // per topic, so no de-duplication is needed.
@@ -184,7 +185,6 @@ impl Matcher {
         if let Some(subs) = &exact {
             all.extend(subs.iter().cloned());
         }
-        drop(exact);
         self.wild.read().collect(tokens, &mut all);
         all.sort_unstable_by_key(|c| c.id);
         all.dedup_by_key(|c| c.id);

@@ -86,6 +86,9 @@ fn keys_unavailable() -> WireError {
     .with_retry_after_ms(1000)
 }
 
+/// Token lifetimes beyond this are treated as never expiring.
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// How long the reader keeps going after asking to close, waiting for the
 /// writer to deliver the close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(6);
@@ -124,8 +127,9 @@ where
             bytes_in: 0,
         };
         session.run(stream, writer).await;
-        session.cleanup();
-        hub.connection_closed(&conn);
+        // Dropping the session unsubscribes, leaves presence and
+        // unregisters the connection.
+        drop(session);
         debug!("connection ended");
     }
     .instrument(span)
@@ -186,7 +190,10 @@ impl Session {
                 Some(done) = self.tasks.next(), if !self.tasks.is_empty() => self.finish(done),
                 _ = ping.tick() => {
                     self.flush_metrics();
-                    if self.closing_since.is_none() && self.pong_deadline.is_none() {
+                    if self.closing_since.is_none()
+                        && self.pong_deadline.is_none()
+                        && !self.conn.out.is_closing()
+                    {
                         self.conn.out.ping(Bytes::new());
                         self.pong_deadline = Some(Instant::now() + self.hub.config.pong_timeout.0);
                     }
@@ -228,8 +235,9 @@ impl Session {
         let now = Instant::now();
         if let Some(t) = self.closing_since {
             if now >= t + CLOSE_LINGER {
-                // The writer could not deliver the close: give up on it.
-                self.conn.out.close(CloseRequest::Abort(CloseCode::Normal));
+                // The writer could not deliver the close: give up on it,
+                // keeping the code asked for (1000 would tell clients to stop).
+                self.abort_writer();
                 self.closing_since = Some(now);
             }
             return;
@@ -600,6 +608,13 @@ impl Session {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let left = Duration::from_secs(exp).saturating_sub(now_unix);
+        // A far-future `exp` (a "never expires" sentinel) must not overflow
+        // the monotonic clock: treat anything past a century as no expiry.
+        if left > MAX_TOKEN_LIFE {
+            self.expiring_at = None;
+            self.expires_at = None;
+            return None;
+        }
         let now = Instant::now();
         // Close at expiry plus the validation leeway, so a token that was
         // valid under the leeway is not cut off early.
@@ -635,12 +650,25 @@ impl Session {
         for sub in subs.values() {
             self.drop_sub(sub);
         }
-        // Stop the writer if it is still running, keeping the code of any
-        // close already asked for.
+        self.abort_writer();
+    }
+
+    /// Stops the writer now, keeping the code of any close already asked
+    /// for (1000 otherwise).
+    fn abort_writer(&self) {
         let code = match self.conn.out.close_request() {
             Some(CloseRequest::Graceful(c) | CloseRequest::Abort(c)) => c,
             None => CloseCode::Normal,
         };
         self.conn.out.close(CloseRequest::Abort(code));
+    }
+}
+
+impl Drop for Session {
+    /// Runs however the session ends — normally, or by a panic unwinding
+    /// through its task — so a connection is never left registered.
+    fn drop(&mut self) {
+        self.cleanup();
+        self.hub.connection_closed(&self.conn);
     }
 }
