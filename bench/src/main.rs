@@ -440,26 +440,22 @@ async fn suite(
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let base = plexus_bench::scenario::FanoutResult {
-        delivered_per_sec: median(&bases, |r| r.delivered_per_sec),
-        latency: plexus_bench::stats::Summary {
-            p99_us: median(&bases, |r| r.latency.p99_us),
+    // Pool every round's samples per variant: one p99 over all of them is
+    // steadier than a median of per-run p99s.
+    let pooled = |runs: &[plexus_bench::scenario::FanoutResult]| {
+        let mut h = plexus_bench::stats::Latency::new();
+        for r in runs {
+            h.merge(&r.histogram);
+        }
+        plexus_bench::scenario::FanoutResult {
+            delivered_per_sec: median(runs, |r| r.delivered_per_sec),
+            latency: h.summary(),
+            stalled_closed: runs.iter().flat_map(|r| r.stalled_closed.clone()).collect(),
             ..Default::default()
-        },
-        ..Default::default()
+        }
     };
-    let with = plexus_bench::scenario::FanoutResult {
-        delivered_per_sec: median(&withs, |r| r.delivered_per_sec),
-        latency: plexus_bench::stats::Summary {
-            p99_us: median(&withs, |r| r.latency.p99_us),
-            ..Default::default()
-        },
-        stalled_closed: withs
-            .iter()
-            .flat_map(|r| r.stalled_closed.clone())
-            .collect(),
-        ..Default::default()
-    };
+    let base = pooled(&bases);
+    let with = pooled(&withs);
     let closed_4006 = with
         .stalled_closed
         .iter()
@@ -467,7 +463,7 @@ async fn suite(
         .count();
     rows.push(
         Row::new(
-            "slow consumers: fast p99 µs with 5 stalled (median of 5)",
+            "slow consumers: fast p99 µs with 5 stalled (5 rounds pooled)",
             with.latency.p99_us,
             "no stalled",
             base.latency.p99_us,

@@ -522,6 +522,7 @@ pub async fn fanout(hub: &HubProcess, cfg: &FanoutConfig) -> FanoutResult {
         latency: lat.summary(),
         stalled_closed,
         errors: errors.load(Ordering::Relaxed),
+        histogram: lat,
     }
 }
 

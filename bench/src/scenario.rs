@@ -67,6 +67,9 @@ pub struct FanoutResult {
     pub stalled_closed: Vec<Option<u16>>,
     /// Subscriber connections that broke during the run (should be 0).
     pub errors: u64,
+    /// The full latency histogram, for pooling runs (not serialized).
+    #[serde(skip)]
+    pub histogram: crate::stats::Latency,
 }
 
 /// The RPC scenario: C connections, K calls in flight on each.

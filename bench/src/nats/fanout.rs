@@ -306,5 +306,6 @@ pub async fn fanout(server: &NatsServer, cfg: &FanoutConfig) -> FanoutResult {
         latency: latency.summary(),
         stalled_closed,
         errors,
+        histogram: latency,
     }
 }
