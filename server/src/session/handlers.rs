@@ -20,8 +20,10 @@ use plexus_protocol::{ErrorCode, NotificationMethod, RawValue, WireError, decode
 
 use super::Session;
 
-/// What a handler answers: the encoded result item, or an error.
-pub(crate) type Reply = Result<Vec<u8>, WireError>;
+/// What a handler answers: the encoded result item (shared bytes, so a
+/// result taken from the request, like `ping`'s, is not copied), or an
+/// error.
+pub(crate) type Reply = Result<Bytes, WireError>;
 
 /// How a method runs.
 #[derive(Clone, Copy)]
@@ -60,8 +62,10 @@ pub(crate) fn lookup(name: &str, debug: bool) -> Option<(&'static str, Handler)>
     find(TABLE).or_else(|| if debug { find(DEBUG_TABLE) } else { None })
 }
 
-fn encode<T: minicbor::Encode<()>>(value: &T) -> Reply {
-    minicbor::to_vec(value).map_err(|_| WireError::new(ErrorCode::Internal, "cannot encode result"))
+pub(crate) fn encode<T: minicbor::Encode<()>>(value: &T) -> Reply {
+    minicbor::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|_| WireError::new(ErrorCode::Internal, "cannot encode result"))
 }
 
 fn topic_error(what: &str, e: TopicError) -> WireError {
@@ -78,7 +82,7 @@ fn forbidden(what: &str) -> WireError {
 }
 
 fn ping(_: &mut Session, params: &RawValue) -> Reply {
-    Ok(params.as_bytes().to_vec())
+    Ok(params.to_bytes())
 }
 
 fn subscribe(s: &mut Session, params: &RawValue) -> Reply {

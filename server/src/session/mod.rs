@@ -556,8 +556,7 @@ impl Session {
             limits: self.hub.limits,
         };
         self.principal = Some(principal);
-        let reply =
-            minicbor::to_vec(result).map_err(|_| WireError::new(ErrorCode::Internal, "encode"));
+        let reply = handlers::encode(&result);
         self.respond(req.id, "auth", now, reply);
     }
 
@@ -592,8 +591,7 @@ impl Session {
         let result = AuthRefreshResult {
             expires_in_ms: expires_in.map(|d| d.as_millis() as u64),
         };
-        let reply =
-            minicbor::to_vec(result).map_err(|_| WireError::new(ErrorCode::Internal, "encode"));
+        let reply = handlers::encode(&result);
         self.respond(req.id, name, now, reply);
     }
 
