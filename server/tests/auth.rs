@@ -19,6 +19,18 @@ async fn rejected(addr: std::net::SocketAddr, token: &str) {
     c.expect_close(4000, true).await;
 }
 
+/// A client authenticated with a token that expires in `secs` seconds.
+async fn short_lived(server: &plexus_server::Server, secs: i64) -> Client {
+    let mut claims = claims("alice", &[">"], &[">"], false);
+    claims["exp"] = (now() + secs).into();
+    Client::authed(
+        server.local_addr(),
+        &sign(&claims, Algorithm::HS256, SECRET),
+    )
+    .await
+    .0
+}
+
 #[tokio::test]
 async fn valid_token_authenticates_and_announces_limits() {
     let server = start(|_| {}).await;
@@ -147,13 +159,7 @@ async fn refresh_extends_and_other_subject_is_forbidden_4003() {
 #[tokio::test]
 async fn expiring_token_is_announced_then_closed_4002() {
     let server = start(|_| {}).await;
-    let mut claims = claims("alice", &[">"], &[">"], false);
-    claims["exp"] = (now() + 2).into();
-    let (mut c, _) = Client::authed(
-        server.local_addr(),
-        &sign(&claims, Algorithm::HS256, SECRET),
-    )
-    .await;
+    let mut c = short_lived(&server, 2).await;
     let n = c.notification("token.expiring").await;
     let p: plexus_protocol::methods::TokenExpiringParams = n.params.decode().unwrap();
     assert!(p.expires_in_ms <= 2_000);
@@ -163,13 +169,7 @@ async fn expiring_token_is_announced_then_closed_4002() {
 #[tokio::test]
 async fn refresh_before_expiry_keeps_the_connection() {
     let server = start(|_| {}).await;
-    let mut claims = claims("alice", &[">"], &[">"], false);
-    claims["exp"] = (now() + 2).into();
-    let (mut c, _) = Client::authed(
-        server.local_addr(),
-        &sign(&claims, Algorithm::HS256, SECRET),
-    )
-    .await;
+    let mut c = short_lived(&server, 2).await;
     c.notification("token.expiring").await;
     let fresh = token("alice");
     c.call("auth.refresh", &AuthRefreshParams { token: &fresh })

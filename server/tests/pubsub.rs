@@ -51,6 +51,23 @@ async fn next_event(c: &mut Client) -> (String, RawValue, Option<String>) {
     )
 }
 
+/// Sets presence info, which must succeed.
+async fn set_info(c: &mut Client, info: &str) {
+    c.call(
+        "presence.set",
+        &PresenceSetParams {
+            info: raw(&info).as_raw_ref(),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// The next `presence.join` or `presence.leave`.
+async fn notice(c: &mut Client, method: &str) -> PresenceNotice {
+    c.notification(method).await.params.decode().unwrap()
+}
+
 #[tokio::test]
 async fn publish_reaches_subscribers_with_wildcards_once_per_connection() {
     let server = start(|_| {}).await;
@@ -256,23 +273,11 @@ async fn presence_join_leave_get_and_cleanup_on_abrupt_disconnect() {
     let addr = server.local_addr();
     let (mut a, ra) = Client::authed(addr, &token("alice")).await;
     subscribe(&mut a, "room", true).await.unwrap();
-    a.call(
-        "presence.set",
-        &PresenceSetParams {
-            info: raw(&"typing").as_raw_ref(),
-        },
-    )
-    .await
-    .unwrap();
+    set_info(&mut a, "typing").await;
 
     let (mut b, rb) = Client::authed(addr, &token("bob")).await;
     subscribe(&mut b, "room", true).await.unwrap();
-    let join: PresenceNotice = a
-        .notification("presence.join")
-        .await
-        .params
-        .decode()
-        .unwrap();
+    let join: PresenceNotice = notice(&mut a, "presence.join").await;
     assert_eq!(
         (join.topic.as_str(), join.member.user.as_str()),
         ("room", "bob")
@@ -280,20 +285,8 @@ async fn presence_join_leave_get_and_cleanup_on_abrupt_disconnect() {
     assert_eq!(join.member.session, rb.session);
 
     // Info changes are announced as joins.
-    b.call(
-        "presence.set",
-        &PresenceSetParams {
-            info: raw(&"away").as_raw_ref(),
-        },
-    )
-    .await
-    .unwrap();
-    let upd: PresenceNotice = a
-        .notification("presence.join")
-        .await
-        .params
-        .decode()
-        .unwrap();
+    set_info(&mut b, "away").await;
+    let upd: PresenceNotice = notice(&mut a, "presence.join").await;
     assert_eq!(upd.member.info.unwrap().decode::<String>().unwrap(), "away");
 
     // Paging.
@@ -349,23 +342,13 @@ async fn presence_join_leave_get_and_cleanup_on_abrupt_disconnect() {
 
     // An abrupt disconnect (TCP dropped, no close handshake) still leaves.
     drop(c.ws.into_inner());
-    let leave: PresenceNotice = a
-        .notification("presence.leave")
-        .await
-        .params
-        .decode()
-        .unwrap();
+    let leave: PresenceNotice = notice(&mut a, "presence.leave").await;
     assert_eq!(leave.member.user, "carol");
     // Unsubscribe leaves too.
     b.call("unsubscribe", &UnsubscribeParams { topic: "room" })
         .await
         .unwrap();
-    let leave: PresenceNotice = a
-        .notification("presence.leave")
-        .await
-        .params
-        .decode()
-        .unwrap();
+    let leave: PresenceNotice = notice(&mut a, "presence.leave").await;
     assert_eq!(leave.member.user, "bob");
     let only: PresenceGetResult = a
         .call(
