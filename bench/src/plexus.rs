@@ -148,16 +148,7 @@ pub async fn connect_from(
     )
     .await?;
     if let Some(topic) = subscribe {
-        call(
-            &mut ws,
-            2,
-            "subscribe",
-            &SubscribeParams {
-                topic,
-                presence: None,
-            },
-        )
-        .await?;
+        call(&mut ws, 2, "subscribe", &SubscribeParams::new(topic)).await?;
     }
     Ok(ws)
 }
@@ -324,11 +315,7 @@ fn publish_frame(id: u64, topic: &str, payload: &mut [u8]) -> Bytes {
     let data = minicbor::to_vec(bytes).unwrap_or_default();
     let data =
         RawValue::from_bytes(Bytes::from(data), &DecodeLimits::default()).unwrap_or_default();
-    let params = PublishParams {
-        topic,
-        data: data.as_raw_ref(),
-        echo: None,
-    };
+    let params = PublishParams::new(topic, data.as_raw_ref());
     Bytes::from(encode_request(id, "publish", &params).unwrap_or_default())
 }
 
@@ -711,11 +698,7 @@ mod tests {
         let data = RawValue::encode(&bytes).unwrap();
         let frame = encode_notification(
             "event",
-            &plexus_protocol::methods::EventParams {
-                topic: "a.b",
-                data: data.as_raw_ref(),
-                from: Some("u"),
-            },
+            &plexus_protocol::methods::EventParams::new("a.b", data.as_raw_ref(), Some("u")),
         )
         .unwrap();
         assert_eq!(event_payload(&frame), Some(&[1u8, 2, 3][..]));

@@ -481,11 +481,10 @@ impl Client {
         data: &RawValue,
         echo: bool,
     ) -> Result<u64, Error> {
-        let params = PublishParams {
-            topic,
-            data: data.as_raw_ref(),
-            echo: (!echo).then_some(false),
-        };
+        let mut params = PublishParams::new(topic, data.as_raw_ref());
+        if !echo {
+            params = params.with_echo(false);
+        }
         let r: PublishResult = self
             .call("publish", &params)
             .await?

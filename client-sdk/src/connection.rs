@@ -523,10 +523,10 @@ impl Task {
             .collect();
         for (pattern, presence) in patterns {
             let id = self.next_id();
-            let params = SubscribeParams {
-                topic: &pattern,
-                presence: presence.then_some(true),
-            };
+            let mut params = SubscribeParams::new(&pattern);
+            if presence {
+                params = params.with_presence(true);
+            }
             if !self
                 .send(&mut ws, encode_request(id, "subscribe", &params))
                 .await
@@ -697,10 +697,10 @@ impl Task {
                 let id = self.next_id();
                 self.pending
                     .insert(id, Pending::Subscribe(pattern.as_str().to_owned()));
-                let params = SubscribeParams {
-                    topic: pattern.as_str(),
-                    presence: presence.then_some(true),
-                };
+                let mut params = SubscribeParams::new(pattern.as_str());
+                if presence {
+                    params = params.with_presence(true);
+                }
                 self.send(ws, encode_request(id, "subscribe", &params))
                     .await
             }

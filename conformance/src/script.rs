@@ -45,17 +45,7 @@ use tokio_tungstenite::{WebSocketStream, accept_hdr_async};
 
 /// The limits [`Peer::accept_auth`] announces: the protocol's documented
 /// defaults (`docs/protocol.md` §10 and Appendix B).
-pub const DEFAULT_LIMITS: ServerLimits = ServerLimits {
-    max_frame_size: 1_048_576,
-    max_in_flight: 64,
-    max_subscriptions: 1024,
-    max_topic_len: 256,
-    max_payload: 262_144,
-    max_presence_info: 1024,
-    ping_interval_ms: 25_000,
-    rate_per_sec: 100,
-    rate_burst: 200,
-};
+pub const DEFAULT_LIMITS: ServerLimits = ServerLimits::DEFAULTS;
 
 /// The user [`Peer::accept_auth`] reports as authenticated.
 pub const AUTH_USER: &str = "user";
@@ -400,12 +390,7 @@ impl fmt::Debug for Peer {
 
 /// The `auth` result [`Peer::accept_auth`] sends on connection `index`.
 fn auth_result(index: usize) -> AuthResult {
-    AuthResult {
-        session: format!("s{index}"),
-        user: AUTH_USER.to_owned(),
-        expires_in_ms: None,
-        limits: DEFAULT_LIMITS,
-    }
+    AuthResult::new(format!("s{index}"), AUTH_USER, None, DEFAULT_LIMITS)
 }
 
 /// Reads until a binary message and decodes it; see [`Peer::recv`].

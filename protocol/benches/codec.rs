@@ -36,11 +36,7 @@ fn bench(c: &mut Criterion) {
         encode_request(
             7,
             "publish",
-            &PublishParams {
-                topic: "chat.room1",
-                data: data.as_raw_ref(),
-                echo: None,
-            },
+            &PublishParams::new("chat.room1", data.as_raw_ref()),
         )
         .unwrap(),
     );
@@ -48,11 +44,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             encode_notification(
                 "event",
-                &EventParams {
-                    topic: black_box("chat.room1"),
-                    data: data.as_raw_ref(),
-                    from: Some("alice"),
-                },
+                &EventParams::new(black_box("chat.room1"), data.as_raw_ref(), Some("alice")),
             )
             .unwrap()
         })
@@ -60,11 +52,7 @@ fn bench(c: &mut Criterion) {
     let event = Bytes::from(
         encode_notification(
             "event",
-            &EventParams {
-                topic: "chat.room1",
-                data: data.as_raw_ref(),
-                from: Some("alice"),
-            },
+            &EventParams::new("chat.room1", data.as_raw_ref(), Some("alice")),
         )
         .unwrap(),
     );

@@ -69,6 +69,9 @@ close_codes! {
     WsProtocolError = 1002, "ws_protocol_error", reconnect: WithBackoff;
     /// 1003: the client sent a text message; plexus.v1 is binary only.
     UnsupportedData = 1003, "unsupported_data", reconnect: Never;
+    /// 1007: the client sent text that is not valid UTF-8 (a text message's
+    /// payload or a Close frame's reason), as RFC 6455 §7.4.1 requires.
+    InvalidPayload = 1007, "invalid_payload", reconnect: Never;
     /// 1009: a message exceeded the maximum frame size.
     MessageTooBig = 1009, "message_too_big", reconnect: WithBackoff;
     /// 4000: the `auth` request failed (bad token, signature, claims).
@@ -98,6 +101,24 @@ close_codes! {
     /// 4010: the client did not answer the server's WebSocket ping within
     /// the keepalive timeout.
     KeepaliveTimeout = 4010, "keepalive_timeout", reconnect: WithBackoff;
+}
+
+impl CloseCode {
+    /// Whether the server announces this close with a `closing`
+    /// notification first (§12.6): every 4xxx code except 4006 (the
+    /// outbound queue is full) and 4010 (the client is not reading). The
+    /// standard 1xxx codes are never announced.
+    ///
+    /// ```
+    /// use plexus_protocol::CloseCode;
+    /// assert!(CloseCode::RateLimited.announced());
+    /// assert!(!CloseCode::SlowConsumer.announced());
+    /// assert!(!CloseCode::MessageTooBig.announced());
+    /// ```
+    pub const fn announced(self) -> bool {
+        let n = self.as_u16();
+        n >= 4000 && !matches!(self, CloseCode::SlowConsumer | CloseCode::KeepaliveTimeout)
+    }
 }
 
 impl std::fmt::Display for CloseCode {

@@ -182,6 +182,7 @@ impl Frame {
     pub fn to_vec(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(self.size_hint());
         self.encode_into(&mut buf);
+        buf.shrink_to_fit();
         buf
     }
 
@@ -388,5 +389,9 @@ fn encode_with(
     // reallocation.
     let mut buf = Vec::with_capacity(256);
     f(&mut Encoder::new(&mut buf))?;
+    // Frames are queued and shared as `Bytes`, which keep the whole
+    // allocation alive: release the unused capacity, so what a queue holds
+    // is what it counts (a 40-byte event must not pin 256 bytes).
+    buf.shrink_to_fit();
     Ok(buf)
 }

@@ -48,6 +48,7 @@ pub mod method;
 pub mod methods;
 mod raw;
 pub mod topic;
+mod typed;
 mod wellformed;
 
 pub use close::{CloseCode, Reconnect};
@@ -67,7 +68,24 @@ pub const SUBPROTOCOL: &str = "plexus.v1";
 /// let err = decode_params::<SubscribeParams>(&RawValue::null()).unwrap_err();
 /// assert_eq!(err.code, ErrorCode::InvalidParams);
 /// ```
+///
+/// A params map with two entries for the same integer key is invalid
+/// (§4.8): a receiver that took the first or the last occurrence could be
+/// told apart from one that took the other.
+///
+/// ```
+/// use plexus_protocol::{DecodeLimits, ErrorCode, RawValue, decode_params, methods::SubscribeParams};
+/// // {0: "a", 0: "b"}
+/// let raw = RawValue::from_bytes(vec![0xa2, 0x00, 0x61, b'a', 0x00, 0x61, b'b'].into(), &DecodeLimits::default()).unwrap();
+/// assert_eq!(decode_params::<SubscribeParams>(&raw).unwrap_err().code, ErrorCode::InvalidParams);
+/// ```
 pub fn decode_params<'a, T: minicbor::Decode<'a, ()>>(raw: &'a RawValue) -> Result<T, WireError> {
+    if typed::duplicate_int_key(raw.as_bytes()) {
+        return Err(WireError::new(
+            ErrorCode::InvalidParams,
+            "invalid params: duplicate map key",
+        ));
+    }
     raw.decode()
         .map_err(|e| WireError::new(ErrorCode::InvalidParams, format!("invalid params: {e}")))
 }

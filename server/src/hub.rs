@@ -62,19 +62,21 @@ pub struct Hub {
 impl Hub {
     /// Builds the hub state.
     pub fn new(config: Config, auth: Authenticator) -> Hub {
-        let limits = ServerLimits {
-            max_frame_size: config.max_frame_size as u64,
-            max_in_flight: config.max_in_flight as u64,
-            max_subscriptions: config.max_subscriptions as u64,
-            max_topic_len: config
-                .max_topic_len
-                .min(plexus_protocol::topic::MAX_TOPIC_LEN) as u64,
-            max_payload: config.max_payload as u64,
-            max_presence_info: config.max_presence_info as u64,
-            ping_interval_ms: config.ping_interval.0.as_millis() as u64,
-            rate_per_sec: u64::from(config.rate_per_sec),
-            rate_burst: u64::from(config.rate_burst),
-        };
+        let mut limits = ServerLimits::default();
+        limits.max_frame_size = config.max_frame_size as u64;
+        limits.max_in_flight = config.max_in_flight as u64;
+        limits.max_subscriptions = config.max_subscriptions as u64;
+        limits.max_topic_len = config
+            .max_topic_len
+            .min(plexus_protocol::topic::MAX_TOPIC_LEN) as u64;
+        limits.max_payload = config.max_payload as u64;
+        limits.max_presence_info = config.max_presence_info as u64;
+        limits.ping_interval_ms = config.ping_interval.0.as_millis() as u64;
+        limits.rate_per_sec = u64::from(config.rate_per_sec);
+        limits.rate_burst = u64::from(config.rate_burst);
+        limits.max_depth = u64::from(config.max_depth);
+        limits.max_presence_page = config.max_presence_page as u64;
+        limits.max_in_flight_bytes = u64::MAX;
         let decode_limits = DecodeLimits {
             max_frame_size: config.max_frame_size,
             max_depth: config.max_depth,

@@ -105,24 +105,14 @@ async fn serve_token_and_sigterm_end_to_end() {
 
     let (mut c, r) = Client::authed(addr, &token).await;
     assert_eq!(r.user, "alice");
-    c.call(
-        "subscribe",
-        &SubscribeParams {
-            topic: "chat.>",
-            presence: None,
-        },
-    )
-    .await
-    .unwrap();
+    c.call("subscribe", &SubscribeParams::new("chat.>"))
+        .await
+        .unwrap();
     let data_item = raw(&"hi");
     let res: PublishResult = c
         .call(
             "publish",
-            &PublishParams {
-                topic: "chat.room1",
-                data: data_item.as_raw_ref(),
-                echo: None,
-            },
+            &PublishParams::new("chat.room1", data_item.as_raw_ref()),
         )
         .await
         .unwrap()
@@ -132,11 +122,7 @@ async fn serve_token_and_sigterm_end_to_end() {
     let err = c
         .call(
             "publish",
-            &PublishParams {
-                topic: "chat.room2",
-                data: data_item.as_raw_ref(),
-                echo: None,
-            },
+            &PublishParams::new("chat.room2", data_item.as_raw_ref()),
         )
         .await
         .unwrap_err();

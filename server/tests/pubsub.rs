@@ -14,10 +14,7 @@ use plexus_protocol::{ErrorCode, Frame, RawValue, WireError};
 async fn subscribe(c: &mut Client, topic: &str, presence: bool) -> Result<RawValue, WireError> {
     c.call(
         "subscribe",
-        &SubscribeParams {
-            topic,
-            presence: presence.then_some(true),
-        },
+        &SubscribeParams::new(topic).with_presence(presence),
     )
     .await
 }
@@ -28,14 +25,11 @@ async fn publish(
     data: &RawValue,
     echo: Option<bool>,
 ) -> Result<u64, WireError> {
-    c.call(
-        "publish",
-        &PublishParams {
-            topic,
-            data: data.as_raw_ref(),
-            echo,
-        },
-    )
+    c.call("publish", &{
+        let mut p = PublishParams::new(topic, data.as_raw_ref());
+        p.echo = echo;
+        p
+    })
     .await
     .map(|r| r.decode::<PublishResult>().unwrap().delivered)
 }
@@ -136,11 +130,7 @@ async fn events_from_one_publisher_arrive_in_order_and_echo_is_optional() {
     for i in 0..200u32 {
         c.request(
             "publish",
-            &PublishParams {
-                topic: "seq",
-                data: raw(&i).as_raw_ref(),
-                echo: Some(false),
-            },
+            &PublishParams::new("seq", raw(&i).as_raw_ref()).with_echo(false),
         )
         .await;
     }

@@ -293,27 +293,15 @@ async fn slow_consumer_is_closed_4006_and_fast_subscribers_get_everything() {
     let addr = server.local_addr();
     let mut slow = stalled_client(addr).await;
     slow.auth(&token("slow")).await.unwrap();
-    slow.call(
-        "subscribe",
-        &SubscribeParams {
-            topic: "feed",
-            presence: None,
-        },
-    )
-    .await
-    .unwrap();
+    slow.call("subscribe", &SubscribeParams::new("feed"))
+        .await
+        .unwrap();
     let mut fast = Vec::new();
     for i in 0..FAST {
         let (mut c, _) = Client::authed(addr, &token(&format!("fast{i}"))).await;
-        c.call(
-            "subscribe",
-            &SubscribeParams {
-                topic: "feed",
-                presence: None,
-            },
-        )
-        .await
-        .unwrap();
+        c.call("subscribe", &SubscribeParams::new("feed"))
+            .await
+            .unwrap();
         fast.push(c);
     }
     let readers: Vec<_> = fast
@@ -335,14 +323,7 @@ async fn slow_consumer_is_closed_4006_and_fast_subscribers_get_everything() {
     for i in 0..EVENTS {
         let data = RawValue::encode(&(i, pad.clone())).unwrap();
         let r = publisher
-            .call(
-                "publish",
-                &PublishParams {
-                    topic: "feed",
-                    data: data.as_raw_ref(),
-                    echo: None,
-                },
-            )
+            .call("publish", &PublishParams::new("feed", data.as_raw_ref()))
             .await
             .unwrap();
         delivered.push(
@@ -408,26 +389,13 @@ async fn http_edge_rejects_bad_handshakes_and_serves_health_and_metrics() {
     // Some traffic, then the counters show it.
     let (mut c, _) = Client::authed(addr, &token("metrics")).await;
     c.call("ping", &Empty {}).await.unwrap();
-    c.call(
-        "subscribe",
-        &SubscribeParams {
-            topic: "m",
-            presence: None,
-        },
-    )
-    .await
-    .unwrap();
+    c.call("subscribe", &SubscribeParams::new("m"))
+        .await
+        .unwrap();
     let data = raw(&1u8);
-    c.call(
-        "publish",
-        &PublishParams {
-            topic: "m",
-            data: data.as_raw_ref(),
-            echo: None,
-        },
-    )
-    .await
-    .unwrap();
+    c.call("publish", &PublishParams::new("m", data.as_raw_ref()))
+        .await
+        .unwrap();
     c.call("nope", &Empty {}).await.unwrap_err();
     let metrics = get("/metrics", "").await;
     assert!(metrics.starts_with("HTTP/1.1 200"));

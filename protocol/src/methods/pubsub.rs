@@ -8,8 +8,18 @@ use crate::methods::Empty;
 use crate::raw::RawRef;
 
 /// `subscribe` params: `{0: topic, ? 1: presence}`.
+///
+/// `#[non_exhaustive]` (later revisions add keys): build it with
+/// [`SubscribeParams::new`].
+///
+/// ```
+/// use plexus_protocol::methods::SubscribeParams;
+/// let p = SubscribeParams::new("chat.room1").with_presence(true);
+/// assert_eq!(p.presence, Some(true));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
+#[non_exhaustive]
 pub struct SubscribeParams<'a> {
     /// A topic, or a pattern with `*` and `>` wildcards.
     #[b(0)]
@@ -18,6 +28,22 @@ pub struct SubscribeParams<'a> {
     /// `presence.leave` for it (exact topics only).
     #[n(1)]
     pub presence: Option<bool>,
+}
+
+impl<'a> SubscribeParams<'a> {
+    /// Subscribe to `topic` (a topic or pattern), without presence.
+    pub fn new(topic: &'a str) -> Self {
+        SubscribeParams {
+            topic,
+            presence: None,
+        }
+    }
+
+    /// Sets the `presence` flag.
+    pub fn with_presence(mut self, presence: bool) -> Self {
+        self.presence = Some(presence);
+        self
+    }
 }
 
 /// `subscribe` — receive `event`s published on matching topics.
@@ -48,8 +74,12 @@ impl RpcMethod for Unsubscribe {
 }
 
 /// `publish` params: `{0: topic, 1: data, ? 2: echo}`.
+///
+/// `#[non_exhaustive]` (later revisions add keys): build it with
+/// [`PublishParams::new`].
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
+#[non_exhaustive]
 pub struct PublishParams<'a> {
     /// The topic (no wildcards).
     #[b(0)]
@@ -62,13 +92,41 @@ pub struct PublishParams<'a> {
     pub echo: Option<bool>,
 }
 
+impl<'a> PublishParams<'a> {
+    /// Publish `data` (one encoded CBOR item) on `topic`.
+    pub fn new(topic: &'a str, data: RawRef<'a>) -> Self {
+        PublishParams {
+            topic,
+            data,
+            echo: None,
+        }
+    }
+
+    /// Sets the `echo` flag.
+    pub fn with_echo(mut self, echo: bool) -> Self {
+        self.echo = Some(echo);
+        self
+    }
+}
+
 /// `publish` result: `{0: delivered}`.
+///
+/// `#[non_exhaustive]` (later revisions add keys): build it with
+/// [`PublishResult::new`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
+#[non_exhaustive]
 pub struct PublishResult {
     /// How many connections the event was queued for.
     #[n(0)]
     pub delivered: u64,
+}
+
+impl PublishResult {
+    /// A result for an event queued for `delivered` connections.
+    pub fn new(delivered: u64) -> Self {
+        PublishResult { delivered }
+    }
 }
 
 /// `publish` — send an event to every subscriber of a topic.
@@ -81,8 +139,12 @@ impl RpcMethod for Publish {
 }
 
 /// `event` params: `{0: topic, 1: data, ? 2: from}`.
+///
+/// `#[non_exhaustive]` (later revisions add keys): build it with
+/// [`EventParams::new`].
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
+#[non_exhaustive]
 pub struct EventParams<'a> {
     /// The topic it was published on (never a pattern).
     #[b(0)]
@@ -93,6 +155,13 @@ pub struct EventParams<'a> {
     /// The publishing user.
     #[b(2)]
     pub from: Option<&'a str>,
+}
+
+impl<'a> EventParams<'a> {
+    /// An event on `topic` carrying `data`, published by `from`.
+    pub fn new(topic: &'a str, data: RawRef<'a>, from: Option<&'a str>) -> Self {
+        EventParams { topic, data, from }
+    }
 }
 
 /// `event` — an event on a topic matching one or more of the connection's

@@ -29,8 +29,19 @@ pub struct AuthParams<'a> {
 
 /// The limits the server announces in the `auth` result. A client must stay
 /// within them; values are fixed for the life of the connection.
+///
+/// The map grows within v1 (new keys are additive), so the struct is
+/// `#[non_exhaustive]`: start from [`ServerLimits::default`] and set fields.
+///
+/// ```
+/// use plexus_protocol::methods::ServerLimits;
+/// let mut l = ServerLimits::default();
+/// l.max_frame_size = 1 << 20;
+/// assert_eq!(l.max_depth, 0);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
+#[non_exhaustive]
 pub struct ServerLimits {
     /// Largest frame the server accepts, in bytes.
     #[n(0)]
@@ -59,11 +70,31 @@ pub struct ServerLimits {
     /// Burst of requests allowed above the sustained rate.
     #[n(8)]
     pub rate_burst: u64,
+    /// Deepest CBOR nesting the server accepts in a frame (§4.4). Absent
+    /// (decoded as 0) from servers that predate it: assume 32.
+    #[n(9)]
+    #[cbor(default)]
+    pub max_depth: u64,
+    /// Largest page `presence.get` returns. Absent (0) from older servers:
+    /// assume 1000.
+    #[n(10)]
+    #[cbor(default)]
+    pub max_presence_page: u64,
+    /// Most bytes of request frames in flight at once on one connection
+    /// (the sum of the frame sizes of the requests not yet answered). Absent
+    /// (0) from older servers: no separate bound.
+    #[n(11)]
+    #[cbor(default)]
+    pub max_in_flight_bytes: u64,
 }
 
 /// `auth` result: `{0: session, 1: user, ? 2: expires_in_ms, 3: limits}`.
+///
+/// `#[non_exhaustive]`: the result may grow within v1; build it with
+/// [`AuthResult::new`].
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
+#[non_exhaustive]
 pub struct AuthResult {
     /// The server-assigned id of this connection.
     #[n(0)]
@@ -71,12 +102,50 @@ pub struct AuthResult {
     /// The authenticated user (the token's `sub`).
     #[n(1)]
     pub user: String,
-    /// Time until the token expires, in milliseconds; absent if it never does.
+    /// Time until the session expires, in milliseconds: until the token's
+    /// `exp` plus the server's clock leeway, when the server closes with 4002
+    /// unless the token was refreshed. Absent if it never expires.
     #[n(2)]
     pub expires_in_ms: Option<u64>,
     /// The limits in force on this connection.
     #[n(3)]
     pub limits: ServerLimits,
+}
+
+impl ServerLimits {
+    /// The defaults of the reference server (`docs/protocol.md` §10 and
+    /// Appendix B), with every key set.
+    pub const DEFAULTS: ServerLimits = ServerLimits {
+        max_frame_size: 1_048_576,
+        max_in_flight: 1024,
+        max_subscriptions: 1024,
+        max_topic_len: 256,
+        max_payload: 262_144,
+        max_presence_info: 1024,
+        ping_interval_ms: 25_000,
+        rate_per_sec: 100,
+        rate_burst: 200,
+        max_depth: 32,
+        max_presence_page: 1000,
+        max_in_flight_bytes: 8 * 1_048_576,
+    };
+}
+
+impl AuthResult {
+    /// An `auth` result.
+    pub fn new(
+        session: impl Into<String>,
+        user: impl Into<String>,
+        expires_in_ms: Option<u64>,
+        limits: ServerLimits,
+    ) -> AuthResult {
+        AuthResult {
+            session: session.into(),
+            user: user.into(),
+            expires_in_ms,
+            limits,
+        }
+    }
 }
 
 /// `auth` — authenticate the connection. Must be the first frame.
@@ -101,7 +170,8 @@ pub struct AuthRefreshParams<'a> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct AuthRefreshResult {
-    /// Time until the new token expires, in milliseconds.
+    /// Time until the session expires with the new token (its `exp` plus
+    /// the server's leeway), in milliseconds; absent if it never does.
     #[n(0)]
     pub expires_in_ms: Option<u64>,
 }
@@ -146,7 +216,8 @@ impl NotificationMethod for Cancel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct TokenExpiringParams {
-    /// Time left before the server closes with 4002, in milliseconds.
+    /// Time left before the server closes with 4002 (the token's `exp` plus
+    /// the server's leeway), in milliseconds.
     #[n(0)]
     pub expires_in_ms: u64,
 }

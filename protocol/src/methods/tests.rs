@@ -36,15 +36,8 @@ fn missing_or_mistyped_fields_are_invalid_params() {
 
 #[test]
 fn results_round_trip() {
-    let r = AuthResult {
-        session: "s1".into(),
-        user: "alice".into(),
-        expires_in_ms: Some(1000),
-        limits: ServerLimits {
-            max_frame_size: 1 << 20,
-            ..Default::default()
-        },
-    };
+    let limits = ServerLimits::DEFAULTS;
+    let r = AuthResult::new("s1", "alice", Some(1000), limits);
     let raw = RawValue::encode(&r).unwrap();
     assert_eq!(raw.decode::<AuthResult>().unwrap(), r);
     let g = PresenceGetResult {

@@ -139,11 +139,7 @@ fn publish(s: &mut Session, params: &RawValue) -> Reply {
     if !s.caps().is_some_and(|c| c.can_publish(&topic)) {
         return Err(forbidden("publish on this topic"));
     }
-    let event = EventParams {
-        topic: p.topic,
-        data: p.data,
-        from: Some(s.conn.user()),
-    };
+    let event = EventParams::new(p.topic, p.data, Some(s.conn.user()));
     let frame = encode_notification(plexus_protocol::methods::Event::NAME, &event)
         .map(Bytes::from)
         .map_err(|_| WireError::new(ErrorCode::Internal, "cannot encode event"))?;
@@ -156,9 +152,7 @@ fn publish(s: &mut Session, params: &RawValue) -> Reply {
     let m = &s.hub.metrics;
     m.publishes.increment(1);
     m.deliveries.increment(fan.delivered);
-    encode(&PublishResult {
-        delivered: fan.delivered,
-    })
+    encode(&PublishResult::new(fan.delivered))
 }
 
 fn presence_get(s: &mut Session, params: &RawValue) -> Reply {

@@ -549,12 +549,12 @@ impl Session {
         }
         self.auth_deadline = None;
         let expires_in = self.set_token_timers(principal.expires_at);
-        let result = AuthResult {
-            session: self.conn.session.to_string(),
-            user: principal.user.to_string(),
-            expires_in_ms: expires_in.map(|d| d.as_millis() as u64),
-            limits: self.hub.limits,
-        };
+        let result = AuthResult::new(
+            self.conn.session.to_string(),
+            principal.user.to_string(),
+            expires_in.map(|d| d.as_millis() as u64),
+            self.hub.limits,
+        );
         self.principal = Some(principal);
         let reply = handlers::encode(&result);
         self.respond(req.id, "auth", now, reply);
