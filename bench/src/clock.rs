@@ -7,7 +7,7 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Nanoseconds since the first call in this process.
 pub fn now_nanos() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Writes the current time into the first 8 bytes of `payload` (which must

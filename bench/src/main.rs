@@ -4,6 +4,13 @@
 //! Run the standard suite with `bench/run.sh` (it builds in release mode
 //! first); see `docs/benchmarks.md`.
 #![forbid(unsafe_code)]
+// A measurement tool: rates and percentiles move between floats and
+// integer counts all the time, always of values far inside both ranges.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

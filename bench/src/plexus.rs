@@ -196,10 +196,10 @@ pub struct Window {
 impl Window {
     /// A window starting `warmup` from now and lasting `duration`.
     pub fn after(warmup: Duration, duration: Duration) -> Window {
-        let start = now_nanos() + warmup.as_nanos() as u64;
+        let start = now_nanos() + u64::try_from(warmup.as_nanos()).unwrap_or(u64::MAX);
         Window {
             start,
-            end: start + duration.as_nanos() as u64,
+            end: start + u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
         }
     }
 
@@ -426,6 +426,8 @@ async fn publisher(
             let mut sent_total = 0u64;
             while !win.over(now_nanos()) {
                 interval.tick().await;
+                // A non-negative count of events, far below 2^53.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                 let due = ((now_nanos() - started) as f64 / 1e9 * per_publisher) as u64;
                 while sent_total < due {
                     id += 1;

@@ -90,6 +90,17 @@ pub fn decode_params<'a, T: minicbor::Decode<'a, ()>>(raw: &'a RawValue) -> Resu
         .map_err(|e| WireError::new(ErrorCode::InvalidParams, format!("invalid params: {e}")))
 }
 
+/// A duration as the whole milliseconds the protocol puts on the wire,
+/// saturating at `u64::MAX` (no duration a server can hold gets there).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(plexus_protocol::duration_ms(Duration::from_micros(2_500)), 2);
+/// ```
+pub fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Returns the length of the one well-formed CBOR item at the start of
 /// `input` within `limits`, ignoring anything after it. For tools that read
 /// concatenated items (fuzzers, vector generators).

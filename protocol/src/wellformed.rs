@@ -97,8 +97,9 @@ fn item(input: &[u8], pos: &mut usize, depth: u16, max_depth: u16) -> Result<(),
             if arg > remaining {
                 return Err(DecodeError::Truncated { offset: *pos });
             }
-            // `arg <= remaining <= usize::MAX`, so the cast is lossless.
-            let end = *pos + arg as usize;
+            // `arg <= remaining`, which came from a `usize`.
+            let end =
+                *pos + usize::try_from(arg).map_err(|_| DecodeError::Truncated { offset: *pos })?;
             if major == 3 && std::str::from_utf8(&input[*pos..end]).is_err() {
                 return Err(DecodeError::InvalidUtf8 { offset: start });
             }

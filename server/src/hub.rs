@@ -71,7 +71,7 @@ impl Hub {
             .min(plexus_protocol::topic::MAX_TOPIC_LEN) as u64;
         limits.max_payload = config.max_payload as u64;
         limits.max_presence_info = config.max_presence_info as u64;
-        limits.ping_interval_ms = config.ping_interval.0.as_millis() as u64;
+        limits.ping_interval_ms = plexus_protocol::duration_ms(config.ping_interval.0);
         limits.rate_per_sec = u64::from(config.rate_per_sec);
         limits.rate_burst = u64::from(config.rate_burst);
         limits.max_depth = u64::from(config.max_depth);

@@ -274,7 +274,8 @@ impl Inbox {
         let sid = number(&self.buf[t[1].start..t[1].end]).ok_or_else(bad)?;
         let mut size = [0usize; 2];
         for (slot, s) in size.iter_mut().zip(sizes) {
-            *slot = number(&self.buf[s.start..s.end]).ok_or_else(bad)? as usize;
+            *slot = usize::try_from(number(&self.buf[s.start..s.end]).ok_or_else(bad)?)
+                .map_err(|_| bad())?;
         }
         let (header_len, total) = if headers {
             (size[0], size[1])

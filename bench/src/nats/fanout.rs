@@ -158,6 +158,8 @@ async fn publish_fixed(
     while !win.over(now_nanos()) {
         tokio::select! {
             _ = interval.tick() => {
+                // A non-negative count of events, far below 2^53.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                 let due = ((now_nanos() - started) as f64 / 1e9 * per_sec) as u64;
                 let n = due.saturating_sub(sent);
                 let out = conn.outbox();

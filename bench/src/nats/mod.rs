@@ -63,10 +63,10 @@ struct Window {
 impl Window {
     /// A window starting `warmup` from now and lasting `duration`.
     fn after(warmup: Duration, duration: Duration) -> Window {
-        let start = now_nanos() + warmup.as_nanos() as u64;
+        let start = now_nanos() + u64::try_from(warmup.as_nanos()).unwrap_or(u64::MAX);
         Window {
             start,
-            end: start + duration.as_nanos() as u64,
+            end: start + u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
         }
     }
 

@@ -166,7 +166,8 @@ fn presence_get(s: &mut Session, params: &RawValue) -> Reply {
     let limit = p
         .limit
         .unwrap_or(DEFAULT_PRESENCE_PAGE)
-        .clamp(1, max.max(1)) as usize;
+        .clamp(1, max.max(1));
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     // Keep the response within the frame size clients accept.
     let budget = s
         .hub

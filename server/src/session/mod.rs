@@ -214,7 +214,9 @@ impl Session {
     }
 
     fn shutdown_hint(&self) -> Option<u64> {
-        Some(self.hub.config.shutdown_retry_hint.0.as_millis() as u64)
+        Some(plexus_protocol::duration_ms(
+            self.hub.config.shutdown_retry_hint.0,
+        ))
     }
 
     fn next_deadline(&self) -> Instant {
@@ -262,9 +264,9 @@ impl Session {
             self.close(CloseCode::TokenExpired, "token expired", Some(0));
         } else if let Some(t) = self.expiring_at.filter(|t| now >= *t) {
             self.expiring_at = None;
-            let left = self
-                .expires_at
-                .map_or(0, |e| e.saturating_duration_since(t).as_millis() as u64);
+            let left = self.expires_at.map_or(0, |e| {
+                plexus_protocol::duration_ms(e.saturating_duration_since(t))
+            });
             let params = TokenExpiringParams {
                 expires_in_ms: left,
             };
@@ -389,11 +391,11 @@ impl Session {
                 self.close(
                     CloseCode::RateLimited,
                     "request rate limit exceeded repeatedly",
-                    Some(wait.as_millis() as u64 + 1),
+                    Some(plexus_protocol::duration_ms(wait) + 1),
                 );
                 return;
             }
-            let retry = wait.as_millis() as u64 + 1;
+            let retry = plexus_protocol::duration_ms(wait) + 1;
             let err = WireError::new(ErrorCode::RateLimited, "request rate limit exceeded")
                 .with_retry_after_ms(retry);
             self.respond(req.id, "rate_limited", now, Err(err));
@@ -552,7 +554,7 @@ impl Session {
         let result = AuthResult::new(
             self.conn.session.to_string(),
             principal.user.to_string(),
-            expires_in.map(|d| d.as_millis() as u64),
+            expires_in.map(plexus_protocol::duration_ms),
             self.hub.limits,
         );
         self.principal = Some(principal);
@@ -589,7 +591,7 @@ impl Session {
         let expires_in = self.set_token_timers(principal.expires_at);
         self.principal = Some(principal);
         let result = AuthRefreshResult {
-            expires_in_ms: expires_in.map(|d| d.as_millis() as u64),
+            expires_in_ms: expires_in.map(plexus_protocol::duration_ms),
         };
         let reply = handlers::encode(&result);
         self.respond(req.id, name, now, reply);
