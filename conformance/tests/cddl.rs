@@ -101,7 +101,15 @@ const BAD_PARAMS_THE_SCHEMA_ALLOWS: &[(&str, &str)] = &[
         "schema gap: `* int => any` admits every CBOR integer key, while protocol.md \
          §4.8 makes keys outside the signed 64-bit range invalid",
     ),
+    ("params-subscribe-duplicate-key", DUPLICATE_KEYS),
+    ("params-subscribe-duplicate-key-nonshortest", DUPLICATE_KEYS),
+    ("params-publish-duplicate-unknown-key", DUPLICATE_KEYS),
 ];
+
+/// Why a typed map with a duplicate key passes the schema.
+const DUPLICATE_KEYS: &str = "schema gap: CDDL cannot say that a map's keys are unique \
+     (and cddl 0.10.7 matches each entry on its own), while protocol.md §4.8 makes a \
+     typed map with two entries for one key invalid";
 
 #[test]
 fn catalog_frames_match_known_frame_and_bad_params_do_not() {
@@ -161,6 +169,7 @@ const ENVELOPE_ERRORS_THE_SCHEMA_ALLOWS: &[(&str, &str)] = &[
         "schema gap: `* int => any` admits every CBOR integer key, while protocol.md \
          §4.8 makes keys outside the signed 64-bit range invalid",
     ),
+    ("error-duplicate-key", DUPLICATE_KEYS),
 ];
 
 #[test]
@@ -186,6 +195,128 @@ fn invalid_envelopes_fail_the_frame_rule() {
                 "{}: allow-listed, but the schema rejects it: {e}",
                 v.name
             )),
+        }
+    }
+    report(failures, checked);
+}
+
+const PROTOCOL_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+
+/// The example frames of `docs/protocol.md`: each ```` ```cbor-diag ````
+/// block's diagnostic notation and the bytes of the hex block after it
+/// (`#` starts a comment there). `generate.py` checks that the notation
+/// encodes to those bytes; this checks the bytes against the schema.
+fn doc_examples() -> Vec<(String, Vec<u8>)> {
+    let text = std::fs::read_to_string(PROTOCOL_MD).expect("docs/protocol.md is readable");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() != "```cbor-diag" {
+            i += 1;
+            continue;
+        }
+        let close = |from: usize| {
+            (from..lines.len())
+                .find(|&j| lines[j] == "```")
+                .expect("an unterminated code block")
+        };
+        let end = close(i + 1);
+        let diag = lines[i + 1..end].join(" ");
+        let start = (end + 1..lines.len())
+            .find(|&j| !lines[j].trim().is_empty())
+            .unwrap();
+        assert_eq!(lines[start], "```", "no hex block after {diag}");
+        let hex_end = close(start + 1);
+        let hex: String = lines[start + 1..hex_end]
+            .iter()
+            .flat_map(|l| l.split('#').next().unwrap().split_whitespace())
+            .collect();
+        let bytes = hex::decode(&hex).unwrap_or_else(|e| panic!("{diag}: {e}"));
+        out.push((diag, bytes));
+        i = hex_end + 1;
+    }
+    out
+}
+
+/// Whether a decoded example is a request or notification of the v1
+/// catalog, or a response (which `known-frame` covers whatever the method).
+fn is_catalog_example(bytes: &[u8]) -> bool {
+    use plexus_protocol::{DecodeLimits, Frame, Method};
+    match Frame::decode_slice(bytes, &DecodeLimits::default()) {
+        Ok(Frame::Request(r)) => Method::from_name(&r.method).is_some(),
+        Ok(Frame::Notification(n)) => Method::from_name(&n.method).is_some(),
+        Ok(Frame::Response(_)) => true,
+        _ => false,
+    }
+}
+
+#[test]
+fn every_example_of_the_spec_matches_the_schema() {
+    let schema = schema();
+    let frame_doc = rooted(&schema, "frame");
+    let known_doc = rooted(&schema, "known-frame");
+    let (frame_rule, known_rule) = (parse(&frame_doc), parse(&known_doc));
+    let examples = doc_examples();
+    assert!(
+        examples.len() > 40,
+        "only {} examples found",
+        examples.len()
+    );
+    let mut failures = Vec::new();
+    for (diag, bytes) in &examples {
+        if let Err(e) = validate(&frame_rule, bytes) {
+            failures.push(format!("{diag}: not a frame: {e}"));
+        }
+        if is_catalog_example(bytes)
+            && let Err(e) = validate(&known_rule, bytes)
+        {
+            failures.push(format!("{diag}: not a known-frame: {e}"));
+        }
+    }
+    report(failures, examples.len());
+}
+
+/// Success results that do not match their method's result rule although
+/// receivers accept them, with the reason.
+const RESULTS_THE_SCHEMA_REJECTS: &[(&str, &str)] = &[(
+    "response-auth-limits-before-9",
+    "a server predating limits keys 9-11 sent this; the schema describes what servers of \
+     this revision send (every key present), while protocol.md §10 asks clients to accept \
+     the older form",
+)];
+
+/// `known-frame` matches every success response through `ping-response`
+/// (whose result is any item), so each result of a vector that names its
+/// method (`result_of`) is checked against that method's own result rule.
+#[test]
+fn results_match_their_methods_result_rule() {
+    let schema = schema();
+    let (mut failures, mut checked) = (Vec::new(), 0);
+    for v in load_all().unwrap().iter() {
+        let Some(method) = v.result_of.as_deref() else {
+            continue;
+        };
+        checked += 1;
+        let rule = format!("{}-result", method.replace('.', "-"));
+        let doc = rooted(&schema, &rule);
+        let cddl = parse(&doc);
+        let result = v
+            .expect
+            .as_ref()
+            .unwrap()
+            .embedded(&v.name)
+            .unwrap()
+            .unwrap();
+        let excused = RESULTS_THE_SCHEMA_REJECTS
+            .iter()
+            .any(|(name, _)| *name == v.name);
+        match (validate(&cddl, &result), excused) {
+            (Ok(()), false) | (Err(_), true) => {}
+            (Err(e), false) => failures.push(format!("{}: does not match {rule}: {e}", v.name)),
+            (Ok(()), true) => {
+                failures.push(format!("{}: allow-listed, but it matches {rule}", v.name))
+            }
         }
     }
     report(failures, checked);

@@ -27,6 +27,7 @@ or removed vector does not linger.
 import json
 import math
 import pathlib
+import re
 import struct
 
 import cbor2
@@ -299,8 +300,18 @@ TOKEN2 = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImlhdCI6MTc"
           "dLCJwdWIiOlsiY2hhdC4-Il0sInByZXNlbmNlIjp0cnVlfX0.hTOVZ6SWg6jhNaanREg"
           "XdjWG3QyJbPCzEYFc4xI1IXQ")
 
-LIMITS = cmap((0, 1048576), (1, 64), (2, 1024), (3, 256), (4, 262144),
-              (5, 1024), (6, 25000), (7, 100), (8, 200))
+# The defaults of protocol.md section 10 (plexus_protocol's
+# ServerLimits::DEFAULTS), every key present.
+LIMITS = cmap((0, 1048576), (1, 1024), (2, 1024), (3, 256), (4, 262144),
+              (5, 1024), (6, 25000), (7, 100), (8, 200), (9, 32), (10, 1000),
+              (11, 8 * 1048576))
+# What a server predating limits keys 9-11 sent (and the old max_in_flight
+# default).
+LIMITS_BEFORE_9 = cmap((0, 1048576), (1, 64), (2, 1024), (3, 256),
+                       (4, 262144), (5, 1024), (6, 25000), (7, 100), (8, 200))
+# expires_in_ms of the examples: a one-hour token accepted one second after
+# its iat, with the reference server's 5 s leeway: exp + leeway - now.
+EXPIRES_IN_MS = (3600 - 1 + 5) * 1000
 
 # ---------------------------------------------------------------------------
 # Requests, one per v1 request method
@@ -361,7 +372,12 @@ valid("request-presence-set-clear", "presence.set with null info clears it",
 # ---------------------------------------------------------------------------
 
 f, e = notification("cancel", cmap((0, 21)))
-valid("notification-cancel", "client cancel of in-flight request 21", f, e)
+valid("notification-cancel", "cancel from the client: aborts its in-flight "
+      "request 21", f, e)
+f, e = notification("cancel", cmap((0, 3)))
+valid("notification-cancel-from-server", "cancel from the server: withdraws "
+      "its own request 3 (the server's id space, protocol.md 6.4 and 8); the "
+      "frame has the same layout in both directions", f, e)
 f, e = notification("event", cmap((0, "chat.room1"), (1, {"text": "hello"}),
                                   (2, "alice")))
 valid("notification-event", "event with payload and publisher", f, e)
@@ -385,7 +401,12 @@ f, e = notification("presence.leave", cmap((0, "chat.room1"),
                                                     (1, "bob")))))
 valid("notification-presence-leave", "a member left (no info)", f, e)
 f, e = notification("token.expiring", cmap((0, 60000)))
-valid("notification-token-expiring", "the token expires in 60 s", f, e)
+valid("notification-token-expiring", "the session expires (exp + leeway) in "
+      "60 s", f, e)
+f, e = notification("token.expiring", cmap((0, 0)))
+valid("notification-token-expiring-zero", "token.expiring sent right after "
+      "the response to a token that ran out (exp + leeway) while it was "
+      "verified: 0 ms left, close 4002 follows", f, e)
 f, e = notification("closing", cmap((0, 4008), (1, "server shutting down"),
                                     (2, 2000)))
 valid("notification-closing-going-away", "closing before close 4008, with a "
@@ -410,13 +431,20 @@ valid("notification-unknown", "a notification this version does not know is "
 # Responses
 # ---------------------------------------------------------------------------
 
-f, e = response_ok(1, cmap((0, "sess-4f1c"), (1, "alice"), (2, 3599000),
-                           (3, LIMITS)))
-valid("response-auth", "auth result with session, user, expiry and limits", f,
-      e, result_of="auth")
-f, e = response_ok(12, cmap((0, 3599000)))
-valid("response-auth-refresh", "auth.refresh result", f, e,
-      result_of="auth.refresh")
+f, e = response_ok(1, cmap((0, "sess-4f1c"), (1, "alice"),
+                           (2, EXPIRES_IN_MS), (3, LIMITS)))
+valid("response-auth", "auth result with session, user, expiry (exp + "
+      "leeway - now) and every limits key 0-11 at its default", f, e,
+      result_of="auth")
+f, e = response_ok(1, cmap((0, "sess-4f1c"), (1, "alice"), (3,
+                                                             LIMITS_BEFORE_9)))
+valid("response-auth-limits-before-9", "auth result of a server predating "
+      "limits keys 9-11 (and without expiry): still a valid auth result; the "
+      "client assumes max_depth 32, max_presence_page 1000 and no byte bound",
+      f, e, result_of="auth")
+f, e = response_ok(12, cmap((0, EXPIRES_IN_MS)))
+valid("response-auth-refresh", "auth.refresh result: expiry of the new token "
+      "(exp + leeway - now)", f, e, result_of="auth.refresh")
 f, e = response_ok(1, None)
 valid("response-ping", "ping result echoing null params", f, e,
       result_of="ping")
@@ -466,7 +494,7 @@ ERRORS = [
     ("rate_limited", 40, "request rate exceeded", 250, None),
     ("payload_too_large", 22, "presence info is 2048 bytes; the limit is 1024",
      None, None),
-    ("too_many_requests", 42, "64 requests already in flight", None, None),
+    ("too_many_requests", 42, "1024 requests already in flight", None, None),
     ("timeout", 31, "timed out", None, None),
     ("cancelled", 21, "cancelled by the client", None, None),
     ("unavailable", 32, "token keys unavailable", 1000, None),
@@ -498,6 +526,28 @@ canon, e = response_err(124, "internal", "oops")
 valid("response-error-keys-unordered", "error object keys in any order "
       "(re-encoded in ascending order)",
       arr(1, 124, 1, cmap((1, "oops"), (0, "internal"))), e, canonical=canon)
+f, e = response_err(13, "conflict", "an auth.refresh is already in flight")
+valid("response-error-conflict-refresh", "a second auth.refresh while one is "
+      "in flight is answered conflict (protocol.md 9.4, 11.2)", f, e)
+
+# ---------------------------------------------------------------------------
+# Requests from the server (protocol.md 6.4): the same frame layouts, in the
+# server's own id space. app.hello and app.other stand for methods of a later
+# revision that the client opted into.
+# ---------------------------------------------------------------------------
+
+f, e = request(1, "app.hello", cmap((0, "bob")))
+valid("request-from-server", "a request the server sends to a client that "
+      "opted into its method; id 1 is in the server's id space", f, e)
+f, e = response_ok(1, cmap((0, "hello, bob")))
+valid("response-to-server", "the client's response to the server's request "
+      "1", f, e)
+f, e = response_err(2, "method_not_found", "app.other is not served")
+valid("response-to-server-method-not-found", "the client's answer to a "
+      "server request for a method it does not serve", f, e)
+f, e = chunk(4, 0, True, cmap((0, "done")))
+valid("chunk-from-client-final", "a client's streamed answer to the server's "
+      "request 4 ends with a final chunk (a terminal frame)", f, e)
 
 # ---------------------------------------------------------------------------
 # Chunks
@@ -690,6 +740,39 @@ pv("params-token-expiring-missing", "token.expiring without expires_in_ms",
 pv("params-closing-code-too-large", "closing code must fit 16 bits",
    "closing", cmap((0, 70000), (1, "bye")), False)
 
+# Duplicate keys make a typed map invalid (protocol.md 4.8).
+pv("params-subscribe-duplicate-key", "two entries for key 0: neither the "
+   "first nor the last may be taken; invalid_params", "subscribe",
+   cmap((0, "chat.room1"), (0, "chat.room2")), False)
+pv("params-subscribe-duplicate-key-nonshortest", "key 0 twice, once as the "
+   "non-shortest 18 00: the same key, so invalid_params even though both "
+   "values are equal", "subscribe",
+   cmap((0, "chat.room1"), (Raw(head(0, 0, 1)), "chat.room1")), False)
+pv("params-publish-duplicate-unknown-key", "an unknown key (9) given twice "
+   "also makes the map invalid", "publish",
+   cmap((0, "a.b"), (1, 1), (9, 1), (9, 2)), False)
+pv("params-publish-data-duplicate-keys", "a map inside the opaque data may "
+   "repeat keys: it is not a typed map and is forwarded unchecked", "publish",
+   cmap((0, "a.b"), (1, Raw(cmap(("k", 1), ("k", 2))))), True)
+
+# Length bounds are method checks, not params rules (protocol.md 11.0,
+# 11.4, 11.5; decision P15).
+LONG = "x" * 2000
+pv("params-subscribe-topic-2000-bytes", "a 2000-byte topic: the params are "
+   "valid (no length in the params rule); the server then answers "
+   "payload_too_large, a method check (max_topic_len <= 1024)", "subscribe",
+   cmap((0, LONG)), True)
+pv("params-unsubscribe-topic-2000-bytes", "unsubscribe's topic is any "
+   "non-empty text, however long (the server answers not_found)",
+   "unsubscribe", cmap((0, LONG)), True)
+pv("params-unsubscribe-empty-topic", "unsubscribe's topic must not be empty: "
+   "invalid_params", "unsubscribe", cmap((0, "")), False)
+f, e = request(9, "m" * 2000, None)
+params_vector("request-method-2000-bytes", "a method name has no length "
+              "limit: a 2000-byte unknown name is a valid frame, answered "
+              "method_not_found", f, e, "m" * 2000, False,
+              error="method_not_found")
+
 # ---------------------------------------------------------------------------
 # Decoder errors: CBOR well-formedness
 # ---------------------------------------------------------------------------
@@ -831,6 +914,10 @@ invalid("error-key-beyond-i64", "an error object key outside the signed "
         "64-bit range makes the error object, so the frame, invalid",
         arr(1, 1, 1, cmap((0, "internal"), (1, "oops"),
                           (Raw(head(0, U64_MAX)), 0))), "InvalidEnvelope")
+invalid("error-duplicate-key", "an error object with two entries for key 0 "
+        "is invalid, so the frame is undecodable (protocol.md 4.8)",
+        arr(1, 1, 1, cmap((0, "internal"), (1, "oops"), (0, "timeout"))),
+        "InvalidEnvelope")
 invalid("error-missing-message", "error object without message",
         arr(1, 1, 1, cmap((0, "internal"))), "InvalidEnvelope")
 invalid("error-message-bytes", "error message as a byte string",
@@ -895,6 +982,163 @@ def check(v):
             assert c[-1] == last, v["name"]
 
 
+# ---------------------------------------------------------------------------
+# The examples of docs/protocol.md
+# ---------------------------------------------------------------------------
+#
+# protocol.md promises that every example was produced with a CBOR encoder.
+# Each ```cbor-diag block there is followed by a hex block (possibly
+# annotated, `#` starts a comment) and sometimes by "N bytes: `hex`"; a
+# heading may say "(N bytes)". The check parses the diagnostic notation (the
+# subset the document uses: integers, text, h'..', arrays, maps, true, false,
+# null), encodes it with cbor2 and compares every form of the bytes.
+
+DOC = OUT.parent.parent / "docs" / "protocol.md"
+
+
+class _DiagParser:
+    def __init__(self, text):
+        self.t, self.i = text, 0
+
+    def ws(self):
+        while self.i < len(self.t) and self.t[self.i] in " \t\r\n":
+            self.i += 1
+
+    def eat(self, c):
+        self.ws()
+        assert self.t.startswith(c, self.i), (c, self.t[self.i:self.i + 20])
+        self.i += len(c)
+
+    def value(self):
+        self.ws()
+        c = self.t[self.i]
+        if c == "[":
+            self.i += 1
+            items = []
+            self.ws()
+            if self.t[self.i] == "]":
+                self.i += 1
+                return items
+            while True:
+                items.append(self.value())
+                self.ws()
+                if self.t[self.i] == "]":
+                    self.i += 1
+                    return items
+                self.eat(",")
+        if c == "{":
+            self.i += 1
+            pairs = []
+            self.ws()
+            if self.t[self.i] == "}":
+                self.i += 1
+                return {}
+            while True:
+                k = self.value()
+                self.eat(":")
+                pairs.append((k, self.value()))
+                self.ws()
+                if self.t[self.i] == "}":
+                    self.i += 1
+                    keys = [k for k, _ in pairs]
+                    assert len(set(map(repr, keys))) == len(keys), keys
+                    return dict(pairs)
+                self.eat(",")
+        if c == '"':
+            end = self.i + 1
+            while self.t[end] != '"':
+                end += 2 if self.t[end] == "\\" else 1
+            text = json.loads(self.t[self.i:end + 1])
+            self.i = end + 1
+            return text
+        if self.t.startswith("h'", self.i):
+            end = self.t.index("'", self.i + 2)
+            data = bytes.fromhex(self.t[self.i + 2:end])
+            self.i = end + 1
+            return data
+        for word, v in (("true", True), ("false", False), ("null", None)):
+            if self.t.startswith(word, self.i):
+                self.i += len(word)
+                return v
+        start = self.i
+        if self.t[self.i] == "-":
+            self.i += 1
+        while self.i < len(self.t) and self.t[self.i].isdigit():
+            self.i += 1
+        assert self.i > start, self.t[start:start + 20]
+        return int(self.t[start:self.i])
+
+    def parse(self):
+        v = self.value()
+        self.ws()
+        assert self.i == len(self.t), self.t[self.i:]
+        return v
+
+
+def _hex_of_block(lines):
+    """The bytes of a hex block, without spaces and `#` comments."""
+    return "".join("".join(line.split("#")[0].split()) for line in lines)
+
+
+def doc_examples():
+    """(diagnostic, hex, [stated byte counts], [inline hex]) of each
+    example of protocol.md."""
+    lines = DOC.read_text().splitlines()
+    out = []
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() != "```cbor-diag":
+            i += 1
+            continue
+        heading = next((l for l in reversed(lines[:i]) if l.strip()), "")
+        j = lines.index("```", i + 1)
+        diag = "\n".join(lines[i + 1:j])
+        k = j + 1
+        while not lines[k].strip():
+            k += 1
+        assert lines[k] == "```", ("no hex block after", diag)
+        m = lines.index("```", k + 1)
+        hexs = _hex_of_block(lines[k + 1:m])
+        counts, inline = [], []
+        h = re.search(r"\((\d+) bytes\)\s*$", heading)
+        if h:
+            counts.append(int(h.group(1)))
+        n = m + 1
+        while n < len(lines) and not lines[n].strip():
+            n += 1
+        t = re.match(r"^(\d+) bytes: `([0-9a-f ]+)`$", lines[n]) if n < len(
+            lines) else None
+        if t:
+            counts.append(int(t.group(1)))
+            inline.append(t.group(2).replace(" ", ""))
+        out.append((diag, hexs, counts, inline))
+        i = m + 1
+    return out
+
+
+def check_docs():
+    examples = doc_examples()
+    assert len(examples) > 40, len(examples)
+    vector_hex = {v["cbor_hex"] for v in VECTORS}
+    for diag, hexs, counts, inline in examples:
+        encoded = cbor2.dumps(_DiagParser(diag).parse())
+        assert encoded.hex() == hexs, (diag, hexs, encoded.hex())
+        for c in counts:
+            assert c == len(encoded), (diag, c, len(encoded))
+        for h in inline:
+            assert h == hexs, (diag, h)
+    # Example frames that have a vector of the same case agree with it byte
+    # for byte (the vectors use the document's values).
+    for name in ("response-auth", "response-auth-refresh",
+                 "request-from-server", "response-to-server",
+                 "response-to-server-method-not-found",
+                 "response-error-too-many-requests"):
+        v = next(v for v in VECTORS if v["name"] == name)
+        assert any(h == v["cbor_hex"] for _, h, _, _ in examples), name
+    return len(examples), sum(1 for _, h, _, _ in examples
+                              if h in vector_hex)
+
+
 KEY_ORDER = ["name", "description", "layer", "valid", "method", "params_valid",
              "max_frame_size", "error", "close", "decode_error", "result_of",
              "diagnostic", "expect", "cbor_hex", "canonical_hex"]
@@ -903,6 +1147,7 @@ KEY_ORDER = ["name", "description", "layer", "valid", "method", "params_valid",
 def main():
     for v in VECTORS:
         check(v)
+    n_examples, n_shared = check_docs()
     for old in OUT.glob("*.json"):
         old.unlink()
     for v in VECTORS:
@@ -912,6 +1157,8 @@ def main():
         path.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) +
                         "\n")
     print("wrote %d vectors to %s" % (len(VECTORS), OUT))
+    print("checked %d examples of %s (%d of them are vectors too)" %
+          (n_examples, DOC, n_shared))
 
 
 if __name__ == "__main__":
