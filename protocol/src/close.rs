@@ -1,7 +1,10 @@
 //! WebSocket close codes used by plexus.v1.
 //!
 //! Application codes live in 4000–4099; each has exactly one meaning. The
-//! standard codes 1000, 1002, 1003 and 1009 are used where they fit.
+//! standard codes 1000, 1002, 1003, 1007 and 1009 are used where they fit
+//! (`docs/protocol.md` §15.1). Whether the server announces a close with a
+//! `closing` notification first is a property of the code:
+//! [`CloseCode::announced`] (§12.6).
 
 macro_rules! close_codes {
     ($( $(#[$doc:meta])* $variant:ident = $code:literal, $name:literal, reconnect: $reconnect:ident; )*) => {

@@ -164,11 +164,13 @@ error_codes! {
     RateLimited = "rate_limited", retry: true;
     /// A payload or field exceeds its size limit.
     PayloadTooLarge = "payload_too_large", retry: false;
-    /// Too many requests in flight on this connection; retry when some finish.
+    /// Too many requests in flight on this connection (`max_in_flight`, or
+    /// `max_in_flight_bytes` of request frames); retry when some finish.
     TooManyRequests = "too_many_requests", retry: true;
     /// The server gave up waiting for the operation to finish.
     Timeout = "timeout", retry: true;
-    /// The request was cancelled by the client or by the server's shutdown.
+    /// The request was cancelled by its caller (`cancel`, §8) or by the
+    /// server's shutdown.
     Cancelled = "cancelled", retry: false;
     /// A dependency or the server itself is temporarily unavailable.
     Unavailable = "unavailable", retry: true;

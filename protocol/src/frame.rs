@@ -10,7 +10,10 @@
 //! | 3 chunk | `[3, id, seq, final, data]` |
 //!
 //! Elements after the ones listed are ignored when decoding, so later
-//! revisions of v1 can append optional fields.
+//! revisions of v1 can append optional fields. Requests, responses and
+//! chunks travel in both directions: the server sends requests for methods
+//! the client opted into (`docs/protocol.md` §6.4), in an id space of its
+//! own.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -58,7 +61,9 @@ pub enum Frame {
 /// A request: `[0, id, method, params]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    /// Client-chosen id, unique among the connection's requests in flight.
+    /// Caller-chosen id, unique among the caller's requests in flight on the
+    /// connection. The client's and the server's requests (§6.4) have
+    /// separate id spaces.
     pub id: u64,
     /// The method to call.
     pub method: MethodName,
@@ -69,7 +74,7 @@ pub struct Request {
 /// A response: `[1, id, 0, result]` or `[1, id, 1, error]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
-    /// The id of the request answered.
+    /// The id of the request answered (a request of the peer's).
     pub id: u64,
     /// The result, or the error.
     pub outcome: Result<RawValue, WireError>,

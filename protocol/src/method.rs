@@ -54,9 +54,12 @@ macro_rules! methods {
 /// How a method travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MethodKind {
-    /// A request the client sends and the server answers.
+    /// A request the client sends and the server answers. (The server
+    /// sends requests only for methods outside this catalog that the client
+    /// opted into, `docs/protocol.md` §6.4.)
     Request,
-    /// A notification the client sends (no answer).
+    /// A notification the client sends (no answer). `cancel` is one, and
+    /// the server sends it too, to withdraw one of its own requests (§8).
     ClientNotification,
     /// A notification the server sends (no answer).
     ServerNotification,
@@ -79,7 +82,7 @@ methods! {
     PresenceGet = "presence.get", Request;
     /// Set this connection's presence info.
     PresenceSet = "presence.set", Request;
-    /// Abort an in-flight request.
+    /// Abort an in-flight request of the sender's (either direction, §8).
     Cancel = "cancel", ClientNotification;
     /// An event published on a subscribed topic.
     Event = "event", ServerNotification;

@@ -46,7 +46,9 @@ pub struct ServerLimits {
     /// Largest frame the server accepts, in bytes.
     #[n(0)]
     pub max_frame_size: u64,
-    /// Most requests in flight at once on one connection.
+    /// Most requests in flight at once on one connection. Every request
+    /// counts, whatever its method, from the moment the server reads it
+    /// until its terminal frame is queued (§6.2).
     #[n(1)]
     pub max_in_flight: u64,
     /// Most subscriptions on one connection.
@@ -198,13 +200,17 @@ impl RpcMethod for Ping {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct CancelParams {
-    /// The id of the in-flight request to abort.
+    /// The id of the in-flight request to abort, in the sender's own id
+    /// space (a client's request, or a request of the server's, §6.4).
     #[n(0)]
     pub id: u64,
 }
 
-/// `cancel` — client notification aborting an in-flight request, which then
-/// answers `cancelled` (or its normal result, if it had already finished).
+/// `cancel` — sent by a caller about one of its requests in flight (§8).
+/// From the client it aborts the request, which then answers `cancelled`
+/// (or its normal result, if it had already finished). From the server it
+/// withdraws one of the server's own requests (§6.4): the server then
+/// expects no answer and ignores any that still arrives.
 #[derive(Debug)]
 pub enum Cancel {}
 impl NotificationMethod for Cancel {
