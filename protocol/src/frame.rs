@@ -270,7 +270,15 @@ fn decode_envelope(bytes: &Bytes) -> Result<Frame, DecodeError> {
             let outcome = match status {
                 STATUS_OK => Ok(raw(&mut d)?),
                 STATUS_ERROR => {
-                    Err(d
+                    let item = raw(&mut d)?;
+                    // A typed map with a key given twice is invalid (§4.8),
+                    // and the error object is part of the envelope.
+                    if crate::typed::duplicate_int_key(item.as_bytes()) {
+                        return Err(DecodeError::InvalidEnvelope {
+                            reason: "duplicate key in the error object",
+                        });
+                    }
+                    Err(item
                         .decode::<WireError>()
                         .map_err(|_| DecodeError::InvalidEnvelope {
                             reason: "invalid error object",

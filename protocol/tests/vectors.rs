@@ -103,21 +103,7 @@ fn variant_name(e: &DecodeError) -> &'static str {
 /// Vectors whose expectation this crate does not meet yet, each with the
 /// code change it needs. The tests below check that each of them still
 /// fails, so a fix shows up as a stale entry to remove.
-const DECODER_GAPS: &[(&str, &str)] = &[
-    (
-        "error-duplicate-key",
-        "frame.rs decodes the error object with the derived `WireError` decoder, which \
-         keeps the last of two entries for key 0; protocol.md 4.8 (decision P14) makes the \
-         error object, so the frame, invalid: run `typed::duplicate_int_key` on the error \
-         object's bytes and fail with InvalidEnvelope",
-    ),
-    (
-        "params-unsubscribe-empty-topic",
-        "`UnsubscribeParams` accepts an empty topic; the CDDL rule (decision P15: any \
-         non-empty text) makes it invalid_params: reject `\"\"` in the typed decoder (or \
-         in the unsubscribe handler, answering invalid_params before not_found)",
-    ),
-];
+const DECODER_GAPS: &[(&str, &str)] = &[];
 
 fn is_gap(v: &Vector) -> bool {
     DECODER_GAPS.iter().any(|(name, _)| *name == v.name)

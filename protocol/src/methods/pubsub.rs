@@ -59,8 +59,9 @@ impl RpcMethod for Subscribe {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct UnsubscribeParams<'a> {
-    /// The topic or pattern exactly as subscribed.
+    /// The topic or pattern exactly as subscribed: any non-empty text.
     #[b(0)]
+    #[cbor(decode_with = "non_empty_str")]
     pub topic: &'a str,
 }
 
@@ -172,4 +173,16 @@ pub enum Event {}
 impl NotificationMethod for Event {
     const NAME: &'static str = "event";
     type Params<'a> = EventParams<'a>;
+}
+
+/// Decodes a text string that must not be empty (CDDL `tstr .ne ""`).
+fn non_empty_str<'b, C>(
+    d: &mut minicbor::Decoder<'b>,
+    _ctx: &mut C,
+) -> Result<&'b str, minicbor::decode::Error> {
+    let s = d.str()?;
+    if s.is_empty() {
+        return Err(minicbor::decode::Error::message("empty text"));
+    }
+    Ok(s)
 }
