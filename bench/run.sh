@@ -2,7 +2,9 @@
 # The standard benchmark suite: builds the hub and the bench kit in release
 # mode, then runs every scenario against Plexus and its baselines (NATS over
 # WebSocket, the tokio-tungstenite echo floor) and writes
-# bench/results/<date>.json and .md. Takes about 3 minutes (`--quick`: 1).
+# bench/results/<date>.json and .md. Every argument goes to `plexus-bench
+# suite` (e.g. `--quick`, `--baseline-plexus /path/to/old/plexus`; see
+# docs/benchmarks.md).
 # Loopback only; every run ends by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."

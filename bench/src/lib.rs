@@ -1,10 +1,12 @@
 //! # plexus-bench
 //!
 //! The benchmark kit: scenarios (fan-out, RPC, idle connections, slow
-//! consumers) run against Plexus and, in the same invocation, against
-//! baselines — NATS over WebSocket and a bare tokio-tungstenite echo server
-//! (the floor) — so every figure is reported as a ratio measured on the
-//! same machine at the same time.
+//! consumers, reconnect storm) run against Plexus and, in the same
+//! invocation, against baselines — NATS over WebSocket, a bare
+//! tokio-tungstenite echo server (the floor), and optionally another
+//! `plexus` binary — so every figure is reported as a ratio measured on the
+//! same machine at the same time. Two more scenarios measure the hub's
+//! memory bounds (pre-auth frames, stalled subscribers) as RSS.
 //!
 //! Latency is measured from a timestamp the sender writes into each payload
 //! (nanoseconds since the load generator started), read by the receiver in
@@ -21,8 +23,13 @@
 pub mod clock;
 pub mod echo;
 pub mod nats;
+pub mod net;
 pub mod plexus;
 pub mod procs;
 pub mod report;
+pub mod rss;
 pub mod scenario;
 pub mod stats;
+pub mod storm;
+pub mod suite;
+pub mod window;

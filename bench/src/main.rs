@@ -12,16 +12,17 @@
     clippy::cast_possible_wrap
 )]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use plexus_bench::nats::NatsServer;
-use plexus_bench::procs::{EchoProcess, HubProcess};
-use plexus_bench::report::{Machine, Report, Row};
-use plexus_bench::scenario::{ConnectionsConfig, FanoutConfig, Rate, RpcConfig};
+use plexus_bench::procs::{EchoProcess, HubBinary};
+use plexus_bench::scenario::{
+    ConnectionsConfig, FanoutConfig, PreauthConfig, Rate, RpcConfig, StalledConfig, StormConfig,
+};
+use plexus_bench::suite::{BoxError, Suite};
 use plexus_bench::{echo, nats, plexus};
 
 #[derive(Parser)]
@@ -35,6 +36,10 @@ struct Cli {
     /// Extra flags for every hub started, e.g. `--hub-arg=--ws-read-buffer=4096`.
     #[arg(long = "hub-arg", allow_hyphen_values = true, global = true)]
     hub_args: Vec<String>,
+    /// The `plexus` binary under test [default: the one next to this
+    /// program, or in PLEXUS_BENCH_BIN_DIR].
+    #[arg(long = "plexus", global = true)]
+    plexus: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +62,25 @@ enum Command {
         /// Idle connections to open in the connections scenario.
         #[arg(long)]
         connections: Option<usize>,
+        /// Clients in the reconnect storm [default: 10000; --quick: 1000].
+        #[arg(long)]
+        storm_clients: Option<usize>,
+        /// Sockets in the pre-auth memory scenario [default: 4000; --quick: 200].
+        #[arg(long)]
+        preauth_sockets: Option<usize>,
+        /// Subscribers in the stalled-subscriber memory scenario [default:
+        /// 1000; --quick: 100].
+        #[arg(long)]
+        stalled_subscribers: Option<usize>,
+        /// Another `plexus` binary (e.g. a build of the previous release)
+        /// run beside the current one in every round: the report gains its
+        /// figures ("before") and the ratio to them.
+        #[arg(long = "baseline-plexus")]
+        baseline_plexus: Option<PathBuf>,
+        /// Rounds of every comparison [default: 3; slow consumers 5]; 1 to
+        /// smoke-test the suite itself.
+        #[arg(long)]
+        rounds: Option<usize>,
     },
     /// One fan-out run.
     Fanout {
@@ -73,7 +97,8 @@ enum Command {
         /// Publishes per second in total; 0 saturates.
         #[arg(long, default_value_t = 0)]
         rate: u64,
-        /// Publishes in flight per publisher when saturating.
+        /// Publishes in flight per publisher when saturating (Plexus: never
+        /// more than the hub announces as `max_in_flight`).
         #[arg(long, default_value_t = 64)]
         window: usize,
         #[arg(long, default_value_t = 0)]
@@ -116,7 +141,72 @@ enum Command {
         hub_pid: Option<u32>,
         /// Local addresses to connect from, round-robin (repeatable).
         #[arg(long = "source-ip")]
-        sources: Vec<std::net::IpAddr>,
+        sources: Vec<IpAddr>,
+    },
+    /// Reconnect storm: N clients connected and subscribed drop at once and
+    /// reconnect at once; time until all are resubscribed.
+    Storm {
+        #[arg(long, value_enum, default_value = "plexus")]
+        target: Target,
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Topics: client i subscribes to topic i mod T [default: one each].
+        #[arg(long)]
+        topics: Option<usize>,
+        /// Connections opened at once before the storm (not measured).
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Pause between the drop and the reconnect.
+        #[arg(long, default_value = "1s")]
+        settle: humantime::Duration,
+        /// A client not back by then gives up.
+        #[arg(long, default_value = "60s")]
+        deadline: humantime::Duration,
+        /// The hub's accept backlog, passed as --listen-backlog if the hub
+        /// has that setting.
+        #[arg(long, default_value_t = plexus::LISTEN_BACKLOG)]
+        listen_backlog: u32,
+        /// Local addresses to connect from, round-robin (repeatable)
+        /// [default: 127.0.0.2, .3, … for more than 5,000 clients].
+        #[arg(long = "source-ip")]
+        sources: Vec<IpAddr>,
+    },
+    /// Pre-auth memory: M sockets each send all but the last byte of one
+    /// large binary frame without authenticating; hub RSS per socket.
+    Preauth {
+        #[arg(long, default_value_t = 4_000)]
+        sockets: usize,
+        /// The frame size the header announces.
+        #[arg(long, default_value_t = 1 << 20)]
+        frame_bytes: usize,
+        /// Sockets writing at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Local addresses to connect from, round-robin (repeatable).
+        #[arg(long = "source-ip")]
+        sources: Vec<IpAddr>,
+    },
+    /// Stalled subscribers: K never-reading subscribers while a publisher
+    /// sends small events until the hub closes them (4006); hub RSS vs
+    /// K × max-outbound-bytes.
+    Stalled {
+        #[arg(long, default_value_t = 1_000)]
+        subscribers: usize,
+        /// Topics: subscriber i takes topic i mod T (1: every event shared
+        /// by all queues; = subscribers: every queued frame its own).
+        #[arg(long, default_value_t = 1)]
+        topics: usize,
+        #[arg(long, default_value_t = 40)]
+        payload: usize,
+        /// The hub's outbound budget per connection for the run.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_outbound_bytes: usize,
+        /// Publishes in flight (capped by what the hub announces).
+        #[arg(long, default_value_t = 1024)]
+        window: usize,
+        /// Stop publishing after this long even if subscribers remain.
+        #[arg(long, default_value = "60s")]
+        timeout: humantime::Duration,
     },
     /// Run the echo floor server (used by the suite as a subprocess).
     EchoServer {
@@ -135,7 +225,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, cli.hub_args)) {
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("plexus-bench: {e}");
@@ -144,10 +234,27 @@ fn main() -> ExitCode {
     }
 }
 
-type BoxError = Box<dyn std::error::Error>;
+/// The hub binary under test.
+fn hub_binary(path: Option<PathBuf>) -> Result<HubBinary, BoxError> {
+    Ok(match path {
+        Some(p) => HubBinary::probe(p, "plexus")?,
+        None => HubBinary::current()?,
+    })
+}
 
-async fn run(command: Command, hub_args: Vec<String>) -> Result<(), BoxError> {
-    match command {
+/// `scenario` flags, then the user's `--hub-arg`s.
+fn with(scenario: &[String], hub_args: &[String]) -> Vec<String> {
+    scenario.iter().chain(hub_args).cloned().collect()
+}
+
+fn print(result: &impl serde::Serialize) -> Result<(), BoxError> {
+    println!("{}", serde_json::to_string_pretty(result)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
+    let hub_args = cli.hub_args;
+    match cli.command {
         Command::EchoServer { listen } => echo::serve(listen).await?,
         Command::Fanout {
             target,
@@ -176,11 +283,14 @@ async fn run(command: Command, hub_args: Vec<String>) -> Result<(), BoxError> {
                 stalled,
             };
             let result = match target {
-                Target::Plexus => plexus::fanout(&HubProcess::start(&hub_args).await?, &cfg).await,
+                Target::Plexus => {
+                    let hub = hub_binary(cli.plexus)?.start(&hub_args).await?;
+                    plexus::fanout(&hub, &cfg).await
+                }
                 Target::Nats => nats::fanout(&NatsServer::start().await?, &cfg).await,
                 Target::Floor => return Err("the floor has no fan-out".into()),
             };
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            print(&result)?;
         }
         Command::Rpc {
             target,
@@ -199,12 +309,13 @@ async fn run(command: Command, hub_args: Vec<String>) -> Result<(), BoxError> {
             };
             let result = match target {
                 Target::Plexus => {
-                    plexus::rpc(&HubProcess::start(&hub_args).await?.url(), &cfg, true).await
+                    let hub = hub_binary(cli.plexus)?.start(&hub_args).await?;
+                    plexus::rpc(&hub.url(), &cfg, true).await
                 }
                 Target::Floor => plexus::rpc(&EchoProcess::start().await?.url(), &cfg, false).await,
                 Target::Nats => nats::request_reply(&NatsServer::start().await?, &cfg).await,
             };
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            print(&result)?;
         }
         Command::Connections {
             n,
@@ -222,387 +333,113 @@ async fn run(command: Command, hub_args: Vec<String>) -> Result<(), BoxError> {
             // The hub (when started here) lives until the end of this arm.
             let hub = match url {
                 Some(_) => None,
-                None => Some(HubProcess::start(&hub_args).await?),
+                None => Some(hub_binary(cli.plexus)?.start(&hub_args).await?),
             };
             let (result, conns) = match (&url, &hub) {
                 (Some(url), _) => {
-                    let rss = move || hub_pid.and_then(plexus_bench::procs::rss_kib);
+                    let rss = move || hub_pid.and_then(plexus_bench::rss::rss_kib);
                     plexus::connections(url, rss, &cfg).await
                 }
                 (None, Some(hub)) => plexus::connections(&hub.url(), || hub.rss_kib(), &cfg).await,
                 (None, None) => return Err("no hub".into()),
             };
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            print(&result)?;
             tokio::time::sleep(hold.into()).await;
             drop(conns);
             drop(hub);
+        }
+        Command::Storm {
+            target,
+            clients,
+            topics,
+            concurrency,
+            settle,
+            deadline,
+            listen_backlog,
+            sources,
+        } => {
+            plexus_bench::storm::check_file_limit(clients)?;
+            let cfg = StormConfig {
+                clients,
+                concurrency,
+                topics: topics.unwrap_or(clients),
+                settle: settle.into(),
+                deadline: deadline.into(),
+                sources,
+            };
+            let result = match target {
+                Target::Plexus => {
+                    let bin = hub_binary(cli.plexus)?;
+                    let args = with(&plexus::storm_hub_args(&bin, listen_backlog), &hub_args);
+                    plexus::reconnect_storm(&bin.start(&args).await?, &cfg).await
+                }
+                Target::Nats => nats::reconnect_storm(&NatsServer::start().await?, &cfg).await,
+                Target::Floor => return Err("the floor has no subscriptions".into()),
+            };
+            print(&result)?;
+        }
+        Command::Preauth {
+            sockets,
+            frame_bytes,
+            concurrency,
+            sources,
+        } => {
+            let cfg = PreauthConfig {
+                sockets,
+                frame_bytes: frame_bytes.max(2),
+                concurrency,
+                sources,
+            };
+            let args = with(&plexus::PREAUTH_HUB_ARGS.map(str::to_owned), &hub_args);
+            let hub = hub_binary(cli.plexus)?.start(&args).await?;
+            print(&plexus::preauth(&hub, &cfg).await)?;
+        }
+        Command::Stalled {
+            subscribers,
+            topics,
+            payload,
+            max_outbound_bytes,
+            window,
+            timeout,
+        } => {
+            let cfg = StalledConfig {
+                subscribers,
+                topics,
+                payload,
+                max_outbound_bytes: max_outbound_bytes.max(plexus::stalled::MIN_OUTBOUND_BYTES),
+                window,
+                timeout: timeout.into(),
+            };
+            let args = with(&plexus::stalled_hub_args(cfg.max_outbound_bytes), &hub_args);
+            let hub = hub_binary(cli.plexus)?.start(&args).await?;
+            print(&plexus::stalled(&hub, &cfg).await)?;
         }
         Command::Suite {
             quick,
             out,
             connections,
-        } => suite(quick, out, connections, &hub_args).await?,
+            storm_clients,
+            preauth_sockets,
+            stalled_subscribers,
+            baseline_plexus,
+            rounds,
+        } => {
+            let suite = Suite {
+                quick,
+                out,
+                connections,
+                storm_clients,
+                preauth_sockets,
+                stalled_subscribers,
+                current: hub_binary(cli.plexus)?,
+                baseline: baseline_plexus
+                    .map(|p| HubBinary::probe(p, "baseline"))
+                    .transpose()?,
+                hub_args,
+                rounds,
+            };
+            suite.run().await?;
+        }
     }
     Ok(())
-}
-
-async fn suite(
-    quick: bool,
-    out: PathBuf,
-    connections: Option<usize>,
-    hub_args: &[String],
-) -> Result<(), BoxError> {
-    let (warmup, duration) = if quick {
-        (Duration::from_millis(500), Duration::from_secs(2))
-    } else {
-        (Duration::from_secs(2), Duration::from_secs(5))
-    };
-    let mut rows = Vec::new();
-    let mut raw = serde_json::Map::new();
-
-    // 1. Fan-out, 1 publisher → 1,000 subscribers on one topic, 128 B.
-    let mut fan = FanoutConfig {
-        publishers: 1,
-        subscribers: 1000,
-        topics: 1,
-        payload: 128,
-        rate: Rate::Saturate { window: 64 },
-        warmup,
-        duration,
-        stalled: 0,
-    };
-    eprintln!("fanout 1→1000, saturating …");
-    let (p, n) = fanout_rounds(&fan, hub_args).await?;
-    rows.push(
-        Row::new(
-            "fanout 1→1000 saturated: delivered/s",
-            p.delivered_per_sec,
-            "nats",
-            n.delivered_per_sec,
-            true,
-        )
-        .target("≥ 1.0× NATS", p.delivered_per_sec >= n.delivered_per_sec),
-    );
-    rows.push(
-        Row::new(
-            "fanout 1→1000 saturated: p99 µs",
-            p.latency.p99_us,
-            "nats",
-            n.latency.p99_us,
-            false,
-        )
-        .target("≤ NATS", p.latency.p99_us <= n.latency.p99_us),
-    );
-    // A rate both sustain without queueing: a fifth of the slower one's
-    // saturated rate (saturated publishes are batched; fixed-rate ones are
-    // not, and cost one WebSocket frame per subscriber each).
-    let sustainable = (p.published_per_sec.min(n.published_per_sec) * 0.2).max(10.0) as u64;
-    raw.insert(
-        "fanout_saturated".into(),
-        serde_json::json!({ "config": fan, "plexus": p, "nats": n }),
-    );
-
-    eprintln!("fanout 1→1000 at {sustainable}/s …");
-    fan.rate = Rate::Fixed {
-        per_sec: sustainable,
-    };
-    let (p, n) = fanout_rounds(&fan, hub_args).await?;
-    rows.push(
-        Row::new(
-            &format!("fanout 1→1000 at {sustainable}/s: delivered/s"),
-            p.delivered_per_sec,
-            "nats",
-            n.delivered_per_sec,
-            true,
-        )
-        .target(
-            "≥ 1.0× NATS",
-            p.delivered_per_sec >= n.delivered_per_sec * 0.99,
-        ),
-    );
-    rows.push(
-        Row::new(
-            &format!("fanout 1→1000 at {sustainable}/s: p99 µs"),
-            p.latency.p99_us,
-            "nats",
-            n.latency.p99_us,
-            false,
-        )
-        .target("≤ NATS", p.latency.p99_us <= n.latency.p99_us),
-    );
-    raw.insert(
-        "fanout_fixed".into(),
-        serde_json::json!({ "config": fan, "plexus": p, "nats": n }),
-    );
-
-    // 2. RPC: 10 connections × 16 in flight, 128 B.
-    eprintln!("rpc …");
-    let rpc_cfg = RpcConfig {
-        connections: 10,
-        in_flight: 16,
-        payload: 128,
-        warmup,
-        duration,
-    };
-    let (p, f, n) = rpc_rounds(&rpc_cfg, hub_args).await?;
-    rows.push(
-        Row::new(
-            "rpc 10×16 ping: calls/s",
-            p.calls_per_sec,
-            "floor",
-            f.calls_per_sec,
-            true,
-        )
-        .target("≥ 0.7× floor", p.calls_per_sec >= 0.7 * f.calls_per_sec),
-    );
-    rows.push(Row::new(
-        "rpc 10×16 ping: p99 µs",
-        p.latency.p99_us,
-        "floor",
-        f.latency.p99_us,
-        false,
-    ));
-    rows.push(Row::new(
-        "rpc 10×16: calls/s vs NATS request/reply",
-        p.calls_per_sec,
-        "nats",
-        n.calls_per_sec,
-        true,
-    ));
-    raw.insert(
-        "rpc".into(),
-        serde_json::json!({ "config": rpc_cfg, "plexus": p, "floor": f, "nats": n }),
-    );
-
-    // 3. Idle connections.
-    let count = connections.unwrap_or(if quick { 2_000 } else { 15_000 });
-    eprintln!("{count} idle connections …");
-    let conn_cfg = ConnectionsConfig {
-        connections: count,
-        concurrency: 200,
-        sources: Vec::new(),
-    };
-    let c = {
-        let hub = HubProcess::start(hub_args).await?;
-        let (c, conns) = plexus::connections(&hub.url(), || hub.rss_kib(), &conn_cfg).await;
-        drop(conns);
-        c
-    };
-    rows.push(
-        Row::new(
-            &format!("{} idle connections: hub KiB/connection", c.opened),
-            c.kib_per_connection,
-            "target",
-            8.0,
-            false,
-        )
-        .target("≤ 8 KiB", c.kib_per_connection <= 8.0 && c.opened == count),
-    );
-    rows.push(Row::new(
-        "idle connections: connects/s",
-        c.connect_rate,
-        "—",
-        0.0,
-        true,
-    ));
-    raw.insert(
-        "connections".into(),
-        serde_json::json!({ "config": conn_cfg, "plexus": c }),
-    );
-
-    // 4. Slow consumers: fast subscribers' latency with and without stalled ones.
-    eprintln!("slow consumers …");
-    let slow_args: Vec<String> = [
-        "--max-outbound-bytes",
-        "1048576",
-        "--tcp-send-buffer",
-        "65536",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let mut slow = FanoutConfig {
-        publishers: 1,
-        subscribers: 100,
-        topics: 1,
-        payload: 1024,
-        rate: Rate::Fixed { per_sec: 2000 },
-        warmup,
-        duration,
-        stalled: 0,
-    };
-    // p99 at this scale moves by 2× between identical runs on a shared
-    // 2-core machine: alternate the two variants and compare medians.
-    let mut bases = Vec::new();
-    let mut withs = Vec::new();
-    for _ in 0..SLOW_ROUNDS {
-        slow.stalled = 0;
-        bases.push(plexus::fanout(&HubProcess::start(&slow_args).await?, &slow).await);
-        slow.stalled = 5;
-        withs.push(plexus::fanout(&HubProcess::start(&slow_args).await?, &slow).await);
-    }
-    let median = |runs: &[plexus_bench::scenario::FanoutResult],
-                  f: fn(&plexus_bench::scenario::FanoutResult) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    // Pool every round's samples per variant: one p99 over all of them is
-    // steadier than a median of per-run p99s.
-    let pooled = |runs: &[plexus_bench::scenario::FanoutResult]| {
-        let mut h = plexus_bench::stats::Latency::new();
-        for r in runs {
-            h.merge(&r.histogram);
-        }
-        plexus_bench::scenario::FanoutResult {
-            delivered_per_sec: median(runs, |r| r.delivered_per_sec),
-            latency: h.summary(),
-            stalled_closed: runs.iter().flat_map(|r| r.stalled_closed.clone()).collect(),
-            ..Default::default()
-        }
-    };
-    let base = pooled(&bases);
-    let with = pooled(&withs);
-    let closed_4006 = with
-        .stalled_closed
-        .iter()
-        .filter(|c| **c == Some(4006))
-        .count();
-    rows.push(
-        Row::new(
-            "slow consumers: fast p99 µs with 5 stalled (5 rounds pooled)",
-            with.latency.p99_us,
-            "no stalled",
-            base.latency.p99_us,
-            false,
-        )
-        .target("≤ 1.10×", with.latency.p99_us <= base.latency.p99_us * 1.10),
-    );
-    rows.push(
-        Row::new(
-            "slow consumers: fast delivered/s with 5 stalled (median of 5)",
-            with.delivered_per_sec,
-            "no stalled",
-            base.delivered_per_sec,
-            true,
-        )
-        .target(
-            "≥ 0.99×",
-            with.delivered_per_sec >= base.delivered_per_sec * 0.99,
-        ),
-    );
-    rows.push(
-        Row::new(
-            "slow consumers: stalled closed with 4006",
-            closed_4006 as f64,
-            "stalled",
-            (5 * SLOW_ROUNDS) as f64,
-            true,
-        )
-        .target("all", closed_4006 == 5 * SLOW_ROUNDS),
-    );
-    raw.insert(
-        "slow_consumer_runs".into(),
-        serde_json::json!({ "baseline": bases, "stalled": withs }),
-    );
-    raw.insert(
-        "slow_consumer".into(),
-        serde_json::json!({ "config": slow, "baseline": base, "stalled": with }),
-    );
-
-    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let report = Report {
-        date: date.clone(),
-        machine: Machine::detect(),
-        rows,
-        raw: raw.into(),
-    };
-    let md = report.markdown();
-    println!("{md}");
-    std::fs::create_dir_all(&out)?;
-    let stem = date.replace(':', "-");
-    std::fs::write(
-        out.join(format!("{stem}.json")),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    std::fs::write(out.join(format!("{stem}.md")), &md)?;
-    eprintln!("wrote {}/{stem}.json and .md", out.display());
-    Ok(())
-}
-
-/// Rounds of every head-to-head comparison: on a shared 2-core machine a
-/// single run can be off by tens of percent, so the suite alternates the
-/// targets and reports medians.
-const ROUNDS: usize = 3;
-
-/// Rounds of the slow-consumer comparison: its p99 is a few milliseconds,
-/// where one scheduling hiccup on a shared machine moves a run by 50 %.
-const SLOW_ROUNDS: usize = 5;
-
-/// The run with the median of `key`.
-fn median_by<T: Clone>(runs: &[T], key: impl Fn(&T) -> f64) -> T {
-    let mut v: Vec<&T> = runs.iter().collect();
-    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
-    v[v.len() / 2].clone()
-}
-
-/// Plexus and NATS fan-out, alternated; medians (delivered/s from the
-/// median-throughput run, p99 from the median-latency run).
-async fn fanout_rounds(
-    cfg: &FanoutConfig,
-    hub_args: &[String],
-) -> Result<
-    (
-        plexus_bench::scenario::FanoutResult,
-        plexus_bench::scenario::FanoutResult,
-    ),
-    BoxError,
-> {
-    let mut ps = Vec::new();
-    let mut ns = Vec::new();
-    for _ in 0..ROUNDS {
-        let hub = HubProcess::start(hub_args).await?;
-        ps.push(plexus::fanout(&hub, cfg).await);
-        drop(hub);
-        let server = NatsServer::start().await?;
-        ns.push(nats::fanout(&server, cfg).await);
-    }
-    let combine = |runs: &[plexus_bench::scenario::FanoutResult]| {
-        let mut r = median_by(runs, |r| r.delivered_per_sec);
-        r.latency = median_by(runs, |r| r.latency.p99_us).latency;
-        r
-    };
-    Ok((combine(&ps), combine(&ns)))
-}
-
-/// Plexus `ping`, the echo floor and NATS request/reply, alternated;
-/// medians as for fan-out.
-async fn rpc_rounds(
-    cfg: &RpcConfig,
-    hub_args: &[String],
-) -> Result<
-    (
-        plexus_bench::scenario::RpcResult,
-        plexus_bench::scenario::RpcResult,
-        plexus_bench::scenario::RpcResult,
-    ),
-    BoxError,
-> {
-    let (mut ps, mut fs, mut ns) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let hub = HubProcess::start(hub_args).await?;
-        ps.push(plexus::rpc(&hub.url(), cfg, true).await);
-        drop(hub);
-        let floor = EchoProcess::start().await?;
-        fs.push(plexus::rpc(&floor.url(), cfg, false).await);
-        drop(floor);
-        let server = NatsServer::start().await?;
-        ns.push(nats::request_reply(&server, cfg).await);
-    }
-    let combine = |runs: &[plexus_bench::scenario::RpcResult]| {
-        let mut r = median_by(runs, |r| r.calls_per_sec);
-        r.latency = median_by(runs, |r| r.latency.p99_us).latency;
-        r
-    };
-    Ok((combine(&ps), combine(&fs), combine(&ns)))
 }

@@ -10,6 +10,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub use crate::rss::rss_kib;
+
 /// Why a process under test could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
@@ -68,6 +70,107 @@ async fn read_addr(child: &mut Child, name: &str, marker: &str) -> Result<Socket
     }
 }
 
+/// A `plexus` binary under test, with the flags its `serve --help` lists
+/// (so a scenario passes a newer flag only to a hub that accepts it).
+#[derive(Debug, Clone)]
+pub struct HubBinary {
+    /// The executable.
+    pub path: PathBuf,
+    /// What reports call it (`plexus`, `baseline`).
+    pub label: String,
+    help: String,
+}
+
+impl HubBinary {
+    /// The `plexus` built next to this load generator (see [`binary`]).
+    pub fn current() -> Result<HubBinary, ProcError> {
+        HubBinary::probe(binary("plexus"), "plexus")
+    }
+
+    /// Runs `PATH serve --help` once to learn the flags it accepts.
+    pub fn probe(path: PathBuf, label: &str) -> Result<HubBinary, ProcError> {
+        let out = std::process::Command::new(&path)
+            .args(["serve", "--help"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ProcError::Io {
+                what: format!(
+                    "running {} serve --help (build it with `cargo build --release -p plexus-server`)",
+                    path.display()
+                ),
+                source,
+            })?;
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !help.contains("--listen") {
+            return Err(ProcError::Io {
+                what: format!(
+                    "{} serve --help lists no --listen: not a plexus hub",
+                    path.display()
+                ),
+                source: std::io::Error::other("unexpected help output"),
+            });
+        }
+        Ok(HubBinary {
+            path,
+            label: label.to_owned(),
+            help,
+        })
+    }
+
+    /// Whether `serve` accepts `flag` (e.g. `--listen-backlog`).
+    pub fn accepts(&self, flag: &str) -> bool {
+        self.help.match_indices(flag).any(|(at, _)| {
+            let next = self.help[at + flag.len()..].chars().next();
+            !matches!(next, Some(c) if c.is_ascii_alphanumeric() || c == '-')
+        })
+    }
+
+    /// `[flag, value]` if this hub accepts `flag`, else nothing.
+    pub fn arg_if_accepted(&self, flag: &str, value: impl ToString) -> Vec<String> {
+        if self.accepts(flag) {
+            vec![flag.to_owned(), value.to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Starts this hub with bench-friendly limits (no rate limit, no
+    /// per-user cap; every other setting at the hub's own default) plus
+    /// `extra` flags.
+    pub async fn start(&self, extra: &[String]) -> Result<HubProcess, ProcError> {
+        let dir = tempfile::tempdir().map_err(|source| ProcError::Io {
+            what: "tempdir".into(),
+            source,
+        })?;
+        let mut cmd = Command::new(&self.path);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            BENCH_SECRET,
+        ])
+        .args(["--rate-per-sec", "100000000", "--rate-burst", "100000000"])
+        .args(["--max-connections-per-user", "1000000"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| ProcError::Io {
+            what: format!("spawning {}", self.path.display()),
+            source,
+        })?;
+        let addr = read_addr(&mut child, "plexus", "ws://").await?;
+        Ok(HubProcess {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
 /// A running `plexus` hub.
 #[derive(Debug)]
 pub struct HubProcess {
@@ -78,53 +181,20 @@ pub struct HubProcess {
 }
 
 impl HubProcess {
-    /// Starts the hub with bench-friendly limits (no rate limit, no
-    /// per-user cap) plus `extra` flags.
+    /// Starts the `plexus` built next to this load generator (see
+    /// [`HubBinary::start`]).
     pub async fn start(extra: &[String]) -> Result<HubProcess, ProcError> {
-        let dir = tempfile::tempdir().map_err(|source| ProcError::Io {
-            what: "tempdir".into(),
-            source,
-        })?;
-        let bin = binary("plexus");
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            BENCH_SECRET,
-        ])
-        .args(["--rate-per-sec", "100000000", "--rate-burst", "100000000"])
-        .args([
-            "--max-connections-per-user",
-            "1000000",
-            "--max-in-flight",
-            "4096",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| ProcError::Io {
-            what: format!(
-                "spawning {} (build it with `cargo build --release -p plexus-server`)",
-                bin.display()
-            ),
-            source,
-        })?;
-        let addr = read_addr(&mut child, "plexus", "ws://").await?;
-        Ok(HubProcess {
-            child,
-            addr,
-            _dir: dir,
-        })
+        HubBinary::current()?.start(extra).await
     }
 
     /// The WebSocket URL.
     pub fn url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// The hub's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The hub's resident set size in KiB, from /proc.
@@ -151,13 +221,6 @@ pub fn token(sub: &str) -> String {
         &EncodingKey::from_secret(BENCH_SECRET.as_bytes()),
     )
     .unwrap_or_default()
-}
-
-/// The resident set size of a process in KiB, from `/proc/PID/status`.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The echo floor in its own process (`plexus-bench echo-server`).
@@ -191,5 +254,28 @@ impl EchoProcess {
     /// The WebSocket URL.
     pub fn url(&self) -> String {
         format!("ws://{}/", self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_is_accepted_only_when_listed_whole() {
+        let hub = HubBinary {
+            path: PathBuf::from("plexus"),
+            label: "plexus".into(),
+            help: "      --listen <LISTEN>\n      --listen-backlog <N>\n      --max-in-flight-bytes <B>\n".into(),
+        };
+        assert!(hub.accepts("--listen"));
+        assert!(hub.accepts("--listen-backlog"));
+        assert!(!hub.accepts("--max-in-flight"));
+        assert!(!hub.accepts("--listen-back"));
+        assert_eq!(
+            hub.arg_if_accepted("--listen-backlog", 4096),
+            ["--listen-backlog", "4096"]
+        );
+        assert!(hub.arg_if_accepted("--close-linger", "2s").is_empty());
     }
 }

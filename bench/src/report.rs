@@ -19,6 +19,9 @@ pub struct Row {
     pub higher_is_better: bool,
     /// The target, as text, and whether it was met.
     pub target: Option<(String, bool)>,
+    /// The same figure from the baseline `plexus` binary in the same run
+    /// (`--baseline-plexus`), if one was given.
+    pub before: Option<f64>,
 }
 
 impl Row {
@@ -42,7 +45,14 @@ impl Row {
             },
             higher_is_better,
             target: None,
+            before: None,
         }
+    }
+
+    /// Attaches the baseline binary's figure, if there is one.
+    pub fn before(mut self, value: Option<f64>) -> Row {
+        self.before = value;
+        self
     }
 
     /// Attaches a target and whether it was met.
@@ -106,6 +116,10 @@ pub struct Report {
     pub machine: Machine,
     /// The figures.
     pub rows: Vec<Row>,
+    /// The `plexus` binary measured.
+    pub binary: String,
+    /// The baseline `plexus` binary measured beside it, if any.
+    pub baseline_binary: Option<String>,
     /// Every scenario's raw result, by name.
     pub raw: serde_json::Value,
 }
@@ -121,13 +135,26 @@ fn fmt(v: f64) -> String {
 }
 
 impl Report {
-    /// The markdown table.
+    /// The markdown table (with two more columns, the baseline binary's
+    /// figure and this one's ratio to it, when a row has one).
     pub fn markdown(&self) -> String {
         let m = &self.machine;
+        let with_before = self.rows.iter().any(|r| r.before.is_some());
         let mut out = format!(
-            "Measured {} on {} ({} CPUs, {} MiB, Linux {}).\n\n| metric | Plexus | baseline | baseline value | ratio | target |\n|---|---:|---|---:|---:|---|\n",
+            "Measured {} on {} ({} CPUs, {} MiB, Linux {}).\n\n",
             self.date, m.cpu, m.cpus, m.memory_mib, m.kernel
         );
+        if let Some(b) = &self.baseline_binary {
+            out.push_str(&format!(
+                "Plexus: `{}`; baseline binary (\"before\"): `{b}`.\n\n",
+                self.binary
+            ));
+        }
+        if with_before {
+            out.push_str("| metric | Plexus | baseline | baseline value | ratio | target | before | Plexus / before |\n|---|---:|---|---:|---:|---|---:|---:|\n");
+        } else {
+            out.push_str("| metric | Plexus | baseline | baseline value | ratio | target |\n|---|---:|---|---:|---:|---|\n");
+        }
         for r in &self.rows {
             let target = match &r.target {
                 Some((t, true)) => format!("{t} ✅"),
@@ -135,7 +162,7 @@ impl Report {
                 None => String::new(),
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {:.2}× | {} |\n",
+                "| {} | {} | {} | {} | {:.2}× | {} |",
                 r.metric,
                 fmt(r.plexus),
                 r.baseline,
@@ -143,7 +170,67 @@ impl Report {
                 r.ratio,
                 target
             ));
+            if with_before {
+                match r.before {
+                    Some(b) if b != 0.0 => {
+                        out.push_str(&format!(" {} | {:.2}× |", fmt(b), r.plexus / b));
+                    }
+                    Some(b) => out.push_str(&format!(" {} | — |", fmt(b))),
+                    None => out.push_str(" | |"),
+                }
+            }
+            out.push('\n');
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(rows: Vec<Row>, baseline: Option<&str>) -> Report {
+        Report {
+            date: "2026-01-01T00:00:00Z".into(),
+            machine: Machine {
+                cpu: "cpu".into(),
+                cpus: 2,
+                memory_mib: 1024,
+                kernel: "6".into(),
+            },
+            rows,
+            binary: "target/release/plexus".into(),
+            baseline_binary: baseline.map(str::to_owned),
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_before_columns_appear_only_with_a_baseline_binary() {
+        let row =
+            Row::new("fanout: delivered/s", 200.0, "nats", 100.0, true).target("≥ 1.0× NATS", true);
+        let plain = report(vec![row.clone()], None).markdown();
+        assert!(
+            plain.contains("| fanout: delivered/s | 200 | nats | 100 | 2.00× | ≥ 1.0× NATS ✅ |\n"),
+            "{plain}"
+        );
+        assert!(!plain.contains("before"), "{plain}");
+        let md = report(
+            vec![row.before(Some(160.0)), Row::new("x", 1.0, "y", 2.0, false)],
+            Some("/old/plexus"),
+        )
+        .markdown();
+        assert!(
+            md.contains("baseline binary (\"before\"): `/old/plexus`"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 2.00× | ≥ 1.0× NATS ✅ | 160 | 1.25× |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| x | 1.00 | y | 2.00 | 0.50× |  | | |\n"),
+            "{md}"
+        );
     }
 }

@@ -63,6 +63,10 @@ pub struct FanoutResult {
     pub delivered_per_sec: f64,
     /// Delivery latency, publish to receipt.
     pub latency: Summary,
+    /// Publishes kept in flight per publisher when saturating: the window
+    /// asked for, or less if the hub announced a smaller `max_in_flight`
+    /// (Plexus; the smallest over the publishers). `None` at a fixed rate.
+    pub window: Option<usize>,
     /// Stalled subscribers the hub closed, and with which codes.
     pub stalled_closed: Vec<Option<u16>>,
     /// Subscriber connections that broke during the run (should be 0).
@@ -126,6 +130,160 @@ pub struct ConnectionsResult {
     pub rss_after_kib: u64,
     /// (after − before) / opened.
     pub kib_per_connection: f64,
+}
+
+/// The reconnect storm (see [`crate::storm`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct StormConfig {
+    /// Clients, each authenticated (Plexus) and subscribed to one topic.
+    pub clients: usize,
+    /// Connections opened concurrently in the first (unmeasured) phase.
+    pub concurrency: usize,
+    /// Topics: client i subscribes to topic i mod `topics`.
+    pub topics: usize,
+    /// Pause between dropping every connection and reconnecting them all.
+    #[serde(with = "humantime_serde_lite")]
+    pub settle: Duration,
+    /// A client still not subscribed this long after the reconnect started
+    /// gives up and counts as failed.
+    #[serde(with = "humantime_serde_lite")]
+    pub deadline: Duration,
+    /// Local addresses to connect from, round-robin; empty: the kernel's
+    /// choice up to 5,000 clients, else 127.0.0.2, 127.0.0.3, … (see
+    /// [`crate::net::sources_for`]).
+    pub sources: Vec<std::net::IpAddr>,
+}
+
+impl StormConfig {
+    /// The topic of client `i`.
+    pub fn topic(&self, i: usize) -> String {
+        format!("bench.storm.{}", i % self.topics.max(1))
+    }
+}
+
+/// What a reconnect storm measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StormResult {
+    /// Clients asked for.
+    pub clients: usize,
+    /// Clients connected and subscribed before the storm.
+    pub connected: usize,
+    /// Rate of the first, unmeasured connects (`concurrency` at a time).
+    pub first_connects_per_sec: f64,
+    /// Clients connected and subscribed again after the storm.
+    pub reconnected: usize,
+    /// Clients that gave up at the deadline.
+    pub failed: usize,
+    /// Failed attempts that were retried (refused, reset, timed out).
+    pub retries: u64,
+    /// From the start of the reconnect until the last client's
+    /// subscription was confirmed, in milliseconds.
+    pub total_ms: f64,
+    /// Each client's time from the start of the reconnect to its confirmed
+    /// subscription (microseconds).
+    pub per_client: Summary,
+}
+
+/// The pre-auth memory scenario: sockets that each send all but the last
+/// byte of one large binary frame and never authenticate.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreauthConfig {
+    /// Sockets.
+    pub sockets: usize,
+    /// The size the frame header announces; `frame_bytes - 1` payload
+    /// bytes are sent.
+    pub frame_bytes: usize,
+    /// Sockets writing at once.
+    pub concurrency: usize,
+    /// Local addresses to connect from, round-robin (empty: the kernel's
+    /// choice).
+    pub sources: Vec<std::net::IpAddr>,
+}
+
+/// What the pre-auth memory scenario measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PreauthResult {
+    /// Sockets whose WebSocket handshake succeeded.
+    pub opened: usize,
+    /// Sockets on which every byte was written.
+    pub fully_sent: usize,
+    /// Sockets on which a write failed (the hub closed or reset them).
+    pub write_failed: usize,
+    /// Sockets on which a write did not complete within the scenario's
+    /// write bound (the hub stopped reading without closing).
+    pub write_stalled: usize,
+    /// Hub RSS before, KiB.
+    pub rss_before_kib: u64,
+    /// Hub RSS once every write ended, with every socket still open, KiB.
+    pub rss_held_kib: u64,
+    /// Largest hub RSS seen during the run, KiB.
+    pub rss_peak_kib: u64,
+    /// (peak − before) / opened.
+    pub peak_kib_per_socket: f64,
+    /// (held − before) / opened.
+    pub held_kib_per_socket: f64,
+    /// How the hub had closed each socket when measured: close code (0:
+    /// closed without one) → count; sockets still open are not listed.
+    pub closed_by_hub: std::collections::BTreeMap<u16, usize>,
+    /// Sockets still open when measured.
+    pub still_open: usize,
+}
+
+/// The stalled-subscribers memory scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct StalledConfig {
+    /// Subscribers that never read.
+    pub subscribers: usize,
+    /// Topics: subscriber i takes topic i mod T, the publisher cycles
+    /// through them. With one topic every event is one buffer shared by
+    /// all subscribers' queues; with one topic per subscriber every queued
+    /// frame is its own allocation (the worst case for a budget that
+    /// counts encoded bytes).
+    pub topics: usize,
+    /// Payload bytes per event.
+    pub payload: usize,
+    /// The hub's `--max-outbound-bytes` for the run.
+    pub max_outbound_bytes: usize,
+    /// Publishes in flight (capped by what the hub announces).
+    pub window: usize,
+    /// The publisher stops after this long even if subscribers remain.
+    #[serde(with = "humantime_serde_lite")]
+    pub timeout: Duration,
+}
+
+/// What the stalled-subscribers scenario measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StalledResult {
+    /// Subscribers connected.
+    pub subscribers: usize,
+    /// Topics they were spread over.
+    pub topics: usize,
+    /// subscribers × max-outbound-bytes, KiB: what the budget should bound.
+    pub bound_kib: u64,
+    /// Hub RSS before any subscriber connected, KiB.
+    pub rss_before_kib: u64,
+    /// Hub RSS with every subscriber connected and idle, KiB.
+    pub rss_idle_kib: u64,
+    /// Largest hub RSS while publishing, KiB.
+    pub rss_peak_kib: u64,
+    /// (peak − idle) / bound.
+    pub peak_over_bound: f64,
+    /// Hub RSS once every subscriber was closed (their sockets still
+    /// unread), KiB.
+    pub rss_after_close_kib: u64,
+    /// Hub RSS after the subscribers read their close and disconnected, KiB.
+    pub rss_after_disconnect_kib: u64,
+    /// Publishes answered.
+    pub published: u64,
+    /// Publish window used.
+    pub window: usize,
+    /// From the first publish until a publish reached no subscriber, ms
+    /// (`None`: some were still subscribed at the timeout).
+    pub all_closed_ms: Option<f64>,
+    /// How each subscriber was closed: close code (0: without one) → count.
+    pub close_codes: std::collections::BTreeMap<u16, usize>,
+    /// Subscribers still open at the end.
+    pub still_open: usize,
 }
 
 /// Durations serialized as human-readable strings.

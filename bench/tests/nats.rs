@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use plexus_bench::nats::{self, Event, NatsConn, NatsServer};
-use plexus_bench::scenario::{FanoutConfig, Rate, RpcConfig};
+use plexus_bench::scenario::{FanoutConfig, Rate, RpcConfig, StormConfig};
 
 /// Starts a server, or says why the test is skipped.
 async fn server(extra: &str) -> Option<NatsServer> {
@@ -146,5 +146,30 @@ async fn stalled_subscriber_is_cut_off() {
         r.stalled_closed[0].is_some(),
         "the stalled subscriber was not closed: {r:?}\n{}",
         server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_comes_back_after_a_reconnect_storm() {
+    let Some(server) = server("").await else {
+        return;
+    };
+    let cfg = StormConfig {
+        clients: 50,
+        concurrency: 10,
+        topics: 5,
+        settle: Duration::ZERO,
+        deadline: Duration::from_secs(20),
+        sources: vec!["127.0.0.2".parse().unwrap()],
+    };
+    let r = nats::reconnect_storm(&server, &cfg).await;
+    eprintln!("{r:?}");
+    assert_eq!(r.connected, 50, "{r:?}");
+    assert_eq!(r.reconnected, 50, "{r:?}");
+    assert_eq!(r.failed, 0, "{r:?}");
+    assert_eq!(r.per_client.samples, 50, "{r:?}");
+    assert!(
+        r.total_ms > 0.0 && r.per_client.max_us <= r.total_ms * 1e3 + 1.0,
+        "{r:?}"
     );
 }

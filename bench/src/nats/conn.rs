@@ -2,7 +2,7 @@
 //! byte stream, commands buffered and written in as few WebSocket messages
 //! as possible.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -477,10 +477,15 @@ impl NatsConn {
     /// Connects (TCP_NODELAY), reads `INFO`, sends [`CONNECT`] and a `PING`
     /// and waits for the `PONG`, all within [`WAIT`].
     pub async fn connect(url: &str) -> Result<NatsConn, NatsError> {
+        NatsConn::connect_from(url, None).await
+    }
+
+    /// [`connect`](Self::connect) from a given local address (e.g.
+    /// `127.0.0.2`), as the Plexus driver does for many connections.
+    pub async fn connect_from(url: &str, source: Option<IpAddr>) -> Result<NatsConn, NatsError> {
         let addr = loopback_addr(url)?;
         let handshake = async {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = crate::net::connect(addr, source).await?;
             // NATS writes a slow reader's whole backlog as one WebSocket
             // frame (tens of MiB): the shared client settings carry no size
             // limit (the server's max_pending bounds it).

@@ -306,6 +306,10 @@ pub async fn fanout(server: &NatsServer, cfg: &FanoutConfig) -> FanoutResult {
         published_per_sec: published as f64 / win.secs(),
         delivered_per_sec: delivered as f64 / win.secs(),
         latency: latency.summary(),
+        window: match cfg.rate {
+            Rate::Saturate { window } => Some(window.max(1)),
+            Rate::Fixed { .. } => None,
+        },
         stalled_closed,
         errors,
         histogram: latency,

@@ -25,6 +25,9 @@
 //!   parallel) to show whether the server closed it: `Some(code)` for a
 //!   close frame, `Some(0)` for `-ERR` or end of stream without a code,
 //!   `None` if it is still open.
+//! - **reconnect storm**: the harness in [`crate::storm`]; a client is
+//!   back when `CONNECT`+`PING` and then `SUB`+`PING` have each been
+//!   answered with a `PONG`.
 //! - **request/reply**: one responder subscribed to `bench.echo` answers
 //!   every message with `PUB <reply-to>` of the same payload; each
 //!   requester subscribes to `_INBOX.<conn>.*` and keeps `in_flight`
@@ -38,55 +41,17 @@ mod conn;
 mod fanout;
 mod rpc;
 mod server;
+mod storm;
 
 pub use conn::{CONNECT, Event, Inbox, Msg, NatsConn, NatsError, Outbox};
 pub use fanout::fanout;
 pub use rpc::request_reply;
 pub use server::{NatsServer, nats_server_binary};
+pub use storm::reconnect_storm;
 
 use std::time::Duration;
 
-use crate::clock::now_nanos;
+use crate::window::Window;
 
 /// How long any single wait (connect, `PONG`, a write) may take.
 pub const WAIT: Duration = Duration::from_secs(5);
-
-/// The measurement window, in [`now_nanos`] time.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    /// Start (after warm-up).
-    start: u64,
-    /// End.
-    end: u64,
-}
-
-impl Window {
-    /// A window starting `warmup` from now and lasting `duration`.
-    fn after(warmup: Duration, duration: Duration) -> Window {
-        let start = now_nanos() + u64::try_from(warmup.as_nanos()).unwrap_or(u64::MAX);
-        Window {
-            start,
-            end: start + u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
-        }
-    }
-
-    /// Whether `t` is inside.
-    fn contains(&self, t: u64) -> bool {
-        t >= self.start && t < self.end
-    }
-
-    /// Whether `t` is past the end.
-    fn over(&self, t: u64) -> bool {
-        t >= self.end
-    }
-
-    /// Length in seconds.
-    fn secs(&self) -> f64 {
-        ((self.end - self.start) as f64 / 1e9).max(1e-9)
-    }
-
-    /// The end as a tokio deadline.
-    fn deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + Duration::from_nanos(self.end.saturating_sub(now_nanos()))
-    }
-}

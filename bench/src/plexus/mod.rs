@@ -1,0 +1,31 @@
+//! The Plexus side of every scenario, driven over raw `plexus.v1` frames
+//! (the protocol crate, not the SDK) so the load generator adds as little
+//! as possible.
+//!
+//! - [`conn`]: opening, `auth` (keeping the announced limits), `subscribe`.
+//! - [`frames`]: the frames written and the few fields read back.
+//! - [`mod@fanout`], [`mod@rpc`], [`mod@connections`], [`mod@storm`]: the
+//!   head-to-head scenarios (the reconnect storm's harness is
+//!   [`crate::storm`]).
+//! - [`mod@preauth`], [`mod@stalled`]: the hub's memory bounds, measured as
+//!   RSS.
+
+pub mod conn;
+pub mod connections;
+pub mod fanout;
+pub mod frames;
+pub mod preauth;
+pub mod rpc;
+pub mod stalled;
+pub mod storm;
+
+pub use conn::{
+    ConnError, Session, Ws, authenticate, call, connect, connect_many, connect_with, open,
+    open_from,
+};
+pub use connections::connections;
+pub use fanout::{close_codes, fanout};
+pub use preauth::{PREAUTH_HUB_ARGS, preauth};
+pub use rpc::rpc;
+pub use stalled::{stalled, stalled_hub_args};
+pub use storm::{LISTEN_BACKLOG, reconnect_storm, storm_hub_args};

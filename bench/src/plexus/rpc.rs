@@ -1,0 +1,131 @@
+//! The RPC scenario: `ping` calls on the hub, or the same frames echoed by
+//! the floor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use minicbor::bytes::ByteSlice;
+use plexus_protocol::Frame;
+use plexus_protocol::frame::encode_request;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::conn::{ConnError, Ws, connect, open};
+use super::fanout::read_answers;
+use super::frames::{publish_window, rpc_payload};
+use crate::clock::{now_nanos, read_stamp, stamp};
+use crate::scenario::{RpcConfig, RpcResult};
+use crate::stats::Latency;
+use crate::window::Window;
+
+/// Most calls written in one batch before a flush.
+const MAX_BATCH: usize = 256;
+
+/// Runs `ping` calls: C connections, K in flight each (never more than
+/// the hub announces as `max_in_flight`). `authenticate` is false for the
+/// floor, which echoes without a session.
+pub async fn rpc(url: &str, cfg: &RpcConfig, authenticate: bool) -> RpcResult {
+    let errors = Arc::new(AtomicU64::new(0));
+    let conns: Vec<(Ws, usize)> = futures_util::stream::iter(0..cfg.connections)
+        .map(|i| {
+            let url = url.to_owned();
+            async move {
+                if authenticate {
+                    let s = connect(&url, &format!("rpc{i}"), None).await?;
+                    let k = publish_window(cfg.in_flight, &s.limits, cfg.payload + 32);
+                    Ok::<_, ConnError>((s.ws, k))
+                } else {
+                    Ok((open(&url).await?, cfg.in_flight))
+                }
+            }
+        })
+        .buffered(16)
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    let win = Window::after(cfg.warmup, cfg.duration);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|(ws, in_flight)| {
+            tokio::spawn(rpc_conn(ws, in_flight, cfg.payload, win, errors.clone()))
+        })
+        .collect();
+    let mut calls = 0;
+    let mut lat = Latency::new();
+    for t in tasks {
+        if let Ok((n, l)) = t.await {
+            calls += n;
+            lat.merge(&l);
+        }
+    }
+    RpcResult {
+        calls_per_sec: calls as f64 / win.secs(),
+        latency: lat.summary(),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+async fn rpc_conn(
+    ws: Ws,
+    in_flight: usize,
+    payload: usize,
+    win: Window,
+    errors: Arc<AtomicU64>,
+) -> (u64, Latency) {
+    let (mut tx, rx) = ws.split();
+    let permits = Arc::new(Semaphore::new(in_flight.max(1)));
+    let reader = tokio::spawn(read_answers(
+        rx,
+        permits.clone(),
+        win,
+        (0u64, Latency::new()),
+        {
+            let errors = errors.clone();
+            move |(n, lat): &mut (u64, Latency), frame: Result<Frame, _>, t: u64| match frame
+                .ok()
+                .as_ref()
+                .and_then(rpc_payload)
+                .and_then(read_stamp)
+            {
+                Some(sent) if win.contains(t) => {
+                    *n += 1;
+                    lat.record(t.saturating_sub(sent));
+                }
+                Some(_) => {}
+                None => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        },
+    ));
+    let mut buf = vec![0u8; payload.max(8)];
+    let mut id = 100u64;
+    while !win.over(now_nanos()) {
+        let Ok(p) = permits.acquire().await else {
+            break;
+        };
+        p.forget();
+        let mut batch = 0;
+        loop {
+            id += 1;
+            batch += 1;
+            stamp(&mut buf);
+            let bytes: &ByteSlice = buf[..].into();
+            let frame = encode_request(id, "ping", &bytes).unwrap_or_default();
+            if tx.feed(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+            match permits.try_acquire() {
+                Ok(p) if batch < MAX_BATCH => p.forget(),
+                _ => break,
+            }
+        }
+        if tx.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = tx.close().await;
+    // The reader ends at the window's end.
+    reader.await.unwrap_or_default()
+}
