@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use plexus_client::{Backoff, Client, ClientBuilder, ConnectionState, Error};
+use plexus_client::{Backoff, Client, ClientBuilder, CloseStatus, ConnectionState, Error};
 use plexus_conformance::script::{Peer, ScriptedServer};
 use plexus_protocol::{CloseCode, Encoded, Reconnect};
 
@@ -129,7 +129,7 @@ async fn every_close_code_gets_its_documented_reaction() {
                 assert_eq!(
                     s,
                     ConnectionState::Closed {
-                        code: Some(code.as_u16()),
+                        code: Some(CloseStatus::Known(code)),
                         reason: s_reason(&s)
                     },
                     "{code}"
@@ -518,7 +518,7 @@ async fn wss_urls_use_tls_and_fail_cleanly_against_a_plain_server() {
     let url = server.url().replace("ws://", "wss://");
     let err = builder(url).connect().await.unwrap_err();
     assert!(
-        matches!(err, Error::Connect(_)),
+        matches!(err, Error::Connect { .. }),
         "a TLS handshake was attempted and failed: {err}"
     );
 }
