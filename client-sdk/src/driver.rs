@@ -164,6 +164,9 @@ impl Driver {
                     handler,
                     params,
                 } => {
+                    // Handles of finished handlers are not kept: at most
+                    // `max_served` run, so this stays small.
+                    self.served.retain(|_, h| !h.is_finished());
                     let handle = serve::spawn(serial, handler, params, self.served_tx.clone());
                     self.served.insert(serial, handle);
                 }
@@ -194,8 +197,6 @@ impl Driver {
                 }
             }
         }
-        // Finished handles are not kept.
-        self.served.retain(|_, h| !h.is_finished());
         any
     }
 
