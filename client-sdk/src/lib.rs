@@ -27,7 +27,7 @@
 //! ## How it fits
 //!
 //! A [`Client`] is a cheap handle; one background task owns the socket
-//! (as in async-nats). The task is thin glue ([`driver`] module, private)
+//! (as in async-nats). The task is thin glue (the private `driver` module)
 //! around a sans-IO core (`core`, private) that holds every protocol rule —
 //! request ids and the in-flight table, the hub's window, the offline
 //! queue, subscriptions and their renewal, served methods, the liveness

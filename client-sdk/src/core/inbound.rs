@@ -17,7 +17,9 @@ use tracing::debug;
 
 use super::lifecycle::End;
 use super::served::Admit;
-use super::{Action, CLOSE_REPLY_WAIT, Core, Outcome, Pending, Phase, Refresh, policy};
+use super::{
+    Action, CLOSE_REPLY_WAIT, CLOSING_GRACE, Core, Outcome, Pending, Phase, Refresh, policy,
+};
 use crate::deliver::Push;
 use crate::error::Error;
 use crate::state::{CloseStatus, ConnectionState};
@@ -50,8 +52,10 @@ impl Core {
                         self.retry_hint = p.retry_after_ms.map(Duration::from_millis);
                     }
                     // §12.6: send nothing more; what waits is sent on the
-                    // next connection.
-                    self.closing_seen = true;
+                    // next connection. The close should follow at once.
+                    if self.closing.is_none() {
+                        self.closing = Some(now + CLOSING_GRACE);
+                    }
                 }
                 Some(Method::TokenExpiring) => self.start_refresh(now),
                 Some(Method::Cancel) => {
@@ -213,7 +217,7 @@ impl Core {
         self.requests.set_window(&limits);
         self.phase = Phase::Connected { last_heard: now };
         self.connected_since = Some(now);
-        self.closing_seen = false;
+        self.closing = None;
         self.actions
             .push_back(Action::State(ConnectionState::Connected));
         if std::mem::take(&mut self.first) {

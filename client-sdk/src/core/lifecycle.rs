@@ -51,7 +51,7 @@ impl Core {
         }
         self.transmit.clear();
         self.queued_replies = 0;
-        self.closing_seen = false;
+        self.closing = None;
         match how {
             End::Now | End::Gone => {
                 self.phase = Phase::Closed;

@@ -76,6 +76,10 @@ pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// send its reply and read to the end.
 pub(crate) const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 
+/// After a `closing` notification, how long the client waits for the
+/// hub's Close frame before it drops the connection itself.
+pub(crate) const CLOSING_GRACE: Duration = Duration::from_secs(5);
+
 /// Most answers to the hub's requests (responses, chunks, refusals) queued
 /// for writing. At this bound the client stops reading until the socket
 /// drains, so a hub that sends requests without reading the answers
@@ -263,8 +267,9 @@ pub(crate) struct Core {
     /// The token for the attempt under way, until `auth` is sent.
     token: Option<String>,
     retry_hint: Option<Duration>,
-    /// The hub sent `closing`: nothing more is sent on this connection.
-    closing_seen: bool,
+    /// The hub sent `closing`: nothing more is sent on this connection,
+    /// and it is dropped if the hub has not closed it by this deadline.
+    closing: Option<Instant>,
     limits: ServerLimits,
     requests: Requests,
     subs: Subs,
@@ -299,7 +304,7 @@ impl Core {
             connected_since: None,
             token: None,
             retry_hint: None,
-            closing_seen: false,
+            closing: None,
             limits: ServerLimits::default(),
             subs: Subs::default(),
             presence_info: None,
@@ -342,7 +347,10 @@ impl Core {
             | Phase::Authenticating { deadline, .. }
             | Phase::Ending { deadline, .. } => Some(*deadline),
             Phase::Backoff { until } => Some(*until),
-            Phase::Connected { last_heard, .. } => Some(*last_heard + self.liveness()),
+            Phase::Connected { last_heard } => {
+                let silent = *last_heard + self.liveness();
+                Some(self.closing.map_or(silent, |c| c.min(silent)))
+            }
             Phase::Closed => None,
         };
         let refresh = match self.refresh {
@@ -659,8 +667,11 @@ impl Core {
                     End::Now,
                 );
             }
-            Phase::Connected { last_heard, .. } if *last_heard + self.liveness() <= now => {
-                debug!("the hub went silent; reconnecting");
+            Phase::Connected { last_heard }
+                if *last_heard + self.liveness() <= now
+                    || self.closing.is_some_and(|c| c <= now) =>
+            {
+                debug!("the hub went silent or did not close after `closing`; reconnecting");
                 self.actions.push_back(Action::DropSocket);
                 self.end(now, Outcome::Retry(Error::ConnectionLost), End::Now);
             }

@@ -14,7 +14,7 @@ use crate::error::Error;
 impl Core {
     /// Connected and not told that the connection is closing.
     pub(super) fn sendable(&self) -> bool {
-        matches!(self.phase, Phase::Connected { .. }) && !self.closing_seen
+        matches!(self.phase, Phase::Connected { .. }) && self.closing.is_none()
     }
 
     /// Sends a request that fits the window, unless it breaks an announced

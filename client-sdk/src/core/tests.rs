@@ -767,6 +767,34 @@ fn after_closing_nothing_more_is_sent_on_the_connection() {
     );
 }
 
+#[test]
+fn a_hub_that_does_not_close_after_closing_is_dropped_after_the_grace() {
+    let mut hub = Hub::new();
+    hub.connect();
+    hub.notify(
+        "closing",
+        &ClosingParams {
+            code: 4008,
+            reason: "draining",
+            retry_after_ms: None,
+        },
+    );
+    let (id, _rx) = hub.call("ping");
+    assert_eq!(hub.advance_to_deadline(), CLOSING_GRACE);
+    let actions = hub.actions();
+    assert!(matches!(actions[0], Action::DropSocket));
+    assert!(matches!(
+        state(&actions),
+        Some(ConnectionState::Reconnecting { attempt: 1, .. })
+    ));
+    hub.advance_to_deadline();
+    hub.connect();
+    assert_eq!(
+        hub.requests().iter().map(|r| r.id).collect::<Vec<_>>(),
+        [id]
+    );
+}
+
 // ---- streams ----
 
 #[test]
