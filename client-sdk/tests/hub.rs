@@ -412,3 +412,42 @@ async fn serve_answers_requests_from_the_real_hub() {
         .unwrap_err();
     assert_eq!(err.code(), Some(&ErrorCode::MethodNotFound));
 }
+
+#[tokio::test]
+async fn requests_over_the_announced_frame_size_or_depth_fail_without_losing_the_connection() {
+    let server = hub(|c| {
+        c.max_frame_size = 64 * 1024;
+        c.max_payload = 32 * 1024;
+    })
+    .await;
+    let c = client(&server, "alice").await;
+    let mut state = c.state();
+    state.borrow_and_update();
+    // Sent as it is, this would make the hub close the connection (1009).
+    let err = c.publish("t", &"x".repeat(100 * 1024)).await.unwrap_err();
+    assert_eq!(
+        err,
+        Error::ExceedsLimit {
+            limit: "max_frame_size",
+            max: 64 * 1024
+        }
+    );
+    // Deeper than the hub's 32 levels: the hub would close with 4005, for good.
+    let mut deep = plexus_client::RawValue::encode(&1u8).unwrap();
+    for _ in 0..40 {
+        deep = plexus_client::RawValue::encode(&[deep]).unwrap();
+    }
+    let err = c.call("ping", &deep).await.unwrap_err();
+    assert_eq!(
+        err,
+        Error::ExceedsLimit {
+            limit: "max_depth",
+            max: 32
+        }
+    );
+    assert_eq!(
+        c.call("ping", &7u8).await.unwrap().decode::<u8>().unwrap(),
+        7
+    );
+    assert!(!state.has_changed().unwrap(), "the connection was kept");
+}
