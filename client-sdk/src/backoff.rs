@@ -45,13 +45,34 @@ impl Backoff {
 
     /// A jittered delay for attempt `n`, after a server hint if any.
     pub fn delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
+        self.delay_at(attempt, hint, rand::random::<f64>())
+    }
+
+    /// The delay for attempt `n` at point `unit` of the jitter range: the
+    /// hint plus `unit × ceiling(n)`, with `unit` clamped to `[0, 1]`.
+    /// [`delay`](Self::delay) draws `unit` at random; this form is for
+    /// deterministic tests and custom jitter.
+    ///
+    /// ```
+    /// use plexus_client::Backoff;
+    /// use std::time::Duration;
+    /// let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10) };
+    /// assert_eq!(b.delay_at(2, None, 0.5), Duration::from_millis(200));
+    /// assert_eq!(b.delay_at(0, Some(Duration::from_secs(2)), 1.0), Duration::from_millis(2100));
+    /// ```
+    pub fn delay_at(&self, attempt: u32, hint: Option<Duration>, unit: f64) -> Duration {
         let ceiling = self.ceiling(attempt);
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let jitter = if ceiling.is_zero() {
             Duration::ZERO
         } else {
-            ceiling.mul_f64(rand::random::<f64>())
+            ceiling.mul_f64(unit)
         };
-        hint.unwrap_or_default() + jitter
+        hint.unwrap_or_default().saturating_add(jitter)
     }
 }
 

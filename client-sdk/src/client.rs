@@ -1,248 +1,42 @@
-//! The client handle and its builder.
+//! The client handle: calls, subscriptions, presence and served methods.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{FutureExt, Stream};
+use bytes::Bytes;
+use futures_util::{FutureExt, Stream, StreamExt};
 use minicbor::Encode;
+use plexus_protocol::frame::encode_request;
 use plexus_protocol::methods::{
-    Member, PresenceGetParams, PresenceGetResult, PresenceSetParams, PublishParams, PublishResult,
+    Member, PresenceGet, PresenceGetParams, PresenceGetResult, PresenceSet, PresenceSetParams,
+    Publish, PublishParams, PublishResult,
 };
 use plexus_protocol::topic::{MAX_TOPIC_LEN, Pattern};
-use plexus_protocol::{CloseCode, ErrorCode, RawValue, RpcMethod, WireError};
-use tokio::sync::{mpsc, oneshot, watch};
+use plexus_protocol::{ErrorCode, RawValue, RpcMethod, WireError};
+use tokio::sync::{mpsc, watch};
 
-use crate::backoff::Backoff;
-use crate::connection::{Command, Settings, Task, TokenFn};
+use crate::builder::ClientBuilder;
+use crate::chunks::ChunkStream;
+use crate::config::Settings;
+use crate::core::{Command, Handler, Pending};
+use crate::deliver::{ChunkQueue, Dropped, Reaper, ReplyRx, reply};
 use crate::error::Error;
 use crate::state::ConnectionState;
 use crate::subscription::{SubQueue, Subscription};
 
-/// Configures and connects a [`Client`].
-///
-/// Every setting has a default (listed on its method) except the token:
-/// call [`token`](Self::token) or [`token_provider`](Self::token_provider).
-///
-/// ```no_run
-/// # async fn run() -> Result<(), plexus_client::Error> {
-/// use std::time::Duration;
-/// let client = plexus_client::Client::builder("ws://127.0.0.1:7700/v1/ws")
-///     .token_provider(|| async { Ok::<_, std::io::Error>("eyJ…".to_owned()) })
-///     .call_timeout(Duration::from_secs(5))
-///     .connect()
-///     .await?;
-/// # Ok(()) }
-/// ```
-pub struct ClientBuilder {
-    url: String,
-    token: Option<TokenFn>,
-    connect_timeout: Duration,
-    call_timeout: Duration,
-    backoff: Backoff,
-    subscription_buffer: usize,
-    stream_buffer: usize,
-    liveness_timeout: Option<Duration>,
-    max_frame_size: usize,
-    instance: Option<String>,
-    agent: String,
-}
+/// Most pages [`Client::presence_get`] fetches (each page makes progress,
+/// so the loop ends; the cap guards against a faulty hub).
+const MAX_PRESENCE_PAGES: usize = 100_000;
 
-impl std::fmt::Debug for ClientBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientBuilder")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClientBuilder {
-    /// Where to connect, e.g. `ws://127.0.0.1:7700/v1/ws`.
-    pub fn new(url: impl Into<String>) -> ClientBuilder {
-        ClientBuilder {
-            url: url.into(),
-            token: None,
-            connect_timeout: Duration::from_secs(10),
-            call_timeout: Duration::from_secs(30),
-            backoff: Backoff::default(),
-            subscription_buffer: 1024,
-            stream_buffer: 64,
-            liveness_timeout: None,
-            max_frame_size: plexus_protocol::limits::DEFAULT_MAX_FRAME_SIZE,
-            instance: None,
-            agent: concat!("plexus-client-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
-        }
-    }
-
-    /// An async callback that returns a fresh token. It is called before
-    /// every connection attempt and when the hub announces `token.expiring`.
-    ///
-    /// Before a connection attempt it may take at most the connect timeout.
-    /// If it fails or times out, the first [`connect`](Self::connect)
-    /// returns [`Error::TokenProvider`]; later, that attempt counts as
-    /// failed and the client tries again with backoff (it never gives up
-    /// because of the provider). A failure during an in-band refresh is
-    /// only logged; the hub then closes with 4002 at expiry and the client
-    /// reconnects with a fresh token.
-    pub fn token_provider<F, Fut, E>(mut self, provider: F) -> ClientBuilder
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<String, E>> + Send + 'static,
-        E: std::fmt::Display,
-    {
-        self.token = Some(Arc::new(move || {
-            provider().map(|r| r.map_err(|e| e.to_string())).boxed()
-        }));
-        self
-    }
-
-    /// A fixed token (for tests and short-lived tools).
-    ///
-    /// The same token is sent on every attempt and every refresh, so a
-    /// client cannot outlive the token's `exp`: after the hub closes with
-    /// 4002 the reconnect is refused and the client ends closed with 4000.
-    pub fn token(self, token: impl Into<String>) -> ClientBuilder {
-        let token: String = token.into();
-        self.token_provider(move || {
-            let t = token.clone();
-            async move { Ok::<_, std::convert::Infallible>(t) }
-        })
-    }
-
-    /// Timeout of the TCP connect and WebSocket handshake [default: 10 s].
-    /// The `auth` exchange that follows is bounded by
-    /// [`call_timeout`](Self::call_timeout).
-    pub fn connect_timeout(mut self, d: Duration) -> ClientBuilder {
-        self.connect_timeout = d;
-        self
-    }
-
-    /// Default timeout of a call, and of the `auth` exchange [default: 30 s].
-    ///
-    /// It also bounds how long [`Client::subscribe`] waits for the hub, and
-    /// each page of [`Client::presence_get`]. Time spent waiting for a
-    /// reconnect counts.
-    pub fn call_timeout(mut self, d: Duration) -> ClientBuilder {
-        self.call_timeout = d;
-        self
-    }
-
-    /// Reconnect backoff [default: 250 ms doubling to 30 s, full jitter].
-    pub fn backoff(mut self, b: Backoff) -> ClientBuilder {
-        self.backoff = b;
-        self
-    }
-
-    /// Items buffered per subscription before [`Event::Lagged`](crate::Event::Lagged) [default: 1024].
-    pub fn subscription_buffer(mut self, n: usize) -> ClientBuilder {
-        self.subscription_buffer = n;
-        self
-    }
-
-    /// Chunks buffered per streamed call [default: 64].
-    ///
-    /// A consumer that falls this far behind loses the rest of the stream:
-    /// see [`ChunkStream`].
-    pub fn stream_buffer(mut self, n: usize) -> ClientBuilder {
-        self.stream_buffer = n;
-        self
-    }
-
-    /// Reconnect when nothing at all (not even a ping) arrived for this
-    /// long [default: twice the hub's ping interval plus 5 s].
-    pub fn liveness_timeout(mut self, d: Duration) -> ClientBuilder {
-        self.liveness_timeout = Some(d);
-        self
-    }
-
-    /// Largest frame accepted from the hub [default: 1 MiB]. A larger
-    /// message drops the connection (the client then reconnects). It is
-    /// not applied to frames the client sends.
-    pub fn max_frame_size(mut self, n: usize) -> ClientBuilder {
-        self.max_frame_size = n;
-        self
-    }
-
-    /// A stable id of this client instance (e.g. a device id): a newer
-    /// connection with the same user and instance replaces an older one.
-    pub fn instance(mut self, id: impl Into<String>) -> ClientBuilder {
-        self.instance = Some(id.into());
-        self
-    }
-
-    /// Connects and authenticates. The first attempt is not retried: its
-    /// failure is returned. Later disconnects reconnect by themselves.
-    ///
-    /// Errors: [`Error::Auth`] when the hub refuses the token,
-    /// [`Error::TokenProvider`] when there is no token or the provider
-    /// fails, [`Error::Connect`] for an invalid URL or any other failed
-    /// attempt (network, handshake, timeout, a transient `auth` error; the
-    /// cause is logged at debug level), [`Error::Closed`] when the hub
-    /// closes during `auth` with a code after which the SDK never
-    /// reconnects. Must be called within a tokio runtime.
-    pub async fn connect(self) -> Result<Client, Error> {
-        let token = self
-            .token
-            .ok_or_else(|| Error::TokenProvider("no token provider configured".into()))?;
-        let settings = Arc::new(Settings {
-            url: self.url,
-            token,
-            connect_timeout: self.connect_timeout,
-            call_timeout: self.call_timeout,
-            backoff: self.backoff,
-            subscription_buffer: self.subscription_buffer,
-            stream_buffer: self.stream_buffer,
-            liveness_timeout: self.liveness_timeout,
-            max_frame_size: self.max_frame_size,
-            instance: self.instance,
-            agent: self.agent,
-        });
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
-        let ids = Arc::new(AtomicU64::new(1));
-        let closed_code = Arc::new(std::sync::Mutex::new(None));
-        let presence_info = Arc::new(std::sync::Mutex::new(None));
-        let task = Task::new(
-            settings.clone(),
-            ids.clone(),
-            state_tx,
-            closed_code.clone(),
-            cmd_rx,
-            presence_info.clone(),
-        );
-        let (first_tx, first_rx) = oneshot::channel();
-        tokio::spawn(task.run(first_tx));
-        match first_rx.await {
-            Ok(Ok(())) => Ok(Client {
-                inner: Arc::new(Inner {
-                    settings,
-                    cmd: cmd_tx,
-                    ids,
-                    locals: AtomicU64::new(1),
-                    state: state_rx,
-                    closed_code,
-                    presence_info,
-                }),
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Closed(None)),
-        }
-    }
-}
-
-struct Inner {
-    settings: Arc<Settings>,
-    cmd: mpsc::UnboundedSender<Command>,
-    ids: Arc<AtomicU64>,
-    locals: AtomicU64,
-    state: watch::Receiver<ConnectionState>,
-    closed_code: Arc<std::sync::Mutex<Option<u16>>>,
-    /// The last presence info set, which the task re-sends after a
-    /// reconnect.
-    presence_info: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+pub(crate) struct Inner {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) cmd: mpsc::Sender<Command>,
+    pub(crate) ids: Arc<AtomicU64>,
+    pub(crate) locals: AtomicU64,
+    pub(crate) state: watch::Receiver<ConnectionState>,
+    pub(crate) reaper: Arc<Reaper>,
 }
 
 /// A connection to a Plexus hub. Cheap to clone; all clones share one
@@ -251,7 +45,7 @@ struct Inner {
 /// dropped (they keep the connection alive too).
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Client {
@@ -263,23 +57,20 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Sends `cancel` if the call's future is dropped before its answer.
-struct CancelOnDrop {
+/// Reports the call abandoned if its future is dropped before its answer
+/// (the task then removes it from the queue, or sends `cancel`).
+struct CancelOnDrop<'a> {
     id: u64,
-    cmd: mpsc::UnboundedSender<Command>,
+    reaper: &'a Reaper,
     armed: bool,
 }
 
-impl Drop for CancelOnDrop {
+impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.cmd.send(Command::Cancel { id: self.id });
+            self.reaper.push(Dropped::Call(self.id));
         }
     }
-}
-
-fn encode<T: Encode<()>>(value: &T) -> Result<Vec<u8>, Error> {
-    minicbor::to_vec(value).map_err(|e| Error::Codec(e.to_string()))
 }
 
 impl Client {
@@ -307,13 +98,22 @@ impl Client {
         self.inner.state.clone()
     }
 
+    /// The error for a client whose task has ended.
     fn closed(&self) -> Error {
-        let code = self.inner.closed_code.lock().ok().and_then(|c| *c);
-        Error::Closed(code.and_then(CloseCode::from_u16))
+        match &*self.inner.state.borrow() {
+            ConnectionState::Closed { code, .. } => {
+                Error::Closed(code.and_then(crate::CloseStatus::known))
+            }
+            _ => Error::Closed(None),
+        }
     }
 
-    fn send(&self, cmd: Command) -> Result<(), Error> {
-        self.inner.cmd.send(cmd).map_err(|_| self.closed())
+    async fn send(&self, cmd: Command) -> Result<(), Error> {
+        self.inner.cmd.send(cmd).await.map_err(|_| self.closed())
+    }
+
+    fn next_id(&self) -> u64 {
+        self.inner.ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Calls `method` with `params` and returns the raw result, within the
@@ -321,7 +121,9 @@ impl Client {
     ///
     /// A hub error is [`Error::Remote`]; a call in flight when the
     /// connection drops fails with [`Error::ConnectionLost`] and is not
-    /// resent; a call made while reconnecting waits for the connection.
+    /// resent; a call made while reconnecting waits for the connection
+    /// (up to the [`offline_queue`](ClientBuilder::offline_queue) bound);
+    /// params that cannot be encoded fail at once with [`Error::Codec`].
     /// Use [`subscribe`](Self::subscribe) rather than calling `subscribe`
     /// or `unsubscribe` here: the SDK would not route or renew it.
     ///
@@ -349,33 +151,38 @@ impl Client {
         params: &P,
         timeout: Duration,
     ) -> Result<RawValue, Error> {
-        let params = encode(params)?;
-        let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Call {
-            id,
-            method: method.to_owned(),
-            params,
-            reply,
-        })?;
-        let mut guard = CancelOnDrop {
-            id,
-            cmd: self.inner.cmd.clone(),
-            armed: true,
+        let id = self.next_id();
+        let frame = encode_request(id, method, params).map_err(Error::encode)?;
+        let (tx, rx) = reply();
+        self.submit(id, frame.into(), Pending::Call(tx), rx, timeout)
+            .await
+    }
+
+    /// Sends a request and waits for its answer within `timeout`.
+    async fn submit(
+        &self,
+        id: u64,
+        frame: Bytes,
+        pending: Pending,
+        rx: ReplyRx<Result<RawValue, Error>>,
+        timeout: Duration,
+    ) -> Result<RawValue, Error> {
+        let call = async {
+            self.send(Command::Call { id, frame, pending }).await?;
+            let mut guard = CancelOnDrop {
+                id,
+                reaper: &self.inner.reaper,
+                armed: true,
+            };
+            let answer = rx.await;
+            guard.armed = false;
+            answer.unwrap_or_else(|| Err(self.closed()))
         };
-        let outcome = tokio::time::timeout(timeout, rx).await;
-        match outcome {
-            Ok(Ok(result)) => {
-                guard.armed = false;
-                result
-            }
-            Ok(Err(_)) => {
-                guard.armed = false;
-                Err(self.closed())
-            }
-            // The guard sends `cancel` as it drops.
-            Err(_) => Err(Error::Timeout),
-        }
+        // On timeout the call's future is dropped, and its guard reports
+        // the call abandoned.
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(Error::Timeout))
     }
 
     /// A typed call through the protocol's [`RpcMethod`] catalog, with the
@@ -397,15 +204,16 @@ impl Client {
     /// ```
     pub async fn request<M: RpcMethod>(&self, params: &M::Params<'_>) -> Result<M::Result, Error> {
         let raw = self.call(M::NAME, params).await?;
-        raw.decode().map_err(|e| Error::Codec(e.to_string()))
+        raw.decode()
+            .map_err(|e| Error::decode("decode the result", e))
     }
 
     /// Calls a method whose result streams as chunks. The stream ends after
     /// the final chunk, or with an error if the hub answers one or the
     /// stream breaks. Dropping it cancels the call.
     ///
-    /// It returns once the request is queued and has no timeout of its
-    /// own. See [`ChunkStream`] for how it ends.
+    /// It returns once the request is handed to the connection task and
+    /// has no timeout of its own. See [`ChunkStream`] for how it ends.
     ///
     /// ```no_run
     /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
@@ -422,28 +230,23 @@ impl Client {
         method: &str,
         params: &P,
     ) -> Result<ChunkStream, Error> {
-        let params = encode(params)?;
-        let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.inner.settings.stream_buffer.max(1));
-        let failed = Arc::new(std::sync::OnceLock::new());
-        let sink = crate::connection::StreamSink {
-            tx,
-            failed: failed.clone(),
-        };
-        self.send(Command::Stream {
+        let id = self.next_id();
+        let frame = encode_request(id, method, params).map_err(Error::encode)?;
+        let queue = Arc::new(ChunkQueue::new(self.inner.settings.stream_buffer));
+        self.send(Command::Call {
             id,
-            method: method.to_owned(),
-            params,
-            sink,
-        })?;
-        Ok(ChunkStream {
-            rx,
-            failed,
-            guard: CancelOnDrop {
-                id,
-                cmd: self.inner.cmd.clone(),
-                armed: true,
+            frame: frame.into(),
+            pending: Pending::Stream {
+                queue: queue.clone(),
+                next_seq: 0,
             },
+        })
+        .await?;
+        Ok(ChunkStream {
+            id,
+            queue,
+            reaper: self.inner.reaper.clone(),
+            _cmd: self.inner.cmd.clone(),
             done: false,
         })
     }
@@ -462,7 +265,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn publish<D: Encode<()>>(&self, topic: &str, data: &D) -> Result<u64, Error> {
-        let data = RawValue::encode(data).map_err(|e| Error::Codec(e.to_string()))?;
+        let data = RawValue::encode(data).map_err(Error::encode)?;
         self.publish_raw(topic, &data, true).await
     }
 
@@ -486,10 +289,10 @@ impl Client {
             params = params.with_echo(false);
         }
         let r: PublishResult = self
-            .call("publish", &params)
+            .call(Publish::NAME, &params)
             .await?
             .decode()
-            .map_err(|e| Error::Codec(e.to_string()))?;
+            .map_err(|e| Error::decode("decode the publish result", e))?;
         Ok(r.delivered)
     }
 
@@ -537,24 +340,30 @@ impl Client {
             .map_err(|e| Error::Remote(WireError::new(ErrorCode::InvalidParams, e.to_string())))?;
         let local = self.inner.locals.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(SubQueue::new(self.inner.settings.subscription_buffer));
-        let (reply, rx) = oneshot::channel();
+        let (tx, rx) = reply();
+        // Dropping it (on timeout too) unsubscribes; for a refused one
+        // that is a no-op.
         let sub = Subscription {
             id: local,
             pattern: pattern.to_owned(),
             queue: queue.clone(),
-            cmd: self.inner.cmd.clone(),
+            reaper: self.inner.reaper.clone(),
+            _cmd: self.inner.cmd.clone(),
         };
-        self.send(Command::Subscribe {
-            local,
-            pattern: parsed,
-            presence,
-            queue,
-            reply,
-        })?;
-        match tokio::time::timeout(self.inner.settings.call_timeout, rx).await {
-            Ok(Ok(Ok(()))) => Ok(sub),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(self.closed()),
+        let wait = async {
+            self.send(Command::Subscribe {
+                local,
+                pattern: parsed,
+                presence,
+                queue,
+                reply: tx,
+            })
+            .await?;
+            rx.await.unwrap_or_else(|| Err(self.closed()))
+        };
+        match tokio::time::timeout(self.inner.settings.call_timeout, wait).await {
+            Ok(Ok(())) => Ok(sub),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Timeout),
         }
     }
@@ -562,8 +371,8 @@ impl Client {
     /// Sets this connection's presence info (`null` clears it).
     ///
     /// To clear it pass a CBOR `null` such as `&None::<()>` (`&()` encodes
-    /// as an empty array). The SDK remembers the info and sets it again
-    /// after every reconnect.
+    /// as an empty array). The SDK remembers the info once the hub accepted
+    /// it and sets it again after every reconnect.
     ///
     /// ```no_run
     /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
@@ -572,18 +381,26 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn presence_set<I: Encode<()>>(&self, info: &I) -> Result<(), Error> {
-        let info = RawValue::encode(info).map_err(|e| Error::Codec(e.to_string()))?;
-        self.call(
-            "presence.set",
+        let info = RawValue::encode(info).map_err(Error::encode)?;
+        let id = self.next_id();
+        let frame = encode_request(
+            id,
+            PresenceSet::NAME,
             &PresenceSetParams {
                 info: info.as_raw_ref(),
             },
         )
+        .map_err(Error::encode)?;
+        let (tx, rx) = reply();
+        let pending = Pending::PresenceSet { info, reply: tx };
+        self.submit(
+            id,
+            frame.into(),
+            pending,
+            rx,
+            self.inner.settings.call_timeout,
+        )
         .await?;
-        // Remembered so a reconnect restores it (null clears it for good).
-        if let Ok(mut kept) = self.inner.presence_info.lock() {
-            *kept = (!info.is_null()).then(|| info.as_bytes().to_vec());
-        }
         Ok(())
     }
 
@@ -595,12 +412,10 @@ impl Client {
     pub async fn presence_get(&self, topic: &str) -> Result<Vec<Member>, Error> {
         let mut members = Vec::new();
         let mut cursor = None;
-        // Each page makes progress (the hub returns at least one member per
-        // page), so the loop ends; the cap guards against a faulty hub.
-        for _ in 0..100_000 {
+        for _ in 0..MAX_PRESENCE_PAGES {
             let page: PresenceGetResult = self
                 .call(
-                    "presence.get",
+                    PresenceGet::NAME,
                     &PresenceGetParams {
                         topic,
                         cursor,
@@ -609,7 +424,7 @@ impl Client {
                 )
                 .await?
                 .decode()
-                .map_err(|e| Error::Codec(e.to_string()))?;
+                .map_err(|e| Error::decode("decode a presence page", e))?;
             members.extend(page.members);
             match page.next {
                 Some(next) if Some(next) != cursor => cursor = Some(next),
@@ -619,75 +434,104 @@ impl Client {
         Ok(members)
     }
 
+    /// Serves `method` for the hub: when the hub sends a request for it
+    /// (a server-initiated request, for methods the client opted into),
+    /// `handler` runs with its params and its result is the response.
+    ///
+    /// Each request runs in a task of its own, at most
+    /// [`max_served`](ClientBuilder::max_served) at once (more are
+    /// answered `too_many_requests`). When the hub cancels a request, its
+    /// handler's future is dropped and the hub gets `cancelled`. A handler
+    /// that panics answers `internal`. Requests for methods nobody serves
+    /// are answered `method_not_found`. Served methods stay served across
+    /// reconnects; [`unserve`](Self::unserve) stops. Serving a method
+    /// twice is refused with [`Error::Remote`] (`conflict`).
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// use plexus_client::RawValue;
+    /// use plexus_client::protocol::{ErrorCode, WireError};
+    /// client
+    ///     .serve("app.echo", |params: RawValue| async move {
+    ///         if params.is_null() {
+    ///             return Err(WireError::new(ErrorCode::InvalidParams, "params required"));
+    ///         }
+    ///         Ok(params)
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve<F, Fut>(&self, method: impl Into<String>, handler: F) -> Result<(), Error>
+    where
+        F: Fn(RawValue) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<RawValue, WireError>> + Send + 'static,
+    {
+        let handler = Handler::Unary(Arc::new(move |params| handler(params).boxed()));
+        self.register(method.into(), handler).await
+    }
+
+    /// Like [`serve`](Self::serve), with a handler whose answer streams as
+    /// chunks: each item of the stream is one chunk (the last one final),
+    /// an `Err` item ends the request with that error response (chunks
+    /// sent before it stand), and an empty stream answers one final chunk
+    /// of `null`. The stream is read only as fast as the socket takes the
+    /// chunks.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// use plexus_client::RawValue;
+    /// client
+    ///     .serve_stream("app.count", |_params: RawValue| {
+    ///         futures_util::stream::iter((0..3u8).map(|i| Ok(RawValue::encode(&i).unwrap())))
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_stream<F, S>(
+        &self,
+        method: impl Into<String>,
+        handler: F,
+    ) -> Result<(), Error>
+    where
+        F: Fn(RawValue) -> S + Send + Sync + 'static,
+        S: Stream<Item = Result<RawValue, WireError>> + Send + 'static,
+    {
+        let handler = Handler::Stream(Arc::new(move |params| handler(params).boxed()));
+        self.register(method.into(), handler).await
+    }
+
+    async fn register(&self, method: String, handler: Handler) -> Result<(), Error> {
+        let (tx, rx) = reply();
+        self.send(Command::Serve {
+            method,
+            handler,
+            reply: tx,
+        })
+        .await?;
+        rx.await.unwrap_or_else(|| Err(self.closed()))
+    }
+
+    /// Stops serving `method`: later requests for it are answered
+    /// `method_not_found`; requests already running finish.
+    pub async fn unserve(&self, method: &str) -> Result<(), Error> {
+        self.send(Command::Unserve {
+            method: method.to_owned(),
+        })
+        .await
+    }
+
     /// Closes the connection and stops reconnecting, for every clone.
     ///
-    /// It sends a WebSocket Close frame (without a status code), waits up
-    /// to 2 s for the hub's reply, and returns once the state is
+    /// It sends a WebSocket Close frame (1000), waits up to 2 s for the
+    /// hub's reply, and returns once the state is
     /// [`ConnectionState::Closed`]. Calls in flight fail with
     /// [`Error::ConnectionLost`], later ones with [`Error::Closed`], and
     /// every [`Subscription`] ends with [`Event::Ended`](crate::Event::Ended).
     pub async fn close(&self) {
-        let (reply, rx) = oneshot::channel();
-        if self.inner.cmd.send(Command::Close { reply }).is_ok() {
-            let _ = rx.await;
-        }
+        self.inner.reaper.request_close();
         let mut state = self.state();
         let _ = state
             .wait_for(|s| matches!(s, ConnectionState::Closed { .. }))
             .await;
-    }
-}
-
-/// The chunks of a streamed result, from [`Client::call_stream`].
-///
-/// It yields each chunk's data and then `None` after the final chunk. A
-/// failure is one `Err` item and then `None`: [`Error::Remote`] for an
-/// error response, [`Error::BrokenStream`] for a gap in sequence numbers,
-/// [`Error::ConnectionLost`] when the connection drops. Dropping it before
-/// the end sends `cancel`.
-///
-/// If the consumer falls a whole [`stream_buffer`](ClientBuilder::stream_buffer)
-/// behind, the stream ends with [`Error::BrokenStream`] after the chunks
-/// already buffered, and the SDK sends `cancel`: an error is never lost to
-/// a full buffer.
-#[derive(Debug)]
-pub struct ChunkStream {
-    rx: mpsc::Receiver<Result<RawValue, Error>>,
-    failed: Arc<std::sync::OnceLock<Error>>,
-    guard: CancelOnDrop,
-    done: bool,
-}
-
-impl std::fmt::Debug for CancelOnDrop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CancelOnDrop")
-            .field("id", &self.id)
-            .finish()
-    }
-}
-
-impl Stream for ChunkStream {
-    type Item = Result<RawValue, Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(item)) => {
-                if item.is_err() {
-                    self.done = true;
-                    self.guard.armed = false;
-                }
-                Poll::Ready(Some(item))
-            }
-            Poll::Ready(None) => {
-                // The task dropped the sender: after the final chunk, or with
-                // the error that ended the stream recorded beside it.
-                self.done = true;
-                self.guard.armed = false;
-                Poll::Ready(self.failed.get().cloned().map(Err))
-            }
-            Poll::Pending => Poll::Pending,
-        }
     }
 }

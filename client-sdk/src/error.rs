@@ -1,11 +1,20 @@
 //! The SDK's error type.
 
+use std::sync::Arc;
+
 use plexus_protocol::{CloseCode, ErrorCode, WireError};
+
+/// The error that caused an [`Error`], kept as its
+/// [`source`](std::error::Error::source): an I/O or WebSocket error, a
+/// codec error, or what your token provider returned.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What can go wrong with a call, a subscription or the connection.
 ///
 /// `docs/sdk.md` lists when each variant happens and what to do about
-/// each wire error code.
+/// each wire error code. Variants that wrap an error from outside the SDK
+/// say what failed in their message and keep the underlying error as their
+/// [`source`](std::error::Error::source) (walk the chain to print it).
 ///
 /// ```no_run
 /// # async fn run(client: plexus_client::Client) {
@@ -23,16 +32,18 @@ use plexus_protocol::{CloseCode, ErrorCode, WireError};
 /// }
 /// # }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The hub answered with an error. Also produced locally by
     /// `subscribe` for an invalid pattern (`invalid_params`) or a pattern
-    /// already subscribed with the other presence flag (`conflict`).
+    /// already subscribed with the other presence flag (`conflict`), and by
+    /// `serve` for a method already served (`conflict`).
     #[error("the hub answered: {0}")]
     Remote(WireError),
     /// No answer within the call's timeout (the call was cancelled). Time
-    /// spent waiting for a reconnect counts.
+    /// spent waiting for a reconnect, or for room in the hub's in-flight
+    /// window, counts.
     #[error("timed out")]
     Timeout,
     /// The connection was lost while the call was in flight; it may or may
@@ -49,24 +60,65 @@ pub enum Error {
     /// `unauthenticated`, or closed with 4000); the SDK does not reconnect.
     #[error("authentication failed: {0}")]
     Auth(String),
-    /// No token was configured, or the token provider failed before a
-    /// connection attempt (the client then stops for good).
-    #[error("token provider failed: {0}")]
-    TokenProvider(String),
+    /// The call was made while the client was reconnecting and `limit`
+    /// requests were already waiting for the connection
+    /// ([`ClientBuilder::offline_queue`](crate::ClientBuilder::offline_queue)).
+    /// It was not sent.
+    #[error("{limit} requests are already waiting for a connection")]
+    QueueFull {
+        /// The configured bound of the offline queue.
+        limit: usize,
+    },
+    /// The request would break a limit the hub announced in its `auth`
+    /// result (§10), so it was not sent: sending it would make the hub
+    /// close the connection. `limit` names it (`max_frame_size`,
+    /// `max_depth`).
+    #[error("the request exceeds the hub's {limit} of {max}")]
+    ExceedsLimit {
+        /// The announced limit that the request breaks.
+        limit: &'static str,
+        /// The announced bound (bytes for `max_frame_size`, levels for
+        /// `max_depth`).
+        max: u64,
+    },
+    /// No token was configured, or the token provider failed or timed out
+    /// before a connection attempt (only the first `connect()` returns it;
+    /// later failures are retried).
+    #[error("token provider failed: {reason}")]
+    TokenProvider {
+        /// What went wrong (`"it returned an error"`, `"timed out"`, …).
+        reason: String,
+        /// The provider's own error, when it returned one.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The first connection attempt failed (network, handshake, timeout,
     /// a transient `auth` error), or the URL is invalid. Only
-    /// [`ClientBuilder::connect`](crate::ClientBuilder::connect) returns it;
-    /// the cause is logged at debug level.
-    #[error("cannot connect: {0}")]
-    Connect(String),
+    /// [`ClientBuilder::connect`](crate::ClientBuilder::connect) returns it.
+    #[error("cannot connect: {reason}")]
+    Connect {
+        /// Which step failed.
+        reason: String,
+        /// The underlying error (I/O, TLS, WebSocket handshake, or the
+        /// hub's [`WireError`] answering `auth`), when there is one.
+        #[source]
+        source: Option<Cause>,
+    },
     /// A stream of chunks broke: a chunk's sequence number was not the
-    /// previous one plus one (`"chunk sequence gap"`). A stream cut off by
-    /// a lost connection ends with [`Error::ConnectionLost`] instead.
+    /// previous one plus one (`"chunk sequence gap"`), or the consumer fell
+    /// a whole buffer behind. A stream cut off by a lost connection ends
+    /// with [`Error::ConnectionLost`] instead.
     #[error("chunk stream broken: {0}")]
     BrokenStream(&'static str),
     /// A value could not be encoded or a result could not be decoded.
-    #[error("codec error: {0}")]
-    Codec(String),
+    #[error("cannot {what}")]
+    Codec {
+        /// What failed (`"encode the params"`, `"decode the result"`, …).
+        what: &'static str,
+        /// minicbor's error.
+        #[source]
+        source: Cause,
+    },
 }
 
 impl Error {
@@ -76,5 +128,138 @@ impl Error {
             Error::Remote(e) => Some(&e.code),
             _ => None,
         }
+    }
+
+    /// The message followed by every source in the chain, joined by `": "`
+    /// (what `ConnectionState::Closed` shows as its reason).
+    ///
+    /// ```
+    /// use plexus_client::Error;
+    /// let e = Error::Connect {
+    ///     reason: "the WebSocket handshake failed".into(),
+    ///     source: Some(std::sync::Arc::new(std::io::Error::other("connection refused"))),
+    /// };
+    /// assert_eq!(e.report(), "cannot connect: the WebSocket handshake failed: connection refused");
+    /// ```
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        // A cycle is impossible for owned errors, but a hostile `source`
+        // impl could loop: stop after a bounded number of links.
+        for _ in 0..MAX_REPORTED_SOURCES {
+            let Some(e) = next else { break };
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
+    }
+
+    pub(crate) fn encode(source: minicbor::encode::Error<std::convert::Infallible>) -> Error {
+        Error::Codec {
+            what: "encode the params",
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn decode(what: &'static str, source: minicbor::decode::Error) -> Error {
+        Error::Codec {
+            what,
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn connect(reason: impl Into<String>, source: Option<Cause>) -> Error {
+        Error::Connect {
+            reason: reason.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn provider(reason: impl Into<String>, source: Option<Cause>) -> Error {
+        Error::TokenProvider {
+            reason: reason.into(),
+            source,
+        }
+    }
+}
+
+/// Longest chain of sources [`Error::report`] prints.
+const MAX_REPORTED_SOURCES: usize = 16;
+
+/// Two errors are equal when they are the same variant with the same
+/// fields; sources, which need not be comparable, are compared by their
+/// messages.
+impl PartialEq for Error {
+    fn eq(&self, other: &Error) -> bool {
+        fn same(a: Option<&Cause>, b: Option<&Cause>) -> bool {
+            a.map(ToString::to_string) == b.map(ToString::to_string)
+        }
+        match (self, other) {
+            (Error::Remote(a), Error::Remote(b)) => a == b,
+            (Error::Timeout, Error::Timeout) | (Error::ConnectionLost, Error::ConnectionLost) => {
+                true
+            }
+            (Error::Closed(a), Error::Closed(b)) => a == b,
+            (Error::Auth(a), Error::Auth(b)) => a == b,
+            (Error::QueueFull { limit: a }, Error::QueueFull { limit: b }) => a == b,
+            (
+                Error::ExceedsLimit { limit: a, max: m },
+                Error::ExceedsLimit { limit: b, max: n },
+            ) => a == b && m == n,
+            (
+                Error::TokenProvider {
+                    reason: a,
+                    source: s,
+                },
+                Error::TokenProvider {
+                    reason: b,
+                    source: t,
+                },
+            )
+            | (
+                Error::Connect {
+                    reason: a,
+                    source: s,
+                },
+                Error::Connect {
+                    reason: b,
+                    source: t,
+                },
+            ) => a == b && same(s.as_ref(), t.as_ref()),
+            (Error::BrokenStream(a), Error::BrokenStream(b)) => a == b,
+            (Error::Codec { what: a, source: s }, Error::Codec { what: b, source: t }) => {
+                a == b && s.to_string() == t.to_string()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_kept_and_reported() {
+        let io = std::io::Error::other("refused");
+        let e = Error::connect("the WebSocket handshake failed", Some(Arc::new(io)));
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("refused"));
+        assert_eq!(
+            e.to_string(),
+            "cannot connect: the WebSocket handshake failed"
+        );
+        assert_eq!(
+            e.report(),
+            "cannot connect: the WebSocket handshake failed: refused"
+        );
+        let wire = WireError::new(ErrorCode::Unavailable, "busy");
+        let e = Error::connect("the hub answered auth with an error", Some(Arc::new(wire)));
+        assert!(e.report().ends_with("unavailable: busy"), "{}", e.report());
+        assert_eq!(e.clone(), e);
+        assert_ne!(e, Error::Timeout);
     }
 }

@@ -26,28 +26,49 @@
 //!
 //! ## How it fits
 //!
-//! A [`Client`] is a cheap handle; one background task owns the socket, the
-//! calls in flight, the subscriptions and the reconnect loop (as in
-//! async-nats). The SDK depends only on tokio, tokio-tungstenite,
-//! plexus-protocol and small crates — never on the server.
+//! A [`Client`] is a cheap handle; one background task owns the socket
+//! (as in async-nats). The task is thin glue (the private `driver` module)
+//! around a sans-IO core (`core`, private) that holds every protocol rule —
+//! request ids and the in-flight table, the hub's window, the offline
+//! queue, subscriptions and their renewal, served methods, the liveness
+//! timer, the close-code policy, backoff and token refresh — and takes
+//! `now` as an argument, so it is tested with a virtual clock. The SDK
+//! depends only on tokio, tokio-tungstenite, plexus-protocol and small
+//! crates — never on the server.
+//!
+//! Modules: `builder` (configuration), `client` (the handle), `chunks`
+//! and `subscription` (the streams it returns), `serve` (running handlers
+//! for requests from the hub), `deliver` (hand-off points between the
+//! core and the handles), `config` (settings and every named bound),
+//! `core`, `driver`, `backoff`, `error`, `state`.
 //!
 //! Guarantees: a call in flight when the connection drops fails with
 //! [`Error::ConnectionLost`] and is never resent (it may have taken
 //! effect); calls made while reconnecting wait for the connection (within
-//! their timeout); every subscription is renewed on reconnect; a consumer
-//! that falls behind sees [`Event::Lagged`]. See `docs/sdk.md`.
+//! their timeout, up to a bound); every subscription is renewed on
+//! reconnect; a consumer that falls behind sees [`Event::Lagged`]; every
+//! buffer and queue has a named bound (`docs/sdk.md` lists them). See
+//! `docs/sdk.md`.
 #![forbid(unsafe_code)]
 
 mod backoff;
+mod builder;
+mod chunks;
 mod client;
-mod connection;
+mod config;
+mod core;
+mod deliver;
+mod driver;
 mod error;
+mod serve;
 mod state;
 mod subscription;
 
 pub use backoff::Backoff;
-pub use client::{ChunkStream, Client, ClientBuilder};
-pub use error::Error;
+pub use builder::ClientBuilder;
+pub use chunks::ChunkStream;
+pub use client::Client;
+pub use error::{Cause, Error};
 pub use plexus_protocol::{self as protocol, RawValue};
-pub use state::ConnectionState;
+pub use state::{CloseStatus, ConnectionState};
 pub use subscription::{Event, Publication, Subscription};

@@ -6,31 +6,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use futures_util::Stream;
-use parking_lot_free::Mutex;
 use plexus_protocol::RawValue;
 use plexus_protocol::methods::Member;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc;
 
-use crate::connection::Command;
-
-/// A tiny std-mutex wrapper that never panics on poisoning.
-mod parking_lot_free {
-    /// A mutex whose poisoning is ignored (a panic while holding it cannot
-    /// leave the queue in a torn state: every critical section is a few
-    /// plain field updates).
-    #[derive(Debug, Default)]
-    pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
-    impl<T> Mutex<T> {
-        pub(crate) fn new(t: T) -> Self {
-            Mutex(std::sync::Mutex::new(t))
-        }
-        pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-            self.0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        }
-    }
-}
+use crate::core::Command;
+use crate::deliver::{Dropped, Reaper, lock};
 
 /// An event published on a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,21 +61,21 @@ struct Inner {
 /// The bounded buffer between the connection task and one subscription.
 #[derive(Debug)]
 pub(crate) struct SubQueue {
-    inner: Mutex<Inner>,
+    inner: std::sync::Mutex<Inner>,
     capacity: usize,
 }
 
 impl SubQueue {
     pub(crate) fn new(capacity: usize) -> SubQueue {
         SubQueue {
-            inner: Mutex::new(Inner::default()),
+            inner: std::sync::Mutex::new(Inner::default()),
             capacity: capacity.max(1),
         }
     }
 
     /// Queues an item, or counts it as lagged when the buffer is full.
     pub(crate) fn push(&self, item: Event) {
-        let mut inner = self.inner.lock();
+        let mut inner = lock(&self.inner);
         if inner.ended {
             return;
         }
@@ -114,7 +95,7 @@ impl SubQueue {
 
     /// Ends the stream after what is queued, with a final `Ended` item.
     pub(crate) fn end(&self, why: crate::Error) {
-        let mut inner = self.inner.lock();
+        let mut inner = lock(&self.inner);
         if inner.ended {
             return;
         }
@@ -129,8 +110,14 @@ impl SubQueue {
         }
     }
 
+    /// How many items are buffered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.inner).items.len()
+    }
+
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        let mut inner = self.inner.lock();
+        let mut inner = lock(&self.inner);
         if let Some(item) = inner.items.pop_front() {
             return Poll::Ready(Some(item));
         }
@@ -173,12 +160,22 @@ impl SubQueue {
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct Subscription {
     pub(crate) id: u64,
     pub(crate) pattern: String,
     pub(crate) queue: Arc<SubQueue>,
-    pub(crate) cmd: UnboundedSender<Command>,
+    pub(crate) reaper: Arc<Reaper>,
+    /// Keeps the connection alive while the subscription exists.
+    pub(crate) _cmd: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("pattern", &self.pattern)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscription {
@@ -197,7 +194,7 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.cmd.send(Command::Unsubscribe { local: self.id });
+        self.reaper.push(Dropped::Subscription(self.id));
     }
 }
 
@@ -217,12 +214,13 @@ mod tests {
     #[tokio::test]
     async fn overflow_becomes_one_lagged_item_at_the_gap() {
         let q = Arc::new(SubQueue::new(2));
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let mut sub = Subscription {
             id: 1,
             pattern: "t".into(),
             queue: q.clone(),
-            cmd: tx,
+            reaper: Arc::new(Reaper::default()),
+            _cmd: tx,
         };
         for i in 0..5 {
             q.push(msg(i));

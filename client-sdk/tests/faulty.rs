@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use plexus_client::{Backoff, Client, ClientBuilder, ConnectionState, Error};
+use plexus_client::{Backoff, Client, ClientBuilder, CloseStatus, ConnectionState, Error};
 use plexus_conformance::script::{Peer, ScriptedServer};
 use plexus_protocol::{CloseCode, Encoded, Reconnect};
 
@@ -129,7 +129,7 @@ async fn every_close_code_gets_its_documented_reaction() {
                 assert_eq!(
                     s,
                     ConnectionState::Closed {
-                        code: Some(code.as_u16()),
+                        code: Some(CloseStatus::Known(code)),
                         reason: s_reason(&s)
                     },
                     "{code}"
@@ -518,7 +518,159 @@ async fn wss_urls_use_tls_and_fail_cleanly_against_a_plain_server() {
     let url = server.url().replace("ws://", "wss://");
     let err = builder(url).connect().await.unwrap_err();
     assert!(
-        matches!(err, Error::Connect(_)),
+        matches!(err, Error::Connect { .. }),
         "a TLS handshake was attempted and failed: {err}"
     );
+}
+
+#[tokio::test]
+async fn calls_wait_offline_up_to_the_queue_bound_then_fail_typed() {
+    // Connection 0 drops at once; later attempts never answer `auth`, so
+    // the client stays reconnecting.
+    let server = ScriptedServer::start(|mut p: Peer| async move {
+        if p.index == 0 {
+            p.accept_auth().await;
+            p.drop_connection();
+        } else {
+            p.stall(Duration::from_secs(30)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let c = builder(server.url())
+        .offline_queue(2)
+        .call_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    wait_state(&c, |s| matches!(s, ConnectionState::Reconnecting { .. })).await;
+    // Two calls enter the command channel in order (one poll each)...
+    let mut first = Box::pin(c.call("ping", &1u8));
+    let mut second = Box::pin(c.call("ping", &2u8));
+    assert!(futures_util::FutureExt::now_or_never(first.as_mut()).is_none());
+    assert!(futures_util::FutureExt::now_or_never(second.as_mut()).is_none());
+    // ...so a third one, behind them, finds the queue full and fails at once.
+    let started = Instant::now();
+    assert_eq!(
+        c.call("ping", &3u8).await.unwrap_err(),
+        Error::QueueFull { limit: 2 }
+    );
+    assert!(started.elapsed() < Duration::from_millis(300));
+    // The queued ones wait within their timeout, then time out.
+    assert_eq!(first.await.unwrap_err(), Error::Timeout);
+    assert_eq!(second.await.unwrap_err(), Error::Timeout);
+}
+
+/// Params whose encoding fails.
+struct Unencodable;
+
+impl<C> minicbor::Encode<C> for Unencodable {
+    fn encode<W: minicbor::encode::Write>(
+        &self,
+        _: &mut minicbor::Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        Err(minicbor::encode::Error::message("cannot encode this"))
+    }
+}
+
+#[tokio::test]
+async fn an_encode_failure_fails_the_call_at_once() {
+    let server = ScriptedServer::start(echo).await.unwrap();
+    let c = builder(server.url())
+        .call_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = c.call("ping", &Unencodable).await.unwrap_err();
+    assert!(matches!(err, Error::Codec { .. }), "{err}");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the cause is kept"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not held until the timeout"
+    );
+    let err = c.publish("t", &Unencodable).await.unwrap_err();
+    assert!(matches!(err, Error::Codec { .. }), "{err}");
+    assert_eq!(
+        c.call("ping", &1u8).await.unwrap().decode::<u8>().unwrap(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_while_writes_wait_for_the_socket() {
+    // The hub sends events without reading anything, while the client
+    // pushes more than the socket buffers hold. A client that stopped
+    // reading while a write waited would deadlock with it.
+    const EVENTS: u32 = 200;
+    const PAYLOAD: usize = 64 * 1024;
+    const CALLS: usize = 96;
+    let server = ScriptedServer::start(|mut p: Peer| async move {
+        let Some(auth) = p.recv_request().await else {
+            return;
+        };
+        let mut limits = plexus_protocol::methods::ServerLimits::DEFAULTS;
+        limits.max_frame_size = 2 << 20;
+        limits.max_in_flight_bytes = 256 << 20;
+        p.respond(
+            auth.id,
+            &plexus_protocol::methods::AuthResult::new("s0", "user", None, limits),
+        )
+        .await;
+        let sub = p.recv_request().await.unwrap();
+        assert_eq!(sub.method, "subscribe");
+        p.respond(sub.id, &plexus_protocol::methods::Empty {}).await;
+        // Give the client's uploads time to fill the socket, then send
+        // without reading.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let data = plexus_protocol::RawValue::encode(&"e".repeat(PAYLOAD)).unwrap();
+        for i in 0..EVENTS {
+            let topic = format!("t.{i}");
+            p.notify(
+                "event",
+                &plexus_protocol::methods::EventParams::new(&topic, data.as_raw_ref(), None),
+            )
+            .await;
+        }
+        // Now read (and answer) what the client sent.
+        while let Some(r) = p.recv_request().await {
+            p.respond(r.id, &plexus_protocol::methods::Empty {}).await;
+        }
+    })
+    .await
+    .unwrap();
+    let c = builder(server.url())
+        .call_timeout(Duration::from_secs(60))
+        .liveness_timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = c.subscribe("t.*").await.unwrap();
+    // Within the scripted server's 1 MiB decode limit.
+    let big = "u".repeat(512 << 10);
+    let uploads: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let c = c.clone();
+            let big = big.clone();
+            tokio::spawn(async move { c.call("upload", &big).await })
+        })
+        .collect();
+    let mut seen = 0;
+    while seen < EVENTS {
+        match tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("events keep arriving while the uploads wait")
+            .unwrap()
+        {
+            plexus_client::Event::Message(_) => seen += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    for u in uploads {
+        u.await.unwrap().unwrap();
+    }
 }

@@ -1,0 +1,130 @@
+//! Requests going out: the window, the queues, the announced limits, and
+//! the SDK's own requests and notifications.
+
+use minicbor::Encode;
+use plexus_protocol::frame::{encode_error, encode_notification, encode_request};
+use plexus_protocol::methods::{Subscribe, SubscribeParams, Unsubscribe, UnsubscribeParams};
+use plexus_protocol::{DecodeError, DecodeLimits, RpcMethod, WireError};
+use tracing::debug;
+
+use super::requests::Held;
+use super::{Core, DEFAULT_MAX_DEPTH, Pending, Phase, Transmit};
+use crate::error::Error;
+
+impl Core {
+    /// Connected and not told that the connection is closing.
+    pub(super) fn sendable(&self) -> bool {
+        matches!(self.phase, Phase::Connected { .. }) && self.closing.is_none()
+    }
+
+    /// Sends a request that fits the window, unless it breaks an announced
+    /// limit (then it fails at once: the hub would close the connection).
+    pub(super) fn send_now(&mut self, held: Held) {
+        if let Err(e) = self.check_limits(&held.frame) {
+            return held.pending.fail(e);
+        }
+        self.requests.start(held.id, held.frame.len(), held.pending);
+        self.transmit
+            .push_back((Transmit::Frame(held.frame), false));
+    }
+
+    /// Sends what waits, as far as the window allows.
+    pub(super) fn release(&mut self) {
+        if !self.sendable() {
+            return;
+        }
+        while let Some(held) = self.requests.next_to_send() {
+            self.send_now(held);
+        }
+    }
+
+    pub(super) fn check_limits(&self, frame: &[u8]) -> Result<(), Error> {
+        let max = self.limits.max_frame_size;
+        if max > 0 && frame.len() as u64 > max {
+            return Err(Error::ExceedsLimit {
+                limit: "max_frame_size",
+                max,
+            });
+        }
+        let depth = match self.limits.max_depth {
+            0 => DEFAULT_MAX_DEPTH,
+            d => d,
+        };
+        let limits = DecodeLimits {
+            max_frame_size: frame.len(),
+            max_depth: u16::try_from(depth).unwrap_or(u16::MAX),
+        };
+        match plexus_protocol::item_len(frame, &limits) {
+            Err(DecodeError::TooDeep { .. }) => Err(Error::ExceedsLimit {
+                limit: "max_depth",
+                max: depth,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends one of the SDK's own requests (before any queued application
+    /// request) as soon as the window allows.
+    pub(super) fn request<P: Encode<()>>(
+        &mut self,
+        method: &'static str,
+        params: &P,
+        pending: Pending,
+    ) {
+        self.enqueue(method, params, pending);
+        self.release();
+    }
+
+    /// Queues one of the SDK's own requests; [`release`](Self::release)
+    /// sends it.
+    pub(super) fn enqueue<P: Encode<()>>(
+        &mut self,
+        method: &'static str,
+        params: &P,
+        pending: Pending,
+    ) {
+        let id = self.next_id();
+        match encode_request(id, method, params) {
+            Ok(frame) => self.requests.queue_internal(Held {
+                id,
+                frame: frame.into(),
+                pending,
+            }),
+            Err(e) => debug!(method, error = %e, "could not encode a background request"),
+        }
+    }
+
+    /// Queues a `subscribe`; [`release`](Self::release) sends it.
+    pub(super) fn subscribe(&mut self, pattern: String, presence: bool) {
+        let mut params = SubscribeParams::new(&pattern);
+        if presence {
+            params = params.with_presence(true);
+        }
+        let pending = Pending::Subscribe(pattern.clone());
+        self.enqueue(Subscribe::NAME, &params, pending);
+    }
+
+    pub(super) fn unsubscribe(&mut self, pattern: String) {
+        self.request(
+            Unsubscribe::NAME,
+            &UnsubscribeParams { topic: &pattern },
+            Pending::Background(Unsubscribe::NAME),
+        );
+    }
+
+    pub(super) fn notify<P: Encode<()>>(&mut self, method: &'static str, params: &P, reply: bool) {
+        if let Ok(frame) = encode_notification(method, params) {
+            self.transmit
+                .push_back((Transmit::Frame(frame.into()), reply));
+            if reply {
+                self.queued_replies += 1;
+            }
+        }
+    }
+
+    pub(super) fn reply_error(&mut self, id: u64, error: WireError) {
+        self.transmit
+            .push_back((Transmit::Frame(encode_error(id, &error).into()), true));
+        self.queued_replies += 1;
+    }
+}
