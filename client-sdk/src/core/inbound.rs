@@ -29,9 +29,16 @@ impl Core {
         if matches!(self.phase, Phase::Ending { .. } | Phase::Closed) {
             return;
         }
+        // The hub's frames may nest two levels deeper than it accepts: a
+        // presence `info` sits under the member and the page (§4.4).
+        let depth = match self.limits.max_depth {
+            0 => super::DEFAULT_MAX_DEPTH,
+            d => d,
+        }
+        .saturating_add(2);
         let limits = DecodeLimits {
             max_frame_size: self.cfg.max_frame_size,
-            ..DecodeLimits::default()
+            max_depth: u16::try_from(depth).unwrap_or(u16::MAX),
         };
         let frame = match Frame::decode(bytes, &limits) {
             Ok(f) => f,

@@ -87,7 +87,7 @@ pub(crate) const CLOSING_GRACE: Duration = Duration::from_secs(5);
 pub(crate) const MAX_QUEUED_REPLIES: usize = 1024;
 
 /// The nesting depth assumed when the hub does not announce `max_depth`.
-const DEFAULT_MAX_DEPTH: u64 = plexus_protocol::limits::DEFAULT_MAX_DEPTH as u64;
+pub(crate) const DEFAULT_MAX_DEPTH: u64 = plexus_protocol::limits::DEFAULT_MAX_DEPTH as u64;
 
 /// Settings of the core, fixed when the client is built.
 pub(crate) struct Config {
