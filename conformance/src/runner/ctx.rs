@@ -362,7 +362,7 @@ impl Ctx {
             && e.code == "method_not_found"
         {
             skip!(
-                "the server answers method_not_found for {method} (start plexus with --debug-methods, a debug build)"
+                "the server answers method_not_found for {method} (a test-only method: plexus serves debug.* in debug builds started with --debug-methods; this server lacks it)"
             );
         }
         Ok(r)
@@ -375,7 +375,7 @@ impl Ctx {
             && e.code == "method_not_found"
         {
             skip!(
-                "the server answers method_not_found for {method} (start plexus with --debug-methods, a debug build)"
+                "the server answers method_not_found for {method} (a test-only method: plexus serves debug.* in debug builds started with --debug-methods; this server lacks it)"
             );
         }
         Ok(())

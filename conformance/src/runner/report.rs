@@ -56,6 +56,24 @@ fn ms(d: Duration) -> String {
     }
 }
 
+/// Sections as people cite them: `§9.2, §15.1, P11` (decisions without
+/// the section sign).
+pub fn cite(sections: &str) -> String {
+    sections
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.starts_with(|c: char| c.is_ascii_digit()) {
+                format!("§{s}")
+            } else {
+                s.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The result table: id, group, result, time, section, detail (failures
 /// and skips), then a summary line.
 pub fn table(reports: &[CaseReport], elapsed: Duration, color: bool) -> String {
@@ -73,10 +91,10 @@ pub fn table(reports: &[CaseReport], elapsed: Duration, color: bool) -> String {
         .max(5);
     let sw = reports
         .iter()
-        .map(|r| r.section.len())
+        .map(|r| cite(&r.section).chars().count())
         .max()
         .unwrap_or(7)
-        .clamp(7, 18);
+        .clamp(7, 24);
     let mut out = String::new();
     let header = format!(
         "{:<idw$}  {:<gw$}  {:<6}  {:>7}  {:<sw$}  detail",
@@ -101,7 +119,7 @@ pub fn table(reports: &[CaseReport], elapsed: Duration, color: bool) -> String {
             r.id,
             r.group,
             ms(r.elapsed),
-            format!("§{}", r.section),
+            cite(&r.section),
         ));
     }
     let s = Summary::of(reports);
@@ -199,8 +217,8 @@ pub fn junit(reports: &[CaseReport], elapsed: Duration) -> String {
             match &r.outcome {
                 Outcome::Pass => {}
                 Outcome::Fail(d) => out.push_str(&format!(
-                    "<failure message=\"§{}: {}\">{}</failure>",
-                    xml_escape(&r.section),
+                    "<failure message=\"{}: {}\">{}</failure>",
+                    xml_escape(&cite(&r.section)),
                     xml_escape(d),
                     xml_escape(&r.title)
                 )),
@@ -223,16 +241,21 @@ pub fn list(cases: &[Case], markdown: bool) -> String {
         out.push_str("| id | section | checks |\n|---|---|---|\n");
         for c in cases {
             out.push_str(&format!(
-                "| `{}` | §{} | {} |\n",
+                "| `{}` | {} | {} |\n",
                 c.id,
-                c.section.replace(", ", ", §"),
+                cite(&c.section),
                 c.title.replace('|', "\\|")
             ));
         }
     } else {
         let w = cases.iter().map(|c| c.id.len()).max().unwrap_or(2);
         for c in cases {
-            out.push_str(&format!("{:<w$}  §{:<12}  {}\n", c.id, c.section, c.title));
+            out.push_str(&format!(
+                "{:<w$}  {:<16}  {}\n",
+                c.id,
+                cite(&c.section),
+                c.title
+            ));
         }
     }
     out

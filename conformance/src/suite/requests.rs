@@ -31,7 +31,7 @@ pub(crate) fn skip_if_no_debug(c: &mut Conn, method: &str) -> CaseResult {
     );
     if missing {
         skip!(
-            "the server answers method_not_found for {method} (start plexus with --debug-methods, a debug build)"
+            "the server answers method_not_found for {method} (a test-only method: plexus serves debug.* in debug builds started with --debug-methods; this server lacks it)"
         );
     }
     for f in kept.iter().rev() {
@@ -540,6 +540,51 @@ pub(super) fn cases() -> Vec<Case> {
                 c.err("event", &Value::empty_map(), "method_not_found")
                     .await
                     .map(drop)
+            },
+        ),
+        Case::new(
+            "requests.duplicate-params-key",
+            "4.8, 14.2, P14",
+            "params with the same key twice are invalid_params",
+            |ctx| async move {
+                let mut c = ctx.client("a").await?;
+                let t = ctx.topic("t");
+                let dup = Value::Map(vec![
+                    (Value::Uint(0), Value::text(&t)),
+                    (Value::Uint(0), Value::text(format!("{t}.other"))),
+                ]);
+                c.err("subscribe", &dup, "invalid_params").await?;
+                c.alive().await
+            },
+        ),
+        Case::new(
+            "requests.null-optional-is-absent",
+            "4.8",
+            "null for an optional key means absent: subscribe with presence null is a plain subscription",
+            |ctx| async move {
+                let mut c = ctx.client("a").await?;
+                let t = ctx.topic("t");
+                c.ok(
+                    "subscribe",
+                    &Value::map([(0, Value::text(&t)), (1, Value::Null)]),
+                )
+                .await?;
+                c.err("subscribe", &topic(&t), "conflict").await.map(drop)
+            },
+        ),
+        Case::new(
+            "requests.second-auth-pipelined",
+            "9.2, 14.2",
+            "two auth requests sent back to back: the first succeeds, the second is conflict",
+            |ctx| async move {
+                let t = ctx.token(&ctx.claims(&ctx.user("a"))).await?;
+                let mut c = ctx.connect().await?;
+                let p = crate::runner::ctx::auth_params(&t, None);
+                let a = c.request("auth", &p).await?;
+                let b = c.request("auth", &p).await?;
+                expect_ok(&mut c, a).await?;
+                expect_error(&mut c, b, "conflict").await?;
+                c.alive().await
             },
         ),
         Case::new(

@@ -53,7 +53,7 @@ async fn read_stream(c: &mut Conn, id: u64, within: Duration) -> CaseResult<Stre
             } => {
                 if e.code == "method_not_found" && s.chunks.is_empty() {
                     skip!(
-                        "the server answers method_not_found for debug.stream (start plexus with --debug-methods, a debug build)"
+                        "the server answers method_not_found for debug.stream (a test-only method: plexus serves debug.* in debug builds started with --debug-methods; this server lacks it)"
                     );
                 }
                 s.error = Some(e.code);

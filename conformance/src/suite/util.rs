@@ -196,3 +196,22 @@ pub(crate) async fn expect_ok(c: &mut Conn, id: u64) -> CaseResult<Item> {
         Err(e) => fail!("request {id} answered {} ({})", e.code, e.message),
     }
 }
+
+/// Calls `method`, waiting out `rate_limited` answers (for cases that
+/// need many requests and are not about the rate limit).
+pub(crate) async fn call_paced(
+    c: &mut Conn,
+    method: &str,
+    params: &Value,
+) -> CaseResult<Result<Item, frame::ErrorObject>> {
+    for _ in 0..100 {
+        match c.call(method, params).await? {
+            Err(e) if e.code == "rate_limited" => {
+                let ms = e.retry_after_ms.unwrap_or(100).min(5000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            other => return Ok(other),
+        }
+    }
+    fail!("{method} stayed rate_limited through 100 retries")
+}

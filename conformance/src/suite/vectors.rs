@@ -71,11 +71,20 @@ fn section(v: &Vector) -> String {
     } else {
         "4.1"
     };
-    if v.valid {
-        base.to_owned()
-    } else {
-        format!("{base}, 15.3")
+    let mut s = base.to_owned();
+    if n.starts_with("notification-") {
+        s = format!("5.4, {s}");
     }
+    if ["tag", "float", "undefined", "simple"]
+        .iter()
+        .any(|w| n.contains(w))
+    {
+        s.push_str(", 4.7");
+    }
+    if !v.valid {
+        s.push_str(", 15.3");
+    }
+    s
 }
 
 fn title(v: &Vector) -> String {
