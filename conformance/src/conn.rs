@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
@@ -158,6 +159,10 @@ pub struct Conn {
     pending: VecDeque<Seen>,
     ended: Option<End>,
     closed: bool,
+    /// Set when the server's Close frame arrives: a client sends nothing
+    /// after it (see [`Conn::close_seen`]).
+    close_seen: Arc<AtomicBool>,
+    close_sent: bool,
     next_id: u64,
     /// Answer Pings with Pongs (on by default; off for keepalive cases).
     pub auto_pong: bool,
@@ -194,6 +199,8 @@ impl Conn {
             pending: VecDeque::new(),
             ended: None,
             closed: false,
+            close_seen: Arc::new(AtomicBool::new(false)),
+            close_sent: false,
             next_id: 1,
             auto_pong: true,
             reply_close: true,
@@ -209,6 +216,12 @@ impl Conn {
     /// The writing half, for a task that sends while the case reads.
     pub fn writer(&self) -> Arc<Mutex<WsWriter>> {
         self.writer.clone()
+    }
+
+    /// A flag set once the server's Close frame has been read: a task that
+    /// sends on this connection stops then, as a client must.
+    pub fn close_seen(&self) -> Arc<AtomicBool> {
+        self.close_seen.clone()
     }
 
     /// A fresh request id.
@@ -257,6 +270,7 @@ impl Conn {
 
     /// Sends a Close frame.
     pub async fn send_close(&mut self, code: u16, reason: &[u8]) -> CaseResult {
+        self.close_sent = true;
         self.ws_frame(
             true,
             0,
@@ -362,7 +376,8 @@ impl Conn {
                 }
                 Msg::Close(code, reason) => {
                     self.closed = true;
-                    if self.reply_close {
+                    self.close_seen.store(true, Ordering::SeqCst);
+                    if self.reply_close && !self.close_sent {
                         let payload = code
                             .map(|c| crate::ws::close_payload(c, b""))
                             .unwrap_or_default();

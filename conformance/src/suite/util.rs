@@ -119,11 +119,14 @@ impl Spam {
     /// Starts sending `frame` every `every`.
     pub(crate) fn every(c: &Conn, frame: Vec<u8>, every: Duration) -> Spam {
         let w = c.writer();
+        let closed = c.close_seen();
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let task = tokio::spawn(async move {
             let mut sent = 0u64;
-            while !s.load(Ordering::SeqCst) {
+            // Until stopped, or until the server's Close frame arrives:
+            // nothing may follow the client's Close reply.
+            while !s.load(Ordering::SeqCst) && !closed.load(Ordering::SeqCst) {
                 if w.lock().await.binary(&frame).await.is_err() {
                     break;
                 }
