@@ -9,6 +9,10 @@ check:
 test:
     cargo test --workspace
 
+# The conformance suite against fresh hubs (the logic is in conformance/run.sh).
+conformance:
+    bash conformance/run.sh
+
 # Everything CI runs.
 ci:
     bash .ci/run

@@ -1,17 +1,19 @@
 //! # plexus-conformance
 //!
-//! Golden test vectors of the `plexus.v1` wire protocol and the code to load
-//! them.
+//! Everything that checks a `plexus.v1` implementation against
+//! `docs/protocol.md`:
 //!
-//! The vectors live in `conformance/vectors/*.json`, one file per vector.
-//! They were produced by `conformance/vectors/generate.py` with the Python
-//! `cbor2` library, independently of the Rust crate they test; the format is
-//! described in `conformance/vectors/README.md` and mirrored by
-//! [`vectors::Vector`].
-//!
-//! [`script`] holds a scripted server: a real WebSocket endpoint that plays
-//! a fixed script per connection, to test client SDKs against servers that
-//! misbehave (refused auth, dropped connections, odd close codes, stalls).
+//! - [`vectors`]: the golden vectors (`conformance/vectors/*.json`, one
+//!   file per frame) and their loader.
+//! - The **runner** (binary `plexus-conformance`, library [`runner`] and
+//!   [`suite`]): named cases, each citing the spec section it checks, run
+//!   against any server over a socket. It has its own WebSocket client
+//!   ([`ws`]), its own CBOR ([`cbor`]) and frame handling ([`frame`],
+//!   [`conn`]) and its own tokens ([`jwt`], [`tokens`]), so it shares no
+//!   code with the hub it checks. `docs/conformance.md` is its guide.
+//! - [`script`]: a scripted faulty *server*, to test client SDKs against
+//!   servers that misbehave; its scripts can be data files
+//!   (`conformance/scripts/*.json`) that SDKs in other languages replay.
 //!
 //! ```
 //! let all = plexus_conformance::vectors::load_all().unwrap();
@@ -20,5 +22,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cbor;
+pub mod check;
+pub mod conn;
+pub mod frame;
+pub mod jwt;
+pub mod runner;
 pub mod script;
+pub mod suite;
+pub mod tokens;
 pub mod vectors;
+pub mod ws;

@@ -16,6 +16,12 @@
 //!
 //! When a script returns, its [`Peer`] is dropped, and with it the TCP
 //! connection (without a close frame) unless the script closed it first.
+//!
+//! Scripts can also be data: [`file`] loads the JSON scripts of
+//! `conformance/scripts/` (one file per script), which SDKs in other
+//! languages can replay with their own harness.
+
+pub mod file;
 
 use std::fmt;
 use std::future::Future;

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The conformance suite against fresh `plexus` hubs: builds the hub and the
+# runner, starts each hub on a free port with a temporary data dir, runs its
+# share of the cases, stops it, and fails if any case failed.
+#
+#   bash conformance/run.sh            # what `just conformance` and .ci/run do
+#   CONFORMANCE_OUT=dir bash conformance/run.sh   # where the JSON/JUnit reports go
+#   PLEXUS_BIN=path PLEXUS_CONFORMANCE_BIN=path bash conformance/run.sh   # prebuilt binaries
+#
+# Four hubs, because some cases need settings that would slow or break the
+# others (docs/conformance.md, "The CI run"):
+#   main      every case, with short auth deadline / leeway / request timeout,
+#             an Origin allow-list, an issuer and an audience
+#   timers    keepalive and rate cases: 1 s pings, 1 s pong timeout, 5 req/s
+#   small     size, limit and presence cases at a 64 KiB frame size
+#   shutdown  the graceful-shutdown case, which stops its hub
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out="${CONFORMANCE_OUT:-target/conformance}"
+mkdir -p "$out"
+started=$SECONDS
+
+if [[ -z "${PLEXUS_BIN:-}" || -z "${PLEXUS_CONFORMANCE_BIN:-}" ]]; then
+  echo "== building plexus and plexus-conformance (debug: the debug.* methods are compiled in)"
+  cargo build -q -p plexus-server -p plexus-conformance
+fi
+plexus="${PLEXUS_BIN:-target/debug/plexus}"
+runner="${PLEXUS_CONFORMANCE_BIN:-target/debug/plexus-conformance}"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/plexus-conformance.XXXXXX")"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start NAME ARGS...: starts a hub; sets URL and PID.
+start() {
+  local name="$1"
+  shift
+  mkdir -p "$work/$name"
+  PLEXUS_DEBUG_METHODS=true RUST_LOG="${RUST_LOG:-warn}" \
+    "$plexus" --data-dir "$work/$name/data" --listen 127.0.0.1:0 "$@" \
+    >"$work/$name/stdout" 2>"$work/$name/stderr" &
+  PID=$!
+  pids+=("$PID")
+  URL=""
+  for _ in $(seq 1 200); do
+    URL="$(grep -o 'ws://[^ ]*/v1/ws' "$work/$name/stdout" 2>/dev/null | head -n1 || true)"
+    [[ -n "$URL" ]] && break
+    if ! kill -0 "$PID" 2>/dev/null; then
+      echo "conformance: the $name hub did not start:" >&2
+      cat "$work/$name/stderr" >&2
+      exit 2
+    fi
+    sleep 0.05
+  done
+  if [[ -z "$URL" ]]; then
+    echo "conformance: the $name hub printed no URL" >&2
+    exit 2
+  fi
+  KEY="$work/$name/data/dev-signing-key"
+}
+
+status=0
+# suite NAME ARGS...: runs the runner against the hub just started.
+suite() {
+  local name="$1"
+  shift
+  echo "== $name hub at $URL"
+  local rc=0
+  "$runner" --url "$URL" --hs256-secret-file "$KEY" \
+    --json "$out/$name.json" --junit "$out/$name.xml" --quiet \
+    "$@" ${PLEXUS_CONFORMANCE_ARGS:-} || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    status=$rc
+  fi
+}
+
+start main \
+  --auth-timeout 1500ms --jwt-leeway 2s --request-timeout 2s \
+  --max-in-flight 16 --max-subscriptions 64 --max-connections-per-user 8 \
+  --max-outbound-bytes 2097152 --allowed-origins https://app.example \
+  --jwt-issuer plexus-ci --jwt-audience plexus-conformance
+suite main \
+  --auth-timeout-ms 1500 --jwt-leeway-ms 2000 --request-timeout-ms 2000 \
+  --max-connections-per-user 8 --outbound-bytes 2097152 \
+  --origin-allowed https://app.example --issuer plexus-ci --audience plexus-conformance \
+  --exclude 'keepalive,shutdown'
+kill "$PID" 2>/dev/null || true
+
+start timers --ping-interval 1s --pong-timeout 1s --rate-per-sec 5 --rate-burst 10 --rate-strikes 5
+suite timers --pong-timeout-ms 1000 --rate-strikes 5 --filter 'keepalive,rate'
+kill "$PID" 2>/dev/null || true
+
+start small --max-frame-size 65536 --max-payload 32768 --max-outbound-bytes 262144 \
+  --max-presence-info 1024 --max-subscriptions 32 --max-connections-per-user 256
+suite small --outbound-bytes 262144 --max-connections-per-user 256 \
+  --filter 'size,limits,presence,slow,chunks'
+
+start shutdown --shutdown-grace 5s
+suite shutdown --filter 'shutdown' --shutdown-cmd "kill -TERM $PID"
+
+echo "== conformance: reports in $out; $((SECONDS - started)) s in all"
+exit "$status"
