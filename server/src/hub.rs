@@ -52,6 +52,8 @@ pub struct Hub {
     pub preauth_limits: DecodeLimits,
     /// When the hub started.
     pub started: Instant,
+    /// Renders `/metrics`, when the application installed a recorder.
+    pub metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     users: Mutex<HashMap<Arc<str>, UserConns>>,
     open: AtomicU64,
     next_id: AtomicU64,
@@ -60,8 +62,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Builds the hub state.
-    pub fn new(config: Config, auth: Authenticator) -> Hub {
+    /// Builds the hub state; `metrics_handle` serves `/metrics`.
+    pub fn new(
+        config: Config,
+        auth: Authenticator,
+        metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Hub {
         let mut limits = ServerLimits::default();
         limits.max_frame_size = config.max_frame_size as u64;
         limits.max_in_flight = config.max_in_flight as u64;
@@ -95,6 +101,7 @@ impl Hub {
             decode_limits,
             preauth_limits,
             started: Instant::now(),
+            metrics_handle,
             users: Mutex::new(HashMap::new()),
             open: AtomicU64::new(0),
             next_id: AtomicU64::new(1),

@@ -151,6 +151,25 @@ pub fn auth_settings(config: &Config) -> Result<(AuthSettings, KeyOrigin), Start
     ))
 }
 
+/// Options for [`Server::start_with`] beyond the configuration.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// The handle of an installed Prometheus recorder: when set, the hub
+    /// serves `/metrics` from it and folds its histograms on a timer.
+    /// Without it `/metrics` answers 404. See
+    /// [`metrics::install_recorder`].
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl ServerOptions {
+    /// Serves `/metrics` from `handle`.
+    pub fn with_metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+}
+
 /// A running hub.
 #[derive(Debug)]
 pub struct Server {
@@ -160,8 +179,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `config.listen` and starts serving.
+    /// Binds `config.listen` and starts serving, with default
+    /// [`ServerOptions`] (no `/metrics`).
     pub async fn start(config: Config, auth: Authenticator) -> Result<Server, StartError> {
+        Server::start_with(config, auth, ServerOptions::default()).await
+    }
+
+    /// Binds `config.listen` and starts serving.
+    pub async fn start_with(
+        config: Config,
+        auth: Authenticator,
+        options: ServerOptions,
+    ) -> Result<Server, StartError> {
         let addr = config.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -170,21 +199,23 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         auth.spawn_jwks_refresh();
-        let hub = Arc::new(Hub::new(config, auth));
+        let hub = Arc::new(Hub::new(config, auth, options.metrics.clone()));
         let accept = tokio::spawn(transport::serve(listener, hub.clone()));
-        // Histogram samples accumulate until folded into buckets: fold them
-        // on a timer, not only when /metrics is scraped.
-        let weak = Arc::downgrade(&hub);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(metrics::UPKEEP_INTERVAL);
-            loop {
-                tick.tick().await;
-                if weak.upgrade().is_none() {
-                    break;
+        if let Some(handle) = options.metrics {
+            // Histogram samples accumulate until folded into buckets: fold
+            // them on a timer, not only when /metrics is scraped.
+            let weak = Arc::downgrade(&hub);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(metrics::UPKEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    if weak.upgrade().is_none() {
+                        break;
+                    }
+                    handle.run_upkeep();
                 }
-                metrics::upkeep();
-            }
-        });
+            });
+        }
         Ok(Server { addr, hub, accept })
     }
 

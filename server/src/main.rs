@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use plexus_server::auth::{Authenticator, KeySource, MintRequest, mint_hs};
 use plexus_server::config::{self, Config, Dur, Settings};
-use plexus_server::{KeyOrigin, Server};
+use plexus_server::{KeyOrigin, Server, ServerOptions};
 use tracing_subscriber::EnvFilter;
 
 /// Plexus: a realtime hub speaking plexus.v1 over WebSocket.
@@ -152,7 +152,14 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let server = match Server::start(config.clone(), auth).await {
+        // The binary owns the process-wide metrics recorder (the library
+        // never installs one).
+        let mut options = ServerOptions::default();
+        match plexus_server::metrics::install_recorder() {
+            Ok(handle) => options = options.with_metrics(handle),
+            Err(e) => tracing::warn!(error = %e, "metrics disabled: cannot install the recorder"),
+        }
+        let server = match Server::start_with(config.clone(), auth, options).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("plexus: {e}");

@@ -1,6 +1,9 @@
 //! Prometheus metrics, through the `metrics` facade and its Prometheus
 //! exporter. Handles for the hot counters are created once and reused.
 //!
+//! The library records into whatever global recorder the application
+//! installed (see [`install_recorder`]); it never installs one itself.
+//!
 //! | metric | kind | labels |
 //! |---|---|---|
 //! | `plexus_connections` | gauge | |
@@ -15,10 +18,8 @@
 //! | `plexus_auth_failures_total` | counter | `reason` |
 //! | `plexus_closes_total` | counter | `code` |
 
-use std::sync::OnceLock;
-
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use plexus_protocol::{CloseCode, Method, MethodKind};
 
 /// Request latency buckets in seconds (10 µs to 10 s).
@@ -27,41 +28,28 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// Installs the process-wide Prometheus recorder (once) and returns its
-/// handle, or `None` if another recorder was installed first.
-pub fn install() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full("plexus_request_duration_seconds".into()),
-                    LATENCY_BUCKETS,
-                )
-                .ok()?
-                .install_recorder()
-                .ok()
-        })
-        .as_ref()
+/// Builds the Prometheus recorder with the hub's histogram buckets and
+/// installs it as the process-wide `metrics` recorder, returning the handle
+/// that renders `/metrics`.
+///
+/// The hub library never calls this itself: the global recorder belongs to
+/// the application. The `plexus` binary calls it at start; an application
+/// embedding the hub may install its own recorder instead, and the hub's
+/// metrics go there (pass a handle in
+/// [`ServerOptions`](crate::ServerOptions) to have the hub serve
+/// `/metrics`).
+pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("plexus_request_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )?
+        .install_recorder()
 }
 
 /// How often histogram samples are folded into their buckets. Until then
 /// the exporter keeps raw samples, so this bounds that memory.
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Folds pending histogram samples into buckets (run every
-/// [`UPKEEP_INTERVAL`]; the hub spawns a task for it).
-pub fn upkeep() {
-    if let Some(h) = install() {
-        h.run_upkeep();
-    }
-}
-
-/// Renders the Prometheus text exposition.
-pub fn render() -> String {
-    install().map(|h| h.render()).unwrap_or_default()
-}
 
 /// Cached handles of the hot metrics.
 #[derive(Debug, Clone)]
@@ -90,9 +78,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the handles (installing the recorder if needed).
+    /// Creates the handles in the current global recorder (a no-op
+    /// recorder if none is installed).
     pub fn new() -> Metrics {
-        install();
         let methods = Method::ALL
             .iter()
             .filter(|m| m.kind() == MethodKind::Request)

@@ -4,13 +4,11 @@
 //! drains connections with `closing` and 4008.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
 use plexus_protocol::methods::{PublishParams, PublishResult, SubscribeParams};
+use plexus_testkit::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 

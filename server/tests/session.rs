@@ -2,19 +2,16 @@
 //! bad input, keepalive, shutdown, and the HTTP edge.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use futures_util::{SinkExt, StreamExt};
 use minicbor::{Decode, Encode};
 use plexus_protocol::methods::{CancelParams, Empty, PublishParams, SubscribeParams};
 use plexus_protocol::{ErrorCode, Frame, RawValue};
 use plexus_server::config::Dur;
+use plexus_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Encode, Decode)]
 #[cbor(map)]
@@ -25,8 +22,8 @@ struct Sleep {
 
 #[tokio::test]
 async fn requests_run_concurrently_and_answer_out_of_order() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let slow = c.request("debug.sleep", &Sleep { ms: 400 }).await;
     let fast = c.request("debug.sleep", &Sleep { ms: 10 }).await;
     let ping = c.request("ping", &raw(&"echo me")).await;
@@ -51,8 +48,8 @@ async fn requests_run_concurrently_and_answer_out_of_order() {
 
 #[tokio::test]
 async fn cancel_aborts_an_in_flight_request() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let started = Instant::now();
     let id = c.request("debug.sleep", &Sleep { ms: 10_000 }).await;
     c.notify("cancel", &CancelParams { id }).await;
@@ -67,12 +64,12 @@ async fn cancel_aborts_an_in_flight_request() {
 
 #[tokio::test]
 async fn in_flight_limit_timeout_and_internal_errors() {
-    let server = start(|c| {
+    let server = TestHub::start(|c| {
         c.max_in_flight = 2;
         c.request_timeout = Dur(Duration::from_millis(300));
     })
     .await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let a = c.request("debug.sleep", &Sleep { ms: 1_000 }).await;
     let b = c.request("debug.sleep", &Sleep { ms: 1_000 }).await;
     let err = c.call("debug.sleep", &Sleep { ms: 1 }).await.unwrap_err();
@@ -89,8 +86,8 @@ async fn in_flight_limit_timeout_and_internal_errors() {
 
 #[tokio::test]
 async fn unknown_methods_are_method_not_found() {
-    let server = start(|c| c.debug_methods = false).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|c| c.debug_methods = false).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     assert_eq!(
         c.call("no.such.method", &Empty {}).await.unwrap_err().code,
         ErrorCode::MethodNotFound
@@ -107,8 +104,8 @@ async fn unknown_methods_are_method_not_found() {
 
 #[tokio::test]
 async fn duplicate_in_flight_id_is_a_protocol_error() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let frame =
         plexus_protocol::frame::encode_request(77, "debug.sleep", &Sleep { ms: 2_000 }).unwrap();
     c.send_bytes(frame.clone()).await;
@@ -118,7 +115,7 @@ async fn duplicate_in_flight_id_is_a_protocol_error() {
 
 #[tokio::test]
 async fn malformed_cbor_closes_4005() {
-    let server = start(|_| {}).await;
+    let server = TestHub::start(|_| {}).await;
     for bad in [
         vec![0xff],
         vec![0x84, 0x00],
@@ -126,26 +123,26 @@ async fn malformed_cbor_closes_4005() {
         vec![0x83, 0x09, 0x00, 0x00],
         vec![0xa0],
     ] {
-        let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+        let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
         c.send_bytes(bad).await;
         c.expect_close(4005, true).await;
     }
     // Before auth too.
-    let mut c = Client::connect(server.local_addr()).await;
+    let mut c = Client::connect(server.addr()).await;
     c.send_bytes(vec![0x00, 0x01]).await;
     c.expect_close(4005, true).await;
 }
 
 #[tokio::test]
 async fn oversized_frames_close_1009() {
-    let server = start(|c| c.max_frame_size = 8 * 1024).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|c| c.max_frame_size = 8 * 1024).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let big = raw(&minicbor::bytes::ByteVec::from(vec![0u8; 16 * 1024]));
     c.request("ping", &big).await;
     c.expect_close(1009, false).await;
     // Before auth the limit is the smaller pre-auth one.
-    let server = start(|c| c.max_preauth_frame_size = 512).await;
-    let mut c = Client::connect(server.local_addr()).await;
+    let server = TestHub::start(|c| c.max_preauth_frame_size = 512).await;
+    let mut c = Client::connect(server.addr()).await;
     let big = raw(&minicbor::bytes::ByteVec::from(vec![0u8; 1024]));
     c.request("auth", &big).await;
     c.expect_close(1009, false).await;
@@ -153,8 +150,8 @@ async fn oversized_frames_close_1009() {
 
 #[tokio::test]
 async fn text_frames_close_1003() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     c.ws.send(Message::Text("[0,1,\"ping\",null]".into()))
         .await
         .unwrap();
@@ -163,8 +160,8 @@ async fn text_frames_close_1003() {
 
 #[tokio::test]
 async fn client_close_is_answered_with_1000() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: 1000.into(),
         reason: "bye".into(),
@@ -186,13 +183,13 @@ async fn client_close_is_answered_with_1000() {
 
 #[tokio::test]
 async fn rate_limit_answers_rate_limited_then_closes_4007() {
-    let server = start(|c| {
+    let server = TestHub::start(|c| {
         c.rate_per_sec = 1;
         c.rate_burst = 5;
         c.rate_strikes = 3;
     })
     .await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     for _ in 0..4 {
         c.call("ping", &Empty {}).await.unwrap();
     }
@@ -207,17 +204,17 @@ async fn rate_limit_answers_rate_limited_then_closes_4007() {
 
 #[tokio::test]
 async fn missing_pong_closes_4010() {
-    let server = start(|c| {
+    let server = TestHub::start(|c| {
         c.ping_interval = Dur(Duration::from_millis(200));
         c.pong_timeout = Dur(Duration::from_millis(200));
     })
     .await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     // Not reading means tungstenite never answers the pings.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(c.ended().await, Ended::Close(4010));
     // A client that reads answers pings and stays connected.
-    let (mut d, _) = Client::authed(server.local_addr(), &token("bob")).await;
+    let (mut d, _) = Client::authed(server.addr(), &token("bob")).await;
     for _ in 0..5 {
         d.call("ping", &Empty {}).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -226,8 +223,8 @@ async fn missing_pong_closes_4010() {
 
 #[tokio::test]
 async fn websocket_protocol_violation_closes_1002() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     // An unmasked client frame is a WebSocket protocol error (RFC 6455 5.1).
     let tcp = c.ws.get_mut();
     let tcp = match tcp {
@@ -240,8 +237,8 @@ async fn websocket_protocol_violation_closes_1002() {
 
 #[tokio::test]
 async fn graceful_shutdown_sends_closing_and_4008() {
-    let server = start(|c| c.shutdown_retry_hint = Dur(Duration::from_millis(1234))).await;
-    let addr = server.local_addr();
+    let server = TestHub::start(|c| c.shutdown_retry_hint = Dur(Duration::from_millis(1234))).await;
+    let addr = server.addr();
     let (mut a, _) = Client::authed(addr, &token("alice")).await;
     let (mut b, _) = Client::authed(addr, &token("bob")).await;
     let drained = tokio::spawn(server.shutdown());
@@ -263,35 +260,19 @@ async fn graceful_shutdown_sends_closing_and_4008() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
-/// A client whose socket has a tiny receive buffer and that never reads:
-/// the kernel absorbs little, so the hub's outbound budget is what fills.
-async fn stalled_client(addr: std::net::SocketAddr) -> Client {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let tcp = sock.connect(addr).await.unwrap();
-    let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "plexus.v1".parse().unwrap());
-    let (ws, _) =
-        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-            .await
-            .unwrap();
-    Client::from_ws(ws)
-}
-
 #[tokio::test]
 async fn slow_consumer_is_closed_4006_and_fast_subscribers_get_everything() {
     const FAST: usize = 100;
     const EVENTS: u32 = 300;
-    let server = start(|c| {
+    let server = TestHub::start(|c| {
         c.max_outbound_bytes = 128 * 1024;
         c.rate_burst = 10_000;
         // Bound what the kernel absorbs, so the hub's own budget is what fills.
         c.tcp_send_buffer = 16 * 1024;
     })
     .await;
-    let addr = server.local_addr();
-    let mut slow = stalled_client(addr).await;
+    let addr = server.addr();
+    let mut slow = Client::connect_stalled(addr).await;
     slow.auth(&token("slow")).await.unwrap();
     slow.call("subscribe", &SubscribeParams::new("feed"))
         .await
@@ -345,8 +326,8 @@ async fn slow_consumer_is_closed_4006_and_fast_subscribers_get_everything() {
 
 #[tokio::test]
 async fn http_edge_rejects_bad_handshakes_and_serves_health_and_metrics() {
-    let server = start(|c| c.allowed_origins = "https://app.example".into()).await;
-    let addr = server.local_addr();
+    let server = TestHub::start(|c| c.allowed_origins = "https://app.example".into()).await;
+    let addr = server.addr();
     let get = |path: &'static str, headers: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");

@@ -66,8 +66,13 @@ fn route(
     match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/v1/ws") => super::upgrade::handle(req, hub, peer),
         (&hyper::Method::GET, "/health") => health(&hub),
-        (&hyper::Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render())));
+        (&hyper::Method::GET, "/metrics") if hub.metrics_handle.is_some() => {
+            let text = hub
+                .metrics_handle
+                .as_ref()
+                .map(|h| h.render())
+                .unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
