@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use plexus_protocol::RawValue;
+use plexus_protocol::topic::Pattern;
 
 use crate::outbound::Outbound;
 
@@ -24,6 +25,19 @@ pub struct Conn {
     pub out: Outbound,
     /// Presence info set with `presence.set`.
     pub info: Mutex<Option<RawValue>>,
+    /// What the connection is subscribed to: written by the
+    /// [`Broker`](crate::broker::Broker) before the index, so dropping the
+    /// connection always finds everything to remove.
+    pub subscriptions: Mutex<Vec<Subscription>>,
+}
+
+/// One subscription of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The pattern as subscribed.
+    pub pattern: Pattern,
+    /// Whether the connection joined the topic's presence with it.
+    pub presence: bool,
 }
 
 impl Conn {
@@ -36,6 +50,7 @@ impl Conn {
             user: OnceLock::new(),
             out: Outbound::new(max_outbound_bytes),
             info: Mutex::new(None),
+            subscriptions: Mutex::new(Vec::new()),
         }
     }
 

@@ -17,6 +17,7 @@
 //! | `plexus_slow_consumer_closes_total` | counter | |
 //! | `plexus_auth_failures_total` | counter | `reason` |
 //! | `plexus_closes_total` | counter | `code` |
+//! | `plexus_subscriptions` | gauge | |
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};

@@ -1,21 +1,53 @@
-//! The per-connection outbound queue, bounded in bytes.
+//! The per-connection outbound queue, bounded in the memory it holds.
 //!
 //! Producers (the session, the broker fanning out a publish, presence) push
 //! already-encoded frames as shared [`Bytes`]; pushing never blocks and never
-//! waits for the socket. The connection's writer task drains everything
-//! queued in one go and writes it with a single flush. When a push would take
-//! the queue past its byte budget, the queue is marked overflowed: the writer
-//! stops, and the session closes with the slow-consumer code. One slow reader
-//! therefore costs its own connection, never anyone else's throughput.
+//! waits for the socket. The connection's writer drains everything queued
+//! in one go and writes it with a single flush. When a push would take the
+//! queue past its budget, the queue is marked overflowed and its memory is
+//! released at once: the writer stops, and the session closes with the
+//! slow-consumer code. One slow reader therefore costs its own connection,
+//! never anyone else's throughput.
+//!
+//! The budget counts what a queued frame really holds: its allocation (the
+//! protocol crate encodes frames at their exact size) plus
+//! [`ITEM_OVERHEAD`] for its queue slot and shared-buffer header, so a
+//! flood of tiny frames is bounded as tightly as a few large ones.
+//!
+//! Bulk senders (streamed replies) do not push blindly: they wait for
+//! credit with [`Outbound::reserve`], which resolves once the queue holds
+//! less than half its budget, so a download slows down to the reader's
+//! pace instead of tripping the slow-consumer close. Fan-out keeps
+//! push-or-close.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use plexus_protocol::CloseCode;
 use tokio::sync::Notify;
+
+/// What the budget charges per queued frame beyond its bytes: the queue
+/// slot (a `Bytes` handle, with the queue's growth slack) and the shared
+/// header a cloned buffer carries.
+pub const ITEM_OVERHEAD: usize = 64;
+
+/// Queue slots a drained queue keeps allocated; past this the writer drops
+/// its batch buffer, so a burst does not pin its peak slot count.
+pub const BATCH_KEEP: usize = 64;
+
+/// What the budget charges for a frame of `len` bytes.
+pub const fn cost(len: usize) -> usize {
+    len + ITEM_OVERHEAD
+}
+
+/// The queue was closed while waiting for credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the connection is closing")]
+pub struct Closed;
 
 /// One item for the writer.
 #[derive(Debug, Clone)]
@@ -50,8 +82,23 @@ pub enum Push {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<OutItem>,
+    /// Charged bytes (see [`cost`]) of the items queued and of the batch
+    /// the writer is writing.
     bytes: usize,
     close: Option<CloseRequest>,
+    /// Bulk senders waiting for credit.
+    credit: Vec<Waker>,
+}
+
+impl State {
+    /// Drops everything queued and releases its memory.
+    fn discard(&mut self) {
+        self.items = VecDeque::new();
+        self.bytes = 0;
+        for w in self.credit.drain(..) {
+            w.wake();
+        }
+    }
 }
 
 /// A bounded, non-blocking, multi-producer queue drained by one writer.
@@ -78,15 +125,15 @@ impl Outbound {
         }
     }
 
-    /// Queues a frame unless that would exceed the byte budget.
+    /// Queues a frame unless that would exceed the budget.
     pub fn push(&self, frame: Bytes) -> Push {
+        let cost = cost(frame.len());
         let mut st = self.state.lock();
         if st.close.is_some() {
             return Push::Closed;
         }
-        if st.bytes + frame.len() > self.max_bytes {
-            st.items.clear();
-            st.bytes = 0;
+        if st.bytes + cost > self.max_bytes {
+            st.discard();
             st.close = Some(CloseRequest::Abort(CloseCode::SlowConsumer));
             self.closing.store(true, Ordering::Release);
             drop(st);
@@ -95,7 +142,7 @@ impl Outbound {
             return Push::Overflow;
         }
         let was_empty = st.items.is_empty();
-        st.bytes += frame.len();
+        st.bytes += cost;
         st.items.push_back(OutItem::Frame(frame));
         drop(st);
         if was_empty {
@@ -121,10 +168,12 @@ impl Outbound {
         match (st.close, req) {
             (None, _) | (Some(CloseRequest::Graceful(_)), CloseRequest::Abort(_)) => {
                 if matches!(req, CloseRequest::Abort(_)) {
-                    st.items.clear();
-                    st.bytes = 0;
+                    st.discard();
                 }
                 st.close = Some(req);
+                for w in st.credit.drain(..) {
+                    w.wake();
+                }
             }
             _ => return,
         }
@@ -161,9 +210,39 @@ impl Outbound {
         self.state.lock().close
     }
 
-    /// Bytes queued and not yet handed to the socket.
+    /// Charged bytes (see [`cost`]) queued and not yet handed to the
+    /// socket.
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
+    }
+
+    /// The most a bulk sender may have queued: half the budget, so fan-out
+    /// always has room left.
+    pub fn credit_limit(&self) -> usize {
+        self.max_bytes / 2
+    }
+
+    /// Waits until a frame of `len` bytes fits under
+    /// [`credit_limit`](Outbound::credit_limit) (it always fits when the
+    /// queue is empty). Does not queue anything: push the frame next.
+    pub async fn reserve(&self, len: usize) -> Result<(), Closed> {
+        std::future::poll_fn(|cx| self.poll_reserve(cx, len)).await
+    }
+
+    /// Polls for credit for a frame of `len` bytes; see
+    /// [`reserve`](Outbound::reserve).
+    pub fn poll_reserve(&self, cx: &mut Context<'_>, len: usize) -> Poll<Result<(), Closed>> {
+        let mut st = self.state.lock();
+        if st.close.is_some() {
+            return Poll::Ready(Err(Closed));
+        }
+        if st.bytes == 0 || st.bytes + cost(len) <= self.credit_limit() {
+            return Poll::Ready(Ok(()));
+        }
+        if !st.credit.iter().any(|w| w.will_wake(cx.waker())) {
+            st.credit.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Waits until there is something to write or a close request, then
@@ -184,10 +263,16 @@ impl Outbound {
         .await
     }
 
-    /// Releases budget for `bytes` that the writer has handed to the socket.
-    pub fn written(&self, bytes: usize) {
+    /// Releases `charged` bytes (see [`cost`]) of frames the writer has
+    /// handed to the socket, and wakes bulk senders if there is room.
+    pub fn written(&self, charged: usize) {
         let mut st = self.state.lock();
-        st.bytes = st.bytes.saturating_sub(bytes);
+        st.bytes = st.bytes.saturating_sub(charged);
+        if !st.credit.is_empty() && st.bytes <= self.credit_limit() {
+            for w in st.credit.drain(..) {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -197,10 +282,11 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_closes_with_slow_consumer() {
-        let q = Outbound::new(10);
+        let q = Outbound::new(2 * cost(5));
         assert_eq!(q.push(Bytes::from_static(b"12345")), Push::Queued);
         assert_eq!(q.push(Bytes::from_static(b"12345")), Push::Queued);
         assert_eq!(q.push(Bytes::from_static(b"1")), Push::Overflow);
+        assert_eq!(q.queued_bytes(), 0, "an overflowed queue holds nothing");
         assert_eq!(q.push(Bytes::from_static(b"1")), Push::Closed);
         let mut batch = VecDeque::new();
         assert_eq!(
@@ -212,14 +298,14 @@ mod tests {
 
     #[tokio::test]
     async fn batches_drain_everything_and_budget_is_released() {
-        let q = Outbound::new(10);
+        let q = Outbound::new(1000);
         q.push(Bytes::from_static(b"abc"));
         q.push(Bytes::from_static(b"def"));
         let mut batch = VecDeque::new();
         assert_eq!(q.next_batch(&mut batch).await, None);
         assert_eq!(batch.len(), 2);
-        assert_eq!(q.queued_bytes(), 6);
-        q.written(6);
+        assert_eq!(q.queued_bytes(), 2 * cost(3));
+        q.written(2 * cost(3));
         assert_eq!(q.queued_bytes(), 0);
         q.close(CloseRequest::Graceful(CloseCode::GoingAway));
         q.close(CloseRequest::Graceful(CloseCode::Normal));
@@ -228,5 +314,47 @@ mod tests {
             q.next_batch(&mut batch).await,
             Some(CloseRequest::Graceful(CloseCode::GoingAway))
         );
+    }
+
+    #[test]
+    fn tiny_frames_are_charged_for_what_they_hold() {
+        // 40-byte events: a budget of 100 of them by bytes alone holds far
+        // fewer once each is charged its slot and header.
+        let q = Outbound::new(100 * 40);
+        let mut queued = 0;
+        while q.push(Bytes::from(vec![0u8; 40])) == Push::Queued {
+            queued += 1;
+        }
+        assert_eq!(queued, 100 * 40 / cost(40));
+    }
+
+    #[tokio::test]
+    async fn credit_waits_for_room_and_fails_once_closed() {
+        let q = std::sync::Arc::new(Outbound::new(4 * cost(100)));
+        // The first frame always fits, however large.
+        q.reserve(10_000).await.unwrap();
+        q.push(Bytes::from(vec![0u8; 100]));
+        q.push(Bytes::from(vec![0u8; 100]));
+        // Two of four slots used: a third does not fit under half.
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.reserve(100).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let mut batch = VecDeque::new();
+        q.next_batch(&mut batch).await;
+        q.written(2 * cost(100));
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+
+        q.push(Bytes::from(vec![0u8; 100]));
+        q.push(Bytes::from(vec![0u8; 100]));
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.reserve(100).await })
+        };
+        tokio::task::yield_now().await;
+        q.close(CloseRequest::Abort(CloseCode::SlowConsumer));
+        assert_eq!(waiter.await.unwrap(), Err(Closed));
     }
 }

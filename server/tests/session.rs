@@ -392,6 +392,7 @@ async fn http_edge_rejects_bad_handshakes_and_serves_health_and_metrics() {
         "plexus_request_duration_seconds_bucket{method=\"publish\",le=\"0.001\"}",
         "plexus_publishes_total ",
         "plexus_deliveries_total ",
+        "plexus_subscriptions ",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }

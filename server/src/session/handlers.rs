@@ -19,6 +19,7 @@ use plexus_protocol::topic::{Pattern, Topic, TopicError};
 use plexus_protocol::{ErrorCode, NotificationMethod, RawValue, WireError, decode_params};
 
 use super::Session;
+use crate::broker::SubscribeError;
 
 /// What a handler answers: the encoded result item (shared bytes, so a
 /// result taken from the request, like `ping`'s, is not copied), or an
@@ -96,33 +97,27 @@ fn subscribe(s: &mut Session, params: &RawValue) -> Reply {
             "presence needs an exact topic, not a pattern",
         ));
     }
-    if s.subs.contains_key(pattern.as_str()) {
-        return Err(WireError::new(ErrorCode::Conflict, "already subscribed"));
-    }
-    if s.subs.len() >= s.hub.config.max_subscriptions {
-        return Err(WireError::new(
-            ErrorCode::TooManyRequests,
-            "too many subscriptions",
-        ));
-    }
     if !s.caps().is_some_and(|c| c.can_subscribe(&pattern)) {
         return Err(forbidden("subscribe to this topic"));
     }
-    s.hub.broker.matcher.insert(&pattern, s.conn.clone());
-    if presence {
-        s.hub.broker.presence.join(pattern.as_str(), &s.conn);
+    let max = s.hub.config.max_subscriptions;
+    match s.hub.broker.subscribe(&s.conn, pattern, presence, max) {
+        Ok(()) => encode(&Empty {}),
+        Err(SubscribeError::AlreadySubscribed) => {
+            Err(WireError::new(ErrorCode::Conflict, "already subscribed"))
+        }
+        Err(SubscribeError::TooMany) => Err(WireError::new(
+            ErrorCode::TooManyRequests,
+            "too many subscriptions",
+        )),
     }
-    s.subs
-        .insert(pattern.as_str().into(), super::Sub { pattern, presence });
-    encode(&Empty {})
 }
 
 fn unsubscribe(s: &mut Session, params: &RawValue) -> Reply {
     let p: UnsubscribeParams = decode_params(params)?;
-    let Some(sub) = s.subs.remove(p.topic) else {
+    if !s.hub.broker.unsubscribe(&s.conn, p.topic) {
         return Err(WireError::new(ErrorCode::NotFound, "not subscribed"));
-    };
-    s.drop_sub(&sub);
+    }
     encode(&Empty {})
 }
 
@@ -199,12 +194,7 @@ fn presence_set(s: &mut Session, params: &RawValue) -> Reply {
     let info = RawValue::decode::<RawValue>(&params.slice_ref(p.info))
         .map_err(|_| WireError::new(ErrorCode::InvalidParams, "invalid info"))?;
     *s.conn.info.lock() = if info.is_null() { None } else { Some(info) };
-    for sub in s.subs.values().filter(|sub| sub.presence) {
-        s.hub
-            .broker
-            .presence
-            .announce_info(sub.pattern.as_str(), &s.conn);
-    }
+    s.hub.broker.announce_info(&s.conn);
     encode(&Empty {})
 }
 

@@ -22,7 +22,6 @@ use plexus_protocol::frame::{encode_error, encode_notification, encode_result};
 use plexus_protocol::methods::{
     AuthParams, AuthRefreshParams, AuthRefreshResult, AuthResult, CancelParams, TokenExpiringParams,
 };
-use plexus_protocol::topic::Pattern;
 use plexus_protocol::{
     CloseCode, ErrorCode, Frame, Method, NotificationMethod, Request, WireError, decode_params,
 };
@@ -36,13 +35,6 @@ use crate::outbound::CloseRequest;
 use handlers::{Handler, Reply, lookup};
 use ratelimit::TokenBucket;
 
-/// A subscription held by a session.
-#[derive(Debug)]
-pub(crate) struct Sub {
-    pub(crate) pattern: Pattern,
-    pub(crate) presence: bool,
-}
-
 /// A finished asynchronous request.
 struct Done {
     id: u64,
@@ -55,7 +47,6 @@ struct Done {
 pub(crate) struct Session {
     pub(crate) hub: Arc<Hub>,
     pub(crate) conn: Arc<Conn>,
-    pub(crate) subs: HashMap<Box<str>, Sub>,
     principal: Option<Principal>,
     inflight: HashMap<u64, AbortHandle>,
     tasks: FuturesUnordered<BoxFuture<'static, Done>>,
@@ -114,7 +105,6 @@ where
             auth_deadline: Some(now + hub.config.auth_timeout.0),
             hub: hub.clone(),
             conn: conn.clone(),
-            subs: HashMap::new(),
             principal: None,
             inflight: HashMap::new(),
             tasks: FuturesUnordered::new(),
@@ -624,17 +614,6 @@ impl Session {
         Some(left)
     }
 
-    /// Removes a subscription from the broker (and its presence).
-    pub(crate) fn drop_sub(&self, sub: &Sub) {
-        self.hub.broker.matcher.remove(&sub.pattern, self.conn.id);
-        if sub.presence {
-            self.hub
-                .broker
-                .presence
-                .leave(sub.pattern.as_str(), &self.conn);
-        }
-    }
-
     fn flush_metrics(&mut self) {
         let m = &self.hub.metrics;
         m.frames_in.increment(std::mem::take(&mut self.frames_in));
@@ -646,10 +625,7 @@ impl Session {
         for (_, h) in self.inflight.drain() {
             h.abort();
         }
-        let subs = std::mem::take(&mut self.subs);
-        for sub in subs.values() {
-            self.drop_sub(sub);
-        }
+        self.hub.broker.drop_conn(&self.conn);
         self.abort_writer();
     }
 

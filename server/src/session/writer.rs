@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 
 use crate::conn::Conn;
 use crate::metrics::Metrics;
-use crate::outbound::{CloseRequest, OutItem};
+use crate::outbound::{BATCH_KEEP, CloseRequest, OutItem, cost};
 
 /// How long the writer tries to deliver a close frame.
 pub const CLOSE_FRAME_TIMEOUT: Duration = Duration::from_secs(2);
@@ -51,11 +51,13 @@ where
         let write = async {
             let mut frames = 0u64;
             let mut bytes = 0usize;
+            let mut charged = 0usize;
             for item in batch.drain(..) {
                 let msg = match item {
                     OutItem::Frame(b) => {
                         frames += 1;
                         bytes += b.len();
+                        charged += cost(b.len());
                         Message::Binary(b)
                     }
                     OutItem::Ping(p) => Message::Ping(p),
@@ -63,18 +65,22 @@ where
                 sink.feed(msg).await.map_err(|_| ())?;
             }
             sink.flush().await.map_err(|_| ())?;
-            Ok::<_, ()>((frames, bytes))
+            Ok::<_, ()>((frames, bytes, charged))
         };
         let written = tokio::select! {
             r = write => r,
             () = conn.out.aborted() => {
                 batch.clear();
-                Ok((0, 0))
+                Ok((0, 0, 0))
             }
         };
+        // A burst must not pin its peak number of slots.
+        if batch.capacity() > BATCH_KEEP {
+            batch = VecDeque::new();
+        }
         match written {
-            Ok((frames, bytes)) => {
-                conn.out.written(bytes);
+            Ok((frames, bytes, charged)) => {
+                conn.out.written(charged);
                 metrics.frames_out.increment(frames);
                 metrics.bytes_out.increment(bytes as u64);
             }
