@@ -5,8 +5,11 @@
 //! tungstenite messages), so it runs over real sockets and, in tests, over
 //! anything else that carries messages.
 
+pub mod core;
+pub mod error;
 pub(crate) mod handlers;
 pub mod ratelimit;
+pub mod table;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -375,7 +378,7 @@ impl Session {
 
     async fn on_request(&mut self, req: Request) {
         let now = Instant::now();
-        if let Err(wait) = self.bucket.take(now) {
+        if let Err(wait) = self.bucket.take(now, 1) {
             self.strikes += 1;
             if self.strikes > self.hub.config.rate_strikes {
                 self.close(
