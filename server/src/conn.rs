@@ -2,6 +2,7 @@
 //! queue. Shared by the broker and presence as `Arc<Conn>`.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use plexus_protocol::RawValue;
@@ -29,6 +30,25 @@ pub struct Conn {
     /// [`Broker`](crate::broker::Broker) before the index, so dropping the
     /// connection always finds everything to remove.
     pub subscriptions: Mutex<Vec<Subscription>>,
+}
+
+/// Something another task asks a connection's session to do; queued with
+/// [`Outbound::command`](crate::outbound::Outbound::command).
+#[derive(Debug)]
+pub enum Command {
+    /// Send request `method` with `params` to the client (a
+    /// server-initiated request, decision P20) and answer `reply` with the
+    /// client's result or error.
+    Call {
+        /// The method the client serves.
+        method: String,
+        /// Its params.
+        params: RawValue,
+        /// How long to wait for the client's answer.
+        timeout: Duration,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Result<RawValue, crate::session::error::RequestError>>,
+    },
 }
 
 /// One subscription of a connection.

@@ -30,6 +30,11 @@ use parking_lot::Mutex;
 use plexus_protocol::CloseCode;
 use tokio::sync::Notify;
 
+use crate::conn::Command;
+
+/// Most commands queued for a connection's session at once.
+pub const MAX_COMMANDS: usize = 64;
+
 /// What the budget charges per queued frame beyond its bytes: the queue
 /// slot (a `Bytes` handle, with the queue's growth slack) and the shared
 /// header a cloned buffer carries.
@@ -88,6 +93,8 @@ struct State {
     close: Option<CloseRequest>,
     /// Bulk senders waiting for credit.
     credit: Vec<Waker>,
+    /// Commands for the session, from other tasks.
+    commands: VecDeque<Command>,
 }
 
 impl State {
@@ -111,6 +118,8 @@ pub struct Outbound {
     aborted: Notify,
     max_bytes: usize,
     closing: AtomicBool,
+    /// Set when a command is queued; cleared by [`Outbound::take_commands`].
+    commanded: AtomicBool,
 }
 
 impl Outbound {
@@ -122,6 +131,7 @@ impl Outbound {
             aborted: Notify::new(),
             max_bytes,
             closing: AtomicBool::new(false),
+            commanded: AtomicBool::new(false),
         }
     }
 
@@ -198,6 +208,28 @@ impl Outbound {
             }
             notified.await;
         }
+    }
+
+    /// Queues a command for the session and wakes it; gives the command
+    /// back if the connection is closing or [`MAX_COMMANDS`] are queued.
+    pub fn command(&self, c: Command) -> Result<(), Command> {
+        let mut st = self.state.lock();
+        if st.close.is_some() || st.commands.len() >= MAX_COMMANDS {
+            return Err(c);
+        }
+        st.commands.push_back(c);
+        drop(st);
+        self.commanded.store(true, Ordering::Release);
+        self.writer.wake();
+        Ok(())
+    }
+
+    /// Takes the queued commands (cheap when there are none).
+    pub fn take_commands(&self) -> VecDeque<Command> {
+        if !self.commanded.swap(false, Ordering::AcqRel) {
+            return VecDeque::new();
+        }
+        std::mem::take(&mut self.state.lock().commands)
     }
 
     /// Whether a close has been requested (cheap; for fan-out to skip).

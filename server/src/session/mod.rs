@@ -5,10 +5,14 @@
 //! tungstenite messages), so it runs over real sockets and, in tests, over
 //! anything else that carries messages.
 
+pub mod context;
 pub mod core;
 pub mod error;
 pub(crate) mod handlers;
+pub mod methods;
 pub mod ratelimit;
+pub mod registry;
+pub mod stream;
 pub mod table;
 pub mod writer;
 
