@@ -109,7 +109,7 @@ settings! {
     jwt_audience: String = String::new(), "jwt-audience", "PLEXUS_JWT_AUDIENCE";
     /// Clock leeway for `exp` and `nbf` [default: 5s].
     jwt_leeway: Dur = Dur(Duration::from_secs(5)), "jwt-leeway", "PLEXUS_JWT_LEEWAY";
-    /// Deadline for the first frame (`auth`) [default: 10s].
+    /// Deadline for a successful `auth`, counted from the connection's start, whether or not an `auth` is being verified [default: 10s].
     auth_timeout: Dur = Dur(Duration::from_secs(10)), "auth-timeout", "PLEXUS_AUTH_TIMEOUT";
     /// How long before expiry `token.expiring` is sent (at most a quarter of the token's remaining life) [default: 60s].
     token_expiring_lead: Dur = Dur(Duration::from_secs(60)), "token-expiring-lead", "PLEXUS_TOKEN_EXPIRING_LEAD";
@@ -121,8 +121,10 @@ settings! {
     max_preauth_frame_size: usize = 16 * 1024, "max-preauth-frame-size", "PLEXUS_MAX_PREAUTH_FRAME_SIZE";
     /// Deepest CBOR nesting in a frame [default: 32].
     max_depth: u16 = 32, "max-depth", "PLEXUS_MAX_DEPTH";
-    /// Most requests in flight per connection [default: 64].
-    max_in_flight: usize = 64, "max-in-flight", "PLEXUS_MAX_IN_FLIGHT";
+    /// Most requests in flight per connection, every method counted from arrival to its answer [default: 1024].
+    max_in_flight: usize = 1024, "max-in-flight", "PLEXUS_MAX_IN_FLIGHT";
+    /// Most bytes of request frames in flight per connection, the new one included [default: 8388608].
+    max_in_flight_bytes: usize = 8 * 1024 * 1024, "max-in-flight-bytes", "PLEXUS_MAX_IN_FLIGHT_BYTES";
     /// Most subscriptions per connection [default: 1024].
     max_subscriptions: usize = 1024, "max-subscriptions", "PLEXUS_MAX_SUBSCRIPTIONS";
     /// Longest topic or pattern, in bytes [default: 256].
@@ -159,6 +161,8 @@ settings! {
     tcp_send_buffer: usize = 0, "tcp-send-buffer", "PLEXUS_TCP_SEND_BUFFER";
     /// Deadline for draining connections on shutdown [default: 10s].
     shutdown_grace: Dur = Dur(Duration::from_secs(10)), "shutdown-grace", "PLEXUS_SHUTDOWN_GRACE";
+    /// After sending its Close frame, how long the hub keeps reading and discarding until the client's Close or EOF (at most 1 MiB), so the client is not reset [default: 2s].
+    close_linger: Dur = Dur(Duration::from_secs(2)), "close-linger", "PLEXUS_CLOSE_LINGER";
     /// Reconnect hint sent in `closing` on shutdown [default: 2s].
     shutdown_retry_hint: Dur = Dur(Duration::from_secs(2)), "shutdown-retry-hint", "PLEXUS_SHUTDOWN_RETRY_HINT";
     /// Enable the `debug.*` methods (for tests only; never in production) [default: false].

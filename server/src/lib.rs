@@ -28,6 +28,7 @@ pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod hub;
+pub mod lag;
 pub mod metrics;
 pub mod outbound;
 pub mod session;
@@ -200,6 +201,7 @@ impl Server {
             .map_err(|source| StartError::Bind { addr, source })?;
         auth.spawn_jwks_refresh();
         let hub = Arc::new(Hub::new(config, auth, options.metrics.clone()));
+        hub.lag.spawn_ticker();
         let accept = tokio::spawn(transport::serve(listener, hub.clone()));
         if let Some(handle) = options.metrics {
             // Histogram samples accumulate until folded into buckets: fold

@@ -33,7 +33,11 @@ async fn valid_token_authenticates_and_announces_limits() {
     assert_eq!(r.user, "alice");
     assert!(!r.session.is_empty());
     assert_eq!(r.limits.max_frame_size, 1024 * 1024);
-    assert_eq!(r.limits.max_in_flight, 64);
+    // Every key announced, the defaults of the reference server (P3, P13).
+    assert_eq!(r.limits, plexus_protocol::methods::ServerLimits::DEFAULTS);
+    assert_eq!(r.limits.max_in_flight, 1024);
+    assert_eq!(r.limits.max_in_flight_bytes, 8 * 1024 * 1024);
+    assert_eq!((r.limits.max_depth, r.limits.max_presence_page), (32, 1000));
     assert!(r.expires_in_ms.unwrap() > 3_500_000);
 }
 

@@ -304,65 +304,62 @@ impl RawSocket {
         self.response(id).await
     }
 
-    /// Reads what the server sends while the connection closes, writing
-    /// `filler` (a plexus frame) every 2 ms meanwhile, the way a client with
-    /// requests in flight keeps sending after the server decided to close.
+    /// What a peer sees when the server closes while the peer still has
+    /// frames in flight: for `quiet`, it writes `filler` (a plexus frame)
+    /// every millisecond without reading, the way a busy client does (the
+    /// server's Close frame, `closing` and responses pile up unread in its
+    /// receive buffer); then it reads everything, answers the Close with its
+    /// own, and reads until EOF or a reset.
     ///
-    /// Once the server's Close frame arrives the peer sends a few more
-    /// fillers, then its own Close frame, then reads until EOF (or a reset).
-    /// Ping frames are never answered.
-    pub async fn linger(&mut self, filler: Option<Vec<u8>>) -> CloseReport {
+    /// A server that closes its socket with unread input makes the kernel
+    /// send RST, which discards what the peer had not read yet: the report
+    /// then shows `reset` and misses the Close frame.
+    pub async fn linger(&mut self, filler: Option<Vec<u8>>, quiet: Duration) -> CloseReport {
         let mut report = CloseReport::default();
-        let deadline = tokio::time::Instant::now() + WAIT * 2;
-        let mut tick = tokio::time::interval(Duration::from_millis(2));
-        let mut after_close = 0usize;
-        loop {
-            if tokio::time::Instant::now() > deadline {
-                panic!("the connection did not end: {report:?}");
-            }
-            tokio::select! {
-                r = self.read_frame_inner() => match r {
-                    Ok(Some(f)) => {
-                        if let Some(code) = f.close_code().or((f.opcode == OP_CLOSE).then_some(1005)) {
-                            report.close_code = Some(code);
-                            // A few frames after the Close, as a client
-                            // that has not read it yet would.
-                            if let Some(filler) = &filler {
-                                for _ in 0..3 {
-                                    if self.send_binary(filler).await.is_err() {
-                                        break;
-                                    }
-                                    report.sent_after += 1;
-                                }
-                            }
-                            let _ = self.send_close(code, b"").await;
-                            after_close = 1;
-                        } else if let Some(p) = f.plexus() {
-                            report.frames.push(p);
-                        }
-                    }
-                    Ok(None) => {
-                        report.eof = true;
-                        return report;
-                    }
+        let until = tokio::time::Instant::now() + quiet;
+        if let Some(filler) = &filler {
+            let bytes = frame_bytes(true, OP_BINARY, filler, true);
+            while tokio::time::Instant::now() < until {
+                match self.tcp.write_all(&bytes).await {
+                    Ok(()) => report.sent_after += 1,
                     Err(e) => {
-                        report.reset = e.kind() == io::ErrorKind::ConnectionReset;
-                        return report;
-                    }
-                },
-                _ = tick.tick(), if after_close == 0 => {
-                    if let Some(filler) = &filler {
-                        match self.send_binary(filler).await {
-                            Ok(()) => report.sent_after += 1,
-                            Err(e) => {
-                                report.reset = e.kind() == io::ErrorKind::ConnectionReset
-                                    || e.kind() == io::ErrorKind::BrokenPipe;
-                                if report.reset {
-                                    return report;
-                                }
-                            }
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                        ) {
+                            report.reset = true;
                         }
+                        break;
                     }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        } else {
+            tokio::time::sleep_until(until).await;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection did not end: {report:?}"
+            );
+            match self.read_frame().await {
+                Ok(Some(f)) => {
+                    if f.opcode == OP_CLOSE {
+                        report.close_code = Some(f.close_code().unwrap_or(1005));
+                        let echo = f.close_code().unwrap_or(1000);
+                        let _ = self.send_close(echo, b"").await;
+                    } else if let Some(p) = f.plexus() {
+                        report.frames.push(p);
+                    }
+                }
+                Ok(None) => {
+                    report.eof = true;
+                    return report;
+                }
+                Err(e) => {
+                    report.reset |= e.kind() == io::ErrorKind::ConnectionReset;
+                    return report;
                 }
             }
         }

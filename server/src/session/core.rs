@@ -235,7 +235,7 @@ pub enum ClientAnswer {
     /// A result (or the data of a final chunk).
     Result(RawValue),
     /// An error object.
-    Error(WireError),
+    Error(Box<WireError>),
     /// No answer within the request's timeout (a `cancel` was sent).
     TimedOut,
     /// The connection is closing.
@@ -520,7 +520,7 @@ impl Core {
                 if self.server_requests.remove(&r.id).is_some() {
                     let answer = match r.outcome {
                         Ok(v) => ClientAnswer::Result(v),
-                        Err(e) => ClientAnswer::Error(e),
+                        Err(e) => ClientAnswer::Error(Box::new(e)),
                     };
                     self.out
                         .push_back(Output::ClientAnswer { id: r.id, answer });
@@ -875,23 +875,26 @@ impl Core {
         self.expiring_at = times.map(|t| t.expiring_at);
     }
 
-    /// The handler of dispatched request `id` finished.
-    pub fn handle_reply(&mut self, id: u64, completion: Completion) {
+    /// The handler of dispatched request `id` finished: returns its
+    /// terminal frame to queue (none if the request is unknown or the
+    /// session is closing). Returned rather than queued as an output, so
+    /// the request path does not go through the output queue.
+    #[must_use]
+    pub fn handle_reply(&mut self, id: u64, completion: Completion) -> Option<Bytes> {
         if self.running == Some(id) {
             self.running = None;
-        } else if self.finish_request(id).is_none() {
-            return;
+        } else {
+            self.finish_request(id)?;
         }
         if self.is_closing() {
-            return;
+            return None;
         }
         let frame = match completion {
             Completion::Result(bytes) => encode_result(id, &Encoded(&bytes)),
             Completion::Final { seq, data } => encode_chunk(id, seq, true, &Encoded(&data)),
             Completion::Error(e) => Ok(encode_error(id, &WireError::from(&e))),
         };
-        let frame = self.fit(id, frame.map(Bytes::from).ok());
-        self.out.push_back(Output::Frame(frame));
+        Some(self.fit(id, frame.map(Bytes::from).ok()))
     }
 
     /// A frame to send, or the `internal` error for `id` if there is none

@@ -8,11 +8,11 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use plexus_protocol::SUBPROTOCOL;
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::debug;
 
+use super::ws::{WsLink, WsSettings};
 use crate::hub::Hub;
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
@@ -96,24 +96,29 @@ pub(crate) fn handle(
     }
 
     let accept = derive_accept_key(key.as_bytes());
-    let config = WebSocketConfig::default()
-        .read_buffer_size(hub.config.ws_read_buffer)
-        .write_buffer_size(hub.config.ws_write_buffer)
-        .max_write_buffer_size(hub.config.ws_write_buffer.max(hub.config.max_frame_size) * 2)
-        .max_message_size(Some(hub.config.max_frame_size))
-        .max_frame_size(Some(hub.config.max_frame_size));
+    // Until `auth` succeeds only the pre-auth size is accepted, enforced on
+    // the frame header before any payload is buffered (P12).
+    let settings = WsSettings {
+        read_buffer: hub.config.ws_read_buffer,
+        write_buffer: hub.config.ws_write_buffer,
+        max_message_size: hub.config.max_preauth_frame_size,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                crate::session::run(hub, ws, peer).await;
-            }
+            // The socket itself when hyper hands it back (it does for
+            // HTTP/1 over TCP): no boxed IO, and reads can wait on its
+            // readiness.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let link = WsLink::new(parts.io.into_inner(), parts.read_buf, settings);
+                    crate::session::run(hub, link, peer).await;
+                }
+                Err(upgraded) => {
+                    let link = WsLink::new(TokioIo::new(upgraded), Bytes::new(), settings);
+                    crate::session::run(hub, link, peer).await;
+                }
+            },
             Err(e) => debug!(error = %e, "upgrade failed"),
         }
     });

@@ -114,6 +114,15 @@ impl H {
         std::iter::from_fn(|| self.core.poll_output()).collect()
     }
 
+    /// Answers dispatched request `id`; the terminal frame, as an output.
+    fn reply(&mut self, id: u64, c: Completion) -> Vec<Output> {
+        self.core
+            .handle_reply(id, c)
+            .map(Output::Frame)
+            .into_iter()
+            .collect()
+    }
+
     fn frame(&mut self, bytes: Vec<u8>) -> Option<Dispatch> {
         self.core.handle_frame(self.now, Bytes::from(bytes))
     }
@@ -491,9 +500,11 @@ fn a_refresh_re_arms_the_timers_and_answers_in_its_turn() {
     let (pid, d) = h.request("ping", &Empty {});
     let d = d.expect("dispatched while the refresh is verified");
     assert_eq!((d.id, d.method), (pid, h.ping));
-    h.core
-        .handle_reply(pid, Completion::Result(Bytes::from_static(&[0xa0])));
-    h.outputs();
+    assert_eq!(
+        h.reply(pid, Completion::Result(Bytes::from_static(&[0xa0])))
+            .len(),
+        1
+    );
     // A second refresh meanwhile is a conflict.
     h.request("auth.refresh", &AuthRefreshParams { token: "again" });
     assert_eq!(error_of(&h.outputs()), ErrorCode::Conflict);
@@ -616,8 +627,11 @@ fn rate_limit_answers_with_a_hint_then_strikes_close_4007() {
     for _ in 0..4 {
         let (id, d) = h.request("ping", &Empty {});
         assert!(d.is_some());
-        h.core
-            .handle_reply(id, Completion::Result(Bytes::from_static(&[0xa0])));
+        assert_eq!(
+            h.reply(id, Completion::Result(Bytes::from_static(&[0xa0])))
+                .len(),
+            1
+        );
     }
     h.outputs();
     for _ in 0..3 {
@@ -649,9 +663,11 @@ fn a_compliant_client_is_never_rate_limited_across_a_hub_stall() {
     let send = |h: &mut H, refused: &mut i32| {
         let (id, d) = h.request("ping", &Empty {});
         match d {
-            Some(_) => h
-                .core
-                .handle_reply(id, Completion::Result(Bytes::from_static(&[0xa0]))),
+            Some(_) => assert!(
+                h.core
+                    .handle_reply(id, Completion::Result(Bytes::from_static(&[0xa0])))
+                    .is_some()
+            ),
             None => *refused += 1,
         }
     };
@@ -694,9 +710,11 @@ fn every_request_counts_in_flight_sync_ones_included() {
     assert!(matches!(out[0], Output::Response { label: Label::Method(m), .. } if m == h.ping));
     assert_eq!(error_of(&out), ErrorCode::TooManyRequests);
     assert_eq!(h.core.in_flight(), 2);
-    h.core
-        .handle_reply(1 + 1, Completion::Result(Bytes::from_static(&[0xa0])));
-    h.outputs();
+    assert_eq!(
+        h.reply(2, Completion::Result(Bytes::from_static(&[0xa0])))
+            .len(),
+        1
+    );
     assert!(h.request("ping", &Empty {}).1.is_some());
 }
 
@@ -730,9 +748,10 @@ fn cancel_aborts_handlers_in_flight_only() {
         matches!(&out[..], [Output::Abort { id: a }] if *a == id),
         "{out:?}"
     );
-    h.core
-        .handle_reply(id, Completion::Error(RequestError::Cancelled));
-    assert_eq!(error_of(&h.outputs()), ErrorCode::Cancelled);
+    assert_eq!(
+        error_of(&h.reply(id, Completion::Error(RequestError::Cancelled))),
+        ErrorCode::Cancelled
+    );
 }
 
 #[test]
@@ -740,14 +759,13 @@ fn streamed_replies_end_with_a_final_chunk_and_oversized_replies_become_internal
     let mut h = H::new(|c| c.limits.max_frame_size = 256);
     h.authed("alice", None);
     let (id, _) = h.request("debug.stream", &Empty {});
-    h.core.handle_reply(
+    let out = h.reply(
         id,
         Completion::Final {
             seq: 3,
             data: Bytes::from_static(&[0xf6]),
         },
     );
-    let out = h.outputs();
     let [Output::Frame(f)] = &out[..] else {
         panic!("{out:?}")
     };
@@ -763,9 +781,10 @@ fn streamed_replies_end_with_a_final_chunk_and_oversized_replies_become_internal
     // H2: a result that would exceed max_frame_size is never sent.
     let (id, _) = h.request("debug.sleep", &Empty {});
     let big = minicbor::to_vec(minicbor::bytes::ByteVec::from(vec![0u8; 300])).unwrap();
-    h.core
-        .handle_reply(id, Completion::Result(Bytes::from(big)));
-    assert_eq!(error_of(&h.outputs()), ErrorCode::Internal);
+    assert_eq!(
+        error_of(&h.reply(id, Completion::Result(Bytes::from(big)))),
+        ErrorCode::Internal
+    );
 }
 
 // ---- keepalive --------------------------------------------------------------
@@ -1039,16 +1058,23 @@ fn sync_dispatches_answer_once_and_stale_replies_are_ignored() {
         0,
         "a sync request is in flight only while it is checked"
     );
-    h.core
-        .handle_reply(id, Completion::Result(Bytes::from_static(&[0xa0])));
-    h.core
-        .handle_reply(id, Completion::Result(Bytes::from_static(&[0xa0])));
-    assert_eq!(h.outputs().len(), 1);
+    assert_eq!(
+        h.reply(id, Completion::Result(Bytes::from_static(&[0xa0])))
+            .len(),
+        1
+    );
+    assert!(
+        h.reply(id, Completion::Result(Bytes::from_static(&[0xa0])))
+            .is_empty()
+    );
     let (id, d) = h.request("debug.sleep", &Empty {});
     assert_eq!(d.unwrap().method, h.sleep);
-    h.core
-        .handle_reply(id, Completion::Error(RequestError::Timeout));
-    h.core
-        .handle_reply(id, Completion::Error(RequestError::Timeout));
-    assert_eq!(error_of(&h.outputs()), ErrorCode::Timeout);
+    assert_eq!(
+        error_of(&h.reply(id, Completion::Error(RequestError::Timeout))),
+        ErrorCode::Timeout
+    );
+    assert!(
+        h.reply(id, Completion::Error(RequestError::Timeout))
+            .is_empty()
+    );
 }
