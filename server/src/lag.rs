@@ -20,6 +20,13 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// Lateness below this is scheduling noise, not lag.
 pub const TOLERANCE: Duration = Duration::from_millis(5);
 
+/// A point to measure lag from; see [`LagClock::mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    lag_ms: u64,
+    at_ms: u64,
+}
+
 /// The hub's own measured lag.
 #[derive(Debug)]
 pub struct LagClock {
@@ -50,20 +57,33 @@ impl LagClock {
         }
     }
 
-    /// The total so far, to pass to [`since`](LagClock::since) later.
-    pub fn mark(&self) -> u64 {
-        self.lag_ms.load(Ordering::Relaxed)
+    /// Where things stand at `now`, to pass to
+    /// [`since`](LagClock::since) later.
+    pub fn mark(&self, now: Instant) -> Mark {
+        Mark {
+            lag_ms: self.lag_ms.load(Ordering::Relaxed),
+            at_ms: ms(now.saturating_duration_since(self.epoch)),
+        }
     }
 
-    /// The lag accrued since `mark` was taken, as of `now`.
-    pub fn since(&self, mark: u64, now: Instant) -> Duration {
-        let recorded = self.lag_ms.load(Ordering::Relaxed).saturating_sub(mark);
+    /// The lag accrued between `mark` and `now`: what the ticker recorded,
+    /// or, if it has not run for a while (the process just resumed), the
+    /// time since its last beat (or the mark, if later).
+    ///
+    /// A stall first seen as a stale beat and later recorded by the ticker
+    /// can be credited twice to one connection, once each way: at most one
+    /// extra stall's worth, and only for a stall of the hub itself.
+    pub fn since(&self, mark: Mark, now: Instant) -> Duration {
+        let recorded = self
+            .lag_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(mark.lag_ms);
         let beat = self.beat_ms.load(Ordering::Relaxed);
         let unobserved = if beat == 0 {
             0
         } else {
             ms(now.saturating_duration_since(self.epoch))
-                .saturating_sub(beat)
+                .saturating_sub(beat.max(mark.at_ms))
                 .saturating_sub(ms(TICK * 2))
         };
         Duration::from_millis(recorded.max(unobserved))
@@ -105,7 +125,7 @@ mod tests {
     fn lateness_accumulates_and_a_stale_beat_counts_as_lag() {
         let t0 = Instant::now();
         let c = LagClock::new(t0);
-        let mark = c.mark();
+        let mark = c.mark(t0);
         assert_eq!(
             c.since(mark, t0 + Duration::from_secs(60)),
             Duration::ZERO,
@@ -119,8 +139,11 @@ mod tests {
         assert_eq!(c.since(mark, now), Duration::from_secs(7));
         // ...or not yet: a connection that runs before the ticker sees a
         // heartbeat 3 s old.
-        let mark = c.mark();
+        let mark = c.mark(now);
         let later = now + Duration::from_secs(3);
         assert_eq!(c.since(mark, later), Duration::from_secs(3) - TICK * 2);
+        // Counted from the mark when the mark is later than the beat.
+        let mark = c.mark(now + Duration::from_secs(2));
+        assert_eq!(c.since(mark, later), Duration::from_secs(1) - TICK * 2);
     }
 }

@@ -29,6 +29,7 @@ pub mod config;
 pub mod conn;
 pub mod hub;
 pub mod lag;
+pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod session;
@@ -63,6 +64,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The settings cannot work together.
+    #[error(transparent)]
+    Settings(#[from] config::SettingsError),
     /// The key material is unusable.
     #[error("cannot set up token verification: {0}")]
     Auth(#[from] auth::AuthSetupError),
@@ -192,9 +196,9 @@ impl Server {
         auth: Authenticator,
         options: ServerOptions,
     ) -> Result<Server, StartError> {
+        config.validate()?;
         let addr = config.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
+        let listener = transport::listen(addr, config.listen_backlog)
             .map_err(|source| StartError::Bind { addr, source })?;
         let addr = listener
             .local_addr()

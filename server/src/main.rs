@@ -10,7 +10,6 @@ use clap::{Parser, Subcommand};
 use plexus_server::auth::{Authenticator, KeySource, MintRequest, mint_hs};
 use plexus_server::config::{self, Config, Dur, Settings};
 use plexus_server::{KeyOrigin, Server, ServerOptions};
-use tracing_subscriber::EnvFilter;
 
 /// Plexus: a realtime hub speaking plexus.v1 over WebSocket.
 #[derive(Debug, Parser)]
@@ -120,11 +119,7 @@ fn token(
 }
 
 fn serve(config: Config) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    plexus_server::logging::init();
     // Each connection is a file descriptor: use all the kernel allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),

@@ -100,7 +100,13 @@ async fn auth_timeout_4001() {
 
 #[tokio::test]
 async fn token_expiry_4002() {
-    let hub = TestHub::start(roomy).await;
+    // `exp` is whole seconds: E falls within the next second, during the
+    // 1.5 s the peer keeps sending, which the linger must outlast.
+    let hub = TestHub::start(|c| {
+        roomy(c);
+        c.close_linger = Dur(Duration::from_secs(3));
+    })
+    .await;
     let mut s = RawSocket::connect(hub.addr()).await;
     assert!(s.auth(&token_expiring_in("alice", 1)).await.outcome.is_ok());
     clean(&s.linger(Some(ping(50_000)), ms(1500)).await, 4002, false);

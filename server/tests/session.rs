@@ -103,6 +103,39 @@ async fn unknown_methods_are_method_not_found() {
 }
 
 #[tokio::test]
+async fn every_request_counts_in_flight_core_methods_too() {
+    // Item 2 / P2: with the window full of asynchronous requests, `ping`
+    // and `subscribe` are refused too.
+    let server = TestHub::start(|c| c.max_in_flight = 1).await;
+    let (mut c, r) = Client::authed(server.addr(), &token("alice")).await;
+    assert_eq!(r.limits.max_in_flight, 1);
+    let slow = c.request("debug.sleep", &Sleep { ms: 300 }).await;
+    for method in ["ping", "subscribe"] {
+        let err = c
+            .call(method, &SubscribeParams::new("room"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooManyRequests, "{method}");
+    }
+    c.response(slow).await.unwrap();
+    c.call("ping", &Empty {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_map_keys_in_params_are_invalid() {
+    // P14: {0: "a", 0: "b"} as subscribe params.
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
+    let dup = RawValue::from_bytes(
+        vec![0xa2, 0x00, 0x61, b'a', 0x00, 0x61, b'b'].into(),
+        &Default::default(),
+    )
+    .unwrap();
+    let err = c.call("subscribe", &dup).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidParams);
+}
+
+#[tokio::test]
 async fn duplicate_in_flight_id_is_a_protocol_error() {
     let server = TestHub::start(|_| {}).await;
     let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
@@ -134,18 +167,43 @@ async fn malformed_cbor_closes_4005() {
 }
 
 #[tokio::test]
-async fn oversized_frames_close_1009() {
-    let server = TestHub::start(|c| c.max_frame_size = 8 * 1024).await;
+async fn oversized_frames_close_1009_whatever_their_opcode() {
+    let server = TestHub::start(|c| {
+        c.max_frame_size = 32 * 1024;
+        c.max_payload = 8 * 1024;
+    })
+    .await;
     let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
-    let big = raw(&minicbor::bytes::ByteVec::from(vec![0u8; 16 * 1024]));
+    let big = raw(&minicbor::bytes::ByteVec::from(vec![0u8; 40 * 1024]));
     c.request("ping", &big).await;
     c.expect_close(1009, false).await;
-    // Before auth the limit is the smaller pre-auth one.
-    let server = TestHub::start(|c| c.max_preauth_frame_size = 512).await;
-    let mut c = Client::connect(server.addr()).await;
-    let big = raw(&minicbor::bytes::ByteVec::from(vec![0u8; 1024]));
-    c.request("auth", &big).await;
-    c.expect_close(1009, false).await;
+    // P8: the size is checked first, so an oversized text message is 1009,
+    // not 1003 (item 4).
+    let mut s = RawSocket::connect(server.addr()).await;
+    assert!(s.auth(&token("bob")).await.outcome.is_ok());
+    s.send_header(plexus_testkit::raw::OP_TEXT, 32 * 1024 + 1)
+        .await
+        .unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(1009));
+}
+
+#[tokio::test]
+async fn the_preauth_limit_is_enforced_on_the_frame_header_and_raised_after_auth() {
+    // Item 7 / P12: before auth, a header announcing more than 16 KiB is
+    // refused at once, before its payload is sent or buffered.
+    let server = TestHub::start(|_| {}).await;
+    let mut s = RawSocket::connect(server.addr()).await;
+    s.send_header(plexus_testkit::raw::OP_BINARY, 1_048_575)
+        .await
+        .unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(1009), "refused on the header alone");
+    // After auth the announced max_frame_size applies.
+    let (mut c, r) = Client::authed(server.addr(), &token("alice")).await;
+    assert_eq!(r.limits.max_frame_size, 1_048_576);
+    let big = raw(&minicbor::bytes::ByteVec::from(vec![7u8; 200 * 1024]));
+    assert_eq!(c.call("ping", &big).await.unwrap(), big);
 }
 
 #[tokio::test]
@@ -156,6 +214,29 @@ async fn text_frames_close_1003() {
         .await
         .unwrap();
     c.expect_close(1003, false).await;
+}
+
+#[tokio::test]
+async fn a_client_close_is_echoed_and_an_invalid_one_answered() {
+    // P10: the client's code and reason come back unchanged.
+    let server = TestHub::start(|_| {}).await;
+    let mut s = RawSocket::connect(server.addr()).await;
+    assert!(s.auth(&token("alice")).await.outcome.is_ok());
+    s.send_close(4321, b"bye now").await.unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(4321));
+    assert_eq!(&f.payload[2..], b"bye now");
+    assert!(s.read_frame().await.unwrap().is_none(), "then EOF");
+    // P10: a code a peer may not send (1005) is answered with 1002.
+    let mut s = RawSocket::connect(server.addr()).await;
+    s.send_close(1005, b"").await.unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(1002));
+    // P9 / item 12: a Close reason that is not UTF-8 is answered 1007.
+    let mut s = RawSocket::connect(server.addr()).await;
+    s.send_close(1000, &[0xff, 0xfe]).await.unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(1007));
 }
 
 #[tokio::test]
@@ -203,21 +284,40 @@ async fn rate_limit_answers_rate_limited_then_closes_4007() {
 }
 
 #[tokio::test]
-async fn missing_pong_closes_4010() {
+async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed_4010() {
     let server = TestHub::start(|c| {
-        c.ping_interval = Dur(Duration::from_millis(200));
+        c.ping_interval = Dur(Duration::from_millis(100));
         c.pong_timeout = Dur(Duration::from_millis(200));
     })
     .await;
-    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
-    // Not reading means tungstenite never answers the pings.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert_eq!(c.ended().await, Ended::Close(4010));
-    // A client that reads answers pings and stays connected.
-    let (mut d, _) = Client::authed(server.addr(), &token("bob")).await;
-    for _ in 0..5 {
-        d.call("ping", &Empty {}).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    // Answers every ping: still connected after three of them.
+    let mut s = RawSocket::connect(server.addr()).await;
+    assert!(s.auth(&token("alice")).await.outcome.is_ok());
+    let mut pings = 0;
+    while pings < 3 {
+        let f = s.read_frame().await.unwrap().unwrap();
+        if f.opcode == plexus_testkit::raw::OP_PING {
+            pings += 1;
+            s.send_frame(true, plexus_testkit::raw::OP_PONG, &f.payload, true)
+                .await
+                .unwrap();
+        }
+    }
+    let id = s.request("ping", &Empty {}).await.unwrap();
+    assert!(s.response(id).await.outcome.is_ok());
+    // Never answers: closed with 4010, without `closing`.
+    let mut quiet = RawSocket::connect(server.addr()).await;
+    assert!(quiet.auth(&token("bob")).await.outcome.is_ok());
+    loop {
+        let f = quiet.read_frame().await.unwrap().unwrap();
+        assert!(
+            !matches!(f.plexus(), Some(Frame::Notification(n)) if n.method == "closing"),
+            "4010 is not announced"
+        );
+        if f.opcode == plexus_testkit::raw::OP_CLOSE {
+            assert_eq!(f.close_code(), Some(4010));
+            break;
+        }
     }
 }
 
@@ -266,6 +366,8 @@ async fn slow_consumer_is_closed_4006_and_fast_subscribers_get_everything() {
     const EVENTS: u32 = 300;
     let server = TestHub::start(|c| {
         c.max_outbound_bytes = 128 * 1024;
+        c.max_frame_size = 64 * 1024;
+        c.max_payload = 16 * 1024;
         c.rate_burst = 10_000;
         // Bound what the kernel absorbs, so the hub's own budget is what fills.
         c.tcp_send_buffer = 16 * 1024;
@@ -346,6 +448,33 @@ async fn http_edge_rejects_bad_handshakes_and_serves_health_and_metrics() {
     )
     .await;
     assert!(bad_origin.starts_with("HTTP/1.1 403"), "{bad_origin}");
+    // P17: the subprotocol is matched exactly (item 12).
+    let (head, _, _) = plexus_testkit::raw::http_exchange(
+        addr,
+        &plexus_testkit::raw::upgrade_request(Some("PLEXUS.V1"), ""),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // P16: the whole Origin, ASCII case-insensitively, no normalization.
+    for (origin, status) in [
+        ("HTTPS://APP.EXAMPLE", "101"),
+        ("https://app.example:443", "403"),
+        ("https://app.example/", "403"),
+        ("null", "403"),
+    ] {
+        let (head, _, _) = plexus_testkit::raw::http_exchange(
+            addr,
+            &plexus_testkit::raw::upgrade_request(
+                Some("plexus.v1"),
+                &format!("Origin: {origin}\r\n"),
+            ),
+        )
+        .await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{origin}: {head}"
+        );
+    }
     let good_origin = {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: plexus.v1\r\nOrigin: https://app.example\r\n\r\n").await.unwrap();

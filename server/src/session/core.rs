@@ -937,15 +937,30 @@ impl Core {
     }
 
     /// The transport found input after having had none: the hub may have
-    /// been unable to read for up to `lag` (a stall it measured).
+    /// been unable to read for up to `lag` (a stall it measured). Neither
+    /// the rate bucket nor the pong deadline charge that lag to the client
+    /// (P19).
     pub fn handle_read_resume(&mut self, now: Instant, lag: Duration) {
         self.bucket.resume(now, lag);
+        self.excuse_lag(lag);
+    }
+
+    /// The hub could not read for `lag`: the pong deadline moves by as much.
+    fn excuse_lag(&mut self, lag: Duration) {
+        if !lag.is_zero()
+            && let Some(due) = &mut self.pong_due
+        {
+            *due += lag;
+            self.pong_overdue = false;
+        }
     }
 
     /// The transport has no unread input: everything the client sent
-    /// before `now` has been handled (P19).
-    pub fn handle_read_idle(&mut self, now: Instant) {
-        self.bucket.idle(now);
+    /// before `now` has been handled (P19), as far as the hub can tell
+    /// having lagged `lag` since it last looked.
+    pub fn handle_read_idle(&mut self, now: Instant, lag: Duration) {
+        self.bucket.idle(now, lag);
+        self.excuse_lag(lag);
         if let Some(due) = self.pong_due
             && now >= due
             && !self.is_closing()

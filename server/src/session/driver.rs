@@ -44,6 +44,7 @@ use super::table::{FALLBACK, MethodIndex};
 use crate::auth::{AuthError, Principal};
 use crate::conn::{Command, Conn};
 use crate::hub::Hub;
+use crate::lag::Mark;
 use crate::outbound::{BATCH_KEEP, cost};
 use crate::transport::link::{Inbound, Link, Outgoing, Sent};
 
@@ -139,7 +140,7 @@ struct Driver<L> {
     idle: bool,
     read_wake: Arc<ReadWake>,
     read_waker: Waker,
-    lag_mark: u64,
+    lag_mark: Mark,
     armed: Option<Instant>,
     /// The timer was polled since it was last reset (its waker is kept).
     sleep_polled: bool,
@@ -153,7 +154,7 @@ struct Driver<L> {
 pub(crate) async fn drive<L: Link>(hub: Arc<Hub>, conn: Arc<Conn>, link: L) {
     let now = Instant::now();
     let core = Core::new(hub.core.clone(), conn.session.clone(), now);
-    let lag_mark = hub.lag.mark();
+    let lag_mark = hub.lag.mark(now);
     let read_wake = Arc::new(ReadWake {
         readable: AtomicBool::new(true),
         conn: conn.clone(),
@@ -306,7 +307,8 @@ impl<L: Link> Driver<L> {
         // let the core judge a due pong, unless nothing can be due).
         if self.idle && !self.read_wake.readable.swap(false, Ordering::AcqRel) {
             if !quiet && self.core.wants_read() {
-                self.core.handle_read_idle(now);
+                let lag = self.lag(now);
+                self.core.handle_read_idle(now, lag);
                 self.drain_outputs(cx, now);
             }
             return false;
@@ -319,11 +321,9 @@ impl<L: Link> Driver<L> {
             let ev = match self.link.poll_recv(&mut rcx) {
                 Poll::Pending => {
                     // Everything that arrived has been read (P19).
-                    self.core.handle_read_idle(now);
-                    if !self.idle {
-                        self.idle = true;
-                        self.lag_mark = self.hub.lag.mark();
-                    }
+                    let lag = self.lag(now);
+                    self.core.handle_read_idle(now, lag);
+                    self.idle = true;
                     self.drain_outputs(cx, now);
                     return false;
                 }
@@ -331,7 +331,7 @@ impl<L: Link> Driver<L> {
             };
             if self.idle {
                 self.idle = false;
-                let lag = self.hub.lag.since(self.lag_mark, now);
+                let lag = self.lag(now);
                 self.core.handle_read_resume(now, lag);
             }
             self.on_inbound(cx, now, ev);
@@ -725,6 +725,13 @@ impl<L: Link> Driver<L> {
         if self.batch.is_empty() && self.batch.capacity() > BATCH_KEEP.max(4 * self.batch_peak) {
             self.batch = VecDeque::new();
         }
+    }
+
+    /// The hub's lag since the last look, and a new mark.
+    fn lag(&mut self, now: Instant) -> Duration {
+        let lag = self.hub.lag.since(self.lag_mark, now);
+        self.lag_mark = self.hub.lag.mark(now);
+        lag
     }
 
     fn flush_counters(&mut self) {

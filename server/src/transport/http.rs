@@ -19,6 +19,20 @@ use crate::hub::Hub;
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Binds `addr` with a listen backlog of `backlog` (decision H4: a burst
+/// of reconnects must not overflow the kernel's queue; the kernel caps it
+/// at `net.core.somaxconn`).
+pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Accepts connections until shutdown begins.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
     let mut shutdown = hub.shutdown_signal();

@@ -18,4 +18,4 @@ pub mod link;
 mod upgrade;
 pub mod ws;
 
-pub use http::serve;
+pub use http::{listen, serve};

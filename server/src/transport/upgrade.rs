@@ -25,12 +25,36 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+/// Whether a comma-separated header holds `token`, compared ASCII
+/// case-insensitively (`Connection`, `Upgrade`), or exactly when `exact`
+/// (`Sec-WebSocket-Protocol`: subprotocol tokens are case-sensitive, P17).
+fn header_has_token(
+    req: &Request<Incoming>,
+    name: header::HeaderName,
+    token: &str,
+    exact: bool,
+) -> bool {
     req.headers().get_all(name).iter().any(|v| {
         v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .map(|s| {
+                s.split(',').any(|t| {
+                    let t = t.trim();
+                    if exact {
+                        t == token
+                    } else {
+                        t.eq_ignore_ascii_case(token)
+                    }
+                })
+            })
             .unwrap_or(false)
     })
+}
+
+/// Whether an `Origin` value is allowed: the whole value against each
+/// entry, ASCII case-insensitively, without normalizing ports or slashes;
+/// `null` matches only an entry `null` (decision P16).
+pub(crate) fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
 }
 
 /// Answers an upgrade request and, on success, spawns the session.
@@ -40,8 +64,8 @@ pub(crate) fn handle(
     peer: std::net::SocketAddr,
 ) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::GET
-        || !header_has_token(&req, header::CONNECTION, "upgrade")
-        || !header_has_token(&req, header::UPGRADE, "websocket")
+        || !header_has_token(&req, header::CONNECTION, "upgrade", false)
+        || !header_has_token(&req, header::UPGRADE, "websocket", false)
     {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -72,14 +96,12 @@ pub(crate) fn handle(
         // Browsers always send Origin; native clients usually do not, and
         // the allow-list exists to stop other web pages, not native apps.
         if let Some(origin) = req.headers().get(header::ORIGIN)
-            && !origin
-                .to_str()
-                .is_ok_and(|o| origins.iter().any(|a| a == o))
+            && !origin.to_str().is_ok_and(|o| origin_allowed(o, &origins))
         {
             return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
         }
     }
-    if !header_has_token(&req, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
+    if !header_has_token(&req, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL, true) {
         return plain(
             StatusCode::BAD_REQUEST,
             "the plexus.v1 subprotocol is required: send Sec-WebSocket-Protocol: plexus.v1\n",
@@ -136,4 +158,21 @@ pub(crate) fn handle(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_whole_values_ignoring_ascii_case() {
+        let allowed = vec!["https://app.example".to_owned(), "null".to_owned()];
+        assert!(origin_allowed("https://app.example", &allowed));
+        assert!(origin_allowed("HTTPS://APP.EXAMPLE", &allowed));
+        assert!(!origin_allowed("https://app.example:443", &allowed));
+        assert!(!origin_allowed("https://app.example/", &allowed));
+        assert!(!origin_allowed("https://evil.example", &allowed));
+        assert!(origin_allowed("null", &allowed));
+        assert!(!origin_allowed("null", &allowed[..1]));
+    }
 }

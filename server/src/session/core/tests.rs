@@ -674,14 +674,14 @@ fn a_compliant_client_is_never_rate_limited_across_a_hub_stall() {
     for i in 0..300u64 {
         h.now = h.t0 + ms(10 * i);
         send(&mut h, &mut refused);
-        h.core.handle_read_idle(h.now);
+        h.core.handle_read_idle(h.now, Duration::ZERO);
     }
     h.now = h.t0 + secs(10);
     h.core.handle_read_resume(h.now, secs(7));
     for _ in 0..700 {
         send(&mut h, &mut refused);
     }
-    h.core.handle_read_idle(h.now);
+    h.core.handle_read_idle(h.now, Duration::ZERO);
     assert_eq!(refused, 0);
     h.outputs();
     // The same backlog without a measured lag is a flood after a silence.
@@ -796,10 +796,10 @@ fn a_missing_pong_closes_4010_unannounced() {
     h.run_to(secs(25));
     assert!(matches!(&h.outputs()[..], [Output::Ping]));
     h.run_to(secs(34));
-    h.core.handle_read_idle(h.now);
+    h.core.handle_read_idle(h.now, Duration::ZERO);
     h.expect_no_close();
     h.run_to(secs(35));
-    h.core.handle_read_idle(h.now);
+    h.core.handle_read_idle(h.now, Duration::ZERO);
     assert_eq!(h.expect_close(CloseCode::KeepaliveTimeout), None);
 }
 
@@ -813,7 +813,7 @@ fn a_pong_clears_the_deadline_and_pings_continue() {
         h.now += secs(1);
         h.core.handle_pong(h.now);
     }
-    h.core.handle_read_idle(h.now);
+    h.core.handle_read_idle(h.now, Duration::ZERO);
     h.expect_no_close();
 }
 
@@ -830,7 +830,7 @@ fn the_pong_deadline_waits_for_the_backlog_to_be_read() {
     h.run_to(secs(36)); // past the deadline, still reading the backlog
     h.expect_no_close();
     h.core.handle_pong(h.now);
-    h.core.handle_read_idle(h.now);
+    h.core.handle_read_idle(h.now, Duration::ZERO);
     h.expect_no_close();
     // Without a pong the hard bound closes even while a backlog lasts.
     h.run_to(secs(50));
@@ -839,6 +839,24 @@ fn the_pong_deadline_waits_for_the_backlog_to_be_read() {
     h.core.handle_read_resume(h.now, Duration::ZERO);
     h.run_to(secs(70));
     h.expect_close(CloseCode::KeepaliveTimeout);
+}
+
+#[test]
+fn a_stall_of_the_hub_moves_the_pong_deadline() {
+    // The hub is stopped for 30 s right after its ping; the pong is in its
+    // socket, behind the client's requests. On resuming it has measured the
+    // stall: the deadline (and its hard bound) move by as much.
+    let mut h = H::new(|c| c.ping_interval = secs(25));
+    h.authed("alice", None);
+    h.run_to(secs(25));
+    assert!(matches!(&h.outputs()[..], [Output::Ping]));
+    h.now = h.t0 + secs(56);
+    h.core.handle_read_resume(h.now, secs(30));
+    h.core.handle_timeout(h.now);
+    h.expect_no_close();
+    h.core.handle_pong(h.now);
+    h.core.handle_read_idle(h.now, Duration::ZERO);
+    h.expect_no_close();
 }
 
 #[test]
@@ -853,7 +871,7 @@ fn no_keepalive_close_once_another_close_began() {
         .close(h.now, CloseCode::SlowConsumer, "slow consumer".into(), None);
     assert_eq!(h.expect_close(CloseCode::SlowConsumer), None);
     h.run_to(secs(40));
-    h.core.handle_read_idle(h.now);
+    h.core.handle_read_idle(h.now, Duration::ZERO);
     assert!(h.outputs().is_empty());
 }
 
