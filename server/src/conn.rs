@@ -1,5 +1,7 @@
-//! A connection as the rest of the hub sees it: identity plus its outbound
-//! queue. Shared by the broker and presence as `Arc<Conn>`.
+//! A connection as the rest of the hub sees it: identity, its outbound
+//! queue (which is also its mailbox for close requests and commands from
+//! other tasks) and its subscription record. Shared by the broker and
+//! presence as `Arc<Conn>`.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -22,7 +24,7 @@ pub struct Conn {
     pub session: Arc<str>,
     /// The authenticated user (`sub`), set once by `auth`.
     user: OnceLock<Arc<str>>,
-    /// Frames waiting for the writer.
+    /// Frames waiting for the session's driver, and its mailbox.
     pub out: Outbound,
     /// Presence info set with `presence.set`.
     pub info: Mutex<Option<RawValue>>,

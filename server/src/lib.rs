@@ -5,22 +5,32 @@
 //!
 //! ## How the pieces fit
 //!
-//! - [`transport`]: hyper accepts HTTP connections, serves `/health` and
-//!   `/metrics`, and upgrades `/v1/ws` to a WebSocket that it hands to
-//!   [`session::run`].
-//! - [`session`]: one task per connection reads and decodes frames and
-//!   dispatches requests through an open table of handlers; a writer task
-//!   owns the socket's sending half and drains the connection's bounded
-//!   [`outbound`] queue in batches.
-//! - [`auth`]: JWT verification into a [`auth::Principal`] with capabilities
-//!   that every operation consults.
+//! - [`transport`]: hyper accepts HTTP connections (with a large listen
+//!   backlog), serves `/health` and `/metrics`, and upgrades `/v1/ws` to a
+//!   [`transport::ws::WsLink`] that it hands to [`session::run`]. A link is
+//!   transport-neutral ([`transport::link::Link`]): frames, pings and
+//!   closes in and out.
+//! - [`session`]: one task per connection (the driver) owns the link and
+//!   runs the sans-IO [`session::core::Core`], where every session rule
+//!   lives (auth, deadlines, rate and in-flight limits, keepalive, the close
+//!   decision), and the handlers of the open, typed
+//!   [`session::registry::Registry`] (sync, async, streamed with credit, a
+//!   fallback).
+//! - [`outbound`]: each connection's bounded queue of encoded frames,
+//!   charged for the memory it really holds, with credit for bulk senders.
+//! - [`auth`]: JWT verification into a [`auth::Principal`] with
+//!   capabilities that every operation consults.
 //! - [`broker`]: the subject index (exact topics in a sharded map, wildcard
-//!   patterns in a token trie) and presence. A publish is encoded once and
+//!   patterns in a token trie) and presence; it owns subscription
+//!   lifecycle and reports interest changes. A publish is encoded once and
 //!   its bytes are shared with every subscriber.
-//! - [`hub`]: the shared state; [`config`]: settings; [`metrics`]: Prometheus.
+//! - [`hub`]: the shared state; [`config`]: settings, validated at start;
+//!   [`metrics`]: Prometheus handles; [`lag`]: the hub's own measured lag;
+//!   [`logging`]: the binary's log output.
 //!
 //! [`Server`] starts a hub on a listener and shuts it down gracefully; the
-//! `plexus` binary and the integration tests both use it.
+//! `plexus` binary and the integration tests (through `plexus-testkit`)
+//! both use it.
 #![forbid(unsafe_code)]
 
 pub mod auth;

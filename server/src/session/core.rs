@@ -26,302 +26,47 @@
 //! - server-initiated requests in their own id space (P20);
 //! - the close: one decision, `closing` first iff the code is announced,
 //!   frames after it ignored, a bounded linger (P11).
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `config` | [`CoreConfig`], the rules' parameters |
+//! | `io` | [`Output`], [`Dispatch`], [`Completion`], [`LinkFault`]: what goes in and out |
+//! | `auth` | `auth` and `auth.refresh`, token times |
+//! | `tests` | the virtual-clock unit tests |
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use plexus_protocol::frame::{
-    MethodName, encode_chunk, encode_error, encode_notification, encode_request, encode_result,
+    encode_chunk, encode_error, encode_notification, encode_request, encode_result,
 };
-use plexus_protocol::methods::{
-    AuthParams, AuthRefreshParams, AuthRefreshResult, AuthResult, CancelParams, ClosingParams,
-    ServerLimits, TokenExpiringParams,
-};
+use plexus_protocol::methods::{CancelParams, ClosingParams, TokenExpiringParams};
 use plexus_protocol::{
-    CloseCode, DecodeLimits, Encoded, ErrorCode, Frame, Method, NotificationMethod, RawValue,
-    Request, WireError, duration_ms,
+    CloseCode, Encoded, Frame, Method, NotificationMethod, RawValue, Request, WireError,
+    duration_ms,
 };
 
 use super::error::{RequestError, params};
 use super::ratelimit::TokenBucket;
-use super::table::{Kind, MethodIndex, MethodTable};
-use crate::auth::{AuthError, MAX_TOKEN_LIFETIME, Principal};
+use super::table::Kind;
+use crate::auth::Principal;
 use crate::hub::RegisterError;
 
+mod auth;
+mod config;
+mod io;
 #[cfg(test)]
 mod tests;
 
-/// How long the driver may take to write the queued frames and the Close
-/// frame before the connection is dropped.
-pub const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The same for a slow consumer, whose socket is full until it reads
-/// again: long enough for a reader that resumes to learn why it was cut
-/// off. Only the Close frame is held, never the dropped queue.
-pub const SLOW_CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Most bytes read and discarded after the Close frame (decision P11).
-pub const LINGER_BYTES: usize = 1024 * 1024;
-
-/// Most server-initiated requests awaiting an answer per connection.
-pub const MAX_SERVER_REQUESTS: usize = 64;
-
-/// Retry hint sent with 4004 (too many connections for the user).
-pub const TOO_MANY_CONNECTIONS_RETRY_MS: u64 = 5_000;
-
-/// The session rules' parameters, shared by every connection of a hub.
-#[derive(Debug, Clone)]
-pub struct CoreConfig {
-    /// The methods served after `auth`.
-    pub table: MethodTable,
-    /// Deadline for a successful `auth`.
-    pub auth_timeout: Duration,
-    /// Interval of WebSocket pings.
-    pub ping_interval: Duration,
-    /// How long a pong may take.
-    pub pong_timeout: Duration,
-    /// Clock leeway added to `exp` (E = `exp` + leeway).
-    pub leeway: Duration,
-    /// Upper bound of how long before E `token.expiring` is sent.
-    pub token_expiring_lead: Duration,
-    /// How long writing the queue and the Close frame may take.
-    pub close_write_timeout: Duration,
-    /// The same for a slow consumer (4006).
-    pub slow_close_write_timeout: Duration,
-    /// How long to read and discard after the Close frame.
-    pub close_linger: Duration,
-    /// Most bytes read and discarded after the Close frame.
-    pub linger_bytes: usize,
-    /// Sustained requests per second.
-    pub rate_per_sec: u32,
-    /// Request burst.
-    pub rate_burst: u32,
-    /// Rate-limited requests in a row before closing with 4007.
-    pub rate_strikes: u32,
-    /// Most requests in flight.
-    pub max_in_flight: usize,
-    /// Most bytes of request frames in flight.
-    pub max_in_flight_bytes: usize,
-    /// Most server-initiated requests awaiting an answer.
-    pub max_server_requests: usize,
-    /// Decode limits before `auth` succeeded.
-    pub preauth_limits: DecodeLimits,
-    /// Decode limits after; `max_frame_size` also bounds what is sent (H2).
-    pub limits: DecodeLimits,
-    /// The limits announced in the `auth` result.
-    pub announced: ServerLimits,
-}
-
-impl CoreConfig {
-    /// The reference defaults (`docs/operations.md`) around `table`.
-    pub fn new(table: MethodTable) -> CoreConfig {
-        let d = ServerLimits::DEFAULTS;
-        let frame = usize::try_from(d.max_frame_size).unwrap_or(usize::MAX);
-        CoreConfig {
-            table,
-            auth_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_millis(d.ping_interval_ms),
-            pong_timeout: Duration::from_secs(10),
-            leeway: Duration::from_secs(5),
-            token_expiring_lead: Duration::from_secs(60),
-            close_write_timeout: CLOSE_WRITE_TIMEOUT,
-            slow_close_write_timeout: SLOW_CLOSE_WRITE_TIMEOUT,
-            close_linger: Duration::from_secs(2),
-            linger_bytes: LINGER_BYTES,
-            rate_per_sec: 100,
-            rate_burst: 200,
-            rate_strikes: 50,
-            max_in_flight: usize::try_from(d.max_in_flight).unwrap_or(usize::MAX),
-            max_in_flight_bytes: usize::try_from(d.max_in_flight_bytes).unwrap_or(usize::MAX),
-            max_server_requests: MAX_SERVER_REQUESTS,
-            preauth_limits: DecodeLimits {
-                max_frame_size: 16 * 1024,
-                max_depth: 32,
-            },
-            limits: DecodeLimits {
-                max_frame_size: frame,
-                max_depth: 32,
-            },
-            announced: d,
-        }
-    }
-}
-
-/// What the driver should do next; see [`Core::poll_output`].
-#[derive(Debug)]
-pub enum Output {
-    /// Queue this frame (a response, chunk, notification or request).
-    Frame(Bytes),
-    /// Queue this response, which the core answered itself; count it under
-    /// `label` with `error` (or `ok`).
-    Response {
-        /// The response frame.
-        frame: Bytes,
-        /// What to count it as.
-        label: Label,
-        /// The error code, or `None` for success.
-        error: Option<ErrorCode>,
-    },
-    /// Stop the handler of request `id` (the client cancelled it); answer
-    /// with [`Completion::Error`]`(Cancelled)` when it has stopped.
-    Abort {
-        /// The request.
-        id: u64,
-    },
-    /// Verify this token without blocking, then call
-    /// [`Core::handle_verified`].
-    Verify {
-        /// The token.
-        token: String,
-    },
-    /// Register the connection for `user`, then call
-    /// [`Core::handle_registered`].
-    Register {
-        /// The authenticated user.
-        user: Arc<str>,
-        /// The client instance from the `auth` params.
-        instance: Option<String>,
-    },
-    /// Raise the transport's frame size limit: `auth` succeeded (P12).
-    RaiseFrameLimit {
-        /// The new limit.
-        max_frame_size: usize,
-    },
-    /// Send a WebSocket ping.
-    Ping,
-    /// Queue `closing` (when announced), then write everything queued and
-    /// the Close frame with `code`; call [`Core::handle_close_sent`] once it
-    /// is written, and keep reading.
-    Close {
-        /// The close code.
-        code: CloseCode,
-        /// The `closing` notification, for codes that are announced.
-        closing: Option<Bytes>,
-    },
-    /// The answer to server-initiated request `id`.
-    ClientAnswer {
-        /// The server request.
-        id: u64,
-        /// What the client answered.
-        answer: ClientAnswer,
-    },
-    /// Count an authentication failure with this reason.
-    AuthFailure(&'static str),
-}
-
-/// What a response the core answered itself is counted as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Label {
-    /// `auth`.
-    Auth,
-    /// `auth.refresh`.
-    AuthRefresh,
-    /// Refused by the rate limit, before the method was looked at.
-    RateLimited,
-    /// Refused before `auth`.
-    Unauthenticated,
-    /// A method no one serves.
-    Unknown,
-    /// A method of the table, refused before it ran.
-    Method(MethodIndex),
-}
-
-/// The client's answer to a server-initiated request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientAnswer {
-    /// A result (or the data of a final chunk).
-    Result(RawValue),
-    /// An error object.
-    Error(Box<WireError>),
-    /// No answer within the request's timeout (a `cancel` was sent).
-    TimedOut,
-    /// The connection is closing.
-    Closed,
-}
-
-/// A request to run: see [`Core::handle_frame`].
-#[derive(Debug)]
-pub struct Dispatch {
-    /// The request id.
-    pub id: u64,
-    /// The method's index in the table (or the fallback).
-    pub method: MethodIndex,
-    /// The method name (what the fallback dispatches on).
-    pub name: MethodName,
-    /// The params.
-    pub params: RawValue,
-    /// How the handler runs.
-    pub kind: Kind,
-}
-
-/// How a dispatched request ended; see [`Core::handle_reply`].
-#[derive(Debug)]
-pub enum Completion {
-    /// A result item (already encoded CBOR).
-    Result(Bytes),
-    /// The final chunk of a streamed reply, after `seq` chunks.
-    Final {
-        /// The sequence number of the final chunk.
-        seq: u64,
-        /// Its data item (already encoded CBOR).
-        data: Bytes,
-    },
-    /// A failure.
-    Error(RequestError),
-}
-
-/// What the transport reported instead of a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkFault {
-    /// A message larger than the current limit (1009, P8).
-    TooBig,
-    /// A valid text message (1003).
-    Text,
-    /// Text that is not UTF-8: a text message or a Close reason (1007, P9).
-    InvalidUtf8,
-    /// A WebSocket protocol violation (1002).
-    Protocol,
-}
-
-/// The times derived from a token's `exp` at acceptance (P5, P6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TokenTimes {
-    /// E: when the session closes with 4002.
-    expires_at: Instant,
-    /// When `token.expiring` is sent.
-    expiring_at: Instant,
-    /// E − acceptance, as announced.
-    expires_in_ms: u64,
-}
-
-/// The token times for `exp` accepted at `now`/`wall`, or `Err` if `exp`
-/// lies more than [`MAX_TOKEN_LIFETIME`] ahead (P7).
-fn token_times(
-    cfg: &CoreConfig,
-    now: Instant,
-    wall: SystemTime,
-    exp: u64,
-) -> Result<TokenTimes, ()> {
-    let e_wall = UNIX_EPOCH
-        .checked_add(Duration::from_secs(exp))
-        .and_then(|t| t.checked_add(cfg.leeway))
-        .ok_or(())?;
-    // L = E − acceptance; a token accepted under the leeway has
-    // exp < now < E, and L counts to E, not to now + leeway (item 3).
-    let left = e_wall.duration_since(wall).unwrap_or(Duration::ZERO);
-    if left > MAX_TOKEN_LIFETIME + cfg.leeway {
-        return Err(());
-    }
-    let lead = cfg.token_expiring_lead.min(left / 4);
-    Ok(TokenTimes {
-        expires_at: now + left,
-        expiring_at: now + left.saturating_sub(lead),
-        expires_in_ms: duration_ms(left),
-    })
-}
+use auth::TokenTimes;
+pub use config::{
+    CLOSE_WRITE_TIMEOUT, CoreConfig, LINGER_BYTES, MAX_SERVER_REQUESTS, SLOW_CLOSE_WRITE_TIMEOUT,
+    TOO_MANY_CONNECTIONS_RETRY_MS,
+};
+pub use io::{ClientAnswer, Completion, Dispatch, Label, LinkFault, Output};
 
 /// What an in-flight request is waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -660,219 +405,10 @@ impl Core {
         })
     }
 
-    fn start_auth(&mut self, id: u64, raw: &RawValue, len: usize) {
-        let p: AuthParams<'_> = match params(raw) {
-            Ok(p) => p,
-            Err(e) => return self.respond_err(id, Label::Auth, &e),
-        };
-        self.out.push_back(Output::Verify {
-            token: p.token.to_owned(),
-        });
-        let instance = p.instance.map(str::to_owned);
-        self.inflight.insert(
-            id,
-            InFlight {
-                bytes: len,
-                work: Work::Auth,
-            },
-        );
-        self.inflight_bytes += len;
-        self.phase = Phase::Verifying(Box::new(PendingAuth {
-            id,
-            instance,
-            accepted: None,
-        }));
-    }
-
-    fn start_refresh(&mut self, id: u64, raw: &RawValue, len: usize) {
-        // P21: one refresh at a time.
-        if self.refreshing.is_some() {
-            return self.respond_err(
-                id,
-                Label::AuthRefresh,
-                &RequestError::Conflict("a refresh is already in progress".into()),
-            );
-        }
-        let p: AuthRefreshParams<'_> = match params(raw) {
-            Ok(p) => p,
-            Err(e) => return self.respond_err(id, Label::AuthRefresh, &e),
-        };
-        self.out.push_back(Output::Verify {
-            token: p.token.to_owned(),
-        });
-        self.inflight.insert(
-            id,
-            InFlight {
-                bytes: len,
-                work: Work::Refresh,
-            },
-        );
-        self.inflight_bytes += len;
-        self.refreshing = Some(id);
-    }
-
     fn finish_request(&mut self, id: u64) -> Option<InFlight> {
         let f = self.inflight.remove(&id)?;
         self.inflight_bytes = self.inflight_bytes.saturating_sub(f.bytes);
         Some(f)
-    }
-
-    /// The verification asked for by [`Output::Verify`] finished.
-    pub fn handle_verified(
-        &mut self,
-        now: Instant,
-        wall: SystemTime,
-        result: Result<Principal, AuthError>,
-    ) {
-        if self.is_closing() {
-            return;
-        }
-        if let Phase::Verifying(pending) = &mut self.phase {
-            if pending.accepted.is_some() {
-                return;
-            }
-            let id = pending.id;
-            match result {
-                Ok(principal) => {
-                    let times = match principal.expires_at {
-                        None => Ok(None),
-                        Some(exp) => token_times(&self.cfg, now, wall, exp).map(Some),
-                    };
-                    match times {
-                        Ok(times) => {
-                            let user = principal.user.clone();
-                            let instance = pending.instance.take();
-                            pending.accepted = Some((principal, times));
-                            self.out.push_back(Output::Register { user, instance });
-                        }
-                        Err(()) => {
-                            self.auth_invalid(now, id, "token expiry is too far in the future")
-                        }
-                    }
-                }
-                Err(AuthError::Invalid(why)) => self.auth_invalid(now, id, &why.to_string()),
-                Err(AuthError::Unavailable) => {
-                    self.finish_request(id);
-                    self.phase = Phase::AwaitingAuth;
-                    self.respond_err(id, Label::Auth, &RequestError::keys_unavailable());
-                }
-            }
-            return;
-        }
-        let Some(id) = self.refreshing.take() else {
-            return;
-        };
-        self.finish_request(id);
-        match result {
-            Ok(principal) => {
-                let same = self
-                    .principal
-                    .as_ref()
-                    .is_some_and(|p| p.user == principal.user);
-                if !same {
-                    self.out.push_back(Output::AuthFailure("refresh_subject"));
-                    self.respond_err(
-                        id,
-                        Label::AuthRefresh,
-                        &RequestError::Forbidden("token is for another subject".into()),
-                    );
-                    self.close(
-                        now,
-                        CloseCode::Forbidden,
-                        "token subject changed".into(),
-                        None,
-                    );
-                    return;
-                }
-                let times = match principal.expires_at {
-                    None => Ok(None),
-                    Some(exp) => token_times(&self.cfg, now, wall, exp).map(Some),
-                };
-                let Ok(times) = times else {
-                    self.out.push_back(Output::AuthFailure("refresh_invalid"));
-                    return self.respond_err(
-                        id,
-                        Label::AuthRefresh,
-                        &RequestError::Unauthenticated(
-                            "invalid token: token expiry is too far in the future".into(),
-                        ),
-                    );
-                };
-                self.set_token_times(times);
-                self.principal = Some(principal);
-                let result = AuthRefreshResult {
-                    expires_in_ms: times.map(|t| t.expires_in_ms),
-                };
-                self.respond_ok(id, Label::AuthRefresh, &result);
-            }
-            Err(AuthError::Invalid(why)) => {
-                self.out.push_back(Output::AuthFailure("refresh_invalid"));
-                self.respond_err(
-                    id,
-                    Label::AuthRefresh,
-                    &RequestError::Unauthenticated(format!("invalid token: {why}").into()),
-                );
-            }
-            Err(AuthError::Unavailable) => {
-                self.respond_err(id, Label::AuthRefresh, &RequestError::keys_unavailable());
-            }
-        }
-    }
-
-    fn auth_invalid(&mut self, now: Instant, id: u64, why: &str) {
-        self.finish_request(id);
-        self.out.push_back(Output::AuthFailure("invalid"));
-        self.respond_err(
-            id,
-            Label::Auth,
-            &RequestError::Unauthenticated(format!("invalid token: {why}").into()),
-        );
-        self.close(
-            now,
-            CloseCode::AuthFailed,
-            "authentication failed".into(),
-            None,
-        );
-    }
-
-    /// The registration asked for by [`Output::Register`] finished.
-    pub fn handle_registered(&mut self, now: Instant, result: Result<(), RegisterError>) {
-        let Phase::Verifying(pending) = &mut self.phase else {
-            return;
-        };
-        let Some((principal, times)) = pending.accepted.take() else {
-            return;
-        };
-        let id = pending.id;
-        self.finish_request(id);
-        if let Err(RegisterError::TooManyConnections) = result {
-            self.close(
-                now,
-                CloseCode::TooManyConnections,
-                "too many connections for this user".into(),
-                Some(TOO_MANY_CONNECTIONS_RETRY_MS),
-            );
-            return;
-        }
-        self.phase = Phase::Authenticated;
-        self.auth_deadline = None;
-        self.set_token_times(times);
-        let result = AuthResult::new(
-            self.session.to_string(),
-            principal.user.to_string(),
-            times.map(|t| t.expires_in_ms),
-            self.cfg.announced,
-        );
-        self.principal = Some(principal);
-        self.out.push_back(Output::RaiseFrameLimit {
-            max_frame_size: self.cfg.limits.max_frame_size,
-        });
-        self.respond_ok(id, Label::Auth, &result);
-    }
-
-    fn set_token_times(&mut self, times: Option<TokenTimes>) {
-        self.expires_at = times.map(|t| t.expires_at);
-        self.expiring_at = times.map(|t| t.expiring_at);
     }
 
     /// The handler of dispatched request `id` finished: returns its

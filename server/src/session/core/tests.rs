@@ -2,10 +2,18 @@
 //! close code the core decides, in microseconds and without sleeping.
 
 use super::*;
+use crate::auth::AuthError;
 use crate::auth::{Capabilities, InvalidToken};
 use crate::session::table::Meta;
+use crate::session::table::{MethodIndex, MethodTable};
+use plexus_protocol::frame::encode_request;
+use plexus_protocol::methods::{
+    AuthParams, AuthRefreshParams, AuthRefreshResult, AuthResult, ServerLimits,
+};
 use plexus_protocol::methods::{Empty, TokenExpiringParams};
 use plexus_protocol::{DecodeLimits, Frame, Response};
+use plexus_protocol::{ErrorCode, WireError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const SESSION: &str = "node-1";
 
