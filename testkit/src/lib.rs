@@ -7,11 +7,11 @@
 //!   and `debug.*` methods on, that stops when dropped.
 //! - [`client`]: [`Client`], a minimal WebSocket client that speaks the wire
 //!   format directly (no SDK), keeping frames it was not asked for.
-//! - [`raw`]: [`RawSocket`], a TCP socket that does the WebSocket handshake
+//! - [`raw`](mod@raw): [`RawSocket`], a TCP socket that does the WebSocket handshake
 //!   by hand and reads and writes raw frames, for tests of the WebSocket
 //!   layer itself (unmasked frames, oversized headers, text, invalid close
 //!   reasons, peers that never answer pings, lingering closes).
-//! - [`token`]: claims and signed tokens (HMAC, `alg: none`, `exp`/`nbf`).
+//! - [`token`](mod@token): claims and signed tokens (HMAC, `alg: none`, `exp`/`nbf`).
 //!
 //! Every wait is bounded by [`WAIT`]; a failure panics, which fails the test.
 #![forbid(unsafe_code)]
