@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
         // `topics` exact topics with one subscriber each.
         let m = Matcher::default();
         for i in 0..topics {
-            m.insert(&pattern(&format!("room.{i}.msgs")), conn(i as u64));
+            m.insert(&pattern(&format!("room.{i}.msgs")), conn(i as u64), |_| {});
         }
         g.bench_with_input(BenchmarkId::new("exact_hit", topics), &m, |b, m| {
             b.iter(|| {
@@ -43,9 +43,13 @@ fn bench(c: &mut Criterion) {
         });
         // Add wildcard patterns: one per 10 topics, `room.N.*`, plus `room.>`.
         for i in (0..topics).step_by(10) {
-            m.insert(&pattern(&format!("room.{i}.*")), conn((topics + i) as u64));
+            m.insert(
+                &pattern(&format!("room.{i}.*")),
+                conn((topics + i) as u64),
+                |_| {},
+            );
         }
-        m.insert(&pattern("room.>"), conn(u64::MAX));
+        m.insert(&pattern("room.>"), conn(u64::MAX), |_| {});
         g.bench_with_input(
             BenchmarkId::new("with_wildcards_hit", topics),
             &m,
@@ -72,7 +76,7 @@ fn bench(c: &mut Criterion) {
     // Fan-out of one topic to 1,000 subscribers: the per-subscriber cost.
     let m = Matcher::default();
     for i in 0..1000 {
-        m.insert(&pattern("feed"), conn(i));
+        m.insert(&pattern("feed"), conn(i), |_| {});
     }
     g.bench_function("exact_1000_subscribers", |b| {
         b.iter(|| {

@@ -88,6 +88,8 @@ macro_rules! settings {
 settings! {
     /// Address to listen on [default: 127.0.0.1:7700].
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7700)), "listen", "PLEXUS_LISTEN";
+    /// Pending connections the kernel queues before they are accepted; a reconnect storm needs room (the kernel caps it at net.core.somaxconn) [default: 4096].
+    listen_backlog: u32 = 4096, "listen-backlog", "PLEXUS_LISTEN_BACKLOG";
     /// Data directory: embedded database and the development key [default: ./data].
     data_dir: PathBuf = PathBuf::from("./data"), "data-dir", "PLEXUS_DATA_DIR";
     /// HMAC secret for JWTs. When no key is configured at all, a development
@@ -109,7 +111,7 @@ settings! {
     jwt_audience: String = String::new(), "jwt-audience", "PLEXUS_JWT_AUDIENCE";
     /// Clock leeway for `exp` and `nbf` [default: 5s].
     jwt_leeway: Dur = Dur(Duration::from_secs(5)), "jwt-leeway", "PLEXUS_JWT_LEEWAY";
-    /// Deadline for the first frame (`auth`) [default: 10s].
+    /// Deadline for a successful `auth`, counted from the connection's start, whether or not an `auth` is being verified [default: 10s].
     auth_timeout: Dur = Dur(Duration::from_secs(10)), "auth-timeout", "PLEXUS_AUTH_TIMEOUT";
     /// How long before expiry `token.expiring` is sent (at most a quarter of the token's remaining life) [default: 60s].
     token_expiring_lead: Dur = Dur(Duration::from_secs(60)), "token-expiring-lead", "PLEXUS_TOKEN_EXPIRING_LEAD";
@@ -117,15 +119,17 @@ settings! {
     allowed_origins: String = String::new(), "allowed-origins", "PLEXUS_ALLOWED_ORIGINS";
     /// Largest frame after auth, in bytes [default: 1048576].
     max_frame_size: usize = 1024 * 1024, "max-frame-size", "PLEXUS_MAX_FRAME_SIZE";
-    /// Largest frame before auth, in bytes [default: 16384].
+    /// Largest frame before auth, in bytes, enforced on the frame header; at least 16384 [default: 16384].
     max_preauth_frame_size: usize = 16 * 1024, "max-preauth-frame-size", "PLEXUS_MAX_PREAUTH_FRAME_SIZE";
-    /// Deepest CBOR nesting in a frame [default: 32].
+    /// Deepest CBOR nesting in a frame, 16 to 256 [default: 32].
     max_depth: u16 = 32, "max-depth", "PLEXUS_MAX_DEPTH";
-    /// Most requests in flight per connection [default: 64].
-    max_in_flight: usize = 64, "max-in-flight", "PLEXUS_MAX_IN_FLIGHT";
+    /// Most requests in flight per connection, every method counted from arrival to its answer [default: 1024].
+    max_in_flight: usize = 1024, "max-in-flight", "PLEXUS_MAX_IN_FLIGHT";
+    /// Most bytes of request frames in flight per connection, the new one included [default: 8388608].
+    max_in_flight_bytes: usize = 8 * 1024 * 1024, "max-in-flight-bytes", "PLEXUS_MAX_IN_FLIGHT_BYTES";
     /// Most subscriptions per connection [default: 1024].
     max_subscriptions: usize = 1024, "max-subscriptions", "PLEXUS_MAX_SUBSCRIPTIONS";
-    /// Longest topic or pattern, in bytes [default: 256].
+    /// Longest topic or pattern, in bytes, at most 1024 [default: 256].
     max_topic_len: usize = 256, "max-topic-len", "PLEXUS_MAX_TOPIC_LEN";
     /// Largest publish payload, in encoded bytes [default: 262144].
     max_payload: usize = 256 * 1024, "max-payload", "PLEXUS_MAX_PAYLOAD";
@@ -159,10 +163,42 @@ settings! {
     tcp_send_buffer: usize = 0, "tcp-send-buffer", "PLEXUS_TCP_SEND_BUFFER";
     /// Deadline for draining connections on shutdown [default: 10s].
     shutdown_grace: Dur = Dur(Duration::from_secs(10)), "shutdown-grace", "PLEXUS_SHUTDOWN_GRACE";
+    /// After sending its Close frame, how long the hub keeps reading and discarding until the client's Close or EOF (at most 1 MiB), so the client is not reset [default: 2s].
+    close_linger: Dur = Dur(Duration::from_secs(2)), "close-linger", "PLEXUS_CLOSE_LINGER";
     /// Reconnect hint sent in `closing` on shutdown [default: 2s].
     shutdown_retry_hint: Dur = Dur(Duration::from_secs(2)), "shutdown-retry-hint", "PLEXUS_SHUTDOWN_RETRY_HINT";
-    /// Enable the `debug.*` methods (for tests only; never in production) [default: false].
+    /// Serve the `debug.*` methods (tests only; only builds with the debug-methods feature or debug builds have them) [default: false].
     debug_methods: bool = false, "debug-methods", "PLEXUS_DEBUG_METHODS";
+}
+
+/// The longest session id the hub assigns (8 hex digits, `-`, up to 16).
+pub const MAX_SESSION_ID_LEN: usize = 25;
+
+/// Bytes of an `event` frame besides its topic, data and user, at their
+/// longest: `[2, "event", {0: topic, 1: data, 2: from}]`.
+pub const EVENT_ENVELOPE: usize = 18;
+
+/// Bytes of a `presence.join` frame besides its topic, user and info, at
+/// their longest (the session id included).
+pub const PRESENCE_ENVELOPE: usize = 56;
+
+/// Bytes of a `presence.get` response holding one member, besides the
+/// member's user and info (the session id included).
+pub const PRESENCE_PAGE_ENVELOPE: usize = 59;
+
+/// The smallest pre-auth frame size (decision P12).
+pub const MIN_PREAUTH_FRAME_SIZE: usize = 16 * 1024;
+
+/// The range of `max-depth`.
+pub const DEPTH_RANGE: std::ops::RangeInclusive<u16> = 16..=256;
+
+/// Settings that cannot work together (decision H1). The message names
+/// every setting involved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid settings: {}", .problems.join("; "))]
+pub struct SettingsError {
+    /// One line per problem.
+    pub problems: Vec<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -199,6 +235,103 @@ pub fn read_file(path: &Path) -> Result<Settings, ConfigError> {
 }
 
 impl Config {
+    /// Checks that the settings can work together (decision H1): every
+    /// frame the hub may send fits the announced `max-frame-size`, and the
+    /// limits are in their ranges.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut problems = Vec::new();
+        let frame = self.max_frame_size;
+        let user = crate::auth::MAX_SUBJECT_LEN;
+        let topic_max = plexus_protocol::topic::MAX_TOPIC_LEN;
+        if self.max_topic_len == 0 || self.max_topic_len > topic_max {
+            problems.push(format!(
+                "max-topic-len ({}) must be 1 to {topic_max}",
+                self.max_topic_len
+            ));
+        }
+        if self.max_preauth_frame_size < MIN_PREAUTH_FRAME_SIZE {
+            problems.push(format!(
+                "max-preauth-frame-size ({}) must be at least {MIN_PREAUTH_FRAME_SIZE}",
+                self.max_preauth_frame_size
+            ));
+        }
+        if !DEPTH_RANGE.contains(&self.max_depth) {
+            problems.push(format!(
+                "max-depth ({}) must be {} to {}",
+                self.max_depth,
+                DEPTH_RANGE.start(),
+                DEPTH_RANGE.end()
+            ));
+        }
+        if self.max_in_flight_bytes < frame {
+            problems.push(format!(
+                "max-in-flight-bytes ({}) must be at least max-frame-size ({frame})",
+                self.max_in_flight_bytes
+            ));
+        }
+        if self.max_outbound_bytes < frame.saturating_mul(2) {
+            problems.push(format!(
+                "max-outbound-bytes ({}) must be at least twice max-frame-size ({frame})",
+                self.max_outbound_bytes
+            ));
+        }
+        let event = self
+            .max_payload
+            .saturating_add(self.max_topic_len)
+            .saturating_add(user)
+            .saturating_add(EVENT_ENVELOPE);
+        if event > frame {
+            problems.push(format!(
+                "an event can take {event} bytes (max-payload {} + max-topic-len {} + a {user}-byte user + {EVENT_ENVELOPE}), more than max-frame-size ({frame})",
+                self.max_payload, self.max_topic_len
+            ));
+        }
+        let notice = self
+            .max_presence_info
+            .saturating_add(self.max_topic_len)
+            .saturating_add(user)
+            .saturating_add(PRESENCE_ENVELOPE);
+        let page = self
+            .max_presence_info
+            .saturating_add(user)
+            .saturating_add(PRESENCE_PAGE_ENVELOPE);
+        if notice.max(page) > frame {
+            problems.push(format!(
+                "a presence notice can take {} bytes (max-presence-info {} + max-topic-len {} + a {user}-byte user + {PRESENCE_ENVELOPE}), more than max-frame-size ({frame})",
+                notice.max(page),
+                self.max_presence_info,
+                self.max_topic_len
+            ));
+        }
+        for (name, value) in [
+            ("max-in-flight", self.max_in_flight),
+            ("max-subscriptions", self.max_subscriptions),
+            ("max-presence-page", self.max_presence_page),
+            ("max-connections-per-user", self.max_connections_per_user),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.rate_per_sec == 0 || self.rate_burst == 0 {
+            problems.push("rate-per-sec and rate-burst must be at least 1".to_owned());
+        }
+        if self.listen_backlog == 0 {
+            problems.push("listen-backlog must be at least 1".to_owned());
+        }
+        if self.debug_methods && !crate::session::methods::DEBUG_METHODS_COMPILED {
+            problems.push(
+                "debug-methods is set, but this build has no debug methods (build with --features debug-methods)"
+                    .to_owned(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SettingsError { problems })
+        }
+    }
+
     /// The Origin allow-list, parsed.
     pub fn origins(&self) -> Vec<String> {
         self.allowed_origins
@@ -263,5 +396,121 @@ mod tests {
         };
         let shown = c.to_masked_toml();
         assert!(!shown.contains("abc") && !shown.contains("pw@"), "{shown}");
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_every_rule_names_its_settings() {
+        Config::default().validate().unwrap();
+        // The case: a 2048-byte frame, 1900 bytes of payload.
+        let c = Config {
+            max_frame_size: 2048,
+            max_payload: 1900,
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        let text = e.to_string();
+        for name in ["max-payload", "max-topic-len", "max-frame-size"] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+        let c = Config {
+            max_frame_size: 16 * 1024 * 1024,
+            ..Default::default()
+        };
+        let text = c.validate().unwrap_err().to_string();
+        for name in ["max-outbound-bytes", "max-in-flight-bytes"] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+        let bad = Config {
+            max_topic_len: 2000,
+            max_preauth_frame_size: 512,
+            max_depth: 8,
+            max_in_flight: 0,
+            listen_backlog: 0,
+            ..Default::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.problems.len(), 5, "{e}");
+        let text = e.to_string();
+        for name in [
+            "max-topic-len",
+            "max-preauth-frame-size",
+            "max-depth",
+            "max-in-flight",
+            "listen-backlog",
+        ] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+    }
+
+    #[test]
+    fn the_event_bound_is_exact() {
+        use plexus_protocol::frame::encode_notification;
+        use plexus_protocol::methods::EventParams;
+        let c = Config::default();
+        let topic = "t".repeat(c.max_topic_len);
+        let user = "u".repeat(crate::auth::MAX_SUBJECT_LEN);
+        // A payload item of exactly max_payload encoded bytes.
+        let payload = plexus_protocol::RawValue::encode(&minicbor::bytes::ByteVec::from(vec![
+            0u8;
+            c.max_payload - 5
+        ]))
+        .unwrap();
+        assert_eq!(payload.len(), c.max_payload);
+        let frame = encode_notification(
+            "event",
+            &EventParams::new(&topic, payload.as_raw_ref(), Some(&user)),
+        )
+        .unwrap();
+        assert_eq!(
+            frame.len(),
+            c.max_payload + c.max_topic_len + user.len() + EVENT_ENVELOPE
+        );
+    }
+
+    #[test]
+    fn the_presence_bounds_hold() {
+        use plexus_protocol::frame::{encode_notification, encode_result};
+        use plexus_protocol::methods::{Member, PresenceGetResult, PresenceNotice};
+        let c = Config::default();
+        let info = plexus_protocol::RawValue::encode(&minicbor::bytes::ByteVec::from(vec![
+            0u8;
+            c.max_presence_info
+                - 3
+        ]))
+        .unwrap();
+        assert_eq!(info.len(), c.max_presence_info);
+        let member = Member {
+            session: "s".repeat(MAX_SESSION_ID_LEN),
+            user: "u".repeat(crate::auth::MAX_SUBJECT_LEN),
+            info: Some(info),
+        };
+        let notice = encode_notification(
+            "presence.join",
+            &PresenceNotice {
+                topic: "t".repeat(c.max_topic_len),
+                member: member.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            notice.len(),
+            c.max_presence_info
+                + c.max_topic_len
+                + crate::auth::MAX_SUBJECT_LEN
+                + PRESENCE_ENVELOPE
+        );
+        let page = encode_result(
+            u64::MAX,
+            &PresenceGetResult {
+                members: vec![member],
+                next: Some(u64::MAX),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            page.len(),
+            c.max_presence_info + crate::auth::MAX_SUBJECT_LEN + PRESENCE_PAGE_ENVELOPE
+        );
     }
 }

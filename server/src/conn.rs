@@ -1,10 +1,14 @@
-//! A connection as the rest of the hub sees it: identity plus its outbound
-//! queue. Shared by the broker and presence as `Arc<Conn>`.
+//! A connection as the rest of the hub sees it: identity, its outbound
+//! queue (which is also its mailbox for close requests and commands from
+//! other tasks) and its subscription record. Shared by the broker and
+//! presence as `Arc<Conn>`.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use plexus_protocol::RawValue;
+use plexus_protocol::topic::Pattern;
 
 use crate::outbound::Outbound;
 
@@ -20,10 +24,42 @@ pub struct Conn {
     pub session: Arc<str>,
     /// The authenticated user (`sub`), set once by `auth`.
     user: OnceLock<Arc<str>>,
-    /// Frames waiting for the writer.
+    /// Frames waiting for the session's driver, and its mailbox.
     pub out: Outbound,
     /// Presence info set with `presence.set`.
     pub info: Mutex<Option<RawValue>>,
+    /// What the connection is subscribed to: written by the
+    /// [`Broker`](crate::broker::Broker) before the index, so dropping the
+    /// connection always finds everything to remove.
+    pub subscriptions: Mutex<Vec<Subscription>>,
+}
+
+/// Something another task asks a connection's session to do; queued with
+/// [`Outbound::command`](crate::outbound::Outbound::command).
+#[derive(Debug)]
+pub enum Command {
+    /// Send request `method` with `params` to the client (a
+    /// server-initiated request, decision P20) and answer `reply` with the
+    /// client's result or error.
+    Call {
+        /// The method the client serves.
+        method: String,
+        /// Its params.
+        params: RawValue,
+        /// How long to wait for the client's answer.
+        timeout: Duration,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<Result<RawValue, crate::session::error::RequestError>>,
+    },
+}
+
+/// One subscription of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The pattern as subscribed.
+    pub pattern: Pattern,
+    /// Whether the connection joined the topic's presence with it.
+    pub presence: bool,
 }
 
 impl Conn {
@@ -36,6 +72,7 @@ impl Conn {
             user: OnceLock::new(),
             out: Outbound::new(max_outbound_bytes),
             info: Mutex::new(None),
+            subscriptions: Mutex::new(Vec::new()),
         }
     }
 

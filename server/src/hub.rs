@@ -7,19 +7,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
+use std::borrow::Cow;
+use std::time::Duration;
+
+use dashmap::DashMap;
 use parking_lot::Mutex;
-use plexus_protocol::frame::encode_notification;
-use plexus_protocol::methods::{ClosingParams, ServerLimits};
-use plexus_protocol::{CloseCode, DecodeLimits, NotificationMethod};
+use plexus_protocol::methods::ServerLimits;
+use plexus_protocol::{CloseCode, DecodeLimits};
 use tokio::sync::watch;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, MAX_LEEWAY};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::conn::{Conn, ConnId};
+use crate::lag::LagClock;
 use crate::metrics::Metrics;
 use crate::outbound::CloseRequest;
+use crate::session::core::CoreConfig;
+use crate::session::registry::Registry;
 
 /// Why a connection could not be registered for its user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,13 +51,19 @@ pub struct Hub {
     pub metrics: Metrics,
     /// Limits announced to clients in the `auth` result.
     pub limits: ServerLimits,
-    /// Decode limits after auth.
-    pub decode_limits: DecodeLimits,
-    /// Decode limits before auth.
-    pub preauth_limits: DecodeLimits,
+    /// The methods served after `auth`, with their handlers.
+    pub registry: Registry,
+    /// The session rules' parameters, shared by every connection.
+    pub core: Arc<CoreConfig>,
+    /// The hub's own measured lag (P19).
+    pub lag: Arc<LagClock>,
     /// When the hub started.
     pub started: Instant,
+    /// Renders `/metrics`, when the application installed a recorder.
+    pub metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     users: Mutex<HashMap<Arc<str>, UserConns>>,
+    /// Every open connection, authenticated or not (for shutdown).
+    conns: DashMap<ConnId, Arc<Conn>>,
     open: AtomicU64,
     next_id: AtomicU64,
     node: String,
@@ -60,42 +71,29 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Builds the hub state.
-    pub fn new(config: Config, auth: Authenticator) -> Hub {
-        let mut limits = ServerLimits::default();
-        limits.max_frame_size = config.max_frame_size as u64;
-        limits.max_in_flight = config.max_in_flight as u64;
-        limits.max_subscriptions = config.max_subscriptions as u64;
-        limits.max_topic_len = config
-            .max_topic_len
-            .min(plexus_protocol::topic::MAX_TOPIC_LEN) as u64;
-        limits.max_payload = config.max_payload as u64;
-        limits.max_presence_info = config.max_presence_info as u64;
-        limits.ping_interval_ms = plexus_protocol::duration_ms(config.ping_interval.0);
-        limits.rate_per_sec = u64::from(config.rate_per_sec);
-        limits.rate_burst = u64::from(config.rate_burst);
-        limits.max_depth = u64::from(config.max_depth);
-        limits.max_presence_page = config.max_presence_page as u64;
-        limits.max_in_flight_bytes = u64::MAX;
-        let decode_limits = DecodeLimits {
-            max_frame_size: config.max_frame_size,
-            max_depth: config.max_depth,
-        };
-        let preauth_limits = DecodeLimits {
-            max_frame_size: config.max_preauth_frame_size.min(config.max_frame_size),
-            max_depth: config.max_depth,
-        };
+    /// Builds the hub state; `metrics_handle` serves `/metrics`.
+    pub fn new(
+        config: Config,
+        auth: Authenticator,
+        metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Hub {
+        let limits = announced_limits(&config);
+        let registry = crate::session::methods::registry(&config);
+        let core = Arc::new(core_config(&config, &registry, limits));
         let node = format!("{:08x}", rand::random::<u32>());
         Hub {
+            metrics: Metrics::new(registry.table()),
             config,
             auth,
             broker: Broker::default(),
-            metrics: Metrics::new(),
             limits,
-            decode_limits,
-            preauth_limits,
+            registry,
+            core,
+            lag: Arc::new(LagClock::default()),
             started: Instant::now(),
+            metrics_handle,
             users: Mutex::new(HashMap::new()),
+            conns: DashMap::new(),
             open: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             node,
@@ -111,11 +109,16 @@ impl Hub {
         self.metrics.connections.increment(1.0);
         self.metrics.connections_total.increment(1);
         let session: Arc<str> = format!("{}-{id:x}", self.node).into();
-        Arc::new(Conn::new(id, session, self.config.max_outbound_bytes))
+        let conn = Arc::new(Conn::new(id, session, self.config.max_outbound_bytes));
+        self.conns.insert(id, conn.clone());
+        conn
     }
 
     /// Records that a connection from [`Hub::new_conn`] has ended.
     pub fn connection_closed(&self, conn: &Conn) {
+        if self.conns.remove(&conn.id).is_none() {
+            return;
+        }
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.metrics.connections.decrement(1.0);
         if let Some(user) = conn.user_arc() {
@@ -160,29 +163,32 @@ impl Hub {
             self.close_conn(
                 &old,
                 CloseCode::SessionReplaced,
-                "replaced by a newer connection",
+                "replaced by a newer connection".into(),
                 None,
             );
         }
         Ok(())
     }
 
-    /// Sends `closing` and asks the writer to close gracefully with `code`.
+    /// Asks a connection's session to close with `code` (it sends `closing`
+    /// first when the code is announced, after what is already queued).
     pub fn close_conn(
         &self,
         conn: &Conn,
         code: CloseCode,
-        reason: &str,
+        reason: Cow<'static, str>,
         retry_after_ms: Option<u64>,
     ) {
-        if conn.out.is_closing() {
-            return;
-        }
-        if let Some(frame) = closing_frame(code, reason, retry_after_ms) {
-            conn.out.push(frame);
-        }
-        self.metrics.close(code);
-        conn.out.close(CloseRequest::Graceful(code));
+        conn.out.request_close(CloseRequest {
+            code,
+            reason,
+            retry_after_ms,
+        });
+    }
+
+    /// The reconnect hint sent with 4008 on shutdown, in milliseconds.
+    pub fn shutdown_hint(&self) -> u64 {
+        plexus_protocol::duration_ms(self.config.shutdown_retry_hint.0)
     }
 
     /// A receiver that turns true when the hub starts shutting down.
@@ -190,9 +196,19 @@ impl Hub {
         self.shutdown.subscribe()
     }
 
-    /// Starts the graceful shutdown of every connection.
+    /// Starts the graceful shutdown: the listener stops and every
+    /// connection gets `closing` and 4008 with the retry hint.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+        let hint = self.shutdown_hint();
+        for c in self.conns.iter() {
+            self.close_conn(
+                c.value(),
+                CloseCode::GoingAway,
+                "server shutting down".into(),
+                Some(hint),
+            );
+        }
     }
 
     /// Whether shutdown has begun.
@@ -201,14 +217,49 @@ impl Hub {
     }
 }
 
-/// Encodes a `closing` notification.
-pub fn closing_frame(code: CloseCode, reason: &str, retry_after_ms: Option<u64>) -> Option<Bytes> {
-    let params = ClosingParams {
-        code: code.as_u16(),
-        reason,
-        retry_after_ms,
+/// The limits announced in the `auth` result.
+pub fn announced_limits(config: &Config) -> ServerLimits {
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    let mut limits = ServerLimits::DEFAULTS;
+    limits.max_frame_size = n(config.max_frame_size);
+    limits.max_in_flight = n(config.max_in_flight);
+    limits.max_subscriptions = n(config.max_subscriptions);
+    limits.max_topic_len = n(config.max_topic_len);
+    limits.max_payload = n(config.max_payload);
+    limits.max_presence_info = n(config.max_presence_info);
+    limits.ping_interval_ms = plexus_protocol::duration_ms(config.ping_interval.0);
+    limits.rate_per_sec = u64::from(config.rate_per_sec);
+    limits.rate_burst = u64::from(config.rate_burst);
+    limits.max_depth = u64::from(config.max_depth);
+    limits.max_presence_page = n(config.max_presence_page);
+    limits.max_in_flight_bytes = n(config.max_in_flight_bytes);
+    limits
+}
+
+/// The session rules' parameters from the configuration.
+fn core_config(config: &Config, registry: &Registry, announced: ServerLimits) -> CoreConfig {
+    let mut c = CoreConfig::new(registry.table().clone());
+    c.auth_timeout = config.auth_timeout.0;
+    c.ping_interval = config.ping_interval.0;
+    c.pong_timeout = config.pong_timeout.0;
+    // The leeway verification applies (whole seconds, capped), so E is
+    // exactly when a token stops verifying.
+    c.leeway = Duration::from_secs(config.jwt_leeway.0.min(MAX_LEEWAY).as_secs());
+    c.token_expiring_lead = config.token_expiring_lead.0;
+    c.close_linger = config.close_linger.0;
+    c.rate_per_sec = config.rate_per_sec;
+    c.rate_burst = config.rate_burst;
+    c.rate_strikes = config.rate_strikes;
+    c.max_in_flight = config.max_in_flight;
+    c.max_in_flight_bytes = config.max_in_flight_bytes;
+    c.preauth_limits = DecodeLimits {
+        max_frame_size: config.max_preauth_frame_size,
+        max_depth: config.max_depth,
     };
-    encode_notification(plexus_protocol::methods::Closing::NAME, &params)
-        .ok()
-        .map(Bytes::from)
+    c.limits = DecodeLimits {
+        max_frame_size: config.max_frame_size,
+        max_depth: config.max_depth,
+    };
+    c.announced = announced;
+    c
 }

@@ -5,22 +5,32 @@
 //!
 //! ## How the pieces fit
 //!
-//! - [`transport`]: hyper accepts HTTP connections, serves `/health` and
-//!   `/metrics`, and upgrades `/v1/ws` to a WebSocket that it hands to
-//!   [`session::run`].
-//! - [`session`]: one task per connection reads and decodes frames and
-//!   dispatches requests through an open table of handlers; a writer task
-//!   owns the socket's sending half and drains the connection's bounded
-//!   [`outbound`] queue in batches.
-//! - [`auth`]: JWT verification into a [`auth::Principal`] with capabilities
-//!   that every operation consults.
+//! - [`transport`]: hyper accepts HTTP connections (with a large listen
+//!   backlog), serves `/health` and `/metrics`, and upgrades `/v1/ws` to a
+//!   [`transport::ws::WsLink`] that it hands to [`session::run`]. A link is
+//!   transport-neutral ([`transport::link::Link`]): frames, pings and
+//!   closes in and out.
+//! - [`session`]: one task per connection (the driver) owns the link and
+//!   runs the sans-IO [`session::core::Core`], where every session rule
+//!   lives (auth, deadlines, rate and in-flight limits, keepalive, the close
+//!   decision), and the handlers of the open, typed
+//!   [`session::registry::Registry`] (sync, async, streamed with credit, a
+//!   fallback).
+//! - [`outbound`]: each connection's bounded queue of encoded frames,
+//!   charged for the memory it really holds, with credit for bulk senders.
+//! - [`auth`]: JWT verification into a [`auth::Principal`] with
+//!   capabilities that every operation consults.
 //! - [`broker`]: the subject index (exact topics in a sharded map, wildcard
-//!   patterns in a token trie) and presence. A publish is encoded once and
+//!   patterns in a token trie) and presence; it owns subscription
+//!   lifecycle and reports interest changes. A publish is encoded once and
 //!   its bytes are shared with every subscriber.
-//! - [`hub`]: the shared state; [`config`]: settings; [`metrics`]: Prometheus.
+//! - [`hub`]: the shared state; [`config`]: settings, validated at start;
+//!   [`metrics`]: Prometheus handles; [`lag`]: the hub's own measured lag;
+//!   [`logging`]: the binary's log output.
 //!
 //! [`Server`] starts a hub on a listener and shuts it down gracefully; the
-//! `plexus` binary and the integration tests both use it.
+//! `plexus` binary and the integration tests (through `plexus-testkit`)
+//! both use it.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -28,6 +38,8 @@ pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod hub;
+pub mod lag;
+pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod session;
@@ -62,6 +74,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The settings cannot work together.
+    #[error(transparent)]
+    Settings(#[from] config::SettingsError),
     /// The key material is unusable.
     #[error("cannot set up token verification: {0}")]
     Auth(#[from] auth::AuthSetupError),
@@ -151,6 +166,25 @@ pub fn auth_settings(config: &Config) -> Result<(AuthSettings, KeyOrigin), Start
     ))
 }
 
+/// Options for [`Server::start_with`] beyond the configuration.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// The handle of an installed Prometheus recorder: when set, the hub
+    /// serves `/metrics` from it and folds its histograms on a timer.
+    /// Without it `/metrics` answers 404. See
+    /// [`metrics::install_recorder`].
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl ServerOptions {
+    /// Serves `/metrics` from `handle`.
+    pub fn with_metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+}
+
 /// A running hub.
 #[derive(Debug)]
 pub struct Server {
@@ -160,31 +194,44 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `config.listen` and starts serving.
+    /// Binds `config.listen` and starts serving, with default
+    /// [`ServerOptions`] (no `/metrics`).
     pub async fn start(config: Config, auth: Authenticator) -> Result<Server, StartError> {
+        Server::start_with(config, auth, ServerOptions::default()).await
+    }
+
+    /// Binds `config.listen` and starts serving.
+    pub async fn start_with(
+        config: Config,
+        auth: Authenticator,
+        options: ServerOptions,
+    ) -> Result<Server, StartError> {
+        config.validate()?;
         let addr = config.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
+        let listener = transport::listen(addr, config.listen_backlog)
             .map_err(|source| StartError::Bind { addr, source })?;
         let addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         auth.spawn_jwks_refresh();
-        let hub = Arc::new(Hub::new(config, auth));
+        let hub = Arc::new(Hub::new(config, auth, options.metrics.clone()));
+        hub.lag.spawn_ticker();
         let accept = tokio::spawn(transport::serve(listener, hub.clone()));
-        // Histogram samples accumulate until folded into buckets: fold them
-        // on a timer, not only when /metrics is scraped.
-        let weak = Arc::downgrade(&hub);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(metrics::UPKEEP_INTERVAL);
-            loop {
-                tick.tick().await;
-                if weak.upgrade().is_none() {
-                    break;
+        if let Some(handle) = options.metrics {
+            // Histogram samples accumulate until folded into buckets: fold
+            // them on a timer, not only when /metrics is scraped.
+            let weak = Arc::downgrade(&hub);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(metrics::UPKEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    if weak.upgrade().is_none() {
+                        break;
+                    }
+                    handle.run_upkeep();
                 }
-                metrics::upkeep();
-            }
-        });
+            });
+        }
         Ok(Server { addr, hub, accept })
     }
 

@@ -9,8 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use plexus_server::auth::{Authenticator, KeySource, MintRequest, mint_hs};
 use plexus_server::config::{self, Config, Dur, Settings};
-use plexus_server::{KeyOrigin, Server};
-use tracing_subscriber::EnvFilter;
+use plexus_server::{KeyOrigin, Server, ServerOptions};
 
 /// Plexus: a realtime hub speaking plexus.v1 over WebSocket.
 #[derive(Debug, Parser)]
@@ -120,11 +119,7 @@ fn token(
 }
 
 fn serve(config: Config) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    plexus_server::logging::init();
     // Each connection is a file descriptor: use all the kernel allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
@@ -152,7 +147,14 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let server = match Server::start(config.clone(), auth).await {
+        // The binary owns the process-wide metrics recorder (the library
+        // never installs one).
+        let mut options = ServerOptions::default();
+        match plexus_server::metrics::install_recorder() {
+            Ok(handle) => options = options.with_metrics(handle),
+            Err(e) => tracing::warn!(error = %e, "metrics disabled: cannot install the recorder"),
+        }
+        let server = match Server::start_with(config.clone(), auth, options).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("plexus: {e}");

@@ -4,13 +4,11 @@
 //! drains connections with `closing` and 4008.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
 use plexus_protocol::methods::{PublishParams, PublishResult, SubscribeParams};
+use plexus_testkit::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -174,5 +172,39 @@ async fn config_masks_secrets_and_help_names_env_vars() {
         "PLEXUS_RATE_PER_SEC",
     ] {
         assert!(help.contains(env), "--help shows {env}");
+    }
+}
+
+#[tokio::test]
+async fn settings_that_cannot_work_together_stop_the_hub_with_a_message() {
+    // Item 5: a 2048-byte frame cannot carry a 1900-byte payload with its
+    // topic, user and envelope.
+    let dir = tempfile::tempdir().unwrap();
+    let out = plexus()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-frame-size",
+            "2048",
+            "--max-payload",
+            "1900",
+            "--max-topic-len",
+            "2000",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    for name in [
+        "invalid settings",
+        "max-payload",
+        "max-frame-size",
+        "max-topic-len",
+    ] {
+        assert!(err.contains(name), "{name} in {err}");
     }
 }

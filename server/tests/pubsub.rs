@@ -1,15 +1,13 @@
 //! Publish/subscribe and presence over real sockets.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
-use common::*;
 use jsonwebtoken::Algorithm;
 use plexus_protocol::methods::{
     Empty, EventParams, PresenceGetParams, PresenceGetResult, PresenceNotice, PresenceSetParams,
     PublishParams, PublishResult, SubscribeParams, UnsubscribeParams,
 };
 use plexus_protocol::{ErrorCode, Frame, RawValue, WireError};
+use plexus_testkit::*;
 
 async fn subscribe(c: &mut Client, topic: &str, presence: bool) -> Result<RawValue, WireError> {
     c.call(
@@ -64,8 +62,8 @@ async fn notice(c: &mut Client, method: &str) -> PresenceNotice {
 
 #[tokio::test]
 async fn publish_reaches_subscribers_with_wildcards_once_per_connection() {
-    let server = start(|_| {}).await;
-    let addr = server.local_addr();
+    let server = TestHub::start(|_| {}).await;
+    let addr = server.addr();
     let (mut exact, _) = Client::authed(addr, &token("a")).await;
     let (mut star, _) = Client::authed(addr, &token("b")).await;
     let (mut rest, _) = Client::authed(addr, &token("c")).await;
@@ -122,9 +120,9 @@ async fn publish_reaches_subscribers_with_wildcards_once_per_connection() {
 
 #[tokio::test]
 async fn events_from_one_publisher_arrive_in_order_and_echo_is_optional() {
-    let server = start(|c| c.rate_burst = 1000).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("solo")).await;
-    let (mut other, _) = Client::authed(server.local_addr(), &token("other")).await;
+    let server = TestHub::start(|c| c.rate_burst = 1000).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("solo")).await;
+    let (mut other, _) = Client::authed(server.addr(), &token("other")).await;
     subscribe(&mut c, "seq", false).await.unwrap();
     subscribe(&mut other, "seq", false).await.unwrap();
     for i in 0..200u32 {
@@ -152,13 +150,13 @@ async fn events_from_one_publisher_arrive_in_order_and_echo_is_optional() {
 
 #[tokio::test]
 async fn capabilities_are_enforced_on_subscribe_and_publish() {
-    let server = start(|_| {}).await;
+    let server = TestHub::start(|_| {}).await;
     let t = sign(
         &claims("alice", &["chat.>"], &["chat.room1"], false),
         Algorithm::HS256,
         SECRET,
     );
-    let (mut c, _) = Client::authed(server.local_addr(), &t).await;
+    let (mut c, _) = Client::authed(server.addr(), &t).await;
     subscribe(&mut c, "chat.room9", false).await.unwrap();
     subscribe(&mut c, "chat.*", false).await.unwrap();
     assert_eq!(
@@ -209,13 +207,13 @@ async fn capabilities_are_enforced_on_subscribe_and_publish() {
 
 #[tokio::test]
 async fn subscribe_and_publish_validate_their_params() {
-    let server = start(|c| {
+    let server = TestHub::start(|c| {
         c.max_subscriptions = 2;
         c.max_payload = 64;
         c.max_topic_len = 16;
     })
     .await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let code = |r: Result<RawValue, WireError>| r.unwrap_err().code;
     assert_eq!(
         code(c.call("subscribe", &raw(&42u8)).await),
@@ -259,8 +257,8 @@ async fn subscribe_and_publish_validate_their_params() {
 
 #[tokio::test]
 async fn presence_join_leave_get_and_cleanup_on_abrupt_disconnect() {
-    let server = start(|c| c.max_presence_page = 2).await;
-    let addr = server.local_addr();
+    let server = TestHub::start(|c| c.max_presence_page = 2).await;
+    let addr = server.addr();
     let (mut a, ra) = Client::authed(addr, &token("alice")).await;
     subscribe(&mut a, "room", true).await.unwrap();
     set_info(&mut a, "typing").await;

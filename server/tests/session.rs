@@ -2,19 +2,16 @@
 //! bad input, keepalive, shutdown, and the HTTP edge.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use futures_util::{SinkExt, StreamExt};
 use minicbor::{Decode, Encode};
 use plexus_protocol::methods::{CancelParams, Empty, PublishParams, SubscribeParams};
 use plexus_protocol::{ErrorCode, Frame, RawValue};
 use plexus_server::config::Dur;
+use plexus_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Encode, Decode)]
 #[cbor(map)]
@@ -25,8 +22,8 @@ struct Sleep {
 
 #[tokio::test]
 async fn requests_run_concurrently_and_answer_out_of_order() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let slow = c.request("debug.sleep", &Sleep { ms: 400 }).await;
     let fast = c.request("debug.sleep", &Sleep { ms: 10 }).await;
     let ping = c.request("ping", &raw(&"echo me")).await;
@@ -51,8 +48,8 @@ async fn requests_run_concurrently_and_answer_out_of_order() {
 
 #[tokio::test]
 async fn cancel_aborts_an_in_flight_request() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let started = Instant::now();
     let id = c.request("debug.sleep", &Sleep { ms: 10_000 }).await;
     c.notify("cancel", &CancelParams { id }).await;
@@ -67,12 +64,12 @@ async fn cancel_aborts_an_in_flight_request() {
 
 #[tokio::test]
 async fn in_flight_limit_timeout_and_internal_errors() {
-    let server = start(|c| {
+    let server = TestHub::start(|c| {
         c.max_in_flight = 2;
         c.request_timeout = Dur(Duration::from_millis(300));
     })
     .await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let a = c.request("debug.sleep", &Sleep { ms: 1_000 }).await;
     let b = c.request("debug.sleep", &Sleep { ms: 1_000 }).await;
     let err = c.call("debug.sleep", &Sleep { ms: 1 }).await.unwrap_err();
@@ -89,8 +86,8 @@ async fn in_flight_limit_timeout_and_internal_errors() {
 
 #[tokio::test]
 async fn unknown_methods_are_method_not_found() {
-    let server = start(|c| c.debug_methods = false).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|c| c.debug_methods = false).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     assert_eq!(
         c.call("no.such.method", &Empty {}).await.unwrap_err().code,
         ErrorCode::MethodNotFound
@@ -106,9 +103,42 @@ async fn unknown_methods_are_method_not_found() {
 }
 
 #[tokio::test]
+async fn every_request_counts_in_flight_core_methods_too() {
+    // Item 2 / P2: with the window full of asynchronous requests, `ping`
+    // and `subscribe` are refused too.
+    let server = TestHub::start(|c| c.max_in_flight = 1).await;
+    let (mut c, r) = Client::authed(server.addr(), &token("alice")).await;
+    assert_eq!(r.limits.max_in_flight, 1);
+    let slow = c.request("debug.sleep", &Sleep { ms: 300 }).await;
+    for method in ["ping", "subscribe"] {
+        let err = c
+            .call(method, &SubscribeParams::new("room"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooManyRequests, "{method}");
+    }
+    c.response(slow).await.unwrap();
+    c.call("ping", &Empty {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_map_keys_in_params_are_invalid() {
+    // P14: {0: "a", 0: "b"} as subscribe params.
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
+    let dup = RawValue::from_bytes(
+        vec![0xa2, 0x00, 0x61, b'a', 0x00, 0x61, b'b'].into(),
+        &Default::default(),
+    )
+    .unwrap();
+    let err = c.call("subscribe", &dup).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidParams);
+}
+
+#[tokio::test]
 async fn duplicate_in_flight_id_is_a_protocol_error() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     let frame =
         plexus_protocol::frame::encode_request(77, "debug.sleep", &Sleep { ms: 2_000 }).unwrap();
     c.send_bytes(frame.clone()).await;
@@ -118,7 +148,7 @@ async fn duplicate_in_flight_id_is_a_protocol_error() {
 
 #[tokio::test]
 async fn malformed_cbor_closes_4005() {
-    let server = start(|_| {}).await;
+    let server = TestHub::start(|_| {}).await;
     for bad in [
         vec![0xff],
         vec![0x84, 0x00],
@@ -126,35 +156,60 @@ async fn malformed_cbor_closes_4005() {
         vec![0x83, 0x09, 0x00, 0x00],
         vec![0xa0],
     ] {
-        let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+        let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
         c.send_bytes(bad).await;
         c.expect_close(4005, true).await;
     }
     // Before auth too.
-    let mut c = Client::connect(server.local_addr()).await;
+    let mut c = Client::connect(server.addr()).await;
     c.send_bytes(vec![0x00, 0x01]).await;
     c.expect_close(4005, true).await;
 }
 
 #[tokio::test]
-async fn oversized_frames_close_1009() {
-    let server = start(|c| c.max_frame_size = 8 * 1024).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
-    let big = raw(&minicbor::bytes::ByteVec::from(vec![0u8; 16 * 1024]));
+async fn oversized_frames_close_1009_whatever_their_opcode() {
+    let server = TestHub::start(|c| {
+        c.max_frame_size = 32 * 1024;
+        c.max_payload = 8 * 1024;
+    })
+    .await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
+    let big = raw(&minicbor::bytes::ByteVec::from(vec![0u8; 40 * 1024]));
     c.request("ping", &big).await;
     c.expect_close(1009, false).await;
-    // Before auth the limit is the smaller pre-auth one.
-    let server = start(|c| c.max_preauth_frame_size = 512).await;
-    let mut c = Client::connect(server.local_addr()).await;
-    let big = raw(&minicbor::bytes::ByteVec::from(vec![0u8; 1024]));
-    c.request("auth", &big).await;
-    c.expect_close(1009, false).await;
+    // P8: the size is checked first, so an oversized text message is 1009,
+    // not 1003 (item 4).
+    let mut s = RawSocket::connect(server.addr()).await;
+    assert!(s.auth(&token("bob")).await.outcome.is_ok());
+    s.send_header(plexus_testkit::raw::OP_TEXT, 32 * 1024 + 1)
+        .await
+        .unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(1009));
+}
+
+#[tokio::test]
+async fn the_preauth_limit_is_enforced_on_the_frame_header_and_raised_after_auth() {
+    // Item 7 / P12: before auth, a header announcing more than 16 KiB is
+    // refused at once, before its payload is sent or buffered.
+    let server = TestHub::start(|_| {}).await;
+    let mut s = RawSocket::connect(server.addr()).await;
+    s.send_header(plexus_testkit::raw::OP_BINARY, 1_048_575)
+        .await
+        .unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(1009), "refused on the header alone");
+    // After auth the announced max_frame_size applies.
+    let (mut c, r) = Client::authed(server.addr(), &token("alice")).await;
+    assert_eq!(r.limits.max_frame_size, 1_048_576);
+    let big = raw(&minicbor::bytes::ByteVec::from(vec![7u8; 200 * 1024]));
+    assert_eq!(c.call("ping", &big).await.unwrap(), big);
 }
 
 #[tokio::test]
 async fn text_frames_close_1003() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     c.ws.send(Message::Text("[0,1,\"ping\",null]".into()))
         .await
         .unwrap();
@@ -162,9 +217,32 @@ async fn text_frames_close_1003() {
 }
 
 #[tokio::test]
+async fn a_client_close_is_echoed_and_an_invalid_one_answered() {
+    // P10: the client's code and reason come back unchanged.
+    let server = TestHub::start(|_| {}).await;
+    let mut s = RawSocket::connect(server.addr()).await;
+    assert!(s.auth(&token("alice")).await.outcome.is_ok());
+    s.send_close(4321, b"bye now").await.unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(4321));
+    assert_eq!(&f.payload[2..], b"bye now");
+    assert!(s.read_frame().await.unwrap().is_none(), "then EOF");
+    // P10: a code a peer may not send (1005) is answered with 1002.
+    let mut s = RawSocket::connect(server.addr()).await;
+    s.send_close(1005, b"").await.unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(1002));
+    // P9 / item 12: a Close reason that is not UTF-8 is answered 1007.
+    let mut s = RawSocket::connect(server.addr()).await;
+    s.send_close(1000, &[0xff, 0xfe]).await.unwrap();
+    let f = s.read_frame().await.unwrap().unwrap();
+    assert_eq!(f.close_code(), Some(1007));
+}
+
+#[tokio::test]
 async fn client_close_is_answered_with_1000() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: 1000.into(),
         reason: "bye".into(),
@@ -186,13 +264,13 @@ async fn client_close_is_answered_with_1000() {
 
 #[tokio::test]
 async fn rate_limit_answers_rate_limited_then_closes_4007() {
-    let server = start(|c| {
+    let server = TestHub::start(|c| {
         c.rate_per_sec = 1;
         c.rate_burst = 5;
         c.rate_strikes = 3;
     })
     .await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     for _ in 0..4 {
         c.call("ping", &Empty {}).await.unwrap();
     }
@@ -206,28 +284,47 @@ async fn rate_limit_answers_rate_limited_then_closes_4007() {
 }
 
 #[tokio::test]
-async fn missing_pong_closes_4010() {
-    let server = start(|c| {
-        c.ping_interval = Dur(Duration::from_millis(200));
+async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed_4010() {
+    let server = TestHub::start(|c| {
+        c.ping_interval = Dur(Duration::from_millis(100));
         c.pong_timeout = Dur(Duration::from_millis(200));
     })
     .await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
-    // Not reading means tungstenite never answers the pings.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert_eq!(c.ended().await, Ended::Close(4010));
-    // A client that reads answers pings and stays connected.
-    let (mut d, _) = Client::authed(server.local_addr(), &token("bob")).await;
-    for _ in 0..5 {
-        d.call("ping", &Empty {}).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    // Answers every ping: still connected after three of them.
+    let mut s = RawSocket::connect(server.addr()).await;
+    assert!(s.auth(&token("alice")).await.outcome.is_ok());
+    let mut pings = 0;
+    while pings < 3 {
+        let f = s.read_frame().await.unwrap().unwrap();
+        if f.opcode == plexus_testkit::raw::OP_PING {
+            pings += 1;
+            s.send_frame(true, plexus_testkit::raw::OP_PONG, &f.payload, true)
+                .await
+                .unwrap();
+        }
+    }
+    let id = s.request("ping", &Empty {}).await.unwrap();
+    assert!(s.response(id).await.outcome.is_ok());
+    // Never answers: closed with 4010, without `closing`.
+    let mut quiet = RawSocket::connect(server.addr()).await;
+    assert!(quiet.auth(&token("bob")).await.outcome.is_ok());
+    loop {
+        let f = quiet.read_frame().await.unwrap().unwrap();
+        assert!(
+            !matches!(f.plexus(), Some(Frame::Notification(n)) if n.method == "closing"),
+            "4010 is not announced"
+        );
+        if f.opcode == plexus_testkit::raw::OP_CLOSE {
+            assert_eq!(f.close_code(), Some(4010));
+            break;
+        }
     }
 }
 
 #[tokio::test]
 async fn websocket_protocol_violation_closes_1002() {
-    let server = start(|_| {}).await;
-    let (mut c, _) = Client::authed(server.local_addr(), &token("alice")).await;
+    let server = TestHub::start(|_| {}).await;
+    let (mut c, _) = Client::authed(server.addr(), &token("alice")).await;
     // An unmasked client frame is a WebSocket protocol error (RFC 6455 5.1).
     let tcp = c.ws.get_mut();
     let tcp = match tcp {
@@ -240,8 +337,8 @@ async fn websocket_protocol_violation_closes_1002() {
 
 #[tokio::test]
 async fn graceful_shutdown_sends_closing_and_4008() {
-    let server = start(|c| c.shutdown_retry_hint = Dur(Duration::from_millis(1234))).await;
-    let addr = server.local_addr();
+    let server = TestHub::start(|c| c.shutdown_retry_hint = Dur(Duration::from_millis(1234))).await;
+    let addr = server.addr();
     let (mut a, _) = Client::authed(addr, &token("alice")).await;
     let (mut b, _) = Client::authed(addr, &token("bob")).await;
     let drained = tokio::spawn(server.shutdown());
@@ -263,35 +360,21 @@ async fn graceful_shutdown_sends_closing_and_4008() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
-/// A client whose socket has a tiny receive buffer and that never reads:
-/// the kernel absorbs little, so the hub's outbound budget is what fills.
-async fn stalled_client(addr: std::net::SocketAddr) -> Client {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let tcp = sock.connect(addr).await.unwrap();
-    let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "plexus.v1".parse().unwrap());
-    let (ws, _) =
-        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-            .await
-            .unwrap();
-    Client::from_ws(ws)
-}
-
 #[tokio::test]
 async fn slow_consumer_is_closed_4006_and_fast_subscribers_get_everything() {
     const FAST: usize = 100;
     const EVENTS: u32 = 300;
-    let server = start(|c| {
+    let server = TestHub::start(|c| {
         c.max_outbound_bytes = 128 * 1024;
+        c.max_frame_size = 64 * 1024;
+        c.max_payload = 16 * 1024;
         c.rate_burst = 10_000;
         // Bound what the kernel absorbs, so the hub's own budget is what fills.
         c.tcp_send_buffer = 16 * 1024;
     })
     .await;
-    let addr = server.local_addr();
-    let mut slow = stalled_client(addr).await;
+    let addr = server.addr();
+    let mut slow = Client::connect_stalled(addr).await;
     slow.auth(&token("slow")).await.unwrap();
     slow.call("subscribe", &SubscribeParams::new("feed"))
         .await
@@ -345,8 +428,8 @@ async fn slow_consumer_is_closed_4006_and_fast_subscribers_get_everything() {
 
 #[tokio::test]
 async fn http_edge_rejects_bad_handshakes_and_serves_health_and_metrics() {
-    let server = start(|c| c.allowed_origins = "https://app.example".into()).await;
-    let addr = server.local_addr();
+    let server = TestHub::start(|c| c.allowed_origins = "https://app.example".into()).await;
+    let addr = server.addr();
     let get = |path: &'static str, headers: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");
@@ -365,6 +448,33 @@ async fn http_edge_rejects_bad_handshakes_and_serves_health_and_metrics() {
     )
     .await;
     assert!(bad_origin.starts_with("HTTP/1.1 403"), "{bad_origin}");
+    // P17: the subprotocol is matched exactly (item 12).
+    let (head, _, _) = plexus_testkit::raw::http_exchange(
+        addr,
+        &plexus_testkit::raw::upgrade_request(Some("PLEXUS.V1"), ""),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // P16: the whole Origin, ASCII case-insensitively, no normalization.
+    for (origin, status) in [
+        ("HTTPS://APP.EXAMPLE", "101"),
+        ("https://app.example:443", "403"),
+        ("https://app.example/", "403"),
+        ("null", "403"),
+    ] {
+        let (head, _, _) = plexus_testkit::raw::http_exchange(
+            addr,
+            &plexus_testkit::raw::upgrade_request(
+                Some("plexus.v1"),
+                &format!("Origin: {origin}\r\n"),
+            ),
+        )
+        .await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{origin}: {head}"
+        );
+    }
     let good_origin = {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: plexus.v1\r\nOrigin: https://app.example\r\n\r\n").await.unwrap();
@@ -411,6 +521,7 @@ async fn http_edge_rejects_bad_handshakes_and_serves_health_and_metrics() {
         "plexus_request_duration_seconds_bucket{method=\"publish\",le=\"0.001\"}",
         "plexus_publishes_total ",
         "plexus_deliveries_total ",
+        "plexus_subscriptions ",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }

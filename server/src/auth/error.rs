@@ -57,6 +57,11 @@ pub enum InvalidToken {
     /// `exp` is missing; tokens must expire.
     #[error("token has no expiry")]
     MissingExpiry,
+    /// `exp` lies more than
+    /// [`MAX_TOKEN_LIFETIME`](super::MAX_TOKEN_LIFETIME) ahead: no value
+    /// means "never expires".
+    #[error("token expiry is too far in the future")]
+    ExpiryTooFar,
     /// The `plexus` claim is not an object of pattern lists, holds an
     /// invalid pattern, or too many of them.
     #[error("token capabilities are invalid")]
@@ -78,6 +83,7 @@ impl InvalidToken {
             InvalidToken::MissingSubject => "missing_subject",
             InvalidToken::BadSubject => "bad_subject",
             InvalidToken::MissingExpiry => "missing_expiry",
+            InvalidToken::ExpiryTooFar => "expiry_too_far",
             InvalidToken::BadCapabilities => "bad_capabilities",
         }
     }
@@ -205,6 +211,7 @@ mod tests {
             InvalidToken::MissingSubject,
             InvalidToken::BadSubject,
             InvalidToken::MissingExpiry,
+            InvalidToken::ExpiryTooFar,
             InvalidToken::BadCapabilities,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|e| e.as_str()).collect();

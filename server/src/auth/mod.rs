@@ -11,7 +11,8 @@
 //!   header `alg` that differs (including `"none"`) is
 //!   [`InvalidToken::AlgorithmNotAllowed`].
 //! - `exp` and `sub` are required; `nbf` is honoured; both dates get the
-//!   configured leeway. `iss` and `aud` are checked only when configured.
+//!   configured leeway. An `exp` more than [`MAX_TOKEN_LIFETIME`] ahead is
+//!   refused: no token is valid forever. `iss` and `aud` are checked only when configured.
 //! - The `plexus` claim grants capabilities (see [`Capabilities`]); an
 //!   absent claim grants nothing and an invalid pattern rejects the token.
 //! - [`AuthError::Invalid`] means "do not retry with this token";
@@ -24,6 +25,8 @@
 //! |---|---|
 //! | `settings` | [`AuthSettings`], [`KeySource`], [`HmacAlg`] |
 //! | `verify` | [`Authenticator`] |
+//! | `header` | reading the JOSE header without trusting it |
+//! | `pem` | loading PEM public keys |
 //! | `capabilities` | [`Principal`], [`Capabilities`] |
 //! | `claims` | the claim formats |
 //! | `jwks` | the JWKS cache and fetcher |
@@ -35,8 +38,10 @@ mod capabilities;
 mod claims;
 pub mod devkey;
 mod error;
+mod header;
 mod jwks;
 pub mod mint;
+mod pem;
 mod settings;
 mod verify;
 
@@ -50,4 +55,4 @@ pub use settings::{
     AuthSettings, DEFAULT_JWKS_REFRESH, DEFAULT_JWKS_TIMEOUT, DEFAULT_LEEWAY, HmacAlg, KeySource,
     MAX_LEEWAY, MIN_HMAC_SECRET_LEN, MIN_JWKS_REFRESH, UnknownHmacAlg,
 };
-pub use verify::{Authenticator, MAX_TOKEN_LEN};
+pub use verify::{Authenticator, MAX_TOKEN_LEN, MAX_TOKEN_LIFETIME};

@@ -48,10 +48,16 @@ impl Node {
             && self.rest.is_empty()
     }
 
-    fn insert<'a>(&mut self, mut tokens: impl Iterator<Item = &'a str>, conn: Arc<Conn>) {
+    /// Adds `conn` at the pattern's position; returns whether it is the
+    /// pattern's first subscriber.
+    fn insert<'a>(&mut self, mut tokens: impl Iterator<Item = &'a str>, conn: Arc<Conn>) -> bool {
+        fn push(subs: &mut Subs, conn: Arc<Conn>) -> bool {
+            subs.push(conn);
+            subs.len() == 1
+        }
         match tokens.next() {
-            None => self.here.push(conn),
-            Some(">") => self.rest.push(conn),
+            None => push(&mut self.here, conn),
+            Some(">") => push(&mut self.rest, conn),
             Some("*") => self
                 .star
                 .get_or_insert_with(Default::default)
@@ -64,13 +70,23 @@ impl Node {
         }
     }
 
-    fn remove<'a>(&mut self, mut tokens: impl Iterator<Item = &'a str>, id: ConnId) -> bool {
+    /// Removes `id` from the pattern's position.
+    fn remove<'a>(&mut self, mut tokens: impl Iterator<Item = &'a str>, id: ConnId) -> Removed {
+        let take = |subs: &mut Subs| {
+            if !remove_conn(subs, id) {
+                Removed::Absent
+            } else if subs.is_empty() {
+                Removed::Last
+            } else {
+                Removed::Other
+            }
+        };
         match tokens.next() {
-            None => remove_conn(&mut self.here, id),
-            Some(">") => remove_conn(&mut self.rest, id),
+            None => take(&mut self.here),
+            Some(">") => take(&mut self.rest),
             Some("*") => {
                 let Some(star) = self.star.as_mut() else {
-                    return false;
+                    return Removed::Absent;
                 };
                 let removed = star.remove(tokens, id);
                 if star.is_empty() {
@@ -80,7 +96,7 @@ impl Node {
             }
             Some(lit) => {
                 let Some(child) = self.children.get_mut(lit) else {
-                    return false;
+                    return Removed::Absent;
                 };
                 let removed = child.remove(tokens, id);
                 if child.is_empty() {
@@ -107,6 +123,27 @@ impl Node {
     }
 }
 
+/// What [`Matcher::remove`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// The connection did not hold the pattern.
+    Absent,
+    /// Removed; other connections still hold the pattern.
+    Other,
+    /// Removed; it was the pattern's last subscriber on this hub.
+    Last,
+}
+
+/// A change of interest in a pattern, reported while the index is locked
+/// for it, so the changes of one pattern are reported in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// The pattern got its first subscriber on this hub.
+    First,
+    /// The pattern lost its last subscriber on this hub.
+    Last,
+}
+
 /// Tokens kept on the stack per publish; longer topics use a heap buffer.
 const MAX_TOKENS: usize = 64;
 
@@ -123,30 +160,66 @@ pub struct Matcher {
 
 impl Matcher {
     /// Adds a subscription. The caller guarantees the connection does not
-    /// already hold the same pattern.
-    pub fn insert(&self, pattern: &Pattern, conn: Arc<Conn>) {
+    /// already hold the same pattern. `on_interest` is called with
+    /// [`Interest::First`] if no other connection held the pattern, while
+    /// the index is still locked for it (it must not block).
+    pub fn insert(&self, pattern: &Pattern, conn: Arc<Conn>, on_interest: impl FnOnce(Interest)) {
         if pattern.is_exact() {
-            Arc::make_mut(&mut self.exact.entry(pattern.as_str().into()).or_default()).push(conn);
+            let mut entry = self.exact.entry(pattern.as_str().into()).or_default();
+            let subs = Arc::make_mut(&mut entry);
+            subs.push(conn);
+            if subs.len() == 1 {
+                on_interest(Interest::First);
+            }
         } else {
-            self.wild.write().insert(pattern.tokens(), conn);
+            let mut wild = self.wild.write();
             self.wild_count.fetch_add(1, Ordering::Relaxed);
+            if wild.insert(pattern.tokens(), conn) {
+                on_interest(Interest::First);
+            }
         }
     }
 
-    /// Removes a subscription; returns whether it existed.
-    pub fn remove(&self, pattern: &Pattern, id: ConnId) -> bool {
+    /// Removes a subscription. `on_interest` is called with
+    /// [`Interest::Last`] if it was the pattern's last subscriber, while
+    /// the index is still locked for it.
+    pub fn remove(
+        &self,
+        pattern: &Pattern,
+        id: ConnId,
+        on_interest: impl FnOnce(Interest),
+    ) -> Removed {
         if pattern.is_exact() {
             let removed = match self.exact.get_mut(pattern.as_str()) {
-                Some(mut subs) => remove_conn(Arc::make_mut(&mut subs), id),
-                None => false,
+                Some(mut entry) => {
+                    let subs = Arc::make_mut(&mut entry);
+                    let removed = if !remove_conn(subs, id) {
+                        Removed::Absent
+                    } else if subs.is_empty() {
+                        Removed::Last
+                    } else {
+                        Removed::Other
+                    };
+                    if removed == Removed::Last {
+                        on_interest(Interest::Last);
+                    }
+                    removed
+                }
+                None => Removed::Absent,
             };
-            self.exact
-                .remove_if(pattern.as_str(), |_, subs| subs.is_empty());
+            if removed == Removed::Last {
+                self.exact
+                    .remove_if(pattern.as_str(), |_, subs| subs.is_empty());
+            }
             removed
         } else {
-            let removed = self.wild.write().remove(pattern.tokens(), id);
-            if removed {
+            let mut wild = self.wild.write();
+            let removed = wild.remove(pattern.tokens(), id);
+            if removed != Removed::Absent {
                 self.wild_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            if removed == Removed::Last {
+                on_interest(Interest::Last);
             }
             removed
         }
@@ -223,23 +296,39 @@ mod tests {
     fn exact_and_wildcards_match_once_per_connection() {
         let m = Matcher::default();
         let (a, b, c) = (conn(1), conn(2), conn(3));
-        m.insert(&pat("chat.room1"), a.clone());
-        m.insert(&pat("chat.*"), a.clone());
-        m.insert(&pat("chat.>"), b.clone());
-        m.insert(&pat("*.room1"), c.clone());
+        m.insert(&pat("chat.room1"), a.clone(), |_| {});
+        m.insert(&pat("chat.*"), a.clone(), |_| {});
+        m.insert(&pat("chat.>"), b.clone(), |_| {});
+        m.insert(&pat("*.room1"), c.clone(), |_| {});
         assert_eq!(matches(&m, "chat.room1"), vec![1, 2, 3]);
         assert_eq!(matches(&m, "chat.room2"), vec![1, 2]);
         assert_eq!(matches(&m, "chat.room1.x"), vec![2]);
         assert_eq!(matches(&m, "chat"), Vec::<ConnId>::new());
-        assert!(m.remove(&pat("chat.*"), 1));
-        assert!(!m.remove(&pat("chat.*"), 1));
+        let gone = |m: &Matcher, p: &str, id| m.remove(&pat(p), id, |_| {});
+        assert_eq!(gone(&m, "chat.*", 1), Removed::Last);
+        assert_eq!(gone(&m, "chat.*", 1), Removed::Absent);
         assert_eq!(matches(&m, "chat.room2"), vec![2]);
-        assert!(m.remove(&pat("chat.>"), 2));
-        assert!(m.remove(&pat("*.room1"), 3));
+        assert_eq!(gone(&m, "chat.>", 2), Removed::Last);
+        assert_eq!(gone(&m, "*.room1", 3), Removed::Last);
         assert_eq!(matches(&m, "chat.room1"), vec![1]);
-        assert!(m.remove(&pat("chat.room1"), 1));
+        assert_eq!(gone(&m, "chat.room1", 1), Removed::Last);
         assert_eq!(m.topic_count(), 0);
         assert!(m.wild.read().is_empty(), "empty trie branches are pruned");
+    }
+
+    #[test]
+    fn interest_is_reported_for_the_first_and_the_last_subscriber() {
+        let m = Matcher::default();
+        for p in ["room", "room.*", "room.>"] {
+            let mut seen = Vec::new();
+            m.insert(&pat(p), conn(1), |i| seen.push(i));
+            m.insert(&pat(p), conn(2), |i| seen.push(i));
+            assert_eq!(m.remove(&pat(p), 1, |i| seen.push(i)), Removed::Other);
+            assert_eq!(m.remove(&pat(p), 2, |i| seen.push(i)), Removed::Last);
+            assert_eq!(m.remove(&pat(p), 2, |i| seen.push(i)), Removed::Absent);
+            assert_eq!(seen, vec![Interest::First, Interest::Last], "{p}");
+        }
+        assert_eq!(m.topic_count(), 0);
     }
 
     #[test]
@@ -249,8 +338,9 @@ mod tests {
         m.insert(
             &Pattern::parse(&long_pattern.join("."), 1024).unwrap(),
             conn(1),
+            |_| {},
         );
-        m.insert(&pat("a.>"), conn(2));
+        m.insert(&pat("a.>"), conn(2), |_| {});
         let longer = vec!["a"; MAX_TOKENS + 1].join(".");
         assert_eq!(
             matches(&m, &longer),

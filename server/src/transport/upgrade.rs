@@ -8,11 +8,11 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use plexus_protocol::SUBPROTOCOL;
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::debug;
 
+use super::ws::{WsLink, WsSettings};
 use crate::hub::Hub;
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
@@ -25,12 +25,36 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+/// Whether a comma-separated header holds `token`, compared ASCII
+/// case-insensitively (`Connection`, `Upgrade`), or exactly when `exact`
+/// (`Sec-WebSocket-Protocol`: subprotocol tokens are case-sensitive, P17).
+fn header_has_token(
+    req: &Request<Incoming>,
+    name: header::HeaderName,
+    token: &str,
+    exact: bool,
+) -> bool {
     req.headers().get_all(name).iter().any(|v| {
         v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .map(|s| {
+                s.split(',').any(|t| {
+                    let t = t.trim();
+                    if exact {
+                        t == token
+                    } else {
+                        t.eq_ignore_ascii_case(token)
+                    }
+                })
+            })
             .unwrap_or(false)
     })
+}
+
+/// Whether an `Origin` value is allowed: the whole value against each
+/// entry, ASCII case-insensitively, without normalizing ports or slashes;
+/// `null` matches only an entry `null` (decision P16).
+pub(crate) fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
 }
 
 /// Answers an upgrade request and, on success, spawns the session.
@@ -40,8 +64,8 @@ pub(crate) fn handle(
     peer: std::net::SocketAddr,
 ) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::GET
-        || !header_has_token(&req, header::CONNECTION, "upgrade")
-        || !header_has_token(&req, header::UPGRADE, "websocket")
+        || !header_has_token(&req, header::CONNECTION, "upgrade", false)
+        || !header_has_token(&req, header::UPGRADE, "websocket", false)
     {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -72,14 +96,12 @@ pub(crate) fn handle(
         // Browsers always send Origin; native clients usually do not, and
         // the allow-list exists to stop other web pages, not native apps.
         if let Some(origin) = req.headers().get(header::ORIGIN)
-            && !origin
-                .to_str()
-                .is_ok_and(|o| origins.iter().any(|a| a == o))
+            && !origin.to_str().is_ok_and(|o| origin_allowed(o, &origins))
         {
             return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
         }
     }
-    if !header_has_token(&req, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
+    if !header_has_token(&req, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL, true) {
         return plain(
             StatusCode::BAD_REQUEST,
             "the plexus.v1 subprotocol is required: send Sec-WebSocket-Protocol: plexus.v1\n",
@@ -96,24 +118,29 @@ pub(crate) fn handle(
     }
 
     let accept = derive_accept_key(key.as_bytes());
-    let config = WebSocketConfig::default()
-        .read_buffer_size(hub.config.ws_read_buffer)
-        .write_buffer_size(hub.config.ws_write_buffer)
-        .max_write_buffer_size(hub.config.ws_write_buffer.max(hub.config.max_frame_size) * 2)
-        .max_message_size(Some(hub.config.max_frame_size))
-        .max_frame_size(Some(hub.config.max_frame_size));
+    // Until `auth` succeeds only the pre-auth size is accepted, enforced on
+    // the frame header before any payload is buffered (P12).
+    let settings = WsSettings {
+        read_buffer: hub.config.ws_read_buffer,
+        write_buffer: hub.config.ws_write_buffer,
+        max_message_size: hub.config.max_preauth_frame_size,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                crate::session::run(hub, ws, peer).await;
-            }
+            // The socket itself when hyper hands it back (it does for
+            // HTTP/1 over TCP): no boxed IO, and reads can wait on its
+            // readiness.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let link = WsLink::new(parts.io.into_inner(), parts.read_buf, settings);
+                    crate::session::run(hub, link, peer).await;
+                }
+                Err(upgraded) => {
+                    let link = WsLink::new(TokioIo::new(upgraded), Bytes::new(), settings);
+                    crate::session::run(hub, link, peer).await;
+                }
+            },
             Err(e) => debug!(error = %e, "upgrade failed"),
         }
     });
@@ -131,4 +158,21 @@ pub(crate) fn handle(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_whole_values_ignoring_ascii_case() {
+        let allowed = vec!["https://app.example".to_owned(), "null".to_owned()];
+        assert!(origin_allowed("https://app.example", &allowed));
+        assert!(origin_allowed("HTTPS://APP.EXAMPLE", &allowed));
+        assert!(!origin_allowed("https://app.example:443", &allowed));
+        assert!(!origin_allowed("https://app.example/", &allowed));
+        assert!(!origin_allowed("https://evil.example", &allowed));
+        assert!(origin_allowed("null", &allowed));
+        assert!(!origin_allowed("null", &allowed[..1]));
+    }
 }

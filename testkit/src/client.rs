@@ -1,132 +1,85 @@
-//! Test support: start a real hub on 127.0.0.1:0 and talk to it over real
-//! WebSockets with a minimal client that speaks the wire format directly.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    missing_docs,
-    unreachable_pub
-)]
+//! A minimal client that speaks the wire format directly over a real
+//! WebSocket (tokio-tungstenite), for tests of the hub's behaviour.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use plexus_protocol::frame::encode_request;
-use plexus_protocol::methods::{AuthParams, AuthResult};
+use plexus_protocol::frame::{encode_notification, encode_request};
+use plexus_protocol::methods::{AuthParams, AuthResult, ClosingParams};
 use plexus_protocol::{DecodeLimits, Frame, Notification, RawValue, WireError};
-use plexus_server::auth::{AuthSettings, Authenticator, HmacAlg, KeySource};
-use plexus_server::{Config, Server};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &[u8] = b"plexus-test-secret-not-for-production-0123456789";
-pub const WAIT: Duration = Duration::from_secs(5);
+use crate::WAIT;
 
-pub fn test_config() -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        debug_methods: true,
-        jwt_leeway: plexus_server::config::Dur(Duration::from_secs(0)),
-        ..Config::default()
-    }
-}
-
-pub fn auth_settings(config: &Config) -> AuthSettings {
-    AuthSettings {
-        key: KeySource::Hmac {
-            secret: SECRET.to_vec(),
-            alg: HmacAlg::HS256,
-        },
-        issuer: (!config.jwt_issuer.is_empty()).then(|| config.jwt_issuer.clone()),
-        audience: (!config.jwt_audience.is_empty()).then(|| config.jwt_audience.clone()),
-        leeway: config.jwt_leeway.0,
-        jwks_refresh: config.jwks_refresh.0,
-        jwks_timeout: config.jwks_timeout.0,
-    }
-}
-
-/// Starts a hub with explicit token-verification settings.
-pub async fn start_with_auth(settings: AuthSettings) -> Server {
-    let auth = Authenticator::new(settings).unwrap();
-    Server::start(test_config(), auth).await.unwrap()
-}
-
-/// Starts a hub with the test secret; `tweak` adjusts the configuration.
-pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
-    let mut config = test_config();
-    tweak(&mut config);
-    let auth = Authenticator::new(auth_settings(&config)).unwrap();
-    Server::start(config, auth).await.unwrap()
-}
-
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .try_into()
-        .unwrap()
-}
-
-/// Claims for a token; adjust before signing.
-pub fn claims(
-    sub: &str,
-    subscribe: &[&str],
-    publish: &[&str],
-    presence: bool,
-) -> serde_json::Value {
-    serde_json::json!({
-        "sub": sub,
-        "iat": now(),
-        "exp": now() + 3600,
-        "plexus": { "sub": subscribe, "pub": publish, "presence": presence },
-    })
-}
-
-pub fn sign(claims: &serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
-    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
-}
-
-/// A token allowed everything under `>`.
-pub fn token(sub: &str) -> String {
-    sign(&claims(sub, &[">"], &[">"], true), Algorithm::HS256, SECRET)
-}
-
-pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
-    pending: VecDeque<Frame>,
-}
+/// The WebSocket a [`Client`] talks over.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What ended a connection, as the client saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
+    /// A Close frame with this code.
     Close(u16),
+    /// A Close frame without a code.
     CloseWithoutCode,
+    /// The connection ended without a Close frame (EOF or reset).
     Dropped,
 }
 
+/// A client holding one connection. Frames it was not waiting for are kept
+/// in [`Client::pending`], so a test can ask for them later.
+#[derive(Debug)]
+pub struct Client {
+    /// The WebSocket.
+    pub ws: Ws,
+    next_id: u64,
+    pending: VecDeque<Frame>,
+}
+
+fn ws_request(addr: SocketAddr) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = format!("ws://{addr}/v1/ws")
+        .into_client_request()
+        .expect("a valid URL");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        plexus_protocol::SUBPROTOCOL
+            .parse()
+            .expect("a valid header value"),
+    );
+    req
+}
+
 impl Client {
+    /// Connects (subprotocol `plexus.v1`), not yet authenticated.
     pub async fn connect(addr: SocketAddr) -> Client {
-        let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", "plexus.v1".parse().unwrap());
-        let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
-        assert_eq!(resp.headers()["sec-websocket-protocol"], "plexus.v1");
-        Client {
-            ws,
-            next_id: 1,
-            pending: VecDeque::new(),
-        }
+        let (ws, resp) = tokio_tungstenite::connect_async(ws_request(addr))
+            .await
+            .expect("the WebSocket handshake succeeds");
+        assert_eq!(
+            resp.headers()["sec-websocket-protocol"],
+            plexus_protocol::SUBPROTOCOL
+        );
+        Client::from_ws(ws)
+    }
+
+    /// Connects over a socket with a tiny receive buffer: a client that
+    /// then stops reading stalls quickly, so the hub's outbound budget is
+    /// what fills.
+    pub async fn connect_stalled(addr: SocketAddr) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().expect("a socket");
+        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let tcp = sock.connect(addr).await.expect("connects");
+        let (ws, _) = tokio_tungstenite::client_async(ws_request(addr), MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("the WebSocket handshake succeeds");
+        Client::from_ws(ws)
     }
 
     /// Wraps an already connected WebSocket.
-    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+    pub fn from_ws(ws: Ws) -> Client {
         Client {
             ws,
             next_id: 1,
@@ -141,32 +94,47 @@ impl Client {
         (c, r)
     }
 
+    /// Sends `auth` and waits for its response.
     pub async fn auth(&mut self, token: &str) -> Result<AuthResult, WireError> {
+        self.auth_as(token, None).await
+    }
+
+    /// Sends `auth` with a client `instance` and waits for its response.
+    pub async fn auth_as(
+        &mut self,
+        token: &str,
+        instance: Option<&str>,
+    ) -> Result<AuthResult, WireError> {
         let params = AuthParams {
             token,
-            instance: None,
-            agent: Some("tests"),
+            instance,
+            agent: Some("plexus-testkit"),
         };
         self.call("auth", &params)
             .await
-            .map(|r| r.decode().unwrap())
+            .map(|r| r.decode().expect("an auth result"))
     }
 
+    /// Sends one binary message.
     pub async fn send_bytes(&mut self, bytes: Vec<u8>) {
-        self.ws.send(Message::Binary(bytes.into())).await.unwrap();
+        self.ws
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("the message is sent");
     }
 
     /// Sends a request and returns its id.
     pub async fn request<T: minicbor::Encode<()>>(&mut self, method: &str, params: &T) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.send_bytes(encode_request(id, method, params).unwrap())
+        self.send_bytes(encode_request(id, method, params).expect("params encode"))
             .await;
         id
     }
 
+    /// Sends a notification.
     pub async fn notify<T: minicbor::Encode<()>>(&mut self, method: &str, params: &T) {
-        let bytes = plexus_protocol::frame::encode_notification(method, params).unwrap();
+        let bytes = encode_notification(method, params).expect("params encode");
         self.send_bytes(bytes).await;
     }
 
@@ -180,6 +148,7 @@ impl Client {
         self.response(id).await
     }
 
+    /// Waits for the response to request `id`; other frames are kept.
     pub async fn response(&mut self, id: u64) -> Result<RawValue, WireError> {
         if let Some(pos) = self
             .pending
@@ -198,7 +167,7 @@ impl Client {
         }
     }
 
-    /// The next frame of any kind (pending first), or None when the
+    /// The next frame of any kind (pending first), or `None` when the
     /// connection ends.
     pub async fn next_frame(&mut self) -> Option<Frame> {
         if let Some(f) = self.pending.pop_front() {
@@ -207,7 +176,8 @@ impl Client {
         self.read_frame().await
     }
 
-    /// The next notification with this method, skipping others.
+    /// The next notification with this method, skipping (and keeping)
+    /// others.
     pub async fn notification(&mut self, method: &str) -> Notification {
         if let Some(pos) = self
             .pending
@@ -264,25 +234,35 @@ impl Client {
         }
     }
 
+    /// The code of the `closing` notification received, if any.
+    pub fn closing_code(&self) -> Option<u16> {
+        self.closing().map(|c| c.0)
+    }
+
+    /// The code and retry hint of the `closing` notification received.
+    pub fn closing(&self) -> Option<(u16, Option<u64>)> {
+        self.pending.iter().find_map(|f| match f {
+            Frame::Notification(n) if n.method == "closing" => n
+                .params
+                .decode::<ClosingParams>()
+                .ok()
+                .map(|p| (p.code, p.retry_after_ms)),
+            _ => None,
+        })
+    }
+
     /// Expects the connection to close with `code`, after a `closing`
     /// notification carrying the same code when `with_closing`.
     pub async fn expect_close(&mut self, code: u16, with_closing: bool) {
         assert_eq!(self.ended().await, Ended::Close(code));
-        let closing = self.pending.iter().find_map(|f| match f {
-            Frame::Notification(n) if n.method == "closing" => Some(
-                n.params
-                    .decode::<plexus_protocol::methods::ClosingParams>()
-                    .unwrap()
-                    .code,
-            ),
-            _ => None,
-        });
         if with_closing {
             assert_eq!(
-                closing,
+                self.closing_code(),
                 Some(code),
                 "expected a closing notification with {code}"
             );
+        } else {
+            assert_eq!(self.closing_code(), None, "{code} is not announced");
         }
     }
 
@@ -290,9 +270,12 @@ impl Client {
     pub fn pending(&mut self) -> &mut VecDeque<Frame> {
         &mut self.pending
     }
-}
 
-/// Encodes an arbitrary CBOR value for params.
-pub fn raw<T: minicbor::Encode<()>>(v: &T) -> RawValue {
-    RawValue::encode(v).unwrap()
+    /// The plain TCP stream under the WebSocket, to write raw bytes.
+    pub fn tcp(&mut self) -> &mut TcpStream {
+        match self.ws.get_mut() {
+            MaybeTlsStream::Plain(s) => s,
+            _ => panic!("test clients do not use TLS"),
+        }
+    }
 }

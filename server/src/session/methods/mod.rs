@@ -1,0 +1,53 @@
+//! The handlers of the methods the hub serves after `auth`.
+//!
+//! | module | methods |
+//! |---|---|
+//! | `session` | `ping` |
+//! | `pubsub` | `subscribe`, `unsubscribe`, `publish` |
+//! | `presence` | `presence.get`, `presence.set` |
+//! | `debug` | `debug.sleep`, `debug.panic`, `debug.stream`, `debug.call` (decision H5: compiled only in debug builds or with the `debug-methods` feature, served only with `--debug-methods`) |
+//!
+//! `auth` and `auth.refresh` are not here: the session core runs them,
+//! because they change the session itself.
+
+#[cfg(any(debug_assertions, feature = "debug-methods"))]
+pub mod debug;
+pub mod presence;
+pub mod pubsub;
+pub mod session;
+
+use plexus_protocol::topic::TopicError;
+
+use super::error::RequestError;
+use super::registry::Registry;
+use crate::config::Config;
+
+/// Whether this build contains the `debug.*` methods (H5).
+pub const DEBUG_METHODS_COMPILED: bool = cfg!(any(debug_assertions, feature = "debug-methods"));
+
+/// The registry of every method `config` serves.
+pub fn registry(config: &Config) -> Registry {
+    let mut r = Registry::new();
+    session::register(&mut r);
+    pubsub::register(&mut r);
+    presence::register(&mut r);
+    #[cfg(any(debug_assertions, feature = "debug-methods"))]
+    if config.debug_methods {
+        debug::register(&mut r);
+    }
+    #[cfg(not(any(debug_assertions, feature = "debug-methods")))]
+    let _ = config;
+    r
+}
+
+/// A topic or pattern that does not parse: too long is `payload_too_large`,
+/// anything else `invalid_params`.
+fn topic_error(what: &str, e: TopicError) -> RequestError {
+    match e {
+        TopicError::TooLong { .. } => RequestError::PayloadTooLarge(format!("{what}: {e}").into()),
+        _ => RequestError::invalid_params(format!("{what}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
