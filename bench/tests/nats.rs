@@ -169,7 +169,9 @@ async fn every_client_comes_back_after_a_reconnect_storm() {
     assert_eq!(r.failed, 0, "{r:?}");
     assert_eq!(r.per_client.samples, 50, "{r:?}");
     assert!(
-        r.total_ms > 0.0 && r.per_client.max_us <= r.total_ms * 1e3 + 1.0,
+        // The histogram keeps 3 significant digits: its max may sit up to
+        // 0.1 % above the exact value.
+        r.total_ms > 0.0 && r.per_client.max_us <= r.total_ms * 1e3 * 1.002 + 1.0,
         "{r:?}"
     );
 }

@@ -377,7 +377,6 @@ struct DebugCall<'a> {
 }
 
 #[tokio::test]
-#[ignore = "needs the hub's debug.call (server-initiated requests), not on this branch yet"]
 async fn serve_answers_requests_from_the_real_hub() {
     let server = hub(|_| {}).await;
     let c = client(&server, "alice").await;

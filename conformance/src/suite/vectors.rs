@@ -228,6 +228,11 @@ async fn request(ctx: Ctx, v: &Vector, bytes: Vec<u8>) -> CaseResult {
             "auth" => Some("conflict".into()),
             "auth.refresh" => Some("unauthenticated".into()),
             "unsubscribe" => Some("not_found".into()),
+            // A topic over the announced max_topic_len passes the params
+            // rule but fails the method's first check (§11.4, §11.6, §11.7).
+            "subscribe" | "publish" | "presence.get" if topic_too_long(&ctx, &params.raw) => {
+                Some("payload_too_large".into())
+            }
             "ping" | "subscribe" | "publish" | "presence.get" | "presence.set" => None,
             _ => Some("method_not_found".into()),
         }
@@ -239,6 +244,17 @@ async fn request(ctx: Ctx, v: &Vector, bytes: Vec<u8>) -> CaseResult {
         (None, Ok(r)) => check_result(&method, &params.raw, &r)?,
     }
     c.alive().await
+}
+
+/// Whether the params' topic (key 0) is longer than the announced limit.
+fn topic_too_long(ctx: &Ctx, params: &[u8]) -> bool {
+    let Ok(v) = crate::cbor::decode(params, 64) else {
+        return false;
+    };
+    let max = usize::try_from(ctx.limits().max_topic_len).unwrap_or(usize::MAX);
+    v.get(0)
+        .and_then(|t| t.as_str())
+        .is_some_and(|t| t.len() > max)
 }
 
 fn check_result(method: &str, params: &[u8], r: &frame::Item) -> CaseResult {

@@ -50,6 +50,9 @@ pub enum SubscribeError {
     /// The connection holds its maximum number of subscriptions.
     #[error("too many subscriptions")]
     TooMany,
+    /// The principal may not subscribe to the pattern.
+    #[error("not allowed to subscribe to this pattern")]
+    Forbidden,
 }
 
 /// Told when a pattern gains its first subscriber on this hub or loses its
@@ -114,13 +117,17 @@ impl Broker {
 
     /// Subscribes `conn` to `pattern` (joining the topic's presence when
     /// `presence`, which the caller has checked is an exact topic), unless
-    /// it already holds the pattern or `max` subscriptions.
+    /// it already holds the pattern or `max` subscriptions, or is not
+    /// `authorized` — checked in that order, the order of `docs/protocol.md`
+    /// §11.4 (a connection may hold a pattern its refreshed token no longer
+    /// covers: a second subscribe to it is a `conflict`).
     pub fn subscribe(
         &self,
         conn: &Arc<Conn>,
         pattern: Pattern,
         presence: bool,
         max: usize,
+        authorized: bool,
     ) -> Result<(), SubscribeError> {
         {
             let mut subs = conn.subscriptions.lock();
@@ -129,6 +136,9 @@ impl Broker {
             }
             if subs.len() >= max {
                 return Err(SubscribeError::TooMany);
+            }
+            if !authorized {
+                return Err(SubscribeError::Forbidden);
             }
             // Most connections hold one or two subscriptions: grow from
             // one slot, not the default four.
@@ -244,15 +254,15 @@ mod tests {
         let log = Arc::new(Log::default());
         b.add_interest_listener(log.clone());
         let (x, y) = (conn(1), conn(2));
-        b.subscribe(&x, pat("room"), true, 8).unwrap();
-        b.subscribe(&y, pat("room"), true, 8).unwrap();
-        b.subscribe(&x, pat("news.*"), false, 8).unwrap();
+        b.subscribe(&x, pat("room"), true, 8, true).unwrap();
+        b.subscribe(&y, pat("room"), true, 8, true).unwrap();
+        b.subscribe(&x, pat("news.*"), false, 8, true).unwrap();
         assert_eq!(
-            b.subscribe(&x, pat("room"), false, 8),
+            b.subscribe(&x, pat("room"), false, 8, true),
             Err(SubscribeError::AlreadySubscribed)
         );
         assert_eq!(
-            b.subscribe(&x, pat("other"), false, 2),
+            b.subscribe(&x, pat("other"), false, 2, true),
             Err(SubscribeError::TooMany)
         );
         assert_eq!(b.presence.count("room"), 2);
@@ -290,7 +300,7 @@ mod tests {
             pattern: pat("ghost"),
             presence: false,
         });
-        b.subscribe(&x, pat("real"), false, 8).unwrap();
+        b.subscribe(&x, pat("real"), false, 8, true).unwrap();
         b.drop_conn(&x);
         assert_eq!(b.matcher.topic_count(), 0);
     }

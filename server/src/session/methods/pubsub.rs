@@ -31,11 +31,12 @@ fn subscribe(ctx: &mut Ctx<'_>, p: SubscribeParams<'_>) -> Result<Empty, Request
             "presence needs an exact topic, not a pattern",
         ));
     }
-    if !ctx.caps().can_subscribe(&pattern) {
-        return Err(RequestError::forbidden("subscribe to this topic"));
-    }
+    let authorized = ctx.caps().can_subscribe(&pattern);
     let max = ctx.config().max_subscriptions;
-    match ctx.broker().subscribe(ctx.conn(), pattern, presence, max) {
+    match ctx
+        .broker()
+        .subscribe(ctx.conn(), pattern, presence, max, authorized)
+    {
         Ok(()) => Ok(Empty {}),
         Err(SubscribeError::AlreadySubscribed) => {
             Err(RequestError::Conflict("already subscribed".into()))
@@ -43,6 +44,7 @@ fn subscribe(ctx: &mut Ctx<'_>, p: SubscribeParams<'_>) -> Result<Empty, Request
         Err(SubscribeError::TooMany) => Err(RequestError::TooManyRequests(
             "too many subscriptions".into(),
         )),
+        Err(SubscribeError::Forbidden) => Err(RequestError::forbidden("subscribe to this topic")),
     }
 }
 
