@@ -25,6 +25,20 @@ pub async fn connect(peer: SocketAddr, source: Option<IpAddr>) -> io::Result<Tcp
                 TcpSocket::new_v6()?
             };
             sock.set_reuseaddr(true)?;
+            // Leave the port to connect(), which only needs the 4-tuple to
+            // be unique (and reuses TIME_WAIT ports on loopback): a bind to
+            // port 0 scans the whole ephemeral range itself, synchronously,
+            // and with tens of thousands of recent connections that took
+            // milliseconds per socket and blocked the runtime's threads.
+            #[cfg(target_os = "linux")]
+            if ip.is_ipv4() {
+                nix::sys::socket::setsockopt(
+                    &sock,
+                    nix::sys::socket::sockopt::IpBindAddressNoPort,
+                    &true,
+                )
+                .map_err(io::Error::from)?;
+            }
             sock.bind(SocketAddr::new(ip, 0))?;
             sock.connect(peer).await?
         }

@@ -526,3 +526,40 @@ async fn http_edge_rejects_bad_handshakes_and_serves_health_and_metrics() {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }
 }
+
+/// §9.2: a client may send requests right after `auth` without waiting for
+/// its response; they are handled after the `auth` outcome. Sent in one
+/// TCP write, so the second frame is already buffered while the token is
+/// verified and reading is paused — it must still be read afterwards.
+#[tokio::test]
+async fn requests_pipelined_after_auth_in_one_write_are_answered() {
+    use plexus_protocol::frame::encode_request;
+    let server = TestHub::start(|_| {}).await;
+    let mut s = RawSocket::connect(server.addr()).await;
+    let t = token("alice");
+    let auth = plexus_protocol::methods::AuthParams {
+        token: &t,
+        instance: None,
+        agent: None,
+    };
+    let mut bytes = plexus_testkit::raw::frame_bytes(
+        true,
+        0x2,
+        &encode_request(1, "auth", &auth).unwrap(),
+        true,
+    );
+    bytes.extend(plexus_testkit::raw::frame_bytes(
+        true,
+        0x2,
+        &encode_request(2, "ping", &raw(&"after auth")).unwrap(),
+        true,
+    ));
+    s.send_raw(&bytes).await.unwrap();
+    let answered = tokio::time::timeout(WAIT, async {
+        assert!(s.response(1).await.outcome.is_ok(), "auth succeeds");
+        s.response(2).await
+    })
+    .await
+    .expect("the pipelined request is answered");
+    assert_eq!(answered.outcome.unwrap(), raw(&"after auth"));
+}

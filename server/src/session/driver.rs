@@ -138,6 +138,11 @@ struct Driver<L> {
     close: CloseStage,
     /// The last read found nothing buffered.
     idle: bool,
+    /// Reading stopped because the core paused it (an `auth` being
+    /// verified) while input may be waiting: read again as soon as the
+    /// core wants input, in the same poll — no socket wake-up will come
+    /// for input that is already there.
+    read_paused: bool,
     read_wake: Arc<ReadWake>,
     read_waker: Waker,
     lag_mark: Mark,
@@ -176,6 +181,7 @@ pub(crate) async fn drive<L: Link>(hub: Arc<Hub>, conn: Arc<Conn>, link: L) {
         blocked: false,
         close: CloseStage::Open,
         idle: true,
+        read_paused: false,
         read_wake,
         read_waker,
         lag_mark,
@@ -239,7 +245,11 @@ impl<L: Link> Driver<L> {
             // Every source that returned `Pending` has registered the
             // waker; go round again only if one may have more right now.
             let next = self.core.next_timeout();
-            if more_input || next.is_some_and(|t| t <= now) {
+            let resume = self.read_paused && self.core.wants_read();
+            if resume {
+                self.read_paused = false;
+            }
+            if more_input || resume || next.is_some_and(|t| t <= now) {
                 continue;
             }
             // Arm the one timer (polled again only when it changed).
@@ -315,6 +325,10 @@ impl<L: Link> Driver<L> {
         }
         for _ in 0..READ_BUDGET {
             if !self.core.wants_read() {
+                // The readiness just consumed (or input already buffered)
+                // is kept for when reading resumes.
+                self.read_wake.readable.store(true, Ordering::Release);
+                self.read_paused = true;
                 return false;
             }
             let mut rcx = Context::from_waker(&self.read_waker);
