@@ -31,6 +31,8 @@ pub mod hub;
 pub mod metrics;
 pub mod outbound;
 pub mod session;
+pub mod storage;
+pub mod streams;
 pub mod transport;
 
 use std::net::SocketAddr;
