@@ -115,6 +115,8 @@ pub struct StoreOptions {
     /// PostgreSQL: a `search_path` to set on every connection (one schema
     /// per test; empty for the server's default).
     pub schema: String,
+    /// PostgreSQL: the writing connection's `application_name`.
+    pub writer_name: String,
 }
 
 impl StoreOptions {
@@ -126,6 +128,7 @@ impl StoreOptions {
             read_connections: DEFAULT_READ_CONNECTIONS,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             schema: String::new(),
+            writer_name: postgres::WRITER_APPLICATION_NAME.to_owned(),
         }
     }
 

@@ -27,7 +27,7 @@ use super::{
 /// The embedded PostgreSQL migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// `application_name` of the writing connection.
+/// Default `application_name` of the writing connection.
 pub const WRITER_APPLICATION_NAME: &str = "plexus-writer";
 
 const TOPIC_COLS: &str =
@@ -83,6 +83,7 @@ pub async fn migrate_only(opts: &StoreOptions) -> Result<Vec<i64>, StorageError>
 #[derive(Debug)]
 pub struct PgStore {
     options: PgConnectOptions,
+    writer_name: String,
     pool: PgPool,
 }
 
@@ -102,7 +103,11 @@ impl PgStore {
             .max_connections(opts.read_connections.max(1))
             .connect_with(options.clone())
             .await?;
-        Ok(PgStore { options, pool })
+        Ok(PgStore {
+            options,
+            writer_name: opts.writer_name.clone(),
+            pool,
+        })
     }
 }
 
@@ -160,10 +165,7 @@ impl Store for PgStore {
 
     fn writer(&self) -> StoreFuture<'_, Box<dyn StoreWriter>> {
         Box::pin(async move {
-            let opts = self
-                .options
-                .clone()
-                .application_name(WRITER_APPLICATION_NAME);
+            let opts = self.options.clone().application_name(&self.writer_name);
             let conn = PgConnection::connect_with(&opts).await?;
             Ok(Box::new(PgWriter { conn }) as Box<dyn StoreWriter>)
         })

@@ -75,13 +75,11 @@ fn options(opts: &StoreOptions) -> Result<SqliteConnectOptions, StorageError> {
 }
 
 async fn check_migrated(conn: &mut SqliteConnection) -> Result<(), StorageError> {
-    let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+    // No table yet: nothing applied.
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
         .fetch_all(&mut *conn)
         .await
-    {
-        Ok(v) => v,
-        Err(_) => Vec::new(),
-    };
+        .unwrap_or_default();
     for m in MIGRATOR.iter() {
         if !applied.contains(&m.version) {
             return Err(StorageError::Migrate(

@@ -29,7 +29,8 @@
 //!   publishes keep their order) and returns a [`PublishFuture`].
 //! - [`Streams::resume`]: a [`Resume`]; [`Resume::next_chunk`] yields chunk
 //!   data, [`Resume::summary`] the final chunk, [`Resume::activate`] the
-//!   switch to live delivery.
+//!   switch to live delivery (after [`Resume::next_live`] when the live
+//!   buffer overflowed).
 //! - [`Streams::history`], [`Streams::latest`].
 //! - [`StreamError::to_wire`]: the one mapping of stream errors to wire
 //!   errors.
@@ -62,7 +63,7 @@ pub use error::{ConflictDetails, OVERLOADED_RETRY_AFTER_MS, STORAGE_RETRY_AFTER_
 pub use event::{EventList, LiveEvent, derived_epoch, encode_frame, frame_from_body, list_len};
 pub use fanout::{FanOut, NoFanOut};
 pub use history::{DEFAULT_HISTORY_LIMIT, HistoryPage, HistoryQuery, LatestPage, MAX_HISTORY_PAGE};
-pub use resume::{Resume, ResumeFrom, ResumeSummary};
+pub use resume::{NotLive, Resume, ResumeFrom, ResumeSummary};
 
 use crate::storage::{Flush, StorageError, Store};
 

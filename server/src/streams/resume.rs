@@ -139,6 +139,22 @@ enum Phase {
     /// before activation ([`Resume::next_live`]).
     Overflowed,
     LiveStorage,
+    /// Activated: the live subscription has it.
+    Live,
+}
+
+/// Why [`Resume::activate`] did not switch to live delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotLive {
+    /// [`Resume::next_chunk`] has not returned `None` yet.
+    #[error("the resume has not caught up yet")]
+    NotCaughtUp,
+    /// The live buffer overflowed: deliver [`Resume::next_live`] first.
+    #[error("the live buffer overflowed; deliver next_live first")]
+    Overflowed,
+    /// It was activated already.
+    #[error("already live")]
+    AlreadyLive,
 }
 
 /// A resume in progress. Dropping it releases its tap.
@@ -251,7 +267,9 @@ impl Resume {
                         return Ok(Some(EventList(&self.page)));
                     }
                 }
-                Phase::Done | Phase::Overflowed | Phase::LiveStorage => return Ok(None),
+                Phase::Done | Phase::Overflowed | Phase::LiveStorage | Phase::Live => {
+                    return Ok(None);
+                }
             }
         }
     }
@@ -267,15 +285,18 @@ impl Resume {
     /// summary (to queue as live `event` frames, in order) and must
     /// register the live subscription, without blocking: the next committed
     /// event is fanned out after `f` returns. If the live buffer overflowed
-    /// since the summary, nothing is called and the resume comes back:
-    /// deliver [`Resume::next_live`] until it returns `None`, then activate
-    /// again.
-    pub fn activate<R>(mut self, f: impl FnOnce(&[LiveEvent]) -> R) -> Result<R, Resume> {
-        if self.phase != Phase::Done {
-            return Err(self);
+    /// since the summary, `f` is not called and [`NotLive::Overflowed`] is
+    /// returned: deliver [`Resume::next_live`] until it returns `None`, then
+    /// activate again.
+    pub fn activate<R>(&mut self, f: impl FnOnce(&[LiveEvent]) -> R) -> Result<R, NotLive> {
+        match self.phase {
+            Phase::Done => {}
+            Phase::Live => return Err(NotLive::AlreadyLive),
+            Phase::Overflowed | Phase::LiveStorage => return Err(NotLive::Overflowed),
+            _ => return Err(NotLive::NotCaughtUp),
         }
         let Some(tap) = self.tap.take() else {
-            return Err(self);
+            return Err(NotLive::NotCaughtUp);
         };
         let (cursor, by_position) = self.cursor_kind();
         let fanout = &self.shared.fanout;
@@ -293,11 +314,14 @@ impl Resume {
             f(&fresh)
         });
         match r {
-            Some(r) => Ok(r),
+            Some(r) => {
+                self.phase = Phase::Live;
+                Ok(r)
+            }
             None => {
                 self.tap = Some(tap);
                 self.phase = Phase::Overflowed;
-                Err(self)
+                Err(NotLive::Overflowed)
             }
         }
     }

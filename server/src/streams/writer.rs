@@ -412,7 +412,7 @@ impl Writer {
     ) -> Result<Plan, StorageError> {
         let now = self.shared.clock.now_ms();
         self.conn().await?.begin(flush).await?;
-        let r = async {
+        async {
             self.load_missing(jobs).await?;
             let plan = self.plan(jobs, now, set).await?;
             let c = self.conn().await?;
@@ -422,8 +422,7 @@ impl Writer {
             c.commit().await?;
             Ok(plan)
         }
-        .await;
-        r
+        .await
     }
 
     /// Loads into the cache the topics and producers the batch names that
