@@ -303,13 +303,14 @@ pub async fn recv_n(rx: &mut mpsc::UnboundedReceiver<Bytes>, n: usize) -> Vec<Ev
     out
 }
 
-/// The process's resident memory, in KiB (Linux).
+/// The process's resident anonymous memory (heap and stacks, not the
+/// database file SQLite maps), in KiB (Linux).
 pub fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with("RssAnon:"))
                 .and_then(|l| l.split_whitespace().nth(1).map(|v| v.parse().unwrap_or(0)))
         })
         .unwrap_or(0)
