@@ -68,6 +68,7 @@ suite!(
     a_failing_batch_is_rolled_back_whole,
     storage_failure_is_unavailable_and_recovers,
     non_durable_and_invalid_requests,
+    migrations_apply_once_and_topics_list,
 );
 
 async fn offsets_and_positions_are_gapless(f: Fixture) {
@@ -1048,5 +1049,41 @@ async fn non_durable_and_invalid_requests(f: Fixture) {
     assert_eq!(s.open_taps(), 0);
     drop(b);
     let _ = Arc::new(0);
+    s.close().await;
+}
+
+async fn migrations_apply_once_and_topics_list(f: Fixture) {
+    // Opening without migrations refuses a database that lacks them.
+    let mut bare = f.options.clone();
+    bare.migrate = false;
+    let e = plexus_server::storage::open(&bare).await.unwrap_err();
+    assert!(e.to_string().contains("plexus migrate"), "{e}");
+    // `plexus migrate` applies them once.
+    assert_eq!(
+        plexus_server::storage::migrate(&f.options).await.unwrap(),
+        vec![1]
+    );
+    assert!(
+        plexus_server::storage::migrate(&f.options)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let store = plexus_server::storage::open(&bare).await.unwrap();
+    store.close().await;
+    // The listing `plexus streams` prints.
+    let (s, _b) = f.open_with_broker(config(vec![ns("ls.>")])).await;
+    for t in ["ls.b", "ls.a", "ls.b"] {
+        publish(&s, t, 0).await;
+    }
+    let rows = s.store().list_topics(None, 10).await.unwrap();
+    let v: Vec<(&str, u64, u64)> = rows
+        .iter()
+        .map(|r| (&*r.name, r.count(), r.last_offset))
+        .collect();
+    assert_eq!(v, vec![("ls.a", 1, 1), ("ls.b", 2, 2)]);
+    assert!(rows.iter().all(|r| r.bytes > 0 && r.epoch.len() == 16));
+    let rows = s.store().list_topics(Some("ls.a"), 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
     s.close().await;
 }

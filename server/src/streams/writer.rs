@@ -31,6 +31,10 @@ use crate::storage::{
 
 /// Committed batches waiting for the fan-out task.
 pub(crate) const FANOUT_QUEUE: usize = 64;
+/// How many times in a row the writer yields to the runtime without a new
+/// request before it stops gathering a batch (a few microseconds; no
+/// timer).
+pub(crate) const LINGER_YIELDS: u32 = 2;
 /// Under sustained load, run one retention slice at least every this many
 /// batches.
 pub(crate) const RETENTION_EVERY_BATCHES: u32 = 8;
@@ -248,6 +252,22 @@ impl Writer {
                     Ok(c) => cmds.push(c),
                     Err(_) => break,
                 }
+            }
+            // Linger a moment while requests keep arriving: the answers of
+            // the previous batch are going out and their senders publish
+            // again; without this, concurrent publishers split into two
+            // alternating half-size batches, each paying a full commit.
+            let mut idle = 0;
+            while cmds.len() < max && idle < LINGER_YIELDS {
+                tokio::task::yield_now().await;
+                let before = cmds.len();
+                while cmds.len() < max {
+                    match rx.try_recv() {
+                        Ok(c) => cmds.push(c),
+                        Err(_) => break,
+                    }
+                }
+                idle = if cmds.len() == before { idle + 1 } else { 0 };
             }
             if !delay.is_zero() && cmds.len() < max {
                 let deadline = tokio::time::Instant::now() + delay;
