@@ -60,6 +60,8 @@ suite!(
     resume_exactly_at_the_live_edge,
     resume_while_appends_race,
     resume_with_a_tiny_seam_buffer,
+    wildcard_resume_while_appends_race,
+    activation_after_an_overflow_reads_storage,
     resume_too_old_after_retention,
     wildcard_resume,
     subscribe_without_since_gets_a_position,
@@ -1085,5 +1087,124 @@ async fn migrations_apply_once_and_topics_list(f: Fixture) {
     assert!(rows.iter().all(|r| r.bytes > 0 && r.epoch.len() == 16));
     let rows = s.store().list_topics(Some("ls.a"), 10).await.unwrap();
     assert_eq!(rows.len(), 1);
+    s.close().await;
+}
+
+/// The same race on a pattern: seams by namespace position, with a buffer
+/// that keeps overflowing.
+async fn wildcard_resume_while_appends_race(f: Fixture) {
+    let total = 1500u64;
+    let mut cfg = config(vec![ns("zw.>")]);
+    cfg.storage.seam_buffer_events = 3;
+    let (s, b) = f.open_with_broker(cfg).await;
+    for i in 0..100 {
+        publish(&s, if i % 2 == 0 { "zw.a" } else { "zw.b" }, i).await;
+    }
+    let s2 = s.clone();
+    let publisher = tokio::spawn(async move {
+        for chunk in (100..total).collect::<Vec<_>>().chunks(8) {
+            let futs: Vec<_> = chunk
+                .iter()
+                .map(|i| {
+                    let t = if i % 2 == 0 { "zw.a" } else { "zw.b" };
+                    s2.publish(PublishRequest::new(t, payload(*i)))
+                })
+                .collect();
+            for f in futs {
+                f.await.unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut r = resume(
+        &s,
+        &b,
+        "zw.*",
+        ResumeFrom::Position {
+            epoch: None,
+            position: 0,
+        },
+        200,
+    )
+    .await;
+    publisher.await.unwrap();
+    let streamed = r.streamed();
+    let rest = usize::try_from(total).unwrap() - streamed.len();
+    let all: Vec<Ev> = streamed
+        .into_iter()
+        .chain(recv_n(&mut r.live, rest).await)
+        .collect();
+    let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=total).collect::<Vec<_>>());
+    assert!(drain(&mut r.live).is_empty());
+    s.close().await;
+}
+
+/// Events committed between the final chunk and the activation: a few wait
+/// in the buffer; more than it holds are read back from storage.
+async fn activation_after_an_overflow_reads_storage(f: Fixture) {
+    let mut cfg = config(vec![ns("ov.>")]);
+    cfg.storage.seam_buffer_events = 4;
+    let (s, b) = f.open_with_broker(cfg).await;
+    for i in 0..10 {
+        publish(&s, "ov.t", i).await;
+    }
+    let p = Pattern::parse("ov.t", 256).unwrap();
+    let from = || ResumeFrom::Offset {
+        epoch: None,
+        offset: 5,
+    };
+    // Within the buffer: handed to the activation.
+    let mut r = s.resume(&p, from(), CHUNK).unwrap();
+    while r.next_chunk().await.unwrap().is_some() {}
+    assert_eq!(r.summary().unwrap().offset, 10);
+    for i in 0..3 {
+        publish(&s, "ov.t", i).await;
+    }
+    let pending: Vec<u64> = r
+        .activate(|p| p.iter().map(|e| e.offset).collect())
+        .unwrap();
+    assert_eq!(pending, vec![11, 12, 13]);
+    assert!(matches!(
+        r.activate(|_| ()),
+        Err(plexus_server::streams::NotLive::AlreadyLive)
+    ));
+    drop(r);
+    // Past the buffer: activation refuses, next_live reads storage.
+    let mut r = s.resume(&p, from(), CHUNK).unwrap();
+    assert!(matches!(
+        r.activate(|_| ()),
+        Err(plexus_server::streams::NotLive::NotCaughtUp)
+    ));
+    while r.next_chunk().await.unwrap().is_some() {}
+    assert_eq!(r.summary().unwrap().offset, 13);
+    for i in 0..10 {
+        publish(&s, "ov.t", i).await;
+    }
+    assert!(matches!(
+        r.activate(|_| ()),
+        Err(plexus_server::streams::NotLive::Overflowed)
+    ));
+    let mut live = Vec::new();
+    while let Some(frames) = r.next_live().await.unwrap() {
+        live.extend(
+            frames
+                .iter()
+                .map(|f| storage_support::decode_frame(f).offset),
+        );
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    publish(&s, "ov.t", 0).await;
+    let pending: Vec<u64> = r
+        .activate(|p| {
+            b.add("ov.t", tx.clone());
+            p.iter().map(|e| e.offset).collect()
+        })
+        .unwrap();
+    live.extend(pending);
+    publish(&s, "ov.t", 0).await;
+    live.extend(recv_n(&mut rx, 1).await.iter().map(|e| e.offset));
+    assert_eq!(live, (14..=25).collect::<Vec<_>>());
+    assert_eq!(s.open_taps(), 0);
     s.close().await;
 }
