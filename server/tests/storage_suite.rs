@@ -1208,3 +1208,45 @@ async fn activation_after_an_overflow_reads_storage(f: Fixture) {
     assert_eq!(s.open_taps(), 0);
     s.close().await;
 }
+
+/// SQLite only: the write-ahead log made unwritable under the open
+/// connection (`chattr +i`, which binds root too) → `unavailable`, nothing
+/// stored; writable again → the next publish succeeds, offsets gapless.
+/// (Not the `-shm` file: SQLite maps it, and a mapped page that cannot be
+/// written back is a SIGBUS, not an error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_unwritable_file_is_unavailable() {
+    let f = Fixture::sqlite().await;
+    let mut cfg = config(vec![ns("uw.>")]);
+    cfg.storage.retention_interval = Duration::from_secs(3600);
+    let (s, _b) = f.open_with_broker(cfg).await;
+    s.run_retention().await.unwrap();
+    publish(&s, "uw.t", 0).await;
+    let path = f.sqlite_path();
+    let files: Vec<String> = ["-wal"]
+        .iter()
+        .map(|x| format!("{}{x}", path.display()))
+        .filter(|p| std::path::Path::new(p).exists())
+        .collect();
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .args(&files)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: chattr +i is not available here");
+        s.close().await;
+        return;
+    }
+    let r = s.publish(PublishRequest::new("uw.t", payload(1))).await;
+    assert!(chattr("-i"), "chattr -i");
+    let e = r.unwrap_err();
+    assert_eq!(e.to_wire().code, plexus_protocol::ErrorCode::Unavailable);
+    let o = publish(&s, "uw.t", 2).await;
+    assert_eq!(o.offset, Some(2));
+    let h = s.history(HistoryQuery::new("uw.t", 1 << 20)).await.unwrap();
+    assert_eq!(h.events.len(), 2);
+    s.close().await;
+}
