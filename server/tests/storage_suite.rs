@@ -62,6 +62,7 @@ suite!(
     resume_with_a_tiny_seam_buffer,
     wildcard_resume_while_appends_race,
     activation_after_an_overflow_reads_storage,
+    a_full_queue_answers_overloaded,
     resume_too_old_after_retention,
     wildcard_resume,
     subscribe_without_since_gets_a_position,
@@ -1248,5 +1249,32 @@ async fn sqlite_unwritable_file_is_unavailable() {
     assert_eq!(o.offset, Some(2));
     let h = s.history(HistoryQuery::new("uw.t", 1 << 20)).await.unwrap();
     assert_eq!(h.events.len(), 2);
+    s.close().await;
+}
+
+async fn a_full_queue_answers_overloaded(f: Fixture) {
+    let mut cfg = config(vec![ns("q.>")]);
+    cfg.storage.commit_queue_bytes = 2000;
+    let (s, _b) = f.open_with_broker(cfg).await;
+    let big = payload(minicbor::bytes::ByteVec::from(vec![1u8; 100]));
+    let futs: Vec<_> = (0..2000)
+        .map(|_| s.publish(PublishRequest::new("q.t", big.clone())))
+        .collect();
+    let (mut ok, mut overloaded) = (0u64, 0u64);
+    for f in futs {
+        match f.await {
+            Ok(_) => ok += 1,
+            Err(StreamError::Overloaded) => overloaded += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(overloaded > 0 && ok > 0, "ok {ok}, overloaded {overloaded}");
+    let w = StreamError::Overloaded.to_wire();
+    assert_eq!(w.code, plexus_protocol::ErrorCode::Unavailable);
+    // What was accepted is stored, gapless.
+    let h = s.history(HistoryQuery::new("q.t", 1 << 20)).await.unwrap();
+    assert_eq!(h.last, ok);
+    // Once drained, publishes are accepted again.
+    assert_eq!(publish(&s, "q.t", 1).await.offset, Some(ok + 1));
     s.close().await;
 }

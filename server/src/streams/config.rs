@@ -30,6 +30,8 @@ use crate::storage::Flush;
 pub const DEFAULT_COMMIT_MAX_BATCH: usize = 1024;
 /// Default most requests waiting for the writer.
 pub const DEFAULT_COMMIT_QUEUE: usize = 65_536;
+/// Default most payload bytes of the requests waiting for the writer.
+pub const DEFAULT_COMMIT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Default idempotency-key retention: longer than any SDK retry horizon
 /// (the SDK gives up retrying a publish after minutes, not hours).
 pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -141,6 +143,8 @@ pub struct WriterConfig {
     /// Most requests waiting for the writer; past it a publish answers
     /// `unavailable` at once.
     pub commit_queue: usize,
+    /// Most payload bytes waiting for the writer; past it, likewise.
+    pub commit_queue_bytes: usize,
     /// How long an idempotency key is kept.
     #[serde(deserialize_with = "duration")]
     pub idempotency_retention: Duration,
@@ -167,6 +171,7 @@ impl Default for WriterConfig {
             commit_max_batch: DEFAULT_COMMIT_MAX_BATCH,
             commit_max_delay: Duration::ZERO,
             commit_queue: DEFAULT_COMMIT_QUEUE,
+            commit_queue_bytes: DEFAULT_COMMIT_QUEUE_BYTES,
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             retention_slice: DEFAULT_RETENTION_SLICE,
@@ -227,6 +232,12 @@ impl StreamsConfig {
         let s = &self.storage;
         if s.commit_max_batch == 0 {
             return Err(ConfigError::Range("commit-max-batch", "must be at least 1"));
+        }
+        if s.commit_queue_bytes == 0 {
+            return Err(ConfigError::Range(
+                "commit-queue-bytes",
+                "must be at least 1",
+            ));
         }
         if s.commit_queue == 0 {
             return Err(ConfigError::Range("commit-queue", "must be at least 1"));

@@ -48,7 +48,7 @@ mod writer;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -362,6 +362,8 @@ pub(crate) struct Shared {
     fanout: fanout::Fanout,
     clock: Arc<dyn Clock>,
     stats: Stats,
+    /// Payload bytes of the publishes in the writer's queue.
+    queued_bytes: AtomicUsize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -454,6 +456,7 @@ impl Streams {
             fanout: fanout::Fanout::new(sink),
             clock,
             stats: Stats::default(),
+            queued_bytes: AtomicUsize::new(0),
         });
         let positions = rows.iter().map(|r| r.last_position).collect();
         let w = writer::Writer::new(shared.clone(), conn, positions, ids, fan_tx);
@@ -514,14 +517,23 @@ impl Streams {
         let Some(ns) = self.shared.namespace_index(&req.topic) else {
             return PublishFuture::ready(Err(StreamError::NotDurable));
         };
+        let size = req.data.len();
+        let queued = &self.shared.queued_bytes;
+        if queued.fetch_add(size, Ordering::Relaxed) + size > self.shared.config.commit_queue_bytes
+        {
+            queued.fetch_sub(size, Ordering::Relaxed);
+            return PublishFuture::ready(Err(StreamError::Overloaded));
+        }
         let (reply, rx) = oneshot::channel();
         let job = writer::PublishJob { req, ns, reply };
         match self.tx.try_send(Command::Publish(job)) {
             Ok(()) => PublishFuture(FutureState::Waiting(rx)),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                queued.fetch_sub(size, Ordering::Relaxed);
                 PublishFuture::ready(Err(StreamError::Overloaded))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
+                queued.fetch_sub(size, Ordering::Relaxed);
                 PublishFuture::ready(Err(StreamError::Unavailable { cause: None }))
             }
         }

@@ -280,7 +280,12 @@ impl Writer {
             }
             for c in cmds.drain(..) {
                 match c {
-                    Command::Publish(j) => jobs.push(j),
+                    Command::Publish(j) => {
+                        self.shared
+                            .queued_bytes
+                            .fetch_sub(j.req.data.len(), Ordering::Relaxed);
+                        jobs.push(j);
+                    }
                     other => {
                         if !jobs.is_empty() {
                             self.commit_batch(&mut jobs).await;
