@@ -43,6 +43,8 @@ pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod session;
+pub mod storage;
+pub mod streams;
 pub mod transport;
 
 use std::net::SocketAddr;

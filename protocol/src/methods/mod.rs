@@ -9,6 +9,7 @@
 mod presence;
 mod pubsub;
 mod session;
+mod streams;
 
 pub use presence::{
     Member, PresenceGet, PresenceGetParams, PresenceGetResult, PresenceJoin, PresenceLeave,
@@ -22,6 +23,10 @@ pub use session::{
     Auth, AuthParams, AuthRefresh, AuthRefreshParams, AuthRefreshResult, AuthResult, Cancel,
     CancelParams, Closing, ClosingParams, Empty, Ping, ServerLimits, TokenExpiring,
     TokenExpiringParams,
+};
+pub use streams::{
+    Direction, Durability, History, HistoryLatest, HistoryLatestParams, HistoryLatestResult,
+    HistoryParams, HistoryResult, ResumeFinal, ResumeOutcome, Since, SubscribeResult,
 };
 
 #[cfg(test)]

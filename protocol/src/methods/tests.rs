@@ -5,12 +5,8 @@ use crate::{RawValue, decode_params};
 fn publish_params_borrow_and_skip_unknown_keys() {
     // {0: "a.b", 1: h'0102', 9: "future", 2: false}
     let data = RawValue::encode(&minicbor::bytes::ByteArray::from([1u8, 2])).unwrap();
-    let raw = RawValue::encode(&PublishParams {
-        topic: "a.b",
-        data: data.as_raw_ref(),
-        echo: Some(false),
-    })
-    .unwrap();
+    let raw =
+        RawValue::encode(&PublishParams::new("a.b", data.as_raw_ref()).with_echo(false)).unwrap();
     let p: PublishParams = decode_params(&raw).unwrap();
     assert_eq!(p.topic, "a.b");
     assert_eq!(p.data.as_bytes(), &[0x42, 1, 2]);
