@@ -1030,17 +1030,31 @@ fn resume_cases() -> Vec<Case> {
                 let mut p = ctx.client("p").await?;
                 let acks = publish_n(&mut p, &t, n).await?;
                 let epoch = acks[0].epoch.clone();
-                // Retention runs in the background (§23.1): wait until it
-                // removed offset 2 at least.
+                // Retention runs in the background, in slices (§23.1): wait
+                // until it kept exactly the newest max-events events.
+                let want_first = n - max + 1;
                 let deadline = tokio::time::Instant::now() + PROMPT;
                 let first = loop {
                     let h = history(&mut p, &t, None, None, None).await?;
-                    if h.first > 2 {
-                        ensure!(h.first <= n - max + 1, "retention kept fewer than max-events {max}: first {}", h.first);
+                    ensure!(
+                        h.first <= want_first,
+                        "retention kept fewer than max-events {max}: first {} of last {}",
+                        h.first,
+                        h.last
+                    );
+                    if h.first == want_first {
+                        ensure_eq!(
+                            offsets(&h.events)?,
+                            (want_first..=n).collect::<Vec<_>>(),
+                            "history after retention: from the first stored offset to the last"
+                        );
                         break h.first;
                     }
                     if tokio::time::Instant::now() > deadline {
-                        fail!("retention (max-events {max}) removed nothing within {PROMPT:?}: first is still {} after {n} events", h.first);
+                        fail!(
+                            "retention (max-events {max}) did not reach first offset {want_first} within {PROMPT:?} after {n} events: first is {}",
+                            h.first
+                        );
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 };
@@ -1050,13 +1064,14 @@ fn resume_cases() -> Vec<Case> {
                 ensure_eq!(r.fin.earliest, Some(first), "earliest (the first stored offset)");
                 ensure_eq!((r.fin.count, r.fin.offset, r.chunks), (0, n, 0), "count, offset, chunks");
                 ensure_eq!(r.fin.epoch, epoch, "epoch");
+                // A resume from just before the first stored offset recovers.
+                let mut s2 = ctx.client("s2").await?;
+                let r2 = resume(&mut s2, &t, since_offset(Some(&epoch), first - 1)).await?;
+                ensure_eq!(r2.fin.outcome, "recovered", "from first - 1");
+                check_offsets(&r2.events, &t, first, n)?;
                 dpublish(&mut p, &publish(&t, Value::Uint(n))).await?;
                 let e = s.event(&t, PROMPT).await?;
                 ensure_eq!(event_pos(&e.value)?.0, n + 1, "live after too_old");
-                // A resume from just before the first stored offset recovers.
-                let mut s2 = ctx.client("s2").await?;
-                let r = resume(&mut s2, &t, since_offset(Some(&epoch), first - 1)).await?;
-                ensure_eq!(r.fin.outcome, "recovered", "from first - 1");
                 Ok(())
             },
         ),
