@@ -17,6 +17,7 @@ use crate::check::{CaseError, CaseResult};
 use crate::conn::Conn;
 use crate::frame::{ErrorObject, Frame, Item};
 use crate::runner::{Case, Ctx};
+use crate::ws::Handshake;
 use crate::{ensure, ensure_eq, fail, skip};
 
 /// How long a resume may take to reach its final chunk.
@@ -990,6 +991,82 @@ fn resume_cases() -> Vec<Case> {
                     matches!(f, Frame::Notification { method, .. } if method == "event")
                 })
                 .await
+            },
+        )
+        .slow(),
+        Case::new(
+            "durable.resume-chunks",
+            "23.6, 7.1, 4.6",
+            "a catch-up larger than a frame comes in several chunks, each within max_frame_size, events in order across them",
+            |ctx| async move {
+                let t = durable_topic(&ctx, "t")?;
+                let l = ctx.limits();
+                let size = l.max_payload.min(l.max_frame_size / 4).saturating_sub(64).max(16);
+                let count = (3 * l.max_frame_size).div_ceil(size) + 1;
+                if count > 200 {
+                    skip!("{count} events of {size} bytes would be needed to fill three frames");
+                }
+                let mut p = ctx.client("p").await?;
+                let body = usize::try_from(size).unwrap_or(16);
+                for i in 0..count {
+                    let mut data = vec![0x5a; body];
+                    data[..8].copy_from_slice(&i.to_be_bytes());
+                    dpublish(&mut p, &publish(&t, Value::Bytes(data))).await?;
+                }
+                let mut s = ctx.client("s").await?;
+                let r = resume(&mut s, &t, since_offset(None, 0)).await?;
+                ensure!(
+                    r.chunks >= 3,
+                    "{count} events of {size} bytes came in {} chunks; each frame is at most max_frame_size {} (§4.6)",
+                    r.chunks,
+                    l.max_frame_size
+                );
+                ensure_eq!(r.fin.count, count, "count");
+                check_offsets(&r.events, &t, 1, count)?;
+                for (i, e) in r.events.iter().enumerate() {
+                    let ok = matches!(e.get(1), Some(Value::Bytes(b)) if b.len() == body && b[..8] == (i as u64).to_be_bytes());
+                    ensure!(ok, "the data of offset {} is not the published one", i + 1);
+                }
+                Ok(())
+            },
+        ),
+        Case::new(
+            "durable.resume-slow-reader",
+            "23.6, 18",
+            "a resume larger than the outbound queue, to a client that starts reading late, is paced by its reading, not closed as slow",
+            |ctx| async move {
+                let t = durable_topic(&ctx, "t")?;
+                let l = ctx.limits();
+                let size = l.max_payload.min(l.max_frame_size / 4).saturating_sub(64).max(16);
+                let count = (3 * ctx.settings().outbound_bytes).div_ceil(size) + 1;
+                if count > 400 {
+                    skip!("{count} events of {size} bytes would be needed to exceed the outbound queue three times");
+                }
+                let mut p = ctx.client("p").await?;
+                let data = Value::Bytes(vec![0xa5; usize::try_from(size).unwrap_or(16)]);
+                for _ in 0..count {
+                    dpublish(&mut p, &publish(&t, data.clone())).await?;
+                }
+                // A small receive buffer, so the kernel holds little of it.
+                let token = ctx.token(&ctx.claims(&ctx.user("s"))).await?;
+                let mut s = ctx
+                    .connect_with(Handshake {
+                        recv_buffer: Some(4096),
+                        ..Default::default()
+                    })
+                    .await?;
+                if let Err(e) = ctx.auth(&mut s, &token).await? {
+                    fail!("auth failed: {}", e.code);
+                }
+                let id = s
+                    .request("subscribe", &Value::map([(0, Value::text(&t)), (2, since_offset(None, 0))]))
+                    .await?;
+                // Read nothing for a while: the server must wait for credit.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let r = read_resume(&mut s, id).await?;
+                ensure_eq!(r.fin.count, count, "count");
+                check_offsets(&r.events, &t, 1, count)?;
+                s.alive().await
             },
         )
         .slow(),
