@@ -105,12 +105,7 @@ fn variant_name(e: &DecodeError) -> &'static str {
 /// Vectors whose expectation this crate does not meet yet, each with the
 /// code change it needs. The tests below check that each of them still
 /// fails, so a fix shows up as a stale entry to remove.
-const DECODER_GAPS: &[(&str, &str)] = &[(
-    "params-subscribe-since-duplicate-key",
-    "decode_params rejects duplicate keys only in the top-level params map; `since` \
-     (a typed map nested in subscribe params, protocol.md 4.8, 23.6) needs the same check, \
-     e.g. a Decode for Since that refuses a repeated key",
-)];
+const DECODER_GAPS: &[(&str, &str)] = &[];
 
 fn is_gap(v: &Vector) -> bool {
     DECODER_GAPS.iter().any(|(name, _)| *name == v.name)
