@@ -250,6 +250,8 @@ fn final_of(v: &Value) -> CaseResult<Final> {
 struct Resumed {
     chunks: usize,
     events: Vec<Value>,
+    /// The exact bytes of each non-final chunk's data.
+    raw: Vec<Vec<u8>>,
     fin: Final,
 }
 
@@ -267,6 +269,7 @@ async fn resume(c: &mut Conn, topic: &str, since: Value) -> CaseResult<Resumed> 
 /// Reads the chunks of resume request `id` up to its final chunk.
 async fn read_resume(c: &mut Conn, id: u64) -> CaseResult<Resumed> {
     let mut events = Vec::new();
+    let mut raw = Vec::new();
     let mut chunks = 0usize;
     loop {
         let f = c
@@ -290,6 +293,7 @@ async fn read_resume(c: &mut Conn, id: u64) -> CaseResult<Resumed> {
                     return Ok(Resumed {
                         chunks: chunks - 1,
                         events,
+                        raw,
                         fin,
                     });
                 }
@@ -304,6 +308,7 @@ async fn read_resume(c: &mut Conn, id: u64) -> CaseResult<Resumed> {
                     "a non-final resume chunk carries no event (§23.6: one or more)"
                 );
                 events.extend(list.iter().cloned());
+                raw.push(data.raw.clone());
             }
             Frame::Response {
                 outcome: Err(e), ..
@@ -1071,6 +1076,102 @@ fn resume_cases() -> Vec<Case> {
         )
         .slow(),
         Case::new(
+            "durable.resume-cancel",
+            "23.6, 8",
+            "a resume cancelled while it streams ends with one terminal frame; cancelled leaves no subscription, a final chunk a live one",
+            |ctx| async move {
+                let t = durable_topic(&ctx, "t")?;
+                let l = ctx.limits();
+                let size = l.max_payload.min(l.max_frame_size / 4).saturating_sub(64).max(16);
+                let count = (2 * ctx.settings().outbound_bytes).div_ceil(size) + 1;
+                if count > 400 {
+                    skip!("{count} events of {size} bytes would be needed for a long resume");
+                }
+                let mut p = ctx.client("p").await?;
+                let data = Value::Bytes(vec![0x3c; usize::try_from(size).unwrap_or(16)]);
+                for _ in 0..count {
+                    dpublish(&mut p, &publish(&t, data.clone())).await?;
+                }
+                let mut s = ctx.client("s").await?;
+                let params = Value::map([(0, Value::text(&t)), (2, since_offset(None, 0))]);
+                let id = s.request("subscribe", &params).await?;
+                s.notify("cancel", &cancel(id)).await?;
+                let mut terminal = None;
+                while terminal.is_none() {
+                    let f = s
+                        .wait_for(RESUME_WAIT, "the resume's terminal frame", |f| match f {
+                            Frame::Chunk { id: i, .. } | Frame::Response { id: i, .. } if *i == id => {
+                                Some(f.clone())
+                            }
+                            _ => None,
+                        })
+                        .await?;
+                    match f {
+                        Frame::Chunk { fin: true, .. } => terminal = Some(Ok(())),
+                        Frame::Chunk { .. } => {}
+                        Frame::Response { outcome: Err(e), .. } => terminal = Some(Err(e)),
+                        other => fail!("unexpected {} (§7.2)", other.describe()),
+                    }
+                }
+                s.none_within(QUIET, "a second terminal frame", |f| f.reply_id() == Some(id)).await?;
+                let again = s.call("subscribe", &topic(&t)).await?;
+                match (terminal, again) {
+                    (Some(Err(e)), Ok(_)) if e.code == "cancelled" => Ok(()),
+                    (Some(Ok(())), Err(e)) if e.code == "conflict" => Ok(()),
+                    (Some(Err(e)), _) if e.code != "cancelled" => {
+                        fail!("the cancelled resume answered {} ({}), not cancelled (§8)", e.code, e.message)
+                    }
+                    (Some(Err(_)), Err(e)) => fail!(
+                        "after a cancelled resume, subscribing again answered {}: the cancelled one left a subscription (§8: it took no effect)",
+                        e.code
+                    ),
+                    (_, Ok(_)) => fail!("after a completed resume, subscribing again succeeded: the resume left no subscription"),
+                    (_, Err(e)) => fail!("after a completed resume, subscribing again answered {}, not conflict", e.code),
+                }
+            },
+        ),
+        Case::new(
+            "durable.payload-byte-for-byte",
+            "23.4, 23.6, 23.7, 2",
+            "durable data with non-shortest heads and tags comes back byte for byte live, in a resume chunk and in history",
+            |ctx| async move {
+                let t = durable_topic(&ctx, "t")?;
+                // [19 0005, c1 1a 69544840, f9 3e00]: a 2-byte head for 5, a tag, a half float.
+                let raw = hex::decode("83190005c11a69544840f93e00").unwrap_or_default();
+                let mut s = ctx.client("s").await?;
+                subscribe_durable(&mut s, &t).await?;
+                let mut p = ctx.client("p").await?;
+                dpublish(&mut p, &publish(&t, Value::Raw(raw.clone()))).await?;
+                let has = |b: &[u8]| b.windows(raw.len()).any(|w| w == raw.as_slice());
+                let e = s.event(&t, PROMPT).await?;
+                ensure!(has(&e.raw), "the live event's data differs from the published bytes");
+                let r = resume(&mut ctx.client("r").await?, &t, since_offset(None, 0)).await?;
+                ensure!(r.raw.iter().any(|c| has(c)), "the resume chunk's data differs from the published bytes");
+                let h = match call_paced(&mut p, "history", &history_params(&t, None, None, None)).await? {
+                    Ok(h) => h,
+                    Err(e) => fail!("history answered {}", e.code),
+                };
+                ensure!(has(&h.raw), "the history page's data differs from the published bytes");
+                Ok(())
+            },
+        ),
+        Case::new(
+            "durable.since-null",
+            "23.6, 23.5, 4.8",
+            "since null is since absent: a plain response with the epoch, no chunks",
+            |ctx| async move {
+                let t = durable_topic(&ctx, "t")?;
+                let mut s = ctx.client("s").await?;
+                let r = s.ok("subscribe", &Value::map([(0, Value::text(&t)), (2, Value::Null)])).await?;
+                ensure!(
+                    r.value.opt(0).and_then(Value::as_str).is_some() && r.value.opt(1).and_then(Value::as_u64) == Some(0),
+                    "result {} is not the subscribe result of an empty durable topic (§23.5)",
+                    r.value
+                );
+                Ok(())
+            },
+        ),
+        Case::new(
             "durable.resume-reset",
             "23.6",
             "since with another epoch, or an offset beyond the last, is answered reset with the current epoch and offset",
@@ -1399,6 +1500,34 @@ fn history_cases() -> Vec<Case> {
                         (b.clone(), Value::text("b1"), 1),
                     ],
                     "(topic, data, offset) of each topic's newest event"
+                );
+                Ok(())
+            },
+        ),
+        Case::new(
+            "durable.history-latest-exact",
+            "23.8",
+            "history.latest of an exact durable topic gives its newest event, without next",
+            |ctx| async move {
+                let t = durable_topic(&ctx, "t")?;
+                let mut p = ctx.client("p").await?;
+                publish_n(&mut p, &t, 3).await?;
+                let r = match call_paced(
+                    &mut p,
+                    "history.latest",
+                    &Value::map([(0, Value::text(&t))]),
+                )
+                .await?
+                {
+                    Ok(r) => r,
+                    Err(e) => fail!("history.latest answered {} ({})", e.code, e.message),
+                };
+                let evs = r.value.get(0).and_then(Value::as_array).unwrap_or_default();
+                ensure_eq!(offsets(evs)?, vec![3], "the newest offset");
+                ensure!(
+                    r.value.opt(1).is_none(),
+                    "no next after the only topic: {}",
+                    r.value
                 );
                 Ok(())
             },
