@@ -1622,6 +1622,41 @@ fn plain_cases() -> Vec<Case> {
             },
         ),
         Case::new(
+            "durable.mixed-pattern-live",
+            "23.4, 23.5, 23.9",
+            "a pattern overlapping the durable namespace without being inside it subscribes live with {}; its durable events carry offsets",
+            |ctx| async move {
+                // Skips without --durable-prefix.
+                durable_ns(&ctx)?;
+                let prefix = ctx.settings().durable_prefix.clone().unwrap_or_default();
+                let t = durable_topic(&ctx, "t")?;
+                // The durable topic with the namespace's last literal token
+                // made a wildcard: it matches topics outside it too.
+                let mut tokens: Vec<&str> = prefix.trim_end_matches('.').split('.').collect();
+                if let Some(last) = tokens.last_mut() {
+                    *last = "*";
+                }
+                let rest = &t[prefix.trim_end_matches('.').len()..];
+                let pattern = format!("{}{rest}", tokens.join("."));
+                let mut s = ctx.client("s").await?;
+                let r = s.ok("subscribe", &topic(&pattern)).await?;
+                ensure!(
+                    r.value.opt(0).is_none(),
+                    "the subscribe result {} of {pattern}, which spans namespaces, has an epoch (§23.5: {{}})",
+                    r.value
+                );
+                let mut p = ctx.client("p").await?;
+                let ack = dpublish(&mut p, &publish(&t, Value::Uint(1))).await?;
+                let e = s.event(&t, PROMPT).await?;
+                ensure_eq!(
+                    Some(event_pos(&e.value)?.0),
+                    ack.offset,
+                    "the live event's offset (§23.4)"
+                );
+                Ok(())
+            },
+        ),
+        Case::new(
             "durable.plain-topic-since",
             "23.9, 23.6",
             "since on a plain topic or on a pattern spanning namespaces, and history on a plain topic, are invalid_params",
