@@ -40,7 +40,8 @@
 //! and `subscription` (the streams it returns), `serve` (running handlers
 //! for requests from the hub), `deliver` (hand-off points between the
 //! core and the handles), `config` (settings and every named bound),
-//! `core`, `driver`, `backoff`, `error`, `state`.
+//! `durable` (durable subscriptions, the position store, idempotent
+//! publish), `core`, `driver`, `backoff`, `error`, `state`.
 //!
 //! Guarantees: a call in flight when the connection drops fails with
 //! [`Error::ConnectionLost`] and is never resent (it may have taken
@@ -59,6 +60,7 @@ mod config;
 mod core;
 mod deliver;
 mod driver;
+mod durable;
 mod error;
 mod serve;
 mod state;
@@ -68,6 +70,10 @@ pub use backoff::Backoff;
 pub use builder::ClientBuilder;
 pub use chunks::ChunkStream;
 pub use client::Client;
+pub use durable::{
+    DurableEvent, DurableMessage, DurableSubscription, MemoryPositionStore, PositionStore,
+    PublishAck, PublishOptions, StartAt, StreamPosition,
+};
 pub use error::{Cause, Error};
 pub use plexus_protocol::{self as protocol, RawValue};
 pub use state::{CloseStatus, ConnectionState};
