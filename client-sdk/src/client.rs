@@ -385,14 +385,13 @@ impl Client {
 
     /// Subscribes durably from `start`.
     ///
-    /// Resolves once the hub confirmed it, within the call timeout: for a
-    /// start from a position (stored, [`StartAt::Beginning`],
-    /// [`StartAt::After`]), once the catch-up has been streamed and the
-    /// stream's outcome is queued (the events come first in the stream).
-    /// A catch-up larger than
-    /// [`durable_buffer`](crate::ClientBuilder::durable_buffer) is only
-    /// streamed as the subscription is consumed, so for a long one raise
-    /// the call timeout or start consuming from another task.
+    /// Resolves once the hub accepted it, within the call timeout: its
+    /// answer, or for a start from a position (stored,
+    /// [`StartAt::Beginning`], [`StartAt::After`]) the first chunk of its
+    /// catch-up. The catch-up is then streamed as the subscription is
+    /// consumed, however long it is, and ends with
+    /// [`DurableEvent::Recovered`](crate::DurableEvent::Recovered),
+    /// `TooOld` or `Reset`.
     ///
     /// Errors: [`Error::Remote`] with `invalid_params` for an invalid
     /// pattern, a topic or pattern that is not durable, or a position of

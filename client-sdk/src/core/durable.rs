@@ -285,6 +285,11 @@ impl Durables {
             return Err(self.broken(local, "chunk sequence gap"));
         }
         *next_seq += 1;
+        // The hub accepted the resume (its checks come before any chunk):
+        // the application may consume the catch-up now.
+        if let Some(r) = sub.reply.take() {
+            r.send(Ok(()));
+        }
         if !fin {
             let Ok(events) = data.decode::<Vec<EventParams<'_>>>() else {
                 return Err(self.broken(local, "undecodable catch-up chunk"));
