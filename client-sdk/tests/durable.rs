@@ -254,3 +254,51 @@ async fn a_subscription_and_a_publish_survive_a_hub_restart() {
         hub.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_position_retention_removed_is_reported_too_old() {
+    use plexus_client::protocol::methods::{History, HistoryParams};
+    let db = TestDb::sqlite();
+    let hub = common::hub(|c| {
+        db.apply(c);
+        let mut ns = plexus_server::streams::NamespaceConfig::new("logs.>");
+        ns.max_events = Some(2);
+        c.streams = plexus_server::streams::StreamsConfig {
+            streams: vec![ns],
+            ..Default::default()
+        };
+    })
+    .await;
+    let c = common::client(&hub, "alice").await;
+    let mut epoch = None;
+    for n in 1..=5u32 {
+        epoch = c.publish_durable("logs.app", &n).await.unwrap().epoch;
+    }
+    // Retention runs in the background: wait (bounded) until it removed
+    // the first events, publishing to give the writer turns.
+    let mut first = 0;
+    for n in 6..200u32 {
+        let page = c
+            .request::<History>(&HistoryParams::new("logs.app"))
+            .await
+            .unwrap();
+        first = page.first;
+        if first > 2 {
+            break;
+        }
+        c.publish_durable("logs.app", &n).await.unwrap();
+    }
+    assert!(first > 2, "retention removed the oldest events");
+    let mut sub = c
+        .subscribe_durable_from("logs.app", StartAt::After(StreamPosition::new(epoch, 1)))
+        .await
+        .unwrap();
+    match next(&mut sub).await {
+        DurableEvent::TooOld { earliest, position } => {
+            assert!(earliest.unwrap() > 2, "{earliest:?}");
+            assert!(position.last >= 5);
+        }
+        other => panic!("expected too_old, got {other:?}"),
+    }
+    hub.shutdown().await;
+}

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use plexus_protocol::methods::{
     EventParams, PublishResult, ResumeFinal, ResumeOutcome, SubscribeResult,
@@ -29,6 +30,13 @@ use tracing::debug;
 use crate::deliver::ReplyTx;
 use crate::durable::{DurableEvent, DurableMessage, DurableQueue, PublishAck, StreamPosition};
 use crate::error::Error;
+
+/// How long a renewal refused with a retryable error and no
+/// `retry_after_ms` waits before it is sent again.
+pub(crate) const DEFAULT_RESUME_RETRY: Duration = Duration::from_millis(500);
+
+/// The longest such wait, whatever the hub's hint.
+pub(crate) const MAX_RESUME_RETRY: Duration = Duration::from_secs(30);
 
 /// Where a durable subscription stands with the hub on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +130,9 @@ pub(crate) enum AfterDrop {
 /// The durable side of the client.
 pub(crate) struct Durables {
     subs: HashMap<u64, DSub>,
+    /// A resume was refused with a retryable error (`unavailable`, …):
+    /// subscribe again after this long.
+    retry: Option<Duration>,
     producer: Arc<str>,
     next_seq: u64,
 }
@@ -132,6 +143,7 @@ impl Durables {
     pub(crate) fn new(producer: Arc<str>, first_seq: u64) -> Durables {
         Durables {
             subs: HashMap::new(),
+            retry: None,
             producer,
             next_seq: first_seq.max(1),
         }
@@ -253,6 +265,17 @@ impl Durables {
                 )));
                 Some(pattern)
             }
+            // A renewal (nobody waits for it) refused for a while: the
+            // hub's storage is down or busy. Try again, from the position.
+            Err(e) if sub.reply.is_none() && e.code.retryable() => {
+                sub.phase = DPhase::Idle;
+                let wait = e
+                    .retry_after_ms
+                    .map_or(DEFAULT_RESUME_RETRY, Duration::from_millis)
+                    .min(MAX_RESUME_RETRY);
+                self.retry = Some(self.retry.map_or(wait, |w| w.max(wait)));
+                None
+            }
             Err(e) => {
                 if let Some(s) = self.subs.remove(&local) {
                     s.fail(Error::Remote(e));
@@ -260,6 +283,12 @@ impl Durables {
                 None
             }
         }
+    }
+
+    /// How long to wait before resuming the subscriptions refused with a
+    /// retryable error, if any were.
+    pub(crate) fn take_retry(&mut self) -> Option<Duration> {
+        self.retry.take()
     }
 
     /// A chunk of the resume of `local`. Returns what to do with the

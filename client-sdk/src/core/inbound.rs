@@ -129,6 +129,10 @@ impl Core {
                 if let Some(pattern) = self.durable.answered(local, r.outcome) {
                     self.unsubscribe(pattern);
                 }
+                if let Some(wait) = self.durable.take_retry() {
+                    let at = now + wait;
+                    self.durable_retry = Some(self.durable_retry.map_or(at, |t| t.min(at)));
+                }
             }
             Pending::Publish { seq, reply, .. } => {
                 reply.send(super::durable::publish_answer(seq, r.outcome));

@@ -60,6 +60,8 @@ impl Core {
         });
         self.requests.requeue_front(retry);
         self.durable.connection_lost();
+        // The next connection resumes them all anyway.
+        self.durable_retry = None;
         if self.served.running() > 0 {
             self.actions.push_back(Action::AbortAllServed);
         }

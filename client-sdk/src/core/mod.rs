@@ -309,6 +309,8 @@ pub(crate) struct Core {
     requests: Requests,
     subs: Subs,
     durable: Durables,
+    /// When to send again the resumes refused with a retryable error.
+    durable_retry: Option<Instant>,
     served: Served,
     presence_info: Option<RawValue>,
     refresh: Refresh,
@@ -332,6 +334,7 @@ impl Core {
             requests: Requests::new(cfg.max_queued, cfg.max_in_flight),
             served: Served::new(cfg.max_served),
             durable: Durables::new(cfg.producer.clone(), cfg.first_seq),
+            durable_retry: None,
             cfg,
             ids,
             jitter,
@@ -393,6 +396,10 @@ impl Core {
         let refresh = match self.refresh {
             Refresh::Fetching { deadline } => Some(deadline),
             _ => None,
+        };
+        let refresh = match (refresh, self.durable_retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         match (phase, refresh) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -748,6 +755,15 @@ impl Core {
 
     /// A deadline may have passed.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if let Some(at) = self.durable_retry
+            && at <= now
+        {
+            self.durable_retry = None;
+            if self.sendable() {
+                self.renew_durables();
+                self.release();
+            }
+        }
         if let Refresh::Fetching { deadline } = self.refresh
             && deadline <= now
         {

@@ -1402,6 +1402,39 @@ mod durable_streams {
         assert_eq!(hub.requests()[0].method, "unsubscribe");
     }
 
+    #[test]
+    fn a_resume_refused_as_unavailable_is_sent_again_after_the_hint_from_its_position() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (q, mut rx) = dsub(
+            &mut hub,
+            1,
+            "orders.eu",
+            Some(StreamPosition::new(None, 0)),
+            64,
+        );
+        let (id, _) = subscribe_req(&mut hub);
+        chunk(&mut hub, id, 0, &[(1, 1), (2, 2)], "orders.eu");
+        assert_eq!(ready(&mut rx), Some(Ok(())), "accepted at the first chunk");
+        // Storage fails in the middle of the catch-up.
+        let e = WireError::new(ErrorCode::Unavailable, "storage").with_retry_after_ms(700);
+        hub.feed(encode_error(id, &e));
+        assert!(hub.requests().is_empty(), "not at once");
+        assert_eq!(hub.advance_to_deadline(), Duration::from_millis(700));
+        let (id, p) = subscribe_req(&mut hub);
+        assert_eq!(p.since.unwrap().offset, Some(2), "from what was received");
+        chunk(&mut hub, id, 0, &[(3, 3)], "orders.eu");
+        fin(
+            &mut hub,
+            id,
+            1,
+            &ResumeFinal::new(ResumeOutcome::Recovered, 1, "E", 3, 3, None),
+        );
+        let events = drain(&q);
+        assert_eq!(offsets(&events), [1, 2, 3]);
+        assert!(!events.iter().any(|e| matches!(e, DurableEvent::Ended(_))));
+    }
+
     fn publish(hub: &mut Hub, data: u64) -> (u64, ReplyRx<Result<PublishAck, Error>>) {
         publish_with(hub, data, PublishOptions::new())
     }
