@@ -414,6 +414,7 @@ impl Client {
         let parsed = Pattern::parse(pattern, MAX_TOPIC_LEN)
             .map_err(|e| Error::Remote(WireError::new(ErrorCode::InvalidParams, e.to_string())))?;
         let settings = &self.inner.settings;
+        let stored = matches!(start, StartAt::Stored);
         let after = match start {
             StartAt::Stored => settings.position_store.load(pattern),
             StartAt::Now => None,
@@ -447,7 +448,15 @@ impl Client {
             rx.await.unwrap_or_else(|| Err(self.closed()))
         };
         match tokio::time::timeout(settings.call_timeout, wait).await {
-            Ok(Ok(())) => Ok(sub),
+            Ok(Ok(started)) => {
+                // A `Stored` start with nothing stored starts now: keep
+                // that position, so the next run resumes from here even
+                // if no event comes before it stops.
+                if let Some(p) = started.filter(|_| stored) {
+                    settings.position_store.save(pattern, &p);
+                }
+                Ok(sub)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Timeout),
         }

@@ -151,7 +151,9 @@ impl DurableEvent {
 /// [`load`](Self::load) once when a subscription starts at
 /// [`StartAt::Stored`], and [`save`](Self::save) after the application has
 /// received each [`DurableEvent::Message`], `Recovered`, `TooOld` or
-/// `Reset` (inside `poll_next`, just before the event is returned). So a
+/// `Reset` (inside `poll_next`, just before the event is returned), and
+/// once when a `Stored` subscription that found nothing stored (so it
+/// started now) is confirmed, with the hub's position then. So a
 /// saved position is never ahead of what the application was given; if the
 /// process dies while handling an event, that event is not replayed (it
 /// was handed over). An application that needs each event handled at

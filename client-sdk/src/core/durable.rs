@@ -64,7 +64,7 @@ struct DSub {
     pos: Option<StreamPosition>,
     phase: DPhase,
     /// The application waits for the first confirmation.
-    reply: Option<ReplyTx<Result<(), Error>>>,
+    reply: Option<SubscribeReply>,
     /// The application dropped it; the hub's side is removed once its
     /// answer arrives.
     gone: bool,
@@ -101,10 +101,12 @@ impl DSub {
         true
     }
 
-    fn confirm(&mut self) {
+    /// Live; the application learns `started` (the hub's position of a
+    /// subscription that started now) if it still waits.
+    fn confirm(&mut self, started: Option<StreamPosition>) {
         self.phase = DPhase::Live;
         if let Some(r) = self.reply.take() {
-            r.send(Ok(()));
+            r.send(Ok(started));
         }
     }
 
@@ -115,6 +117,11 @@ impl DSub {
         }
     }
 }
+
+/// Where the answer to a durable `subscribe` goes: `Ok(Some(position))`
+/// for a subscription that started now (the hub's current position, for
+/// the position store), `Ok(None)` for a resume.
+pub(crate) type SubscribeReply = ReplyTx<Result<Option<StreamPosition>, Error>>;
 
 /// What the core must send after a durable subscription was dropped.
 #[derive(Debug, PartialEq, Eq)]
@@ -175,7 +182,7 @@ impl Durables {
         pattern: Pattern,
         pos: Option<StreamPosition>,
         queue: Arc<DurableQueue>,
-        reply: ReplyTx<Result<(), Error>>,
+        reply: SubscribeReply,
     ) {
         self.subs.insert(
             local,
@@ -251,9 +258,10 @@ impl Durables {
             Ok(r) if r.epoch.is_some() => {
                 let last = if sub.exact() { r.offset } else { r.position }.unwrap_or(0);
                 let epoch: Option<Arc<str>> = r.epoch.map(Into::into);
+                let started = StreamPosition::new(epoch.clone(), last);
                 let last = sub.pos.as_ref().map_or(last, |p| p.last.max(last));
                 sub.pos = Some(StreamPosition::new(epoch, last));
-                sub.confirm();
+                sub.confirm(Some(started));
                 None
             }
             Ok(_) => {
@@ -317,7 +325,7 @@ impl Durables {
         // The hub accepted the resume (its checks come before any chunk):
         // the application may consume the catch-up now.
         if let Some(r) = sub.reply.take() {
-            r.send(Ok(()));
+            r.send(Ok(None));
         }
         if !fin {
             let Ok(events) = data.decode::<Vec<EventParams<'_>>>() else {
@@ -361,7 +369,7 @@ impl Durables {
         });
         sub.pos = Some(StreamPosition::new(position.epoch.clone(), last));
         sub.queue.push(event);
-        sub.confirm();
+        sub.confirm(None);
         Ok(true)
     }
 

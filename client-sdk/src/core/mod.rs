@@ -159,9 +159,9 @@ pub(crate) enum Command {
         after: Option<StreamPosition>,
         /// Its buffer.
         queue: Arc<DurableQueue>,
-        /// Answered once the hub confirmed it (after the catch-up of a
-        /// start from a position), or refused it.
-        reply: ReplyTx<Result<(), Error>>,
+        /// Answered once the hub accepted it (its answer, or the first
+        /// chunk of a resume), or refused it.
+        reply: durable::SubscribeReply,
     },
     /// A durable publish: the core gives it the next producer sequence
     /// number and encodes it.

@@ -1118,7 +1118,10 @@ mod durable_streams {
         pattern: &str,
         after: Option<StreamPosition>,
         capacity: usize,
-    ) -> (Arc<DurableQueue>, ReplyRx<Result<(), Error>>) {
+    ) -> (
+        Arc<DurableQueue>,
+        ReplyRx<Result<Option<StreamPosition>, Error>>,
+    ) {
         let queue = Arc::new(DurableQueue::new(capacity, Arc::new(Reaper::default())));
         let (tx, rx) = reply();
         hub.core.handle_command(
@@ -1194,7 +1197,11 @@ mod durable_streams {
         // An event may come before the answer (§11.4).
         live(&mut hub, "orders.eu", 8, 80);
         hub.respond(id, &SubscribeResult::durable("E1", Some(7), 79));
-        assert_eq!(ready(&mut rx), Some(Ok(())));
+        assert_eq!(
+            ready(&mut rx),
+            Some(Ok(Some(StreamPosition::new(Some("E1".into()), 7)))),
+            "the hub's position, for the store"
+        );
         live(&mut hub, "orders.eu", 8, 80); // a duplicate
         live(&mut hub, "orders.eu", 9, 81);
         live(&mut hub, "orders.other", 3, 82); // not this topic
@@ -1250,7 +1257,7 @@ mod durable_streams {
             0,
             &ResumeFinal::new(ResumeOutcome::TooOld, 0, "E1", 40, 400, Some(30)),
         );
-        assert_eq!(ready(&mut rx), Some(Ok(())));
+        assert_eq!(ready(&mut rx), Some(Ok(None)));
         assert!(matches!(
             &drain(&q)[..],
             [DurableEvent::TooOld { earliest: Some(30), position }] if position.last == 40
@@ -1415,7 +1422,11 @@ mod durable_streams {
         );
         let (id, _) = subscribe_req(&mut hub);
         chunk(&mut hub, id, 0, &[(1, 1), (2, 2)], "orders.eu");
-        assert_eq!(ready(&mut rx), Some(Ok(())), "accepted at the first chunk");
+        assert_eq!(
+            ready(&mut rx),
+            Some(Ok(None)),
+            "accepted at the first chunk"
+        );
         // Storage fails in the middle of the catch-up.
         let e = WireError::new(ErrorCode::Unavailable, "storage").with_retry_after_ms(700);
         hub.feed(encode_error(id, &e));
