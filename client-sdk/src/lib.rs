@@ -45,9 +45,13 @@
 //!
 //! Guarantees: a call in flight when the connection drops fails with
 //! [`Error::ConnectionLost`] and is never resent (it may have taken
-//! effect); calls made while reconnecting wait for the connection (within
-//! their timeout, up to a bound); every subscription is renewed on
-//! reconnect; a consumer that falls behind sees [`Event::Lagged`]; every
+//! effect), except a durable publish ([`Client::publish_durable`]), which
+//! carries a producer sequence number and is sent again and stored once;
+//! calls made while reconnecting wait for the connection (within their
+//! timeout, up to a bound); every subscription is renewed on reconnect,
+//! and every [`DurableSubscription`] resumes from its position with no gap
+//! and no duplicate; a consumer of a plain [`Subscription`] that falls
+//! behind sees [`Event::Lagged`]; every
 //! buffer and queue has a named bound (`docs/sdk.md` lists them). See
 //! `docs/sdk.md`.
 #![forbid(unsafe_code)]
