@@ -686,6 +686,17 @@ pub struct SyncChunk {
     pub prev: Option<u64>,
 }
 
+impl SyncChunk {
+    /// A chunk.
+    pub fn new(records: Vec<SyncRecord>, cursor: u64, prev: Option<u64>) -> Self {
+        SyncChunk {
+            records,
+            cursor,
+            prev,
+        }
+    }
+}
+
 /// A collection's checksum: `{0: collection, 1: count, 2: sum}` (see the
 /// server's `sync::checksum` for the exact algorithm).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -741,6 +752,27 @@ pub struct SyncPullFinal {
     /// Cursors below this (except 0) get a reset.
     #[n(5)]
     pub horizon: u64,
+}
+
+impl SyncPullFinal {
+    /// A final chunk.
+    pub fn new(
+        cursor: u64,
+        count: u64,
+        epoch: impl Into<String>,
+        reset: bool,
+        checksums: Vec<Checksum>,
+        horizon: u64,
+    ) -> Self {
+        SyncPullFinal {
+            cursor,
+            count,
+            epoch: epoch.into(),
+            reset,
+            checksums,
+            horizon,
+        }
+    }
 }
 
 /// `sync.info` params: `{0: space}`.
