@@ -1050,23 +1050,28 @@ async fn apply_push(
     }
     // Load every record the push touches, once.
     let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut recs: Vec<StoredRecord> = Vec::new();
+    let mut keys: Vec<(String, String)> = Vec::new();
     for op in &req.ops {
         let key = (op.collection.as_str(), op.id.as_str());
-        if index.contains_key(&key) {
-            continue;
+        if let std::collections::hash_map::Entry::Vacant(e) = index.entry(key) {
+            e.insert(keys.len());
+            keys.push((op.collection.clone(), op.id.clone()));
         }
-        let rec = if space.id == 0 {
-            None
-        } else {
-            conn.record(space.id, &op.collection, &op.id).await?
-        };
-        index.insert(key, recs.len());
-        recs.push(rec.unwrap_or_else(|| StoredRecord {
-            collection: op.collection.clone(),
-            id: op.id.clone(),
+    }
+    let mut recs: Vec<StoredRecord> = keys
+        .iter()
+        .map(|(c, id)| StoredRecord {
+            collection: c.clone(),
+            id: id.clone(),
             state: RecordState::default(),
-        }));
+        })
+        .collect();
+    if space.id != 0 {
+        for r in conn.records(space.id, &keys).await? {
+            if let Some(&i) = index.get(&(r.collection.as_str(), r.id.as_str())) {
+                recs[i] = r;
+            }
+        }
     }
     // Expected versions, against the state before the push.
     let mut conflicts = Vec::new();
@@ -1160,9 +1165,10 @@ async fn apply_push(
                 r.state.position,
             );
         }
-        conn.put_record(space.id, r).await?;
         versions.push(RecordVersion::new(&r.collection, &r.id, r.state.version));
     }
+    let to_write: Vec<&StoredRecord> = order.iter().map(|&i| &recs[i]).collect();
+    conn.put_records(space.id, &to_write).await?;
     for c in colls.values() {
         conn.put_collection(space.id, c).await?;
     }

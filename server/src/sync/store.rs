@@ -121,6 +121,19 @@ pub trait SyncWriteConn: Send {
     ) -> StoreFuture<'a, Option<StoredRecord>>;
     /// Inserts or replaces a record.
     fn put_record<'a>(&'a mut self, space: i64, rec: &'a StoredRecord) -> StoreFuture<'a, ()>;
+    /// The stored records among `keys` (`(collection, id)`), in a few
+    /// multi-row statements.
+    fn records<'a>(
+        &'a mut self,
+        space: i64,
+        keys: &'a [(String, String)],
+    ) -> StoreFuture<'a, Vec<StoredRecord>>;
+    /// Inserts or replaces records, in a few multi-row statements.
+    fn put_records<'a>(
+        &'a mut self,
+        space: i64,
+        recs: &'a [&'a StoredRecord],
+    ) -> StoreFuture<'a, ()>;
     /// Deletes a record row (tombstone purge).
     fn delete_record<'a>(
         &'a mut self,
@@ -197,6 +210,51 @@ const SPACE_COLS: &str = "id, name, epoch, last_position, horizon_position, reco
 const REC_COLS: &str = "collection, id, version, position, deleted, base_hlc, base_actor, \
      base_delete, last_hlc, last_actor, expires_at, deleted_at, size, fields";
 const COLL_COLS: &str = "name, records, bytes, last_position, checksum";
+
+/// Rows per multi-row statement, largest first: n rows run as few
+/// statements of these sizes (a bounded set of prepared statements).
+const CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// Splits `n` into [`CHUNKS`] sizes.
+fn chunk_sizes(mut n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    for c in CHUNKS {
+        while n >= c {
+            out.push(c);
+            n -= c;
+        }
+    }
+    out
+}
+
+/// `($s, $s+1, …), (…)`: `rows` tuples of `cols` numbered parameters from
+/// `$start`.
+fn tuples(rows: usize, cols: usize, start: usize) -> String {
+    let mut s = String::new();
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(start + r * cols + c).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+const UPSERT_TAIL: &str = "ON CONFLICT (space, collection, id) DO UPDATE SET \
+     version = excluded.version, position = excluded.position, \
+     deleted = excluded.deleted, base_hlc = excluded.base_hlc, \
+     base_actor = excluded.base_actor, base_delete = excluded.base_delete, \
+     last_hlc = excluded.last_hlc, last_actor = excluded.last_actor, \
+     expires_at = excluded.expires_at, deleted_at = excluded.deleted_at, \
+     size = excluded.size, fields = excluded.fields";
 
 macro_rules! backend {
     ($module:ident, $db:ty, $conn:ty, $pool:ty, $pool_opts:ty, $opts_fn:path, $migrator:path,
@@ -557,6 +615,75 @@ macro_rules! backend {
                             .bind(self.buf.as_slice())
                             .execute(&mut self.conn)
                             .await?;
+                        Ok(())
+                    })
+                }
+
+                fn records<'a>(
+                    &'a mut self,
+                    space: i64,
+                    keys: &'a [(String, String)],
+                ) -> StoreFuture<'a, Vec<StoredRecord>> {
+                    Box::pin(async move {
+                        let mut out = Vec::with_capacity(keys.len());
+                        let mut at = 0;
+                        for n in chunk_sizes(keys.len()) {
+                            let sql = format!(
+                                "SELECT {REC_COLS} FROM sync_records WHERE space = $1 \
+                                 AND (collection, id) IN (VALUES {})",
+                                tuples(n, 2, 2)
+                            );
+                            let mut q = sqlx::query(&sql).bind(space);
+                            for (c, id) in &keys[at..at + n] {
+                                q = q.bind(c.as_str()).bind(id.as_str());
+                            }
+                            let rows = q.fetch_all(&mut self.conn).await?;
+                            for r in &rows {
+                                out.push(rec_row(r)?);
+                            }
+                            at += n;
+                        }
+                        Ok(out)
+                    })
+                }
+
+                fn put_records<'a>(
+                    &'a mut self,
+                    space: i64,
+                    recs: &'a [&'a StoredRecord],
+                ) -> StoreFuture<'a, ()> {
+                    Box::pin(async move {
+                        let mut at = 0;
+                        for n in chunk_sizes(recs.len()) {
+                            let sql = format!(
+                                "INSERT INTO sync_records (space, {REC_COLS}) VALUES {} {UPSERT_TAIL}",
+                                tuples(n, 15, 1)
+                            );
+                            let mut q = sqlx::query(&sql);
+                            for rec in &recs[at..at + n] {
+                                let s = &rec.state;
+                                let mut buf = Vec::new();
+                                encode_fields(&s.fields, &mut buf);
+                                q = q
+                                    .bind(space)
+                                    .bind(rec.collection.as_str())
+                                    .bind(rec.id.as_str())
+                                    .bind(i(s.version))
+                                    .bind(i(s.position))
+                                    .bind(i64::from(s.deleted()))
+                                    .bind(i(s.base.hlc))
+                                    .bind(s.base.actor.as_str())
+                                    .bind(i64::from(s.base_delete))
+                                    .bind(i(s.last.hlc))
+                                    .bind(s.last.actor.as_str())
+                                    .bind(s.expires_at.map(i))
+                                    .bind(s.deleted_at)
+                                    .bind(i(s.size(&rec.collection, &rec.id)))
+                                    .bind(buf);
+                            }
+                            q.execute(&mut self.conn).await?;
+                            at += n;
+                        }
                         Ok(())
                     })
                 }
