@@ -571,6 +571,7 @@ async fn a_large_space_pulls_in_bounded_pages(fx: Fixture) {
     let e = engine(&fx, cfg).await;
     let t = now(&fx);
     let mut seq = 0;
+    let started = std::time::Instant::now();
     for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
         seq += 1;
         let ops = chunk
@@ -587,7 +588,14 @@ async fn a_large_space_pulls_in_bounded_pages(fx: Fixture) {
             .await
             .unwrap();
     }
+    let pushed = started.elapsed();
+    let started = std::time::Instant::now();
     let p = pull(&e, SyncPullParams::new(SPACE).with_limit(5_000)).await;
+    eprintln!(
+        "{:?}: pushed {N} records in batches of 1000 in {pushed:?}, pulled them in {:?}",
+        fx.backend,
+        started.elapsed()
+    );
     assert_eq!(p.records.len(), N);
     assert_eq!(p.last.count, N as u64);
     assert!(p.largest_chunk <= 1000, "pages are bounded by page_limit");

@@ -4,7 +4,7 @@
 //! A *space* (topic syntax, granted by the token's `sync_read` /
 //! `sync_write` patterns) holds *collections* of *records*. A record is a
 //! map of fields (name → bytes); an opaque value is the single field `""`.
-//! Every applied change advances the space's gapless `position`; a client
+//! Every applied change advances the space's `position` (increasing); a client
 //! keeps the last position it has as its *cursor*, with the space's
 //! `epoch`.
 //!
