@@ -735,6 +735,56 @@ async fn invalid_pushes_are_refused(fx: Fixture) {
     e.close().await;
 }
 
+async fn a_delete_during_a_snapshot_pull_is_sent(fx: Fixture) {
+    let e = engine(&fx, SyncConfig::default()).await;
+    let t = now(&fx);
+    let ops = (0..6)
+        .map(|i| SyncOp::put("n", format!("r{i}"), b"v".to_vec()))
+        .collect();
+    e.push(SyncPushParams::new(SPACE, "c", 1, t, ops))
+        .await
+        .unwrap();
+    // A snapshot skips old tombstones...
+    e.push(SyncPushParams::new(
+        SPACE,
+        "c",
+        2,
+        t + 1,
+        vec![SyncOp::delete("n", "r5")],
+    ))
+    .await
+    .unwrap();
+    let mut p = e
+        .pull(&SyncPullParams::new(SPACE).with_limit(2))
+        .await
+        .unwrap();
+    let Some(PullStep::Chunk(first)) = p.next().await.unwrap() else {
+        panic!("a chunk first")
+    };
+    assert_eq!(first.records[0].id, "r0");
+    // ...but not one made while it runs, of a record it already sent.
+    e.push(SyncPushParams::new(
+        SPACE,
+        "c",
+        3,
+        t + 2,
+        vec![SyncOp::delete("n", "r0")],
+    ))
+    .await
+    .unwrap();
+    let mut got = first.records;
+    while let Some(step) = p.next().await.unwrap() {
+        if let PullStep::Chunk(c) = step {
+            got.extend(c.records);
+        }
+    }
+    let m = replica(&got);
+    assert!(m[&("n".to_string(), "r0".to_string())].deleted);
+    assert!(!m.contains_key(&("n".to_string(), "r5".to_string())));
+    assert_eq!(visible(&m).len(), 4);
+    e.close().await;
+}
+
 macro_rules! sync_suite {
     ($($name:ident),* $(,)?) => { suite!($($name),*); };
 }
@@ -752,6 +802,7 @@ sync_suite!(
     checksums_detect_a_changed_record,
     live_changes_resume_exactly,
     invalid_pushes_are_refused,
+    a_delete_during_a_snapshot_pull_is_sent,
 );
 
 mod convergence {
@@ -838,7 +889,98 @@ mod convergence {
                 let a = pull(&e, SyncPullParams::new("conv.a")).await;
                 let b = pull(&e, SyncPullParams::new("conv.b")).await;
                 assert_eq!(visible(&replica(&a.records)), visible(&replica(&b.records)));
-                // And a replica that pulled incrementally agrees too.
+                e.close().await;
+            });
+        }
+
+        #[test]
+        fn replicas_pulling_between_pushes_converge(
+            edits in proptest::collection::vec(
+                proptest::collection::vec((edit(), 0..20u64), 1..8), 3),
+            // (replica, action): 0 push the next edit, 1 pull one chunk,
+            // 2 disconnect (drop the pull in progress).
+            actions in proptest::collection::vec((0..3usize, 0..3u8), 0..60),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let fx = Fixture::sqlite().await;
+                let e = engine(&fx, SyncConfig::default()).await;
+                let base = u64::try_from(fx.clock.now_ms()).unwrap() - 60_000;
+                let ops: Vec<Vec<SyncOp>> = edits.iter().map(|list| {
+                    let mut t = base;
+                    list.iter().map(|(ed, dt)| { t += dt + 1; op(ed, hlc(t, 0)) }).collect()
+                }).collect();
+                struct Replica {
+                    local: BTreeMap<(String, String), SyncRecord>,
+                    cursor: u64,
+                    epoch: String,
+                    pull: Option<plexus_server::sync::Pull>,
+                    next: usize,
+                }
+                let mut reps: Vec<Replica> = (0..3).map(|_| Replica {
+                    local: BTreeMap::new(), cursor: 0, epoch: String::new(), pull: None, next: 0,
+                }).collect();
+                let params = |r: &Replica| {
+                    SyncPullParams::new("conv.p").with_cursor(&r.epoch, r.cursor).with_limit(2)
+                };
+                let mut schedule = actions.clone();
+                // Finally every replica pushes the rest and pulls to the end.
+                for r in 0..3 {
+                    schedule.extend(std::iter::repeat_n((r, 0u8), 8));
+                }
+                for (r, action) in schedule {
+                    let rep = &mut reps[r];
+                    match action {
+                        0 if rep.next < ops[r].len() => {
+                            let seq = rep.next as u64 + 1;
+                            e.push(SyncPushParams::new(
+                                "conv.p", format!("r{r}"), seq, hlc(base, 0),
+                                vec![ops[r][rep.next].clone()],
+                            )).await.unwrap();
+                            rep.next += 1;
+                        }
+                        1 => {
+                            if rep.pull.is_none() {
+                                let p = e.pull(&params(rep)).await.unwrap();
+                                if p.is_reset() { rep.local.clear(); }
+                                rep.pull = Some(p);
+                            }
+                            match rep.pull.as_mut().unwrap().next().await.unwrap() {
+                                Some(PullStep::Chunk(c)) => {
+                                    for rec in c.records {
+                                        rep.local.insert((rec.collection.clone(), rec.id.clone()), rec);
+                                    }
+                                    rep.cursor = c.cursor;
+                                }
+                                Some(PullStep::Final(f)) => {
+                                    rep.cursor = f.cursor;
+                                    rep.epoch = f.epoch;
+                                    rep.pull = None;
+                                }
+                                None => rep.pull = None,
+                            }
+                        }
+                        2 => rep.pull = None,
+                        _ => {}
+                    }
+                }
+                let server = pull(&e, SyncPullParams::new("conv.p")).await;
+                let want = visible(&replica(&server.records));
+                for rep in &mut reps {
+                    rep.pull = None;
+                    let p = e.pull(&params(rep)).await.unwrap();
+                    if p.is_reset() { rep.local.clear(); }
+                    let mut p = p;
+                    while let Some(step) = p.next().await.unwrap() {
+                        if let PullStep::Chunk(c) = step {
+                            for rec in c.records {
+                                rep.local.insert((rec.collection.clone(), rec.id.clone()), rec);
+                            }
+                        }
+                    }
+                    assert_eq!(visible(&rep.local), want);
+                    assert_eq!(checksums(&rep.local), server_checksums(&server.last));
+                }
                 e.close().await;
             });
         }

@@ -631,7 +631,11 @@ impl Pull {
                 space: self.space.id,
                 after: self.cursor,
                 collection: self.collection.as_deref(),
-                live_only: self.start == 0,
+                tombstones_after: if self.start == 0 {
+                    self.space.last_position
+                } else {
+                    0
+                },
                 limit: self.limit,
             })
             .await?;

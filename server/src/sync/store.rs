@@ -69,8 +69,10 @@ pub struct PageQuery<'a> {
     pub after: u64,
     /// Only this collection.
     pub collection: Option<&'a str>,
-    /// Skip tombstones (snapshots).
-    pub live_only: bool,
+    /// Skip tombstones at or below this position (a snapshot skips those
+    /// that existed when it started, never those made while it runs, which
+    /// delete records it may already have sent); 0: send every tombstone.
+    pub tombstones_after: u64,
     /// Most rows.
     pub limit: u32,
 }
@@ -365,16 +367,17 @@ macro_rules! backend {
                         if let Some(setup) = $read_setup {
                             tx.execute(setup).await?;
                         }
-                        let live = if q.live_only { " AND deleted = 0" } else { "" };
                         let sql = match q.collection {
                             Some(_) => format!(
                                 "SELECT {REC_COLS} FROM sync_records WHERE space = $1 \
-                                 AND collection = $3 AND position > $2{live} \
+                                 AND collection = $3 AND position > $2 \
+                                 AND (deleted = 0 OR position > $5) \
                                  ORDER BY position LIMIT $4"
                             ),
                             None => format!(
                                 "SELECT {REC_COLS} FROM sync_records WHERE space = $1 \
-                                 AND position > $2 AND $3 = $3{live} ORDER BY position LIMIT $4"
+                                 AND position > $2 AND $3 = $3 AND (deleted = 0 OR position > $5) \
+                                 ORDER BY position LIMIT $4"
                             ),
                         };
                         let mut page = Page::default();
@@ -384,6 +387,7 @@ macro_rules! backend {
                                 .bind(i(q.after))
                                 .bind(q.collection.unwrap_or(""))
                                 .bind(i64::from(q.limit))
+                                .bind(i(q.tombstones_after))
                                 .fetch(&mut *tx);
                             while let Some(r) = rows.try_next().await? {
                                 page.records.push(rec_row(&r)?);
