@@ -785,6 +785,61 @@ async fn a_delete_during_a_snapshot_pull_is_sent(fx: Fixture) {
     e.close().await;
 }
 
+async fn concurrent_pushes_group_commit(fx: Fixture) {
+    let e = engine(&fx, SyncConfig::default()).await;
+    let t = now(&fx);
+    // 16 clients at once, each pushing its mutations in order (a client's
+    // seq must increase: a later seq first would make an earlier one a
+    // duplicate).
+    let mut tasks = Vec::new();
+    for c in 0..16u64 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut positions = Vec::new();
+            for seq in 1..=4u64 {
+                let r = e
+                    .push(SyncPushParams::new(
+                        SPACE,
+                        format!("c{c}"),
+                        seq,
+                        t + seq,
+                        vec![
+                            SyncOp::put("n", format!("{c}-{seq}"), b"v".to_vec()),
+                            SyncOp::patch(
+                                "shared",
+                                "doc",
+                                patch_fields(&[(&format!("f{c}"), "x")]),
+                            ),
+                        ],
+                    ))
+                    .await
+                    .unwrap();
+                assert!(!r.duplicate);
+                positions.push(r.position);
+            }
+            positions
+        }));
+    }
+    let mut positions = Vec::new();
+    for t in tasks {
+        positions.extend(t.await.unwrap());
+    }
+    positions.sort_unstable();
+    positions.dedup();
+    assert_eq!(positions.len(), 64, "each push has its own commit position");
+    let info = e.info(SPACE).await.unwrap();
+    assert_eq!(info.usage.records, 65);
+    let p = pull(&e, SyncPullParams::new(SPACE)).await;
+    let v = visible(&replica(&p.records));
+    assert_eq!(
+        v[&("shared".to_string(), "doc".to_string())].len(),
+        16,
+        "every field merged"
+    );
+    assert_eq!(checksums(&replica(&p.records)), server_checksums(&p.last));
+    e.close().await;
+}
+
 macro_rules! sync_suite {
     ($($name:ident),* $(,)?) => { suite!($($name),*); };
 }
@@ -803,6 +858,7 @@ sync_suite!(
     live_changes_resume_exactly,
     invalid_pushes_are_refused,
     a_delete_during_a_snapshot_pull_is_sent,
+    concurrent_pushes_group_commit,
 );
 
 mod convergence {

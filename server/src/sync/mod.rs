@@ -17,7 +17,9 @@
 //!
 //! - `sync.push`: check [`Capabilities::can_sync_write`] on the space, then
 //!   [`SyncEngine::push`] with the decoded params; map an error with
-//!   [`SyncError::to_wire`].
+//!   [`SyncError::to_wire`]. Pushes of one connection must reach
+//!   `push` in the order they arrived (the writer's queue is FIFO): a
+//!   client's later `seq` applied first makes an earlier one a duplicate.
 //! - `sync.pull`: check [`Capabilities::can_sync_read`]; with `live`, call
 //!   [`SyncEngine::watch`] **first**, then [`SyncEngine::pull`] and send each
 //!   [`PullStep::Chunk`] as a chunk (one per credit) and the
