@@ -1,7 +1,7 @@
 //! Record sync (issue 11): spaces of records that apps sync through the
 //! hub, merged by last-write-wins on hybrid logical clocks, with the hub as
-//! the clock referee. The design is recorded as decisions Y1–Y16
-//! (`/work/plan/issue11-design.md`, to be copied into docs/decisions.md).
+//! the clock referee. The design is recorded as decisions Y1–Y16 in
+//! `docs/decisions.md` ("Record sync (issue 11)").
 //!
 //! - [`model`]: a record's merge state, the merge rules, the checksum and
 //!   the stored field encoding — pure.
