@@ -60,6 +60,10 @@ pub struct Subscription {
     pub pattern: Pattern,
     /// Whether the connection joined the topic's presence with it.
     pub presence: bool,
+    /// While a durable subscribe catches up: the id of its request. Such a
+    /// subscription is recorded (reserved) but not in the index until it
+    /// goes live; `None` once indexed.
+    pub pending: Option<u64>,
 }
 
 impl Conn {

@@ -129,34 +129,90 @@ impl Broker {
         max: usize,
         authorized: bool,
     ) -> Result<(), SubscribeError> {
-        {
-            let mut subs = conn.subscriptions.lock();
-            if subs.iter().any(|s| s.pattern == pattern) {
-                return Err(SubscribeError::AlreadySubscribed);
-            }
-            if subs.len() >= max {
-                return Err(SubscribeError::TooMany);
-            }
-            if !authorized {
-                return Err(SubscribeError::Forbidden);
-            }
-            // Most connections hold one or two subscriptions: grow from
-            // one slot, not the default four.
-            if subs.capacity() == 0 {
-                subs.reserve_exact(1);
-            }
-            subs.push(Subscription {
-                pattern: pattern.clone(),
-                presence,
-            });
+        self.reserve(conn, pattern.clone(), presence, max, authorized, 0)?;
+        self.index(conn, &pattern, 0);
+        Ok(())
+    }
+
+    /// The first half of [`Broker::subscribe`]: records the subscription
+    /// (the same checks, in the same order) without indexing it, so the
+    /// connection holds the pattern (a second subscribe is a `conflict`)
+    /// while a durable subscribe catches up. [`Broker::index`] makes it
+    /// live; [`Broker::release`] or [`Broker::unsubscribe`] drops it.
+    /// `request` (the subscribe's request id) tells this reservation from a
+    /// later one of the same pattern (after an `unsubscribe` meanwhile).
+    pub fn reserve(
+        &self,
+        conn: &Arc<Conn>,
+        pattern: Pattern,
+        presence: bool,
+        max: usize,
+        authorized: bool,
+        request: u64,
+    ) -> Result<(), SubscribeError> {
+        let mut subs = conn.subscriptions.lock();
+        if subs.iter().any(|s| s.pattern == pattern) {
+            return Err(SubscribeError::AlreadySubscribed);
         }
+        if subs.len() >= max {
+            return Err(SubscribeError::TooMany);
+        }
+        if !authorized {
+            return Err(SubscribeError::Forbidden);
+        }
+        // Most connections hold one or two subscriptions: grow from
+        // one slot, not the default four.
+        if subs.capacity() == 0 {
+            subs.reserve_exact(1);
+        }
+        subs.push(Subscription {
+            pattern,
+            presence,
+            pending: Some(request),
+        });
+        drop(subs);
         self.subscriptions.increment(1.0);
+        Ok(())
+    }
+
+    /// Indexes a subscription [`Broker::reserve`] recorded (and joins its
+    /// presence): from now on it receives events. Returns `false` if the
+    /// connection no longer holds that reservation (unsubscribed
+    /// meanwhile).
+    pub fn index(&self, conn: &Arc<Conn>, pattern: &Pattern, request: u64) -> bool {
+        let presence = {
+            let mut subs = conn.subscriptions.lock();
+            match subs
+                .iter_mut()
+                .find(|s| s.pattern == *pattern && s.pending == Some(request))
+            {
+                Some(s) => {
+                    s.pending = None;
+                    s.presence
+                }
+                None => return false,
+            }
+        };
         self.matcher
-            .insert(&pattern, conn.clone(), |i| self.notify(&pattern, i));
+            .insert(pattern, conn.clone(), |i| self.notify(pattern, i));
         if presence {
             self.presence.join(pattern.as_str(), conn);
         }
-        Ok(())
+        true
+    }
+
+    /// Drops a subscription [`Broker::reserve`] recorded that never went
+    /// live (a durable subscribe that failed or was cancelled).
+    pub fn release(&self, conn: &Conn, pattern: &Pattern, request: u64) {
+        let mut subs = conn.subscriptions.lock();
+        if let Some(i) = subs
+            .iter()
+            .position(|s| s.pattern == *pattern && s.pending == Some(request))
+        {
+            subs.swap_remove(i);
+            drop(subs);
+            self.subscriptions.decrement(1.0);
+        }
     }
 
     /// Drops `conn`'s subscription to exactly `pattern` (and its presence);
@@ -184,6 +240,9 @@ impl Broker {
 
     fn remove(&self, conn: &Conn, sub: &Subscription) {
         self.subscriptions.decrement(1.0);
+        if sub.pending.is_some() {
+            return;
+        }
         self.matcher
             .remove(&sub.pattern, conn.id, |i| self.notify(&sub.pattern, i));
         if sub.presence {
@@ -198,7 +257,7 @@ impl Broker {
             .subscriptions
             .lock()
             .iter()
-            .filter(|s| s.presence)
+            .filter(|s| s.presence && s.pending.is_none())
             .map(|s| s.pattern.clone())
             .collect();
         for t in topics {
@@ -290,6 +349,35 @@ mod tests {
     }
 
     #[test]
+    fn a_reservation_holds_the_pattern_until_indexed_or_released() {
+        let b = Broker::default();
+        let x = conn(1);
+        let frame = Bytes::from_static(b"e");
+        b.reserve(&x, pat("o.1"), false, 8, true, 7).unwrap();
+        assert_eq!(
+            b.subscribe(&x, pat("o.1"), false, 8, true),
+            Err(SubscribeError::AlreadySubscribed)
+        );
+        assert_eq!(b.publish("o.1", &frame, None).delivered, 0, "not live yet");
+        // Unsubscribed meanwhile, then reserved again by another request:
+        // the first one's activation must not take the second's place.
+        assert!(b.unsubscribe(&x, "o.1"));
+        b.reserve(&x, pat("o.1"), false, 8, true, 9).unwrap();
+        assert!(!b.index(&x, &pat("o.1"), 7));
+        b.release(&x, &pat("o.1"), 7);
+        assert_eq!(x.subscriptions.lock().len(), 1);
+        assert!(b.index(&x, &pat("o.1"), 9));
+        assert_eq!(b.publish("o.1", &frame, None).delivered, 1);
+        b.release(&x, &pat("o.1"), 9);
+        assert_eq!(x.subscriptions.lock().len(), 1, "release leaves a live one");
+        b.reserve(&x, pat("o.2"), false, 8, true, 10).unwrap();
+        b.release(&x, &pat("o.2"), 10);
+        assert_eq!(x.subscriptions.lock().len(), 1);
+        b.drop_conn(&x);
+        assert_eq!(b.matcher.topic_count(), 0);
+    }
+
+    #[test]
     fn a_recorded_subscription_missing_from_the_index_is_still_dropped() {
         // As after a panic between recording and indexing: the record says
         // subscribed, the index does not. Dropping the connection must not
@@ -299,6 +387,7 @@ mod tests {
         x.subscriptions.lock().push(Subscription {
             pattern: pat("ghost"),
             presence: false,
+            pending: None,
         });
         b.subscribe(&x, pat("real"), false, 8, true).unwrap();
         b.drop_conn(&x);
