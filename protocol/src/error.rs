@@ -176,6 +176,12 @@ error_codes! {
     Unavailable = "unavailable", retry: true;
     /// A bug or unexpected failure in the server.
     Internal = "internal", retry: true;
+    /// A record-sync push would exceed the space's quota (records or
+    /// bytes); nothing was applied.
+    QuotaExceeded = "quota_exceeded", retry: false;
+    /// A record-sync timestamp is further ahead of the hub's clock than the
+    /// configured skew allows; nothing was applied.
+    ClockSkew = "clock_skew", retry: false;
 }
 
 impl fmt::Display for ErrorCode {

@@ -45,6 +45,7 @@ pub mod outbound;
 pub mod session;
 pub mod storage;
 pub mod streams;
+pub mod sync;
 pub mod transport;
 
 use std::net::SocketAddr;

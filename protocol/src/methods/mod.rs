@@ -10,6 +10,7 @@ mod presence;
 mod pubsub;
 mod session;
 mod streams;
+pub mod sync;
 
 pub use presence::{
     Member, PresenceGet, PresenceGetParams, PresenceGetResult, PresenceJoin, PresenceLeave,

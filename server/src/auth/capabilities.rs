@@ -20,7 +20,8 @@ pub struct Principal {
 /// What a token allows, from its `plexus` claim:
 ///
 /// ```json
-/// "plexus": {"sub": ["chat.>"], "pub": ["chat.room1"], "presence": true}
+/// "plexus": {"sub": ["chat.>"], "pub": ["chat.room1"], "presence": true,
+///            "sync_read": ["team.*"], "sync_write": ["user.alice.>"]}
 /// ```
 ///
 /// An absent claim or field allows nothing.
@@ -33,6 +34,11 @@ pub struct Capabilities {
     /// Whether the client may join presence (the `presence` field);
     /// see [`Capabilities::can_join_presence`].
     pub presence: bool,
+    /// Record-sync spaces the client may read (the `sync_read` field); see
+    /// [`Capabilities::can_sync_read`].
+    pub sync_read: Vec<Pattern>,
+    /// Record-sync spaces the client may write (the `sync_write` field).
+    pub sync_write: Vec<Pattern>,
 }
 
 impl Capabilities {
@@ -42,8 +48,10 @@ impl Capabilities {
         let all = Pattern::parse(">", MAX_TOPIC_LEN).map_or_else(|_| Vec::new(), |p| vec![p]);
         Capabilities {
             subscribe: all.clone(),
-            publish: all,
+            publish: all.clone(),
             presence: true,
+            sync_read: all.clone(),
+            sync_write: all,
         }
     }
 
@@ -71,6 +79,19 @@ impl Capabilities {
     /// [`can_read_presence`](Capabilities::can_read_presence) on that topic.
     pub fn can_join_presence(&self, topic: &Topic) -> bool {
         self.presence && self.can_read_presence(topic)
+    }
+
+    /// Whether pulling from (and watching) the sync space `space` is
+    /// allowed: some `sync_read` or `sync_write` pattern matches it (write
+    /// implies read).
+    pub fn can_sync_read(&self, space: &Topic) -> bool {
+        self.can_sync_write(space) || self.sync_read.iter().any(|p| p.matches(space))
+    }
+
+    /// Whether pushing to the sync space `space` is allowed: some
+    /// `sync_write` pattern matches it.
+    pub fn can_sync_write(&self, space: &Topic) -> bool {
+        self.sync_write.iter().any(|p| p.matches(space))
     }
 }
 
@@ -135,5 +156,29 @@ mod tests {
         assert!(all.can_subscribe(&pat(">")));
         assert!(all.can_publish(&topic("a.b.c")));
         assert!(all.can_join_presence(&topic("a")));
+        assert!(all.can_sync_write(&topic("user.a")));
+        assert!(!none.can_sync_read(&topic("user.a")));
+    }
+
+    #[test]
+    fn sync_read_and_write() {
+        let caps = Capabilities {
+            sync_read: vec![pat("team.*")],
+            sync_write: vec![pat("user.alice.>")],
+            ..Capabilities::default()
+        };
+        assert!(caps.can_sync_read(&topic("team.42")));
+        assert!(!caps.can_sync_write(&topic("team.42")), "read only");
+        assert!(!caps.can_sync_read(&topic("team.42.x")));
+        assert!(caps.can_sync_write(&topic("user.alice.notes")));
+        assert!(
+            caps.can_sync_read(&topic("user.alice.notes")),
+            "write implies read"
+        );
+        assert!(!caps.can_sync_read(&topic("user.bob.notes")));
+        assert!(
+            !caps.can_subscribe(&pat("team.42")),
+            "sync does not imply subscribe"
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! `sub`, `exp` and the capabilities claim:
 //!
 //! ```json
-//! "plexus": {"sub": ["chat.>"], "pub": ["chat.room1"], "presence": true}
+//! "plexus": {"sub": ["chat.>"], "pub": ["chat.room1"], "presence": true,
+//!            "sync_read": ["team.*"], "sync_write": ["user.alice.>"]}
 //! ```
 //!
 //! An absent claim or field allows nothing; unknown fields are ignored; an
@@ -23,7 +24,8 @@ use super::error::InvalidToken;
 /// Longest accepted `sub`, in bytes.
 pub const MAX_SUBJECT_LEN: usize = 256;
 
-/// Most patterns accepted in each of the `sub` and `pub` lists.
+/// Most patterns accepted in each of the `sub`, `pub`, `sync_read` and
+/// `sync_write` lists.
 pub const MAX_CAPABILITY_PATTERNS: usize = 256;
 
 /// The name of the capabilities claim.
@@ -80,6 +82,10 @@ pub(crate) struct CapabilityClaim {
     pub(crate) publish: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub(crate) presence: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) sync_read: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) sync_write: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -106,6 +112,8 @@ impl CapabilityClaim {
             subscribe: parse_patterns("sub", &self.subscribe)?,
             publish: parse_patterns("pub", &self.publish)?,
             presence: self.presence,
+            sync_read: parse_patterns("sync_read", &self.sync_read)?,
+            sync_write: parse_patterns("sync_write", &self.sync_write)?,
         })
     }
 }
@@ -172,6 +180,12 @@ mod tests {
         assert_eq!(c.subscribe.len(), 2);
         assert_eq!(c.publish[0].as_str(), "chat.room1");
         assert!(c.presence);
+        assert!(c.sync_read.is_empty() && c.sync_write.is_empty());
+
+        let c = caps(json!({"sync_read": ["team.*"], "sync_write": ["user.a.>", "x"]})).unwrap();
+        assert_eq!(c.sync_read[0].as_str(), "team.*");
+        assert_eq!(c.sync_write.len(), 2);
+        assert!(c.subscribe.is_empty() && c.publish.is_empty());
 
         // Absent fields allow nothing; unknown fields are ignored.
         let c = caps(json!({"pub": ["x"], "future": 1})).unwrap();
@@ -190,6 +204,9 @@ mod tests {
             json!({"sub": "chat.>"}),
             json!({"sub": [1]}),
             json!({"presence": "yes"}),
+            json!({"sync_read": ["a..b"]}),
+            json!({"sync_write": "user.>"}),
+            json!({"sync_write": vec!["a"; MAX_CAPABILITY_PATTERNS + 1]}),
             json!(["chat.>"]),
             json!("everything"),
             json!({"sub": vec!["a"; MAX_CAPABILITY_PATTERNS + 1]}),
@@ -234,6 +251,8 @@ mod tests {
             subscribe: vec!["a.>".into()],
             publish: vec![],
             presence: false,
+            sync_read: vec![],
+            sync_write: vec!["u.>".into()],
         };
         let c = MintClaims {
             sub: "u",
@@ -246,7 +265,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(&c).unwrap(),
-            json!({"sub": "u", "iat": 1, "nbf": 1, "exp": 2, "aud": "hub", "plexus": {"sub": ["a.>"]}})
+            json!({"sub": "u", "iat": 1, "nbf": 1, "exp": 2, "aud": "hub", "plexus": {"sub": ["a.>"], "sync_write": ["u.>"]}})
         );
     }
 }

@@ -85,6 +85,9 @@ fn mint_at(secret: &[u8], alg: HmacAlg, req: &MintRequest, now: u64) -> Result<S
         subscribe: req.subscribe.clone(),
         publish: req.publish.clone(),
         presence: req.presence,
+        // Minting sync capabilities from the command line comes with the
+        // session wiring of issue 11.
+        ..CapabilityClaim::default()
     };
     capabilities.parse().map_err(|e| match e {
         CapabilityError::TooMany => MintError::TooManyPatterns,

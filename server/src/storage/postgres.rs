@@ -34,7 +34,7 @@ const TOPIC_COLS: &str =
     "id, ns, name, epoch, first_offset, last_offset, last_position, bytes, pruned_position";
 const OLD_COLS: &str = "topic, off, position, ts, size::int8, producer, seq";
 
-fn options(opts: &StoreOptions) -> Result<PgConnectOptions, StorageError> {
+pub(crate) fn options(opts: &StoreOptions) -> Result<PgConnectOptions, StorageError> {
     let mut o: PgConnectOptions = opts
         .url
         .parse()

@@ -55,7 +55,7 @@ const TOPIC_COLS: &str =
 const PRODUCER_COLS: &str = "id, topic, name, last_seq, last_offset, last_position, pruned_seq";
 const OLD_COLS: &str = "topic, off, position, ts, size, producer, seq";
 
-fn options(opts: &StoreOptions) -> Result<SqliteConnectOptions, StorageError> {
+pub(crate) fn options(opts: &StoreOptions) -> Result<SqliteConnectOptions, StorageError> {
     let path = opts.sqlite_path().ok_or(StorageError::UnsupportedUrl)?;
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
