@@ -22,7 +22,7 @@ use plexus_bench::procs::{EchoProcess, HubBinary};
 use plexus_bench::scenario::{
     ConnectionsConfig, FanoutConfig, PreauthConfig, Rate, RpcConfig, StalledConfig, StormConfig,
 };
-use plexus_bench::suite::{BoxError, Suite};
+use plexus_bench::suite::{BoxError, DurableSuite, Suite};
 use plexus_bench::{echo, nats, plexus};
 
 #[derive(Parser)]
@@ -81,6 +81,36 @@ enum Command {
         /// smoke-test the suite itself.
         #[arg(long)]
         rounds: Option<usize>,
+    },
+    /// The durable-streams suite: durable publish throughput (1, 16, 64
+    /// publishers), catch-up and latency on a durable topic, Plexus on
+    /// SQLite and PostgreSQL beside NATS JetStream on file storage.
+    Durable {
+        /// Shorter windows and 20,000 instead of 100,000 events behind.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write `<date>-durable.json` and `.md`.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// PostgreSQL server to create each run's database on (with
+        /// `psql`), e.g. postgres://postgres@127.0.0.1:5432/test; without
+        /// it the PostgreSQL runs are skipped.
+        #[arg(long, env = "PLEXUS_BENCH_POSTGRES_URL")]
+        postgres_url: Option<String>,
+        /// The nats-server for JetStream (2.10+ for `sync_interval`)
+        /// [default: PLEXUS_BENCH_JETSTREAM_SERVER, else the NATS baseline's].
+        #[arg(long)]
+        jetstream_server: Option<PathBuf>,
+        /// Rounds of every comparison [default: 1].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Events the catch-up subscriber is behind [default: 100000; --quick: 20000].
+        #[arg(long)]
+        behind: Option<u64>,
+        /// Publisher counts of the throughput comparison (repeatable)
+        /// [default: 1, 16, 64].
+        #[arg(long = "publishers")]
+        publishers: Vec<usize>,
     },
     /// One fan-out run.
     Fanout {
@@ -413,6 +443,35 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let args = with(&plexus::stalled_hub_args(cfg.max_outbound_bytes), &hub_args);
             let hub = hub_binary(cli.plexus)?.start(&args).await?;
             print(&plexus::stalled(&hub, &cfg).await)?;
+        }
+        Command::Durable {
+            quick,
+            out,
+            postgres_url,
+            jetstream_server,
+            rounds,
+            behind,
+            publishers,
+        } => {
+            let jetstream = jetstream_server
+                .or_else(nats::jetstream_server_binary)
+                .ok_or("no nats-server for JetStream: pass --jetstream-server or run bash bench/run.sh --durable")?;
+            let suite = DurableSuite {
+                quick,
+                out,
+                current: hub_binary(cli.plexus)?,
+                hub_args,
+                postgres: postgres_url,
+                jetstream,
+                rounds,
+                behind,
+                publishers: if publishers.is_empty() {
+                    plexus_bench::suite::durable::PUBLISHERS.to_vec()
+                } else {
+                    publishers
+                },
+            };
+            suite.run().await?;
         }
         Command::Suite {
             quick,
