@@ -67,19 +67,35 @@ macro_rules! settings {
         #[serde(rename_all = "kebab-case")]
         pub struct Config {
             $( $(#[$doc])* pub $field: $ty, )*
+            /// The durable namespaces (`[[streams]]`) and the writer's
+            /// settings (`[storage]`): config file only, shown by
+            /// `plexus config` after the flags.
+            #[serde(skip)]
+            pub streams: crate::streams::StreamsConfig,
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Config { $( $field: $default, )* }
+                Config { $( $field: $default, )* streams: Default::default() }
             }
         }
 
         impl Config {
-            /// Layers `cli` over `file` over the defaults.
+            /// Layers `cli` over `file` over the defaults (the streams
+            /// settings come from the file only: see [`FileConfig`]).
             pub fn resolve(cli: Settings, file: Settings) -> Config {
                 let d = Config::default();
-                Config { $( $field: cli.$field.or(file.$field).unwrap_or(d.$field), )* }
+                Config {
+                    $( $field: cli.$field.or(file.$field).unwrap_or(d.$field), )*
+                    streams: d.streams,
+                }
+            }
+
+            /// Layers `cli` over a config file over the defaults.
+            pub fn resolve_file(cli: Settings, file: FileConfig) -> Config {
+                let mut c = Config::resolve(cli, file.settings);
+                c.streams = file.streams;
+                c
             }
         }
     };
@@ -167,6 +183,12 @@ settings! {
     close_linger: Dur = Dur(Duration::from_secs(2)), "close-linger", "PLEXUS_CLOSE_LINGER";
     /// Reconnect hint sent in `closing` on shutdown [default: 2s].
     shutdown_retry_hint: Dur = Dur(Duration::from_secs(2)), "shutdown-retry-hint", "PLEXUS_SHUTDOWN_RETRY_HINT";
+    /// Database of the durable streams: `sqlite:PATH` or `postgres://…`; empty means the SQLite file `plexus.db` in the data directory (created, WAL). Opened only when a `[[streams]]` namespace is configured [default: empty].
+    database_url: String = String::new(), "database-url", "PLEXUS_DATABASE_URL";
+    /// Do not apply the database migrations on start: a database whose migrations are behind then fails to open (run `plexus migrate`) [default: false].
+    no_migrate: bool = false, "no-migrate", "PLEXUS_NO_MIGRATE";
+    /// Read connections of the database pool (catch-up, history) [default: 4].
+    database_read_connections: u32 = 4, "database-read-connections", "PLEXUS_DATABASE_READ_CONNECTIONS";
     /// Serve the `debug.*` methods (tests only; only builds with the debug-methods feature or debug builds have them) [default: false].
     debug_methods: bool = false, "debug-methods", "PLEXUS_DEBUG_METHODS";
 }
@@ -220,18 +242,62 @@ pub enum ConfigError {
         /// The parse error.
         source: toml::de::Error,
     },
+    /// The `[storage]` or `[[streams]]` tables are invalid.
+    #[error("invalid config file {path}: {source}")]
+    Streams {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: crate::streams::config::ConfigError,
+    },
 }
 
-/// Reads a TOML settings file.
-pub fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+/// What a config file says: the flags' settings and the streams tables.
+#[derive(Debug, Clone, Default)]
+pub struct FileConfig {
+    /// The top-level keys (the same names as the flags).
+    pub settings: Settings,
+    /// `[storage]` and `[[streams]]`.
+    pub streams: crate::streams::StreamsConfig,
+}
+
+/// The config file's tables that are not flags.
+const STREAMS_TABLES: [&str; 2] = ["storage", "streams"];
+
+/// Parses a config file's text: unknown top-level keys are rejected, the
+/// `[storage]` and `[[streams]]` tables are read as
+/// [`StreamsConfig::from_toml`](crate::streams::StreamsConfig::from_toml)
+/// documents them.
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    let parse = |source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    };
+    let mut table: toml::Table = toml::from_str(text).map_err(parse)?;
+    let mut rest = toml::Table::new();
+    for name in STREAMS_TABLES {
+        if let Some(v) = table.remove(name) {
+            rest.insert(name.to_owned(), v);
+        }
+    }
+    let settings: Settings = toml::Value::Table(table).try_into().map_err(parse)?;
+    let streams =
+        crate::streams::StreamsConfig::from_toml(&rest.to_string()).map_err(|source| {
+            ConfigError::Streams {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+    Ok(FileConfig { settings, streams })
+}
+
+/// Reads a TOML config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source,
-    })
+    parse_file(path, &text)
 }
 
 impl Config {
@@ -316,6 +382,29 @@ impl Config {
         if self.rate_per_sec == 0 || self.rate_burst == 0 {
             problems.push("rate-per-sec and rate-burst must be at least 1".to_owned());
         }
+        if self.database_read_connections == 0 {
+            problems.push("database-read-connections must be at least 1".to_owned());
+        }
+        if let Err(e) = self.store_options().backend() {
+            problems.push(format!("database-url: {e}"));
+        }
+        if let Err(e) = self.streams.validate() {
+            problems.push(e.to_string());
+        }
+        if !self.streams.streams.is_empty() {
+            use crate::session::methods::streams::{DURABLE_EVENT_EXTRA, STREAM_ENVELOPE};
+            let durable = event
+                .saturating_add(DURABLE_EVENT_EXTRA)
+                .saturating_add(STREAM_ENVELOPE);
+            if durable > frame {
+                problems.push(format!(
+                    "a durable event in a catch-up chunk can take {durable} bytes (max-payload {} + max-topic-len {} + a {user}-byte user + {}), more than max-frame-size ({frame})",
+                    self.max_payload,
+                    self.max_topic_len,
+                    EVENT_ENVELOPE + DURABLE_EVENT_EXTRA + STREAM_ENVELOPE
+                ));
+            }
+        }
         if self.listen_backlog == 0 {
             problems.push("listen-backlog must be at least 1".to_owned());
         }
@@ -330,6 +419,25 @@ impl Config {
         } else {
             Err(SettingsError { problems })
         }
+    }
+
+    /// The database options: `--database-url`, or the SQLite file in the
+    /// data directory.
+    pub fn store_options(&self) -> crate::storage::StoreOptions {
+        let mut o = if self.database_url.is_empty() {
+            crate::storage::StoreOptions::in_data_dir(&self.data_dir)
+        } else {
+            crate::storage::StoreOptions::new(self.database_url.clone())
+        };
+        o.migrate = !self.no_migrate;
+        o.read_connections = self.database_read_connections;
+        o
+    }
+
+    /// Where the database is, with any password masked (for logs and
+    /// `plexus config`).
+    pub fn database_display(&self) -> String {
+        mask_url(&self.store_options().url)
     }
 
     /// The Origin allow-list, parsed.
@@ -357,8 +465,29 @@ impl Config {
         {
             c.jwks_url = format!("{scheme}://********@{host}");
         }
-        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        if !c.database_url.is_empty() {
+            c.database_url = mask_url(&c.database_url);
+        }
+        let mut out =
+            toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
+        out.push_str(&self.streams.to_toml());
+        out
     }
+}
+
+/// A URL with the password of its user info and its query masked.
+pub fn mask_url(url: &str) -> String {
+    let mut u = url.to_owned();
+    if let Some((base, _)) = u.split_once('?') {
+        u = format!("{base}?********");
+    }
+    if let Some((scheme, rest)) = u.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+    {
+        let user = userinfo.split(':').next().unwrap_or("");
+        u = format!("{scheme}://{user}:********@{host}");
+    }
+    u
 }
 
 #[cfg(test)]

@@ -60,6 +60,9 @@ pub struct Subscription {
     pub pattern: Pattern,
     /// Whether the connection joined the topic's presence with it.
     pub presence: bool,
+    /// Whether it is in the subscription index: a durable subscribe is
+    /// recorded (reserved) first and indexed when it goes live.
+    pub indexed: bool,
 }
 
 impl Conn {

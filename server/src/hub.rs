@@ -25,6 +25,36 @@ use crate::metrics::Metrics;
 use crate::outbound::CloseRequest;
 use crate::session::core::CoreConfig;
 use crate::session::registry::Registry;
+use crate::streams::{FanOut as StreamsFanOut, LiveEvent, Streams};
+
+/// Delivers committed durable events to the broker's live subscribers
+/// (the streams layer's [`StreamsFanOut`]): the event's frame is the
+/// `event` notification with its offset and position, encoded once in the
+/// commit; the publisher's connection is skipped when it asked for `echo:
+/// false`.
+#[derive(Debug, Clone)]
+pub struct BrokerFanOut {
+    broker: Arc<Broker>,
+    deliveries: metrics::Counter,
+}
+
+impl BrokerFanOut {
+    /// A fan-out into `broker`.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        BrokerFanOut {
+            broker,
+            deliveries: metrics::counter!("plexus_deliveries_total"),
+        }
+    }
+}
+
+impl StreamsFanOut for BrokerFanOut {
+    fn deliver(&self, event: &LiveEvent) -> u64 {
+        let fan = self.broker.publish(&event.topic, &event.frame, event.skip);
+        self.deliveries.increment(fan.delivered);
+        fan.delivered
+    }
+}
 
 /// Why a connection could not be registered for its user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +76,9 @@ pub struct Hub {
     /// Verifies tokens.
     pub auth: Authenticator,
     /// Subscriptions and presence.
-    pub broker: Broker,
+    pub broker: Arc<Broker>,
+    /// Durable streams, when a namespace is configured.
+    pub streams: Option<Streams>,
     /// Metric handles.
     pub metrics: Metrics,
     /// Limits announced to clients in the `auth` result.
@@ -77,15 +109,34 @@ impl Hub {
         auth: Authenticator,
         metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> Hub {
+        Hub::with_streams(
+            config,
+            auth,
+            metrics_handle,
+            Arc::new(Broker::default()),
+            None,
+        )
+    }
+
+    /// Builds the hub state around `broker` and, when durable namespaces
+    /// are configured, the `streams` whose fan-out goes to that broker.
+    pub fn with_streams(
+        config: Config,
+        auth: Authenticator,
+        metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        broker: Arc<Broker>,
+        streams: Option<Streams>,
+    ) -> Hub {
         let limits = announced_limits(&config);
-        let registry = crate::session::methods::registry(&config);
+        let registry = crate::session::methods::registry(&config, streams.is_some());
         let core = Arc::new(core_config(&config, &registry, limits));
         let node = format!("{:08x}", rand::random::<u32>());
         Hub {
             metrics: Metrics::new(registry.table()),
             config,
             auth,
-            broker: Broker::default(),
+            broker,
+            streams,
             limits,
             registry,
             core,

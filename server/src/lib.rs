@@ -82,6 +82,18 @@ pub enum StartError {
     /// The key material is unusable.
     #[error("cannot set up token verification: {0}")]
     Auth(#[from] auth::AuthSetupError),
+    /// The database of the durable streams could not be opened (or its
+    /// migrations applied).
+    #[error("cannot open the database {url}: {source}")]
+    Storage {
+        /// Where it is (password masked).
+        url: String,
+        /// Why.
+        source: storage::StorageError,
+    },
+    /// The durable streams could not start on the database.
+    #[error("cannot start the durable streams: {0}")]
+    Streams(#[from] streams::OpenError),
     /// The development key could not be created or read.
     #[error("cannot create or read the development key in {dir}: {source}")]
     DevKey {
@@ -215,8 +227,16 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
+        let broker = Arc::new(broker::Broker::default());
+        let streams = open_streams(&config, &broker).await?;
         auth.spawn_jwks_refresh();
-        let hub = Arc::new(Hub::new(config, auth, options.metrics.clone()));
+        let hub = Arc::new(Hub::with_streams(
+            config,
+            auth,
+            options.metrics.clone(),
+            broker,
+            streams,
+        ));
         hub.lag.spawn_ticker();
         let accept = tokio::spawn(transport::serve(listener, hub.clone()));
         if let Some(handle) = options.metrics {
@@ -248,8 +268,10 @@ impl Server {
     }
 
     /// Stops accepting, sends `closing` and close 4008 to every connection,
-    /// and waits for them to drain, at most `shutdown_grace`. Returns the
-    /// number of connections still open at the deadline.
+    /// and waits for them to drain, at most `shutdown_grace`; then closes
+    /// the durable streams (the writer commits what is queued, the fan-out
+    /// drains, the database is closed). Returns the number of connections
+    /// still open at the deadline.
     pub async fn shutdown(self) -> u64 {
         self.hub.begin_shutdown();
         let _ = self.accept.await;
@@ -257,6 +279,38 @@ impl Server {
         while self.hub.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.hub.open_connections()
+        let left = self.hub.open_connections();
+        if let Some(s) = &self.hub.streams {
+            s.clone().close().await;
+        }
+        left
     }
+}
+
+/// Opens the database and the durable streams when `config` has a
+/// `[[streams]]` namespace (decision S1: there is no default namespace;
+/// without one the database is not opened at all).
+pub async fn open_streams(
+    config: &Config,
+    broker: &Arc<broker::Broker>,
+) -> Result<Option<streams::Streams>, StartError> {
+    if config.streams.streams.is_empty() {
+        return Ok(None);
+    }
+    let options = config.store_options();
+    let store = storage::open(&options)
+        .await
+        .map_err(|source| StartError::Storage {
+            url: config.database_display(),
+            source,
+        })?;
+    let sink: Arc<dyn streams::FanOut> = Arc::new(hub::BrokerFanOut::new(broker.clone()));
+    let s = streams::Streams::open(
+        store,
+        config.streams.clone(),
+        sink,
+        Arc::new(streams::SystemClock),
+    )
+    .await?;
+    Ok(Some(s))
 }

@@ -1,5 +1,5 @@
 //! The `plexus` binary: `plexus serve` (the default), `plexus token`,
-//! `plexus config`.
+//! `plexus config`, `plexus migrate`, `plexus streams`.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -46,8 +46,14 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: Dur,
     },
-    /// Print the effective configuration, secrets masked.
+    /// Print the effective configuration, secrets masked (the streams
+    /// settings included).
     Config,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// List the durable topics in the database: events, bytes, first and
+    /// last offsets, epoch.
+    Streams,
 }
 
 fn main() -> ExitCode {
@@ -59,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = Config::resolve(cli.settings, file);
+    let config = Config::resolve_file(cli.settings, file);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Config => {
             print!("{}", config.to_masked_toml());
@@ -73,7 +79,116 @@ fn main() -> ExitCode {
             ttl,
         } => token(&config, sub, sub_allow, pub_allow, presence, ttl.0),
         Command::Serve => serve(config),
+        Command::Migrate => with_runtime(migrate(config)),
+        Command::Streams => with_runtime(list_streams(config)),
     }
+}
+
+fn with_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(r) => r.block_on(f),
+        Err(e) => {
+            eprintln!("plexus: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    let mut options = config.store_options();
+    options.migrate = true;
+    match plexus_server::storage::migrate(&options).await {
+        Ok(applied) if applied.is_empty() => {
+            println!("{}: up to date", config.database_display());
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            let v: Vec<String> = applied.iter().map(i64::to_string).collect();
+            println!(
+                "{}: applied migrations {}",
+                config.database_display(),
+                v.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("plexus: {}: {e}", config.database_display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Topics `plexus streams` reads per query.
+const LIST_PAGE: u32 = 1000;
+
+async fn list_streams(config: Config) -> ExitCode {
+    let mut options = config.store_options();
+    // A listing never changes the database: a missing file is reported,
+    // not created, and migrations are not applied.
+    options.migrate = false;
+    if let Some(path) = options.sqlite_path()
+        && !path.exists()
+    {
+        println!("no database at {} (no durable topic yet)", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let store = match plexus_server::storage::open(&options).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("plexus: {}: {e}", config.database_display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match print_streams(&*store).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plexus: {}: {e}", config.database_display());
+            ExitCode::FAILURE
+        }
+    };
+    store.close().await;
+    code
+}
+
+async fn print_streams(
+    store: &dyn plexus_server::storage::Store,
+) -> Result<(), plexus_server::storage::StorageError> {
+    let namespaces = store.namespaces().await?;
+    println!("namespaces: {}", namespaces.len());
+    for n in &namespaces {
+        println!(
+            "  {}  epoch {}  last position {}",
+            n.pattern, n.epoch, n.last_position
+        );
+    }
+    println!(
+        "{:<40} {:>12} {:>14} {:>12} {:>12}  epoch",
+        "topic", "events", "bytes", "first", "last"
+    );
+    let mut after: Option<String> = None;
+    let mut topics = 0u64;
+    loop {
+        let rows = store.list_topics(after.as_deref(), LIST_PAGE).await?;
+        let full = rows.len() >= LIST_PAGE as usize;
+        for t in &rows {
+            topics += 1;
+            println!(
+                "{:<40} {:>12} {:>14} {:>12} {:>12}  {}",
+                t.name,
+                t.count(),
+                t.bytes,
+                t.first_offset,
+                t.last_offset,
+                t.epoch
+            );
+        }
+        match rows.last() {
+            Some(t) if full => after = Some(t.name.to_string()),
+            _ => break,
+        }
+    }
+    println!("{topics} durable topics");
+    Ok(())
 }
 
 fn token(
@@ -163,6 +278,19 @@ fn serve(config: Config) -> ExitCode {
         };
         let addr = server.local_addr();
         tracing::info!(%addr, "plexus listening");
+        let durable = config.streams.streams.len();
+        if durable == 0 {
+            println!(
+                "durable streams: none configured (add [[streams]] to the config file; database {} not opened)",
+                config.database_display()
+            );
+        } else {
+            println!(
+                "durable streams: {durable} namespace{} configured, database {}",
+                if durable == 1 { "" } else { "s" },
+                config.database_display()
+            );
+        }
         println!("plexus {} listening on ws://{addr}/v1/ws (subprotocol plexus.v1)", env!("CARGO_PKG_VERSION"));
         if let KeyOrigin::DevKey { created } = origin {
             let what = if created { "generated a" } else { "using the" };

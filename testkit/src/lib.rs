@@ -11,6 +11,10 @@
 //!   by hand and reads and writes raw frames, for tests of the WebSocket
 //!   layer itself (unmasked frames, oversized headers, text, invalid close
 //!   reasons, peers that never answer pings, lingering closes).
+//! - [`durable`]: [`TestDb`], a SQLite data directory or a fresh
+//!   PostgreSQL database per test, and [`TestHub::start_durable`], a hub
+//!   with durable namespaces on it (start it again on the same
+//!   [`TestDb`] to test a restart).
 //! - [`token`](mod@token): claims and signed tokens (HMAC, `alg: none`, `exp`/`nbf`).
 //!
 //! Every wait is bounded by [`WAIT`]; a failure panics, which fails the test.
@@ -19,6 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod client;
+pub mod durable;
 pub mod hub;
 pub mod raw;
 pub mod token;
@@ -26,6 +31,7 @@ pub mod token;
 use std::time::Duration;
 
 pub use client::{Client, Ended};
+pub use durable::{TestDb, streams_config};
 pub use hub::{TestHub, auth_settings, metrics_handle, test_config};
 pub use raw::{CloseReport, RawSocket, WsFrame};
 pub use token::{SECRET, alg_none, claims, now, sign, token, token_expiring_in};

@@ -129,34 +129,87 @@ impl Broker {
         max: usize,
         authorized: bool,
     ) -> Result<(), SubscribeError> {
-        {
-            let mut subs = conn.subscriptions.lock();
-            if subs.iter().any(|s| s.pattern == pattern) {
-                return Err(SubscribeError::AlreadySubscribed);
-            }
-            if subs.len() >= max {
-                return Err(SubscribeError::TooMany);
-            }
-            if !authorized {
-                return Err(SubscribeError::Forbidden);
-            }
-            // Most connections hold one or two subscriptions: grow from
-            // one slot, not the default four.
-            if subs.capacity() == 0 {
-                subs.reserve_exact(1);
-            }
-            subs.push(Subscription {
-                pattern: pattern.clone(),
-                presence,
-            });
+        self.reserve(conn, pattern.clone(), presence, max, authorized)?;
+        self.index(conn, &pattern);
+        Ok(())
+    }
+
+    /// The first half of [`Broker::subscribe`]: records the subscription
+    /// (the same checks, in the same order) without indexing it, so the
+    /// connection holds the pattern (a second subscribe is a `conflict`)
+    /// while a durable subscribe catches up. [`Broker::index`] makes it
+    /// live; [`Broker::release`] or [`Broker::unsubscribe`] drops it.
+    pub fn reserve(
+        &self,
+        conn: &Arc<Conn>,
+        pattern: Pattern,
+        presence: bool,
+        max: usize,
+        authorized: bool,
+    ) -> Result<(), SubscribeError> {
+        let mut subs = conn.subscriptions.lock();
+        if subs.iter().any(|s| s.pattern == pattern) {
+            return Err(SubscribeError::AlreadySubscribed);
         }
+        if subs.len() >= max {
+            return Err(SubscribeError::TooMany);
+        }
+        if !authorized {
+            return Err(SubscribeError::Forbidden);
+        }
+        // Most connections hold one or two subscriptions: grow from
+        // one slot, not the default four.
+        if subs.capacity() == 0 {
+            subs.reserve_exact(1);
+        }
+        subs.push(Subscription {
+            pattern,
+            presence,
+            indexed: false,
+        });
+        drop(subs);
         self.subscriptions.increment(1.0);
+        Ok(())
+    }
+
+    /// Indexes a subscription [`Broker::reserve`] recorded (and joins its
+    /// presence): from now on it receives events. Returns `false` if the
+    /// connection no longer holds it (unsubscribed meanwhile) or it is
+    /// indexed already.
+    pub fn index(&self, conn: &Arc<Conn>, pattern: &Pattern) -> bool {
+        let presence = {
+            let mut subs = conn.subscriptions.lock();
+            match subs
+                .iter_mut()
+                .find(|s| s.pattern == *pattern && !s.indexed)
+            {
+                Some(s) => {
+                    s.indexed = true;
+                    s.presence
+                }
+                None => return false,
+            }
+        };
         self.matcher
-            .insert(&pattern, conn.clone(), |i| self.notify(&pattern, i));
+            .insert(pattern, conn.clone(), |i| self.notify(pattern, i));
         if presence {
             self.presence.join(pattern.as_str(), conn);
         }
-        Ok(())
+        true
+    }
+
+    /// Drops a subscription [`Broker::reserve`] recorded that never went
+    /// live (a durable subscribe that failed or was cancelled).
+    pub fn release(&self, conn: &Conn, pattern: &Pattern) {
+        let mut subs = conn.subscriptions.lock();
+        if let Some(i) = subs
+            .iter()
+            .position(|s| s.pattern == *pattern && !s.indexed)
+        {
+            subs.swap_remove(i);
+            drop(subs);
+            self.subscriptions.decrement(1.0);
+        }
     }
 
     /// Drops `conn`'s subscription to exactly `pattern` (and its presence);
@@ -184,6 +237,9 @@ impl Broker {
 
     fn remove(&self, conn: &Conn, sub: &Subscription) {
         self.subscriptions.decrement(1.0);
+        if !sub.indexed {
+            return;
+        }
         self.matcher
             .remove(&sub.pattern, conn.id, |i| self.notify(&sub.pattern, i));
         if sub.presence {
@@ -198,7 +254,7 @@ impl Broker {
             .subscriptions
             .lock()
             .iter()
-            .filter(|s| s.presence)
+            .filter(|s| s.presence && s.indexed)
             .map(|s| s.pattern.clone())
             .collect();
         for t in topics {
@@ -299,6 +355,7 @@ mod tests {
         x.subscriptions.lock().push(Subscription {
             pattern: pat("ghost"),
             presence: false,
+            indexed: true,
         });
         b.subscribe(&x, pat("real"), false, 8, true).unwrap();
         b.drop_conn(&x);

@@ -38,7 +38,7 @@ use tokio::time::Sleep;
 use super::context::Ctx;
 use super::core::{ClientAnswer, Completion, Core, Dispatch, Label, Output};
 use super::error::RequestError;
-use super::registry::{Handler, Registry, Reply};
+use super::registry::{Answer, FlexReply, Handler, Registry, Reply, Terminal};
 use super::stream::ChunkSink;
 use super::table::{FALLBACK, MethodIndex};
 use crate::auth::{AuthError, Principal};
@@ -95,9 +95,17 @@ struct Done {
     id: u64,
     method: MethodIndex,
     started: Instant,
-    result: Result<Bytes, RequestError>,
+    result: Result<Answer, RequestError>,
     /// Chunks sent, for a streamed reply.
     seq: Option<Arc<AtomicU64>>,
+}
+
+/// A handler's future, before it is guarded and spawned.
+enum Pending {
+    /// Async (no chunks) or streamed (chunks counted in the `seq`).
+    Plain(Reply),
+    /// Flexible: the answer says how it ends.
+    Flex(FlexReply),
 }
 
 /// Where the closing handshake stands.
@@ -395,14 +403,14 @@ impl<L: Link> Driver<L> {
         let mut ctx = Ctx::new(&self.hub, &self.conn, principal, d.id);
         enum Started {
             Done(Result<Bytes, RequestError>),
-            Future(Reply, Option<Arc<AtomicU64>>),
+            Future(Pending, Option<Arc<AtomicU64>>),
         }
         let started = if d.method == FALLBACK {
             match registry.fallback_handler() {
                 Some(f) => match std::panic::catch_unwind(AssertUnwindSafe(|| {
                     f(&mut ctx, &d.name, &d.params)
                 })) {
-                    Ok(Ok(fut)) => Started::Future(fut, None),
+                    Ok(Ok(fut)) => Started::Future(Pending::Plain(fut), None),
                     Ok(Err(e)) => Started::Done(Err(e)),
                     Err(_) => Started::Done(Err(RequestError::internal("handler panicked"))),
                 },
@@ -417,7 +425,7 @@ impl<L: Link> Driver<L> {
                 }
                 Some(Handler::Async(f)) => {
                     match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut ctx, &d.params))) {
-                        Ok(Ok(fut)) => Started::Future(fut, None),
+                        Ok(Ok(fut)) => Started::Future(Pending::Plain(fut), None),
                         Ok(Err(e)) => Started::Done(Err(e)),
                         Err(_) => Started::Done(Err(RequestError::internal("handler panicked"))),
                     }
@@ -433,7 +441,23 @@ impl<L: Link> Driver<L> {
                     match std::panic::catch_unwind(AssertUnwindSafe(|| {
                         f(&mut ctx, &d.params, sink)
                     })) {
-                        Ok(Ok(fut)) => Started::Future(fut, Some(seq)),
+                        Ok(Ok(fut)) => Started::Future(Pending::Plain(fut), Some(seq)),
+                        Ok(Err(e)) => Started::Done(Err(e)),
+                        Err(_) => Started::Done(Err(RequestError::internal("handler panicked"))),
+                    }
+                }
+                Some(Handler::Flexible(f)) => {
+                    let seq = Arc::new(AtomicU64::new(0));
+                    let sink = ChunkSink::new(
+                        self.conn.clone(),
+                        d.id,
+                        seq.clone(),
+                        self.hub.config.max_frame_size,
+                    );
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        f(&mut ctx, &d.params, sink)
+                    })) {
+                        Ok(Ok(fut)) => Started::Future(Pending::Flex(fut), Some(seq)),
                         Ok(Err(e)) => Started::Done(Err(e)),
                         Err(_) => Started::Done(Err(RequestError::internal("handler panicked"))),
                     }
@@ -472,12 +496,35 @@ impl<L: Link> Driver<L> {
         now: Instant,
         id: u64,
         method: MethodIndex,
-        fut: Reply,
+        fut: Pending,
         seq: Option<Arc<AtomicU64>>,
     ) {
-        let timeout = self.hub.config.request_timeout.0;
+        let timeout = self
+            .hub
+            .registry
+            .table()
+            .get(method)
+            .is_none_or(|e| e.meta.timeout)
+            .then_some(self.hub.config.request_timeout.0);
+        let streamed = seq.is_some();
+        let fut: FlexReply = match fut {
+            Pending::Flex(f) => f,
+            Pending::Plain(f) => Box::pin(async move {
+                let data = f.await?;
+                Ok(if streamed {
+                    Answer::final_chunk(data)
+                } else {
+                    Answer::result(data)
+                })
+            }),
+        };
         let guarded = async move {
-            match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+            let run = AssertUnwindSafe(fut).catch_unwind();
+            let r = match timeout {
+                Some(t) => tokio::time::timeout(t, run).await,
+                None => Ok(run.await),
+            };
+            match r {
                 Ok(Ok(r)) => r,
                 Ok(Err(_)) => Err(RequestError::internal("handler panicked")),
                 Err(_) => Err(RequestError::Timeout),
@@ -540,16 +587,29 @@ impl<L: Link> Driver<L> {
             d.result.as_ref().err().map(RequestError::code).as_ref(),
             secs,
         );
-        let completion = match (d.result, d.seq) {
-            (Ok(data), Some(seq)) => Completion::Final {
-                seq: seq.load(Ordering::Relaxed),
-                data,
-            },
-            (Ok(b), None) => Completion::Result(b),
-            (Err(e), _) => Completion::Error(e),
+        let mut after = None;
+        let completion = match d.result {
+            Ok(answer) => {
+                after = answer.after;
+                match answer.terminal {
+                    Terminal::Final => Completion::Final {
+                        seq: d.seq.map_or(0, |s| s.load(Ordering::Relaxed)),
+                        data: answer.data,
+                    },
+                    Terminal::Result => Completion::Result(answer.data),
+                }
+            }
+            Err(e) => Completion::Error(e),
         };
         if let Some(frame) = self.core.handle_reply(d.id, completion) {
             self.queue(frame);
+            // After the terminal frame, on this task: what it queues
+            // follows the answer.
+            if let Some(f) = after
+                && std::panic::catch_unwind(AssertUnwindSafe(f)).is_err()
+            {
+                tracing::error!(id = d.id, "work after a reply panicked");
+            }
         }
     }
 

@@ -73,6 +73,22 @@ pub enum RequestError {
     /// request, passed on unchanged (`debug.call`, routed RPC).
     #[error("{0}")]
     Peer(WireError),
+    /// A durable-stream operation failed: its error object as
+    /// [`StreamError::to_wire`](crate::streams::StreamError::to_wire), the
+    /// one mapping of stream errors, made it (with `retry_after_ms` and
+    /// conflict details).
+    #[error("{0}")]
+    Stream(WireError),
+}
+
+impl From<crate::streams::StreamError> for RequestError {
+    fn from(e: crate::streams::StreamError) -> Self {
+        if let crate::streams::StreamError::Unavailable { cause: Some(c) } = &e {
+            // The cause names the database failure, never a payload.
+            tracing::warn!(error = %c, "durable stream operation failed");
+        }
+        RequestError::Stream(e.to_wire())
+    }
 }
 
 impl RequestError {
@@ -115,7 +131,7 @@ impl RequestError {
             RequestError::Timeout => ErrorCode::Timeout,
             RequestError::Cancelled => ErrorCode::Cancelled,
             RequestError::Internal(_) => ErrorCode::Internal,
-            RequestError::Peer(e) => e.code.clone(),
+            RequestError::Peer(e) | RequestError::Stream(e) => e.code.clone(),
         }
     }
 }
@@ -124,7 +140,7 @@ impl From<&RequestError> for WireError {
     /// The one mapping from a failed request to its error object.
     fn from(e: &RequestError) -> WireError {
         match e {
-            RequestError::Peer(w) => w.clone(),
+            RequestError::Peer(w) | RequestError::Stream(w) => w.clone(),
             RequestError::Internal(_) => WireError::new(ErrorCode::Internal, "internal error"),
             RequestError::RateLimited { retry_after_ms } => {
                 WireError::new(ErrorCode::RateLimited, e.to_string())

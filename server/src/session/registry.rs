@@ -47,6 +47,75 @@ pub type AsyncFn =
 pub type StreamFn =
     Box<dyn Fn(&mut Ctx<'_>, &RawValue, ChunkSink) -> Result<Reply, RequestError> + Send + Sync>;
 
+/// How a [`Registry::flexible`] handler answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminal {
+    /// A plain response `[1, id, data]` (no chunk was sent).
+    Result,
+    /// The final chunk `[3, id, seq, true, data]` after the chunks sent.
+    Final,
+}
+
+/// Work to run on the connection's task right after the terminal frame is
+/// queued (a durable subscription goes live there, so its live events
+/// follow its answer). Not run if the connection is closing.
+pub type After = Box<dyn FnOnce() + Send>;
+
+/// What a [`Registry::flexible`] handler's future yields.
+pub struct Answer {
+    /// Response or final chunk.
+    pub terminal: Terminal,
+    /// The encoded result or final-chunk data.
+    pub data: Bytes,
+    /// Run after the terminal frame is queued.
+    pub after: Option<After>,
+}
+
+impl fmt::Debug for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Answer")
+            .field("terminal", &self.terminal)
+            .field("len", &self.data.len())
+            .field("after", &self.after.is_some())
+            .finish()
+    }
+}
+
+impl Answer {
+    /// A plain response.
+    pub fn result(data: Bytes) -> Self {
+        Answer {
+            terminal: Terminal::Result,
+            data,
+            after: None,
+        }
+    }
+
+    /// A final chunk.
+    pub fn final_chunk(data: Bytes) -> Self {
+        Answer {
+            terminal: Terminal::Final,
+            data,
+            after: None,
+        }
+    }
+
+    /// Runs `f` after the terminal frame is queued.
+    pub fn then(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.after = Some(Box::new(f));
+        self
+    }
+}
+
+/// What a flexible handler's future yields.
+pub type FlexReply = BoxFuture<'static, Result<Answer, RequestError>>;
+
+/// A flexible handler: a streamed one that may answer with a plain
+/// response instead of a final chunk, and run work after its answer.
+pub type FlexFn = Box<
+    dyn Fn(&mut Ctx<'_>, &RawValue, ChunkSink) -> Result<FlexReply, RequestError> + Send + Sync,
+>;
+
 /// The fallback: gets the method name too.
 pub type FallbackFn =
     Box<dyn Fn(&mut Ctx<'_>, &str, &RawValue) -> Result<Reply, RequestError> + Send + Sync>;
@@ -59,6 +128,8 @@ pub enum Handler {
     Async(AsyncFn),
     /// See [`Registry::streamed`].
     Streamed(StreamFn),
+    /// See [`Registry::flexible`].
+    Flexible(FlexFn),
 }
 
 impl fmt::Debug for Handler {
@@ -67,6 +138,7 @@ impl fmt::Debug for Handler {
             Handler::Sync(_) => "Sync",
             Handler::Async(_) => "Async",
             Handler::Streamed(_) => "Streamed",
+            Handler::Flexible(_) => "Flexible",
         })
     }
 }
@@ -105,7 +177,7 @@ impl Registry {
         let kind = match &handler {
             Handler::Sync(_) => Kind::Sync,
             Handler::Async(_) => Kind::Async,
-            Handler::Streamed(_) => Kind::Streamed,
+            Handler::Streamed(_) | Handler::Flexible(_) => Kind::Streamed,
         };
         let i = usize::from(self.table.add(name, kind, meta));
         if i == self.handlers.len() {
@@ -196,6 +268,31 @@ impl Registry {
                 Ok(Box::pin(async move { encode(&fut.await?) }))
             })),
         );
+    }
+
+    /// Registers an asynchronous handler by name that decodes its own
+    /// params and returns a future of the encoded result (results encoded
+    /// straight from a storage page, without an intermediate type).
+    pub fn asynchronous_raw<F>(&mut self, name: &str, meta: Meta, f: F)
+    where
+        F: Fn(&mut Ctx<'_>, &RawValue) -> Result<Reply, RequestError> + Send + Sync + 'static,
+    {
+        self.add(name, meta, Handler::Async(Box::new(f)));
+    }
+
+    /// Registers a flexible handler by name: it runs like a streamed one
+    /// (chunks with credit through the [`ChunkSink`]), but its [`Answer`]
+    /// says whether it ends with a plain response or a final chunk, and may
+    /// carry work to run right after that frame is queued. Its synchronous
+    /// part runs before the next frame is read, like a sync handler's.
+    pub fn flexible<F>(&mut self, name: &str, meta: Meta, f: F)
+    where
+        F: Fn(&mut Ctx<'_>, &RawValue, ChunkSink) -> Result<FlexReply, RequestError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.add(name, meta, Handler::Flexible(Box::new(f)));
     }
 
     /// Sends every name the table does not hold to `f`, as an asynchronous

@@ -35,6 +35,10 @@ pub struct Meta {
     pub counts_in_flight: bool,
     /// Rate-limit tokens one call takes.
     pub cost: u32,
+    /// Whether `request-timeout` bounds the handler's run (every method
+    /// but a resuming `subscribe`, whose catch-up is paced by the client's
+    /// reading and bounded by the keepalive instead).
+    pub timeout: bool,
 }
 
 impl Default for Meta {
@@ -42,6 +46,7 @@ impl Default for Meta {
         Meta {
             counts_in_flight: true,
             cost: 1,
+            timeout: true,
         }
     }
 }
@@ -50,6 +55,12 @@ impl Meta {
     /// Sets the rate-limit cost.
     pub fn with_cost(mut self, cost: u32) -> Self {
         self.cost = cost.max(1);
+        self
+    }
+
+    /// Exempts the handler from `request-timeout`.
+    pub fn without_timeout(mut self) -> Self {
+        self.timeout = false;
         self
     }
 }

@@ -258,6 +258,58 @@ impl StreamsConfig {
     }
 }
 
+impl StreamsConfig {
+    /// The effective settings as the config file writes them (`plexus
+    /// config`): the whole `[storage]` table and every `[[streams]]`.
+    pub fn to_toml(&self) -> String {
+        use std::fmt::Write as _;
+        let d = |v: Duration| format!("{:?}", humantime::format_duration(v).to_string());
+        let s = &self.storage;
+        let mut out = String::from("\n[storage]\n");
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "commit-max-batch = {}\ncommit-max-delay = {}\ncommit-queue = {}\n\
+             commit-queue-bytes = {}\nidempotency-retention = {}\nretention-interval = {}\n\
+             retention-slice = {}\ntopic-cache = {}\nproducer-cache = {}\n\
+             seam-buffer-events = {}\nseam-buffer-bytes = {}\ncatchup-page = {}\n",
+            s.commit_max_batch,
+            d(s.commit_max_delay),
+            s.commit_queue,
+            s.commit_queue_bytes,
+            d(s.idempotency_retention),
+            d(s.retention_interval),
+            s.retention_slice,
+            s.topic_cache,
+            s.producer_cache,
+            s.seam_buffer_events,
+            s.seam_buffer_bytes,
+            s.catchup_page,
+        );
+        if self.streams.is_empty() {
+            out.push_str("# no [[streams]]: no topic is durable\n");
+        }
+        for n in &self.streams {
+            let _ = write!(out, "\n[[streams]]\npattern = {:?}\n", n.pattern);
+            if let Some(v) = n.max_events {
+                let _ = writeln!(out, "max-events = {v}");
+            }
+            if let Some(v) = n.max_age {
+                let _ = writeln!(out, "max-age = {}", d(v));
+            }
+            if let Some(v) = n.max_bytes {
+                let _ = writeln!(out, "max-bytes = {v}");
+            }
+            let durability = match n.durability {
+                DurabilitySetting::Fsynced => "fsynced",
+                DurabilitySetting::Committed => "committed",
+            };
+            let _ = writeln!(out, "durability = \"{durability}\"");
+        }
+        out
+    }
+}
+
 /// Whether some topic matches both patterns.
 pub fn overlap(a: &Pattern, b: &Pattern) -> bool {
     let mut at = a.tokens();
@@ -372,5 +424,13 @@ mod tests {
         );
         assert_eq!(parse_bytes("512MB"), Ok(512_000_000));
         assert!(parse_bytes("1PB").is_err());
+        // The rendering reads back as the same settings.
+        let shown = c.to_toml();
+        let back = StreamsConfig::from_toml(&shown).unwrap();
+        assert_eq!(back.storage.commit_max_batch, 8);
+        assert_eq!(back.streams.len(), 2);
+        assert_eq!(back.streams[0].max_bytes, Some(1 << 30));
+        assert_eq!(back.streams[0].max_age, c.streams[0].max_age);
+        assert_eq!(back.streams[0].durability, DurabilitySetting::Committed);
     }
 }

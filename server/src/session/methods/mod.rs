@@ -5,6 +5,7 @@
 //! | `session` | `ping` |
 //! | `pubsub` | `subscribe`, `unsubscribe`, `publish` |
 //! | `presence` | `presence.get`, `presence.set` |
+//! | `streams` | `history`, `history.latest` (on a hub without durable namespaces: `invalid_params`); with durable namespaces, `publish` and `subscribe` replacing `pubsub`'s |
 //! | `debug` | `debug.sleep`, `debug.panic`, `debug.stream`, `debug.call` (decision H5: compiled only in debug builds or with the `debug-methods` feature, served only with `--debug-methods`) |
 //!
 //! `auth` and `auth.refresh` are not here: the session core runs them,
@@ -15,6 +16,7 @@ pub mod debug;
 pub mod presence;
 pub mod pubsub;
 pub mod session;
+pub mod streams;
 
 use plexus_protocol::topic::TopicError;
 
@@ -25,11 +27,16 @@ use crate::config::Config;
 /// Whether this build contains the `debug.*` methods (H5).
 pub const DEBUG_METHODS_COMPILED: bool = cfg!(any(debug_assertions, feature = "debug-methods"));
 
-/// The registry of every method `config` serves.
-pub fn registry(config: &Config) -> Registry {
+/// The registry of every method `config` serves; `durable`: the hub has
+/// durable streams (the durable `publish` and `subscribe`, `history`).
+pub fn registry(config: &Config, durable: bool) -> Registry {
     let mut r = Registry::new();
     session::register(&mut r);
     pubsub::register(&mut r);
+    streams::register_history(&mut r);
+    if durable {
+        streams::register(&mut r);
+    }
     presence::register(&mut r);
     #[cfg(any(debug_assertions, feature = "debug-methods"))]
     if config.debug_methods {

@@ -22,7 +22,8 @@ pub fn register(r: &mut Registry) {
     r.sync::<Publish, _>(Meta::default(), publish);
 }
 
-fn subscribe(ctx: &mut Ctx<'_>, p: SubscribeParams<'_>) -> Result<Empty, RequestError> {
+/// `subscribe` on a topic or pattern that is not durable.
+pub(super) fn subscribe(ctx: &mut Ctx<'_>, p: SubscribeParams<'_>) -> Result<Empty, RequestError> {
     let pattern =
         Pattern::parse(p.topic, ctx.config().max_topic_len).map_err(|e| topic_error("topic", e))?;
     let presence = p.presence.unwrap_or(false);
@@ -33,18 +34,18 @@ fn subscribe(ctx: &mut Ctx<'_>, p: SubscribeParams<'_>) -> Result<Empty, Request
     }
     let authorized = ctx.caps().can_subscribe(&pattern);
     let max = ctx.config().max_subscriptions;
-    match ctx
-        .broker()
+    ctx.broker()
         .subscribe(ctx.conn(), pattern, presence, max, authorized)
-    {
-        Ok(()) => Ok(Empty {}),
-        Err(SubscribeError::AlreadySubscribed) => {
-            Err(RequestError::Conflict("already subscribed".into()))
-        }
-        Err(SubscribeError::TooMany) => Err(RequestError::TooManyRequests(
-            "too many subscriptions".into(),
-        )),
-        Err(SubscribeError::Forbidden) => Err(RequestError::forbidden("subscribe to this topic")),
+        .map_err(subscribe_error)?;
+    Ok(Empty {})
+}
+
+/// The wire error of a refused subscription.
+pub(super) fn subscribe_error(e: SubscribeError) -> RequestError {
+    match e {
+        SubscribeError::AlreadySubscribed => RequestError::Conflict("already subscribed".into()),
+        SubscribeError::TooMany => RequestError::TooManyRequests("too many subscriptions".into()),
+        SubscribeError::Forbidden => RequestError::forbidden("subscribe to this topic"),
     }
 }
 
@@ -55,9 +56,14 @@ fn unsubscribe(ctx: &mut Ctx<'_>, p: UnsubscribeParams<'_>) -> Result<Empty, Req
     Ok(Empty {})
 }
 
-fn publish(ctx: &mut Ctx<'_>, p: PublishParams<'_>) -> Result<PublishResult, RequestError> {
+/// `publish` on a topic that is not durable.
+pub(super) fn publish(
+    ctx: &mut Ctx<'_>,
+    p: PublishParams<'_>,
+) -> Result<PublishResult, RequestError> {
     let topic =
         Topic::parse(p.topic, ctx.config().max_topic_len).map_err(|e| topic_error("topic", e))?;
+    super::streams::check_plain_keys(&p)?;
     if p.data.as_bytes().len() > ctx.config().max_payload {
         return Err(RequestError::PayloadTooLarge(
             "payload exceeds max_payload".into(),

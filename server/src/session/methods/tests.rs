@@ -62,7 +62,7 @@ fn raw<T: minicbor::Encode<()>>(v: &T) -> RawValue {
 #[test]
 fn the_core_methods_are_typed_and_map_errors_once() {
     let hub = hub(|_| {});
-    let r = registry(&hub.config);
+    let r = registry(&hub.config, false);
     let conn = hub.new_conn();
     conn.set_user("alice".into());
     let all = alice(Capabilities::allow_all());
@@ -107,7 +107,7 @@ fn the_core_methods_are_typed_and_map_errors_once() {
 #[cfg(any(debug_assertions, feature = "debug-methods"))]
 #[test]
 fn debug_methods_are_registered_only_when_enabled() {
-    let on = registry(&hub(|_| {}).config);
+    let on = registry(&hub(|_| {}).config, false);
     for (name, kind) in [
         ("debug.sleep", Kind::Async),
         ("debug.panic", Kind::Sync),
@@ -120,7 +120,7 @@ fn debug_methods_are_registered_only_when_enabled() {
             "{name}"
         );
     }
-    let off = registry(&hub(|c| c.debug_methods = false).config);
+    let off = registry(&hub(|c| c.debug_methods = false).config, false);
     assert!(off.table().lookup("debug.sleep").is_none());
 }
 
@@ -148,7 +148,7 @@ async fn a_streamed_reply_waits_for_credit_instead_of_overflowing() {
     // that drains lets it finish. Without credit, 100 × 4 KiB would have
     // overflowed the queue (4006).
     let hub = hub(|c| c.max_outbound_bytes = 64 * 1024);
-    let r = registry(&hub.config);
+    let r = registry(&hub.config, false);
     let conn = hub.new_conn();
     let who = alice(Capabilities::allow_all());
     let (i, e) = r.table().lookup("debug.stream").unwrap();
