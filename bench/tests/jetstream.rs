@@ -1,6 +1,7 @@
 //! The JetStream baseline against a real `nats-server` with JetStream on
 //! 127.0.0.1 (skipped, with a message, when no binary is installed; the
 //! `sync_interval: always` case also when the binary predates 2.10).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::time::Duration;

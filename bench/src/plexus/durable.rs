@@ -333,10 +333,10 @@ async fn publisher(mut ws: Ws, limits: &ServerLimits, run: PubRun) -> Acks {
     acks
 }
 
-/// Durable publish: `cfg.publishers` connections, each publishing on its
+/// Durable publish on the hub at `url`: `cfg.publishers` connections, each publishing on its
 /// own topic in the durable namespace with `cfg.window` in flight.
-pub async fn durable_publish(hub: &HubProcess, cfg: &DurablePublishConfig) -> DurablePublishResult {
-    let url = hub.url();
+pub async fn durable_publish(url: &str, cfg: &DurablePublishConfig) -> DurablePublishResult {
+    let url = url.to_owned();
     let sessions: Vec<_> = futures_util::stream::iter(0..cfg.publishers)
         .map(|j| {
             let url = url.clone();
@@ -480,16 +480,15 @@ async fn read_resume(ws: &mut Ws, id: u64) -> Resumed {
     }
 }
 
-/// Catch-up: fills [`CATCHUP_TOPIC`] with `cfg.behind` events, then a new
+/// Catch-up on the hub at `url`: fills [`CATCHUP_TOPIC`] with `cfg.behind` events, then a new
 /// connection subscribes with `since: {offset: 0}` (it has none of them);
 /// timed from the `subscribe` to its final chunk.
-pub async fn catchup(hub: &HubProcess, cfg: &CatchupConfig) -> CatchupResult {
-    let url = hub.url();
+pub async fn catchup(url: &str, cfg: &CatchupConfig) -> CatchupResult {
     let mut r = CatchupResult {
         behind: cfg.behind,
         ..CatchupResult::default()
     };
-    let Ok(Session { ws, limits }) = connect(&url, "filler", None).await else {
+    let Ok(Session { ws, limits }) = connect(url, "filler", None).await else {
         r.errors = 1;
         return r;
     };
@@ -509,7 +508,7 @@ pub async fn catchup(hub: &HubProcess, cfg: &CatchupConfig) -> CatchupResult {
     let secs = (now_nanos() - started) as f64 / 1e9;
     r.fill_per_sec = acks.acked as f64 / secs.max(1e-9);
     r.errors = acks.errors + cfg.behind.saturating_sub(acks.acked);
-    let Ok(Session { mut ws, .. }) = connect(&url, "catchup", None).await else {
+    let Ok(Session { mut ws, .. }) = connect(url, "catchup", None).await else {
         r.errors += 1;
         return r;
     };
