@@ -111,6 +111,9 @@ enum Command {
         /// [default: 1, 16, 64].
         #[arg(long = "publishers")]
         publishers: Vec<usize>,
+        /// Run only these parts (repeatable) [default: all].
+        #[arg(long, value_enum)]
+        only: Vec<plexus_bench::suite::durable::Part>,
     },
     /// One fan-out run.
     Fanout {
@@ -452,6 +455,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             rounds,
             behind,
             publishers,
+            only,
         } => {
             let jetstream = jetstream_server
                 .or_else(nats::jetstream_server_binary)
@@ -470,6 +474,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 } else {
                     publishers
                 },
+                only,
             };
             suite.run().await?;
         }

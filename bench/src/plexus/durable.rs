@@ -406,6 +406,19 @@ pub fn array_len(data: &[u8]) -> Option<u64> {
     }
 }
 
+/// The request id, `final` flag and data of a chunk frame `[3, id, seq,
+/// final, data]`, read without validating the data.
+pub fn chunk_parts(frame: &[u8]) -> Option<(u64, bool, &[u8])> {
+    let mut d = minicbor::Decoder::new(frame);
+    if d.array().ok()? != Some(5) || d.u64().ok()? != plexus_protocol::frame::KIND_CHUNK {
+        return None;
+    }
+    let id = d.u64().ok()?;
+    d.u64().ok()?;
+    let fin = d.bool().ok()?;
+    Some((id, fin, frame.get(d.position()..)?))
+}
+
 /// What the resume's frames said.
 #[derive(Debug, Default)]
 struct Resumed {
@@ -442,29 +455,35 @@ async fn read_resume(ws: &mut Ws, id: u64) -> Resumed {
         };
         let Message::Binary(b) = msg else { continue };
         let t = now_nanos();
-        match Frame::decode(b, &decode) {
-            Ok(Frame::Chunk(c)) if c.id == id => {
-                if c.fin {
-                    r.last = Some(t);
-                    match c.data.decode::<ResumeFinal>() {
-                        Ok(f) => r.fin = Some(f),
-                        Err(e) => r.error = Some(format!("undecodable final chunk: {e}")),
+        // Chunks are read as the fan-out subscriber reads events: only the
+        // header and the list's length (the hub validated what it sends);
+        // anything else is decoded in full.
+        if let Some((chunk_id, fin, data)) = chunk_parts(&b)
+            && chunk_id == id
+        {
+            if fin {
+                r.last = Some(t);
+                match minicbor::decode::<ResumeFinal>(data) {
+                    Ok(f) => r.fin = Some(f),
+                    Err(e) => r.error = Some(format!("undecodable final chunk: {e}")),
+                }
+                return r;
+            }
+            match array_len(data) {
+                Some(n) => {
+                    r.received += n;
+                    if n > 0 {
+                        r.first.get_or_insert(t);
                     }
+                }
+                None => {
+                    r.error = Some("a chunk that is not an array".into());
                     return r;
                 }
-                match array_len(c.data.as_bytes()) {
-                    Some(n) => {
-                        r.received += n;
-                        if n > 0 {
-                            r.first.get_or_insert(t);
-                        }
-                    }
-                    None => {
-                        r.error = Some("a chunk that is not an array".into());
-                        return r;
-                    }
-                }
             }
+            continue;
+        }
+        match Frame::decode(b, &decode) {
             Ok(Frame::Response(resp)) if resp.id == id => {
                 if let Err(e) = resp.outcome {
                     r.error = Some(e.to_string());
@@ -603,6 +622,21 @@ mod tests {
         e.end().unwrap();
         assert_eq!(array_len(&indefinite), Some(2));
         assert_eq!(array_len(&[0xa0]), None);
+    }
+
+    #[test]
+    fn chunk_parts_of_real_chunks() {
+        let events: Vec<u32> = vec![1, 2, 3];
+        let frame = plexus_protocol::frame::encode_chunk(9, 4, false, &events).unwrap();
+        let (id, fin, data) = chunk_parts(&frame).unwrap();
+        assert_eq!((id, fin, array_len(data)), (9, false, Some(3)));
+        let fin_chunk = ResumeFinal::new(ResumeOutcome::Recovered, 3, "e", 3, 3, None);
+        let frame = plexus_protocol::frame::encode_chunk(9, 5, true, &fin_chunk).unwrap();
+        let (_, fin, data) = chunk_parts(&frame).unwrap();
+        assert!(fin);
+        assert_eq!(minicbor::decode::<ResumeFinal>(data).unwrap(), fin_chunk);
+        let request = encode_request(9, "ping", &()).unwrap();
+        assert_eq!(chunk_parts(&request), None);
     }
 
     #[test]

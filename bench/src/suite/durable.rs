@@ -70,6 +70,19 @@ pub struct DurableSuite {
     pub behind: Option<u64>,
     /// Publisher counts [default: 1, 16, 64].
     pub publishers: Vec<usize>,
+    /// The parts to run (empty: all).
+    pub only: Vec<Part>,
+}
+
+/// A part of the durable suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Durable publish throughput.
+    Publish,
+    /// Catch-up of a subscriber far behind.
+    Catchup,
+    /// Publish-to-delivery latency on a durable topic.
+    Latency,
 }
 
 /// One system under test in the durable comparisons.
@@ -136,9 +149,16 @@ impl DurableSuite {
                 "version": server_version(&self.jetstream),
             }),
         );
-        self.publish(&mut rows, &mut raw).await?;
-        self.catchup(&mut rows, &mut raw).await?;
-        self.latency(&mut rows, &mut raw).await?;
+        let runs = |p: Part| self.only.is_empty() || self.only.contains(&p);
+        if runs(Part::Publish) {
+            self.publish(&mut rows, &mut raw).await?;
+        }
+        if runs(Part::Catchup) {
+            self.catchup(&mut rows, &mut raw).await?;
+        }
+        if runs(Part::Latency) {
+            self.latency(&mut rows, &mut raw).await?;
+        }
         let report = Report {
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             machine: Machine::detect(),
