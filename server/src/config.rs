@@ -510,6 +510,58 @@ mod tests {
     }
 
     #[test]
+    fn the_file_holds_flags_and_the_streams_tables() {
+        let path = Path::new("plexus.toml");
+        let f = parse_file(
+            path,
+            "max-payload = 99\ndatabase-url = \"postgres://u:pw@db/plexus\"\n\
+             [storage]\ncommit-max-batch = 8\n\
+             [[streams]]\npattern = \"orders.>\"\nmax-events = 10\n",
+        )
+        .unwrap();
+        let c = Config::resolve_file(Settings::default(), f);
+        assert_eq!(c.max_payload, 99);
+        assert_eq!(c.streams.storage.commit_max_batch, 8);
+        assert_eq!(c.streams.streams[0].max_events, Some(10));
+        c.validate().unwrap();
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("pw"), "{shown}");
+        assert!(shown.contains("database-url = \"postgres://u:********@db/plexus\""));
+        assert!(shown.contains("[[streams]]\npattern = \"orders.>\"\nmax-events = 10"));
+        assert!(shown.contains("commit-max-batch = 8"));
+        // The default database is the SQLite file in the data directory.
+        let d = Config::default();
+        assert_eq!(d.database_display(), "sqlite:./data/plexus.db");
+        assert!(d.store_options().migrate);
+        // Bad streams tables, unknown keys in them, overlaps, bad URLs.
+        for bad in [
+            "[[streams]]\npattern = \"a.>\"\n[[streams]]\npattern = \"a.b\"\n",
+            "[storage]\nno-such = 1\n",
+            "[[streams]]\npattern = \"a\"\nretention = 1\n",
+            "[[streams]]\npattern = \"a..b\"\n",
+        ] {
+            assert!(
+                matches!(parse_file(path, bad), Err(ConfigError::Streams { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_file(path, "no-such-key = 1\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+        let c = Config {
+            database_url: "mysql://x".into(),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("database-url")
+        );
+    }
+
+    #[test]
     fn unknown_file_keys_are_rejected_and_secrets_masked() {
         assert!(toml::from_str::<Settings>("no-such-key = 1").is_err());
         let c = Config {

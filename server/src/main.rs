@@ -278,6 +278,7 @@ fn serve(config: Config) -> ExitCode {
         };
         let addr = server.local_addr();
         tracing::info!(%addr, "plexus listening");
+        println!("plexus {} listening on ws://{addr}/v1/ws (subprotocol plexus.v1)", env!("CARGO_PKG_VERSION"));
         let durable = config.streams.streams.len();
         if durable == 0 {
             println!(
@@ -291,7 +292,6 @@ fn serve(config: Config) -> ExitCode {
                 config.database_display()
             );
         }
-        println!("plexus {} listening on ws://{addr}/v1/ws (subprotocol plexus.v1)", env!("CARGO_PKG_VERSION"));
         if let KeyOrigin::DevKey { created } = origin {
             let what = if created { "generated a" } else { "using the" };
             println!(

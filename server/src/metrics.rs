@@ -20,6 +20,12 @@
 //! | `plexus_slow_consumer_closes_total` | counter | |
 //! | `plexus_auth_failures_total` | counter | `reason` |
 //! | `plexus_closes_total` | counter | `code`: every Close frame the hub sent, counted once, where it is written |
+//! | `plexus_stream_commit_seconds` | histogram | time of one durable batch, first statement to commit |
+//! | `plexus_stream_batch_size` | histogram | publishes per durable commit |
+//! | `plexus_stream_events_stored_total` | counter | durable events stored |
+//! | `plexus_stream_catchup_events_total` | counter | events streamed by resumes (its rate is the catch-up rate) |
+//! | `plexus_stream_retention_events_total` / `plexus_stream_retention_keys_total` | counter | events and idempotency keys retention removed |
+//! | `plexus_stream_storage_errors_total` | counter | durable batches rolled back by a database failure |
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
@@ -32,6 +38,12 @@ use crate::session::table::{FALLBACK, MethodIndex, MethodTable};
 const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Publishes-per-commit buckets (powers of two up to the largest
+/// `commit-max-batch` worth reading).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
 
 /// Builds the Prometheus recorder with the hub's histogram buckets and
@@ -49,6 +61,14 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(
             Matcher::Full("plexus_request_duration_seconds".into()),
             LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("plexus_stream_commit_seconds".into()),
+            LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("plexus_stream_batch_size".into()),
+            BATCH_BUCKETS,
         )?
         .install_recorder()
 }

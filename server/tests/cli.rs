@@ -208,3 +208,179 @@ async fn settings_that_cannot_work_together_stop_the_hub_with_a_message() {
         assert!(err.contains(name), "{name} in {err}");
     }
 }
+
+#[tokio::test]
+async fn durable_streams_from_the_config_file_migrate_list_and_survive_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("plexus.toml");
+    std::fs::write(
+        &file,
+        "max-payload = 4096\n[storage]\ncommit-max-batch = 64\n\
+         [[streams]]\npattern = \"orders.>\"\nmax-events = 1000\ndurability = \"committed\"\n",
+    )
+    .unwrap();
+    let secret = std::str::from_utf8(SECRET).unwrap();
+
+    // `plexus config` shows the streams settings.
+    let out = plexus()
+        .arg("config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(text.contains("commit-max-batch = 64"), "{text}");
+    assert!(
+        text.contains(
+            "[[streams]]\npattern = \"orders.>\"\nmax-events = 1000\ndurability = \"committed\""
+        ),
+        "{text}"
+    );
+
+    // `--no-migrate` on a fresh database refuses to start; `plexus
+    // migrate` applies the migrations, then has nothing to do.
+    let out = plexus()
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-migrate", "true"])
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("cannot open the database"), "{err}");
+    for expect in ["applied migrations", "up to date"] {
+        let out = plexus()
+            .arg("migrate")
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(expect), "{text}");
+    }
+
+    let mut child = plexus()
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-migrate", "true"])
+        .arg("--jwt-secret")
+        .arg(secret)
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    let mut durable = None;
+    while durable.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the hub prints its start lines");
+        if let Some(rest) = line.split("ws://").nth(1) {
+            addr = rest
+                .split('/')
+                .next()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .ok();
+        }
+        if line.starts_with("durable streams:") {
+            durable = Some(line);
+        }
+    }
+    let durable = durable.unwrap();
+    assert!(
+        durable.contains("1 namespace configured") && durable.contains("plexus.db"),
+        "{durable}"
+    );
+    let (mut c, _) = Client::authed(addr.unwrap(), &token("alice")).await;
+    let data_item = raw(&"hi");
+    for i in 1..=3u64 {
+        let res: PublishResult = c
+            .call(
+                "publish",
+                &PublishParams::new("orders.1", data_item.as_raw_ref()),
+            )
+            .await
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_eq!(res.offset, Some(i));
+        assert_eq!(
+            res.durability,
+            Some(plexus_protocol::methods::Durability::Committed)
+        );
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    c.expect_close(4008, true).await;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    // `plexus streams` reads the database.
+    let out = plexus()
+        .arg("streams")
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("orders.1 "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // topic, events, bytes, first, last, epoch
+    assert_eq!((cols[1], cols[3], cols[4]), ("3", "1", "3"), "{row}");
+    assert_eq!(cols[5].len(), 16);
+    assert!(text.contains("orders.>"), "{text}");
+    assert!(text.contains("1 durable topics"), "{text}");
+
+    // No database yet: said so, nothing created.
+    let empty = dir.path().join("empty");
+    let out = plexus()
+        .arg("streams")
+        .arg("--data-dir")
+        .arg(&empty)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("no database")
+    );
+    assert!(!empty.exists());
+}

@@ -629,3 +629,53 @@ async fn a_hub_without_namespaces_serves_history_as_not_durable() {
     assert_eq!(code(&e), ErrorCode::InvalidParams);
     assert!(hub.hub().streams.is_none());
 }
+
+async fn scrape(hub: &TestHub) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(hub.addr()).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of the sample `name` (with its labels), 0 if absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_commits_batches_catch_up_and_retention() {
+    let db = TestDb::sqlite();
+    let mut n = ns("m.>");
+    n.max_events = Some(5);
+    let hub = TestHub::start_durable(&db, config(vec![n]), |_| {}).await;
+    let (mut p, _) = Client::authed(hub.addr(), &token("p")).await;
+    publish_n(&mut p, "m.1", 1..=10).await;
+    let (mut c, _) = Client::authed(hub.addr(), &token("c")).await;
+    let (events, _) = resume(&mut c, "m.1", Since::offset(None, 7)).await.unwrap();
+    assert_eq!(events.len(), 3);
+    hub.hub()
+        .streams
+        .as_ref()
+        .unwrap()
+        .run_retention()
+        .await
+        .unwrap();
+    // Histograms are folded into buckets by the upkeep: render folds too.
+    let text = scrape(&hub).await;
+    assert!(
+        metric(&text, "plexus_stream_commit_seconds_count") >= 10.0,
+        "{text}"
+    );
+    assert!(metric(&text, "plexus_stream_batch_size_count") >= 10.0);
+    assert!(text.contains("plexus_stream_batch_size_bucket{le=\"1\"}"));
+    assert!(metric(&text, "plexus_stream_events_stored_total") >= 10.0);
+    assert!(metric(&text, "plexus_stream_catchup_events_total") >= 3.0);
+    assert!(metric(&text, "plexus_stream_retention_events_total") >= 5.0);
+    hub.shutdown().await;
+}

@@ -633,6 +633,7 @@ impl Resume {
             .stats
             .catchup_events
             .fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("plexus_stream_catchup_events_total").increment(n);
         n > 0
     }
 }

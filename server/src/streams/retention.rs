@@ -148,6 +148,7 @@ impl Writer {
                     .fetch_add(report.events, Ordering::Relaxed);
                 s.retention_keys.fetch_add(report.keys, Ordering::Relaxed);
                 metrics::counter!("plexus_stream_retention_events_total").increment(report.events);
+                metrics::counter!("plexus_stream_retention_keys_total").increment(report.keys);
                 report
             }
             Err(e) => {

@@ -399,6 +399,8 @@ impl Writer {
                 metrics::histogram!("plexus_stream_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
                 metrics::histogram!("plexus_stream_batch_size").record(n as f64);
+                metrics::counter!("plexus_stream_events_stored_total")
+                    .increment(plan.live.len() as u64);
                 let replies = jobs
                     .drain(..)
                     .zip(plan.answers)
