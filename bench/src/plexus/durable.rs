@@ -1,6 +1,6 @@
 //! The durable-stream scenarios against the hub: durable publish
 //! throughput, catch-up of a subscriber far behind, and (through
-//! [`super::fanout`]) publish-to-delivery latency on a durable topic.
+//! [`fanout()`](super::fanout())) publish-to-delivery latency on a durable topic.
 //!
 //! A durable hub is started with a configuration file declaring one stream
 //! namespace, [`DURABLE_SUBJECTS`], with the run's durability, on SQLite
