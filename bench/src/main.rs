@@ -17,10 +17,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use plexus_bench::nats::NatsServer;
+use plexus_bench::nats::{JsSync, NatsServer, start_jetstream};
+use plexus_bench::plexus::durable::{Database, StreamDurability, start_durable};
 use plexus_bench::procs::{EchoProcess, HubBinary};
 use plexus_bench::scenario::{
-    ConnectionsConfig, FanoutConfig, PreauthConfig, Rate, RpcConfig, StalledConfig, StormConfig,
+    ConnectionsConfig, DurablePublishConfig, FanoutConfig, PreauthConfig, Rate, RpcConfig,
+    StalledConfig, StormConfig,
 };
 use plexus_bench::suite::{BoxError, DurableSuite, Suite};
 use plexus_bench::{echo, nats, plexus};
@@ -47,6 +49,13 @@ enum Target {
     Plexus,
     Nats,
     Floor,
+}
+
+/// A durable namespace's durability.
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Committed,
+    Fsynced,
 }
 
 #[derive(Subcommand)]
@@ -114,6 +123,38 @@ enum Command {
         /// Run only these parts (repeatable) [default: all].
         #[arg(long, value_enum)]
         only: Vec<plexus_bench::suite::durable::Part>,
+    },
+    /// One durable publish run (P publishers, each publish acknowledged
+    /// after it was stored): Plexus on a hub it starts with a durable
+    /// `bench.>` namespace (or at `--url`), or JetStream.
+    DurablePublish {
+        #[arg(long, value_enum, default_value = "plexus")]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Publishes in flight per publisher.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        #[arg(long, default_value_t = 128)]
+        payload: usize,
+        /// Plexus: the namespace's durability.
+        #[arg(long, value_enum, default_value = "fsynced")]
+        durability: DurabilityArg,
+        /// Plexus: a PostgreSQL server to create the run's database on
+        /// [default: SQLite].
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// Plexus: a hub already running with a durable `bench.>`
+        /// namespace, instead of starting one.
+        #[arg(long)]
+        url: Option<String>,
+        /// JetStream: `sync_interval: always` instead of the default.
+        #[arg(long)]
+        sync_always: bool,
+        #[arg(long, default_value = "1s")]
+        warmup: humantime::Duration,
+        #[arg(long, default_value = "3s")]
+        duration: humantime::Duration,
     },
     /// One fan-out run.
     Fanout {
@@ -289,6 +330,51 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     let hub_args = cli.hub_args;
     match cli.command {
         Command::EchoServer { listen } => echo::serve(listen).await?,
+        Command::DurablePublish {
+            target,
+            publishers,
+            window,
+            payload,
+            durability,
+            postgres_url,
+            url,
+            sync_always,
+            warmup,
+            duration,
+        } => {
+            let cfg = DurablePublishConfig {
+                publishers,
+                window,
+                payload,
+                warmup: warmup.into(),
+                duration: duration.into(),
+            };
+            let result = match (target, url) {
+                (Target::Plexus, Some(url)) => plexus::durable::durable_publish(&url, &cfg).await,
+                (Target::Plexus, None) => {
+                    let db = postgres_url.map_or(Database::Sqlite, Database::Postgres);
+                    let durability = match durability {
+                        DurabilityArg::Committed => StreamDurability::Committed,
+                        DurabilityArg::Fsynced => StreamDurability::Fsynced,
+                    };
+                    let bin = hub_binary(cli.plexus)?;
+                    let hub = start_durable(&bin, &db, durability, &hub_args).await?;
+                    plexus::durable::durable_publish(&hub.hub.url(), &cfg).await
+                }
+                (Target::Nats, _) => {
+                    let bin = nats::jetstream_server_binary().ok_or("no nats-server")?;
+                    let sync = if sync_always {
+                        JsSync::Always
+                    } else {
+                        JsSync::Default
+                    };
+                    nats::jetstream::durable_publish(&start_jetstream(&bin, sync).await?, &cfg)
+                        .await
+                }
+                (Target::Floor, _) => return Err("the floor stores nothing".into()),
+            };
+            print(&result)?;
+        }
         Command::Fanout {
             target,
             publishers,
