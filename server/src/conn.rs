@@ -60,9 +60,10 @@ pub struct Subscription {
     pub pattern: Pattern,
     /// Whether the connection joined the topic's presence with it.
     pub presence: bool,
-    /// Whether it is in the subscription index: a durable subscribe is
-    /// recorded (reserved) first and indexed when it goes live.
-    pub indexed: bool,
+    /// While a durable subscribe catches up: the id of its request. Such a
+    /// subscription is recorded (reserved) but not in the index until it
+    /// goes live; `None` once indexed.
+    pub pending: Option<u64>,
 }
 
 impl Conn {

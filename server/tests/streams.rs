@@ -456,6 +456,15 @@ async fn the_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
                 seen.push(next_event(&mut c).await);
             }
             let offsets: Vec<u64> = seen.iter().map(|e| e.offset).collect();
+            if let Some(i) = offsets.windows(2).position(|w| w[1] != w[0] + 1) {
+                panic!(
+                    "{}: client {k}: {} then {} at index {i}; final chunk {fin:?} after {} streamed",
+                    db.name(),
+                    offsets[i],
+                    offsets[i + 1],
+                    fin.count
+                );
+            }
             assert_eq!(
                 offsets,
                 (k * 20 + 1..=TOTAL).collect::<Vec<_>>(),

@@ -129,8 +129,8 @@ impl Broker {
         max: usize,
         authorized: bool,
     ) -> Result<(), SubscribeError> {
-        self.reserve(conn, pattern.clone(), presence, max, authorized)?;
-        self.index(conn, &pattern);
+        self.reserve(conn, pattern.clone(), presence, max, authorized, 0)?;
+        self.index(conn, &pattern, 0);
         Ok(())
     }
 
@@ -139,6 +139,8 @@ impl Broker {
     /// connection holds the pattern (a second subscribe is a `conflict`)
     /// while a durable subscribe catches up. [`Broker::index`] makes it
     /// live; [`Broker::release`] or [`Broker::unsubscribe`] drops it.
+    /// `request` (the subscribe's request id) tells this reservation from a
+    /// later one of the same pattern (after an `unsubscribe` meanwhile).
     pub fn reserve(
         &self,
         conn: &Arc<Conn>,
@@ -146,6 +148,7 @@ impl Broker {
         presence: bool,
         max: usize,
         authorized: bool,
+        request: u64,
     ) -> Result<(), SubscribeError> {
         let mut subs = conn.subscriptions.lock();
         if subs.iter().any(|s| s.pattern == pattern) {
@@ -165,7 +168,7 @@ impl Broker {
         subs.push(Subscription {
             pattern,
             presence,
-            indexed: false,
+            pending: Some(request),
         });
         drop(subs);
         self.subscriptions.increment(1.0);
@@ -174,17 +177,17 @@ impl Broker {
 
     /// Indexes a subscription [`Broker::reserve`] recorded (and joins its
     /// presence): from now on it receives events. Returns `false` if the
-    /// connection no longer holds it (unsubscribed meanwhile) or it is
-    /// indexed already.
-    pub fn index(&self, conn: &Arc<Conn>, pattern: &Pattern) -> bool {
+    /// connection no longer holds that reservation (unsubscribed
+    /// meanwhile).
+    pub fn index(&self, conn: &Arc<Conn>, pattern: &Pattern, request: u64) -> bool {
         let presence = {
             let mut subs = conn.subscriptions.lock();
             match subs
                 .iter_mut()
-                .find(|s| s.pattern == *pattern && !s.indexed)
+                .find(|s| s.pattern == *pattern && s.pending == Some(request))
             {
                 Some(s) => {
-                    s.indexed = true;
+                    s.pending = None;
                     s.presence
                 }
                 None => return false,
@@ -200,11 +203,11 @@ impl Broker {
 
     /// Drops a subscription [`Broker::reserve`] recorded that never went
     /// live (a durable subscribe that failed or was cancelled).
-    pub fn release(&self, conn: &Conn, pattern: &Pattern) {
+    pub fn release(&self, conn: &Conn, pattern: &Pattern, request: u64) {
         let mut subs = conn.subscriptions.lock();
         if let Some(i) = subs
             .iter()
-            .position(|s| s.pattern == *pattern && !s.indexed)
+            .position(|s| s.pattern == *pattern && s.pending == Some(request))
         {
             subs.swap_remove(i);
             drop(subs);
@@ -237,7 +240,7 @@ impl Broker {
 
     fn remove(&self, conn: &Conn, sub: &Subscription) {
         self.subscriptions.decrement(1.0);
-        if !sub.indexed {
+        if sub.pending.is_some() {
             return;
         }
         self.matcher
@@ -254,7 +257,7 @@ impl Broker {
             .subscriptions
             .lock()
             .iter()
-            .filter(|s| s.presence && s.indexed)
+            .filter(|s| s.presence && s.pending.is_none())
             .map(|s| s.pattern.clone())
             .collect();
         for t in topics {
@@ -346,6 +349,35 @@ mod tests {
     }
 
     #[test]
+    fn a_reservation_holds_the_pattern_until_indexed_or_released() {
+        let b = Broker::default();
+        let x = conn(1);
+        let frame = Bytes::from_static(b"e");
+        b.reserve(&x, pat("o.1"), false, 8, true, 7).unwrap();
+        assert_eq!(
+            b.subscribe(&x, pat("o.1"), false, 8, true),
+            Err(SubscribeError::AlreadySubscribed)
+        );
+        assert_eq!(b.publish("o.1", &frame, None).delivered, 0, "not live yet");
+        // Unsubscribed meanwhile, then reserved again by another request:
+        // the first one's activation must not take the second's place.
+        assert!(b.unsubscribe(&x, "o.1"));
+        b.reserve(&x, pat("o.1"), false, 8, true, 9).unwrap();
+        assert!(!b.index(&x, &pat("o.1"), 7));
+        b.release(&x, &pat("o.1"), 7);
+        assert_eq!(x.subscriptions.lock().len(), 1);
+        assert!(b.index(&x, &pat("o.1"), 9));
+        assert_eq!(b.publish("o.1", &frame, None).delivered, 1);
+        b.release(&x, &pat("o.1"), 9);
+        assert_eq!(x.subscriptions.lock().len(), 1, "release leaves a live one");
+        b.reserve(&x, pat("o.2"), false, 8, true, 10).unwrap();
+        b.release(&x, &pat("o.2"), 10);
+        assert_eq!(x.subscriptions.lock().len(), 1);
+        b.drop_conn(&x);
+        assert_eq!(b.matcher.topic_count(), 0);
+    }
+
+    #[test]
     fn a_recorded_subscription_missing_from_the_index_is_still_dropped() {
         // As after a panic between recording and indexing: the record says
         // subscribed, the index does not. Dropping the connection must not
@@ -355,7 +387,7 @@ mod tests {
         x.subscriptions.lock().push(Subscription {
             pattern: pat("ghost"),
             presence: false,
-            indexed: true,
+            pending: None,
         });
         b.subscribe(&x, pat("real"), false, 8, true).unwrap();
         b.drop_conn(&x);

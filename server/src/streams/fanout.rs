@@ -133,7 +133,14 @@ struct Taps {
     by_topic: HashMap<Arc<str>, Vec<Arc<Tap>>>,
     by_ns: HashMap<i64, Vec<Arc<Tap>>>,
     count: usize,
+    /// The last position fanned out, per namespace.
+    fanned: HashMap<i64, u64>,
 }
+
+/// The longest a resume waits for the fan-out to deliver what storage gave
+/// it (the fan-out follows the commit by microseconds; this only bounds a
+/// fan-out that stopped, at shutdown).
+pub(crate) const FANOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Taps {
     fn offer(&self, e: &LiveEvent) {
@@ -180,6 +187,8 @@ impl Taps {
 pub(crate) struct Fanout {
     taps: Mutex<Taps>,
     sink: Arc<dyn FanOut>,
+    /// Woken after every delivered batch.
+    delivered: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Fanout {
@@ -191,21 +200,63 @@ impl std::fmt::Debug for Fanout {
 }
 
 impl Fanout {
-    pub(crate) fn new(sink: Arc<dyn FanOut>) -> Fanout {
+    /// A fan-out into `sink`; `positions`: each namespace's last position
+    /// in the database (everything up to it counts as fanned out).
+    pub(crate) fn new(
+        sink: Arc<dyn FanOut>,
+        positions: impl IntoIterator<Item = (i64, u64)>,
+    ) -> Fanout {
         Fanout {
-            taps: Mutex::new(Taps::default()),
+            taps: Mutex::new(Taps {
+                fanned: positions.into_iter().collect(),
+                ..Taps::default()
+            }),
             sink,
+            delivered: tokio::sync::Notify::new(),
         }
     }
 
     /// Delivers a committed batch, in order; pushes one count per event.
     pub(crate) fn deliver(&self, events: &[LiveEvent], delivered: &mut Vec<u64>) {
-        let taps = self.taps.lock();
-        for e in events {
-            if taps.count > 0 {
-                taps.offer(e);
+        {
+            let mut taps = self.taps.lock();
+            for e in events {
+                if taps.count > 0 {
+                    taps.offer(e);
+                }
+                delivered.push(self.sink.deliver(e));
+                let f = taps.fanned.entry(e.namespace).or_insert(0);
+                *f = (*f).max(e.position);
             }
-            delivered.push(self.sink.deliver(e));
+        }
+        if !events.is_empty() {
+            self.delivered.notify_waiters();
+        }
+    }
+
+    fn fanned(&self, ns: i64) -> u64 {
+        self.taps.lock().fanned.get(&ns).copied().unwrap_or(0)
+    }
+
+    /// Waits until namespace `ns` has been fanned out up to `position`
+    /// (at most [`FANOUT_WAIT`]).
+    pub(crate) async fn wait_fanned(&self, ns: i64, position: u64) {
+        let deadline = tokio::time::Instant::now() + FANOUT_WAIT;
+        loop {
+            let notified = self.delivered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.fanned(ns) >= position {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(
+                    ns,
+                    position,
+                    "the fan-out did not reach a resume's position"
+                );
+                return;
+            }
         }
     }
 

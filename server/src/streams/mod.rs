@@ -447,13 +447,14 @@ impl Streams {
                 })
             })
             .collect::<Result<_, config::ConfigError>>()?;
+        let fanned: Vec<(i64, u64)> = rows.iter().map(|r| (r.id, r.last_position)).collect();
         let (tx, rx) = mpsc::channel(config.storage.commit_queue);
         let (fan_tx, fan_rx) = mpsc::channel(writer::FANOUT_QUEUE);
         let shared = Arc::new(Shared {
             store,
             config: config.storage.clone(),
             namespaces,
-            fanout: fanout::Fanout::new(sink),
+            fanout: fanout::Fanout::new(sink, fanned),
             clock,
             stats: Stats::default(),
             queued_bytes: AtomicUsize::new(0),

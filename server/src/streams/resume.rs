@@ -176,6 +176,8 @@ pub struct Resume {
     earliest: Option<u64>,
     epoch: Arc<str>,
     summary: Option<ResumeSummary>,
+    /// Storage was read since the last wait for the fan-out.
+    must_wait: bool,
 }
 
 impl Streams {
@@ -237,6 +239,7 @@ impl Streams {
             earliest: None,
             epoch: "".into(),
             summary: None,
+            must_wait: true,
         })
     }
 }
@@ -251,6 +254,7 @@ impl Resume {
                 Phase::GoLive => {
                     self.register_tap();
                     self.read_current().await?;
+                    self.wait_fanned().await;
                     self.finish();
                 }
                 Phase::Storage | Phase::AfterTap => {
@@ -263,6 +267,12 @@ impl Resume {
                     self.phase = Phase::AfterTap;
                 }
                 Phase::Drain => {
+                    if self.must_wait {
+                        // What storage gave must be fanned out before the
+                        // summary; what is fanned out meanwhile is tapped.
+                        self.wait_fanned().await;
+                        self.must_wait = false;
+                    }
                     if self.drain_tap() {
                         return Ok(Some(EventList(&self.page)));
                     }
@@ -347,8 +357,23 @@ impl Resume {
             return Ok(Some(frames));
         }
         self.count = before;
+        self.wait_fanned().await;
         self.phase = Phase::Done;
         Ok(None)
+    }
+
+    /// The namespace position the cursor stands at.
+    fn seam_position(&self) -> (i64, u64) {
+        match &self.target {
+            Target::Topic { ns, .. } => (self.shared.namespaces[*ns].id, self.cursor_position),
+            Target::Pattern { ns, .. } => (self.shared.namespaces[*ns].id, self.cursor),
+        }
+    }
+
+    /// Waits until the fan-out has delivered everything up to the cursor.
+    async fn wait_fanned(&self) {
+        let (ns, position) = self.seam_position();
+        self.shared.fanout.wait_fanned(ns, position).await;
     }
 
     fn cursor_kind(&self) -> (u64, bool) {
@@ -564,6 +589,9 @@ impl Resume {
                     self.cursor = self.page.scanned_position;
                 }
             }
+        }
+        if self.page.rows > 0 {
+            self.must_wait = true;
         }
         if self.page.rows < limit && !self.page.truncated {
             self.end_of_storage();

@@ -131,6 +131,7 @@ struct Reservation {
     hub: Arc<Hub>,
     conn: Arc<Conn>,
     pattern: Pattern,
+    request: u64,
     live: bool,
 }
 
@@ -144,7 +145,9 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.live {
-            self.hub.broker.release(&self.conn, &self.pattern);
+            self.hub
+                .broker
+                .release(&self.conn, &self.pattern, self.request);
         }
     }
 }
@@ -182,13 +185,22 @@ fn subscribe(
     let resuming = p.since.is_some();
     let authorized = ctx.caps().can_subscribe(&pattern);
     let max = ctx.config().max_subscriptions;
+    let request = ctx.request_id();
     ctx.broker()
-        .reserve(ctx.conn(), pattern.clone(), presence, max, authorized)
+        .reserve(
+            ctx.conn(),
+            pattern.clone(),
+            presence,
+            max,
+            authorized,
+            request,
+        )
         .map_err(subscribe_error)?;
     let mut reservation = Reservation {
         hub: ctx.hub().clone(),
         conn: ctx.conn().clone(),
         pattern: pattern.clone(),
+        request,
         live: false,
     };
     let chunk_bytes = ctx.config().max_frame_size.saturating_sub(STREAM_ENVELOPE);
@@ -227,7 +239,7 @@ fn subscribe(
 /// committed event reaches it through the broker.
 fn go_live(resume: &mut Resume, r: &Reservation) -> Result<(), NotLive> {
     resume.activate(|pending| {
-        if r.hub.broker.index(&r.conn, &r.pattern) {
+        if r.hub.broker.index(&r.conn, &r.pattern, r.request) {
             for e in pending {
                 if e.skip != Some(r.conn.id) {
                     // An overflow closes the connection as a slow consumer.
