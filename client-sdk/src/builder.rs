@@ -11,11 +11,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::backoff::Backoff;
 use crate::client::{Client, Inner};
 use crate::config::{
-    DEFAULT_COMMAND_BUFFER, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_SERVED, DEFAULT_OFFLINE_QUEUE,
-    DEFAULT_STREAM_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER, Settings, TokenFn,
+    DEFAULT_COMMAND_BUFFER, DEFAULT_DURABLE_BUFFER, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_SERVED,
+    DEFAULT_OFFLINE_QUEUE, DEFAULT_STREAM_BUFFER, DEFAULT_SUBSCRIPTION_BUFFER, Settings, TokenFn,
 };
 use crate::deliver::Reaper;
 use crate::driver::Driver;
+use crate::durable::{MemoryPositionStore, PositionStore};
 use crate::error::{Cause, Error};
 use crate::state::ConnectionState;
 
@@ -50,6 +51,9 @@ pub struct ClientBuilder {
     max_frame_size: usize,
     instance: Option<String>,
     agent: String,
+    durable_buffer: usize,
+    position_store: Option<Arc<dyn PositionStore>>,
+    producer: Option<(String, Option<u64>)>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -79,6 +83,9 @@ impl ClientBuilder {
             max_frame_size: plexus_protocol::limits::DEFAULT_MAX_FRAME_SIZE,
             instance: None,
             agent: concat!("plexus-client-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
+            durable_buffer: DEFAULT_DURABLE_BUFFER,
+            position_store: None,
+            producer: None,
         }
     }
 
@@ -223,6 +230,59 @@ impl ClientBuilder {
         self
     }
 
+    /// Events buffered per [`DurableSubscription`](crate::DurableSubscription)
+    /// [default: 1024; 0 is taken as 1]. When a consumer is this far
+    /// behind, the connection stops reading until it takes an event
+    /// (nothing is dropped; the hub's catch-up waits), so the buffer holds
+    /// at most this many events plus one frame's worth.
+    pub fn durable_buffer(mut self, n: usize) -> ClientBuilder {
+        self.durable_buffer = n;
+        self
+    }
+
+    /// Where durable subscriptions keep their positions across process
+    /// restarts [default: a [`MemoryPositionStore`] of this client]. See
+    /// [`PositionStore`] for when it is called.
+    pub fn position_store(mut self, store: Arc<dyn PositionStore>) -> ClientBuilder {
+        self.position_store = Some(store);
+        self
+    }
+
+    /// The producer id of durable publishes (1–128 bytes), for a producer
+    /// that keeps its identity across process restarts [default: a random
+    /// id per client instance].
+    ///
+    /// The hub keeps, per producer and topic, the last sequence number
+    /// stored, for as long as the topic exists: a publish retried with the
+    /// same (producer, seq) is stored once. Within one client the SDK
+    /// numbers publishes 1, 2, 3… under the random default, which is
+    /// always safe but cannot recognise a retry made by *another* process
+    /// (an application that re-publishes after a crash stores the event
+    /// again). With an explicit id the numbering must keep growing across
+    /// restarts, so it starts at the current time in microseconds since
+    /// the Unix epoch (or at [`producer_seq_start`](Self::producer_seq_start)):
+    /// correct as long as the clock never steps back past the previous
+    /// run's last number and no two live clients share the id (either
+    /// makes publishes fail with [`Error::Conflict`] rather than be lost
+    /// or stored twice).
+    pub fn producer_id(mut self, id: impl Into<String>) -> ClientBuilder {
+        let start = self.producer.take().and_then(|(_, s)| s);
+        self.producer = Some((id.into(), start));
+        self
+    }
+
+    /// The sequence number of the first durable publish with the
+    /// [`producer_id`](Self::producer_id) (e.g. one more than the last
+    /// number the application persisted) [default: see `producer_id`].
+    pub fn producer_seq_start(mut self, seq: u64) -> ClientBuilder {
+        let id = self
+            .producer
+            .take()
+            .map_or_else(random_producer, |(id, _)| id);
+        self.producer = Some((id, Some(seq.max(1))));
+        self
+    }
+
     /// Connects and authenticates. The first attempt is not retried: its
     /// failure is returned. Later disconnects reconnect by themselves.
     ///
@@ -237,6 +297,11 @@ impl ClientBuilder {
         let token = self
             .token
             .ok_or_else(|| Error::provider("no token provider configured", None))?;
+        let (producer, first_seq) = match self.producer {
+            Some((id, Some(seq))) => (id, seq),
+            Some((id, None)) => (id, clock_seq()),
+            None => (random_producer(), 1),
+        };
         let settings = Arc::new(Settings {
             url: self.url,
             token,
@@ -253,6 +318,12 @@ impl ClientBuilder {
             max_frame_size: self.max_frame_size,
             instance: self.instance,
             agent: self.agent,
+            durable_buffer: self.durable_buffer.max(1),
+            position_store: self
+                .position_store
+                .unwrap_or_else(|| Arc::new(MemoryPositionStore::new())),
+            producer: producer.into(),
+            first_seq,
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(settings.command_buffer);
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
@@ -283,4 +354,19 @@ impl ClientBuilder {
             Err(_) => Err(Error::Closed(None)),
         }
     }
+}
+
+/// A random producer id: 32 hex digits.
+fn random_producer() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Microseconds since the Unix epoch (at least 1), below 2^63.
+fn clock_seq() -> u64 {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros());
+    u64::try_from(us)
+        .unwrap_or(u64::MAX)
+        .clamp(1, i64::MAX as u64 / 2)
 }

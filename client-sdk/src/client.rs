@@ -22,6 +22,9 @@ use crate::chunks::ChunkStream;
 use crate::config::Settings;
 use crate::core::{Command, Handler, Pending};
 use crate::deliver::{ChunkQueue, Dropped, Reaper, ReplyRx, reply};
+use crate::durable::{
+    DurableQueue, DurableSubscription, PublishAck, PublishOptions, StartAt, StreamPosition,
+};
 use crate::error::Error;
 use crate::state::ConnectionState;
 use crate::subscription::{SubQueue, Subscription};
@@ -366,6 +369,165 @@ impl Client {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Timeout),
         }
+    }
+
+    /// Subscribes durably to a durable topic, or to a pattern inside one
+    /// durable namespace, starting at [`StartAt::Stored`]: where the
+    /// [`PositionStore`](crate::PositionStore) says this topic or pattern
+    /// stopped, or now when it has no position.
+    ///
+    /// See [`DurableSubscription`] for what it yields and
+    /// [`subscribe_durable_from`](Self::subscribe_durable_from) for the
+    /// errors.
+    pub async fn subscribe_durable(&self, pattern: &str) -> Result<DurableSubscription, Error> {
+        self.subscribe_durable_from(pattern, StartAt::Stored).await
+    }
+
+    /// Subscribes durably from `start`.
+    ///
+    /// Resolves once the hub accepted it, within the call timeout: its
+    /// answer, or for a start from a position (stored,
+    /// [`StartAt::Beginning`], [`StartAt::After`]) the first chunk of its
+    /// catch-up. The catch-up is then streamed as the subscription is
+    /// consumed, however long it is, and ends with
+    /// [`DurableEvent::Recovered`](crate::DurableEvent::Recovered),
+    /// `TooOld` or `Reset`.
+    ///
+    /// Errors: [`Error::Remote`] with `invalid_params` for an invalid
+    /// pattern, a topic or pattern that is not durable, or a position of
+    /// the wrong kind; `conflict` if this client already subscribes to
+    /// exactly this pattern (durable or not); `forbidden` without the
+    /// capability.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// use plexus_client::{StartAt, StreamPosition};
+    /// let from_41 = StartAt::After(StreamPosition::new(Some("9f2c".into()), 41));
+    /// let sub = client.subscribe_durable_from("orders.eu", from_41).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_durable_from(
+        &self,
+        pattern: &str,
+        start: StartAt,
+    ) -> Result<DurableSubscription, Error> {
+        let parsed = Pattern::parse(pattern, MAX_TOPIC_LEN)
+            .map_err(|e| Error::Remote(WireError::new(ErrorCode::InvalidParams, e.to_string())))?;
+        let settings = &self.inner.settings;
+        let stored = matches!(start, StartAt::Stored);
+        let after = match start {
+            StartAt::Stored => settings.position_store.load(pattern),
+            StartAt::Now => None,
+            StartAt::Beginning => Some(StreamPosition::new(None, 0)),
+            StartAt::After(p) => Some(p),
+        };
+        let local = self.inner.locals.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(DurableQueue::new(
+            settings.durable_buffer,
+            self.inner.reaper.clone(),
+        ));
+        let (tx, rx) = reply();
+        let sub = DurableSubscription {
+            id: local,
+            exact: parsed.is_exact(),
+            pattern: pattern.to_owned(),
+            queue: queue.clone(),
+            store: settings.position_store.clone(),
+            reaper: self.inner.reaper.clone(),
+            _cmd: self.inner.cmd.clone(),
+        };
+        let wait = async {
+            self.send(Command::DurableSubscribe {
+                local,
+                pattern: parsed,
+                after,
+                queue,
+                reply: tx,
+            })
+            .await?;
+            rx.await.unwrap_or_else(|| Err(self.closed()))
+        };
+        match tokio::time::timeout(settings.call_timeout, wait).await {
+            Ok(Ok(started)) => {
+                // A `Stored` start with nothing stored starts now: keep
+                // that position, so the next run resumes from here even
+                // if no event comes before it stops.
+                if let Some(p) = started.filter(|_| stored) {
+                    settings.position_store.save(pattern, &p);
+                }
+                Ok(sub)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Publishes `data` on a durable topic, idempotently: see
+    /// [`publish_durable_with`](Self::publish_durable_with).
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::Error> {
+    /// let ack = client.publish_durable("orders.eu", &"order 17").await?;
+    /// println!("stored at {:?} ({:?})", ack.offset, ack.durability);
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_durable<D: Encode<()>>(
+        &self,
+        topic: &str,
+        data: &D,
+    ) -> Result<PublishAck, Error> {
+        let data = RawValue::encode(data).map_err(Error::encode)?;
+        self.publish_durable_with(topic, &data, PublishOptions::new())
+            .await
+    }
+
+    /// Publishes already-encoded `data` on a durable topic with `options`,
+    /// and returns once it is stored.
+    ///
+    /// The SDK gives each durable publish the client's
+    /// [`producer_id`](crate::ClientBuilder::producer_id) and the next
+    /// sequence number. A publish in flight when the connection drops is
+    /// sent again after the reconnect with the same (producer, seq), so the
+    /// hub stores it once: the one [`PublishAck`] says `duplicate` when
+    /// the first attempt had been stored, with the original's offset.
+    /// Publishes are sent, and sent again, in the order they were made.
+    ///
+    /// Errors: [`Error::Conflict`] (`expected_offset` differs, or a
+    /// sequence conflict); [`Error::Remote`] with `invalid_params` for a
+    /// topic that is not durable, `unavailable` when the hub's storage
+    /// failed or is overloaded (nothing was stored: publish again after
+    /// `retry_after_ms`), `forbidden`, `payload_too_large`;
+    /// [`Error::Timeout`] after the call timeout (it may or may not have
+    /// been stored: the SDK stops retrying it).
+    pub async fn publish_durable_with(
+        &self,
+        topic: &str,
+        data: &RawValue,
+        options: PublishOptions,
+    ) -> Result<PublishAck, Error> {
+        let id = self.next_id();
+        let (tx, rx) = reply();
+        let call = async {
+            self.send(Command::DurablePublish {
+                id,
+                topic: topic.to_owned(),
+                data: data.clone(),
+                options,
+                reply: tx,
+            })
+            .await?;
+            let mut guard = CancelOnDrop {
+                id,
+                reaper: &self.inner.reaper,
+                armed: true,
+            };
+            let answer = rx.await;
+            guard.armed = false;
+            answer.unwrap_or_else(|| Err(self.closed()))
+        };
+        tokio::time::timeout(self.inner.settings.call_timeout, call)
+            .await
+            .unwrap_or(Err(Error::Timeout))
     }
 
     /// Sets this connection's presence info (`null` clears it).

@@ -31,6 +31,10 @@ pub(crate) const DEFAULT_SUBSCRIPTION_BUFFER: usize = 1024;
 /// Default number of chunks buffered per streamed call.
 pub(crate) const DEFAULT_STREAM_BUFFER: usize = 64;
 
+/// Default number of events buffered per durable subscription before the
+/// connection stops reading for its consumer.
+pub(crate) const DEFAULT_DURABLE_BUFFER: usize = 1024;
+
 /// The WebSocket layer's read buffer.
 pub(crate) const WS_READ_BUFFER: usize = 16 * 1024;
 
@@ -70,6 +74,10 @@ pub(crate) struct Settings {
     pub(crate) max_frame_size: usize,
     pub(crate) instance: Option<String>,
     pub(crate) agent: String,
+    pub(crate) durable_buffer: usize,
+    pub(crate) position_store: Arc<dyn crate::PositionStore>,
+    pub(crate) producer: Arc<str>,
+    pub(crate) first_seq: u64,
 }
 
 impl Settings {
@@ -86,6 +94,8 @@ impl Settings {
             max_frame_size: self.max_frame_size,
             instance: self.instance.clone(),
             agent: self.agent.clone(),
+            producer: self.producer.clone(),
+            first_seq: self.first_seq,
         }
     }
 }

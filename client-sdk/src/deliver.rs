@@ -253,6 +253,12 @@ impl Reaper {
         std::mem::take(&mut *lock(&self.dropped))
     }
 
+    /// Wakes the task (a durable subscription's consumer made room: it
+    /// may read again).
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
+    }
+
     /// Asks the task to close the connection.
     pub(crate) fn request_close(&self) {
         self.close.store(true, Ordering::Release);

@@ -110,6 +110,23 @@ pub enum Error {
     /// with [`Error::ConnectionLost`] instead.
     #[error("chunk stream broken: {0}")]
     BrokenStream(&'static str),
+    /// A durable publish was refused with `conflict`: its
+    /// `expected_offset` is not the topic's last offset (`last_offset`
+    /// says what it is), or its producer sequence number is below the
+    /// producer's last one and was never stored (`last_seq`; a producer id
+    /// reused by two live clients, or a clock stepped back, see
+    /// [`ClientBuilder::producer_id`](crate::ClientBuilder::producer_id)).
+    /// Nothing was stored.
+    #[error("conflict: {message}")]
+    Conflict {
+        /// The topic's last offset (an `expected_offset` conflict).
+        last_offset: Option<u64>,
+        /// The producer's last stored sequence number (a sequence
+        /// conflict).
+        last_seq: Option<u64>,
+        /// The hub's message.
+        message: String,
+    },
     /// A value could not be encoded or a result could not be decoded.
     #[error("cannot {what}")]
     Codec {
@@ -122,10 +139,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// The wire error code, for [`Error::Remote`].
+    /// The wire error code, for [`Error::Remote`] (and `conflict` for
+    /// [`Error::Conflict`]).
     pub fn code(&self) -> Option<&ErrorCode> {
         match self {
             Error::Remote(e) => Some(&e.code),
+            Error::Conflict { .. } => Some(&ErrorCode::Conflict),
             _ => None,
         }
     }
@@ -228,6 +247,18 @@ impl PartialEq for Error {
                 },
             ) => a == b && same(s.as_ref(), t.as_ref()),
             (Error::BrokenStream(a), Error::BrokenStream(b)) => a == b,
+            (
+                Error::Conflict {
+                    last_offset: a,
+                    last_seq: s,
+                    message: m,
+                },
+                Error::Conflict {
+                    last_offset: b,
+                    last_seq: t,
+                    message: n,
+                },
+            ) => a == b && s == t && m == n,
             (Error::Codec { what: a, source: s }, Error::Codec { what: b, source: t }) => {
                 a == b && s.to_string() == t.to_string()
             }

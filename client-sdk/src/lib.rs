@@ -40,13 +40,18 @@
 //! and `subscription` (the streams it returns), `serve` (running handlers
 //! for requests from the hub), `deliver` (hand-off points between the
 //! core and the handles), `config` (settings and every named bound),
-//! `core`, `driver`, `backoff`, `error`, `state`.
+//! `durable` (durable subscriptions, the position store, idempotent
+//! publish), `core`, `driver`, `backoff`, `error`, `state`.
 //!
 //! Guarantees: a call in flight when the connection drops fails with
 //! [`Error::ConnectionLost`] and is never resent (it may have taken
-//! effect); calls made while reconnecting wait for the connection (within
-//! their timeout, up to a bound); every subscription is renewed on
-//! reconnect; a consumer that falls behind sees [`Event::Lagged`]; every
+//! effect), except a durable publish ([`Client::publish_durable`]), which
+//! carries a producer sequence number and is sent again and stored once;
+//! calls made while reconnecting wait for the connection (within their
+//! timeout, up to a bound); every subscription is renewed on reconnect,
+//! and every [`DurableSubscription`] resumes from its position with no gap
+//! and no duplicate; a consumer of a plain [`Subscription`] that falls
+//! behind sees [`Event::Lagged`]; every
 //! buffer and queue has a named bound (`docs/sdk.md` lists them). See
 //! `docs/sdk.md`.
 #![forbid(unsafe_code)]
@@ -59,6 +64,7 @@ mod config;
 mod core;
 mod deliver;
 mod driver;
+mod durable;
 mod error;
 mod serve;
 mod state;
@@ -68,6 +74,10 @@ pub use backoff::Backoff;
 pub use builder::ClientBuilder;
 pub use chunks::ChunkStream;
 pub use client::Client;
+pub use durable::{
+    DurableEvent, DurableMessage, DurableSubscription, MemoryPositionStore, PositionStore,
+    PublishAck, PublishOptions, StartAt, StreamPosition,
+};
 pub use error::{Cause, Error};
 pub use plexus_protocol::{self as protocol, RawValue};
 pub use state::{CloseStatus, ConnectionState};

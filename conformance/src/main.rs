@@ -100,6 +100,18 @@ struct Cli {
     /// Stop starting cases after the first failure.
     #[arg(long)]
     fail_fast: bool,
+    /// A prefix of topics in a durable namespace of the server, e.g.
+    /// `conf.durable.` for a `[[streams]]` pattern `conf.durable.>` with no
+    /// retention limits (enables the durable cases, protocol.md §23).
+    #[arg(long, value_name = "PREFIX")]
+    durable_prefix: Option<String>,
+    /// A prefix of topics in a second durable namespace that keeps at most
+    /// --durable-capped-events events per topic (enables the too_old case).
+    #[arg(long, value_name = "PREFIX")]
+    durable_capped_prefix: Option<String>,
+    /// The capped namespace's max-events.
+    #[arg(long, default_value_t = 4)]
+    durable_capped_events: u64,
     /// List the cases and exit.
     #[arg(long)]
     list: bool,
@@ -202,6 +214,9 @@ fn main() -> ExitCode {
         Duration::from_millis(cli.case_timeout_ms).max(s.max_wait + Duration::from_secs(10));
     s.vectors_dir = cli.vectors.clone();
     s.fail_fast = cli.fail_fast;
+    s.durable_prefix = cli.durable_prefix.clone();
+    s.durable_capped_prefix = cli.durable_capped_prefix.clone();
+    s.durable_capped_events = cli.durable_capped_events.max(1);
 
     let tty = std::io::stdout().is_terminal();
     let color = match cli.color {

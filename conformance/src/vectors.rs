@@ -267,6 +267,11 @@ pub struct Vector {
     /// as.
     #[serde(default)]
     pub result_of: Option<String>,
+    /// Chunks: the CDDL rule of `docs/protocol.md` their data matches
+    /// (`resume-events` or `resume-final`, the chunks of a `subscribe` with
+    /// `since`, §23.6).
+    #[serde(default)]
+    pub data_of: Option<String>,
     /// CBOR diagnostic notation of the frame (when it is well-formed).
     #[serde(default)]
     pub diagnostic: Option<String>,
@@ -339,6 +344,9 @@ impl Vector {
             expect.embedded(&self.name)?;
             if let Some(d) = expect.error.as_ref().and_then(|e| e.details_hex.as_deref()) {
                 decode_hex(&self.name, "details_hex", d)?;
+            }
+            if self.data_of.is_some() && expect.kind != FrameKind::Chunk {
+                return bad("data_of belongs to chunks");
             }
         } else {
             if self.expect.is_some() || self.layer != Layer::Frame {

@@ -774,6 +774,255 @@ params_vector("request-method-2000-bytes", "a method name has no length "
               error="method_not_found")
 
 # ---------------------------------------------------------------------------
+# Durable streams (protocol.md section 23). The frames of the examples there
+# use the same values, so they agree byte for byte.
+# ---------------------------------------------------------------------------
+
+EPOCH = "9f3c2a61d04b7e15"
+NS_EPOCH = "5be0d6a91c4f2e83"
+ORDER = "orders.eu.1042"
+A7 = cmap(("sku", "A-7"), ("qty", 2))
+C9 = cmap(("sku", "C-9"), ("qty", 5))
+EV41 = cmap((0, ORDER), (1, C9), (2, "bob"), (3, 41), (4, 1301))
+EV42 = cmap((0, ORDER), (1, A7), (2, "alice"), (3, 42), (4, 1337))
+EV1043 = cmap((0, "orders.eu.1043"), (1, cmap(("sku", "D-1"), ("qty", 1))),
+              (2, "carol"), (3, 7), (4, 1335))
+
+f, e = request(30, "publish", cmap((0, ORDER), (1, A7), (3, "checkout-7f3a"),
+                                   (4, 17)))
+valid("request-publish-durable-producer", "durable publish with producer id "
+      "and sequence number (protocol.md 23.3)", f, e)
+f, e = request(35, "publish", cmap((0, ORDER), (1, A7),
+                                   (5, "order-1042-line-3")))
+valid("request-publish-durable-key", "durable publish with an idempotency "
+      "key", f, e)
+f, e = request(32, "publish", cmap((0, ORDER), (1, cmap(("sku", "B-2"),
+                                                        ("qty", 1))), (6, 41)))
+valid("request-publish-durable-expected-offset", "compare-and-set publish: "
+      "only if the topic's last offset is 41", f, e)
+f, e = request(36, "publish", cmap((0, ORDER), (1, None), (2, False),
+                                   (3, "p"), (4, 2**63 - 1), (5, "k"),
+                                   (6, 0)))
+valid("request-publish-durable-all-keys", "every durable key at once, seq at "
+      "its greatest value 2^63-1, expected_offset 0 (no event yet)", f, e)
+
+f, e = response_ok(30, cmap((0, 1), (1, 42), (2, EPOCH), (3, "fsynced"),
+                            (5, 1337)))
+valid("response-publish-durable", "durable publish result: offset, epoch, "
+      "durability reached, position", f, e, result_of="publish")
+f, e = response_ok(31, cmap((0, 0), (1, 42), (2, EPOCH), (3, "fsynced"),
+                            (4, True), (5, 1337)))
+valid("response-publish-duplicate", "a retried publish: not stored again, "
+      "answered with the original offset and duplicate true", f, e,
+      result_of="publish")
+f, e = response_ok(37, cmap((0, 0), (2, EPOCH), (3, "committed"), (4, True)))
+valid("response-publish-duplicate-pruned", "a duplicate whose original "
+      "event retention removed: no offset, no position", f, e,
+      result_of="publish")
+f, e = response_ok(38, cmap((0, 3), (1, 1), (2, EPOCH), (3, "committed"),
+                            (5, 1)))
+valid("response-publish-durable-committed", "a publish in a namespace of "
+      "durability committed: the first event of the namespace", f, e,
+      result_of="publish")
+f, e = response_ok(39, cmap((0, 1), (1, 43), (2, EPOCH), (3, "replicated"),
+                            (5, 1338)))
+valid("response-publish-durability-unknown", "a durability level this "
+      "version does not know is still a valid result", f, e,
+      result_of="publish")
+
+f, e = response_err(32, "conflict", "expected offset differs from the "
+                    "topic's last offset (42)", details=cmap((1, 42)))
+valid("response-error-conflict-expected-offset", "expected_offset lost the "
+      "race: conflict with details {1: last_offset}", f, e)
+f, e = response_err(33, "conflict", "sequence number below the producer's "
+                    "last (17) and never stored", details=cmap((0, 17)))
+valid("response-error-conflict-seq", "a skipped producer sequence number: "
+      "conflict with details {0: last_seq}", f, e)
+f, e = response_err(34, "invalid_params", "producer, seq, key and "
+                    "expected_offset are for durable topics only")
+valid("response-error-durable-keys-plain-topic", "durable-only publish keys "
+      "on a plain topic", f, e)
+f, e = response_err(44, "unavailable", "storage unavailable, retry later", 500)
+valid("response-error-unavailable-storage", "a storage failure: nothing was "
+      "stored; retry after 500 ms", f, e)
+
+f, e = notification("event", EV42)
+valid("notification-event-durable", "an event of a durable topic carries "
+      "offset and position", f, e)
+
+f, e = request(40, "subscribe", cmap((0, ORDER)))
+valid("request-subscribe-durable", "subscribe to a durable topic without "
+      "since", f, e)
+f, e = response_ok(40, cmap((0, EPOCH), (1, 42), (2, 1337)))
+valid("response-subscribe-durable", "subscribe result of a durable topic: "
+      "epoch, last offset, its position", f, e, result_of="subscribe")
+f, e = response_ok(41, cmap((0, NS_EPOCH), (2, 1337)))
+valid("response-subscribe-durable-pattern", "subscribe result of a pattern "
+      "inside one namespace: the namespace's epoch and last position", f, e,
+      result_of="subscribe")
+f, e = response_ok(46, cmap((0, "a81c00f3b2d9e467"), (1, 0), (2, 0)))
+valid("response-subscribe-durable-empty", "a durable topic nobody published "
+      "on: still an epoch, offset 0", f, e, result_of="subscribe")
+f, e = request(42, "subscribe", cmap((0, ORDER), (2, cmap((0, EPOCH),
+                                                          (1, 40)))))
+valid("request-subscribe-since-offset", "resume an exact durable topic after "
+      "offset 40 of its epoch", f, e)
+f, e = request(45, "subscribe", cmap((0, "orders.eu.*"),
+                                     (2, cmap((0, NS_EPOCH), (2, 1300)))))
+valid("request-subscribe-since-position", "resume a pattern after namespace "
+      "position 1300", f, e)
+f, e = request(47, "subscribe", cmap((0, ORDER), (1, True),
+                                     (2, cmap((1, 0)))))
+valid("request-subscribe-since-start", "since {1: 0} without epoch: "
+      "everything still stored, any epoch; with presence", f, e)
+
+f, e = chunk(42, 0, False, arr(EV41, EV42))
+valid("chunk-resume-events", "a resume chunk: an array of event params in "
+      "offset order", f, e, data_of="resume-events")
+f, e = chunk(42, 1, True, cmap((0, "recovered"), (1, 2), (2, EPOCH),
+                               (3, 42), (4, 1337)))
+valid("chunk-resume-final-recovered", "final chunk of a resume: recovered, "
+      "2 events, live from offset 42", f, e, data_of="resume-final")
+f, e = chunk(48, 0, True, cmap((0, "recovered"), (1, 0), (2, EPOCH),
+                               (3, 42), (4, 1337)))
+valid("chunk-resume-final-up-to-date", "a resume with nothing missed: the "
+      "final chunk alone, recovered 0", f, e, data_of="resume-final")
+f, e = chunk(43, 0, True, cmap((0, "too_old"), (1, 0), (2, EPOCH), (3, 42),
+                               (4, 1337), (5, 20)))
+valid("chunk-resume-final-too-old", "retention removed events after since: "
+      "too_old with the earliest complete offset", f, e,
+      data_of="resume-final")
+f, e = chunk(44, 0, True, cmap((0, "reset"), (1, 0),
+                               (2, "c41d7a09e2b85f36"), (3, 3), (4, 1390)))
+valid("chunk-resume-final-reset", "the epoch changed: reset, with the new "
+      "epoch and the current offset", f, e, data_of="resume-final")
+f, e = chunk(45, 1, True, cmap((0, "recovered"), (1, 2), (2, NS_EPOCH),
+                               (3, 0), (4, 1337)))
+valid("chunk-resume-final-pattern", "final chunk of a pattern resume: offset "
+      "0, live from position 1337", f, e, data_of="resume-final")
+f, e = chunk(49, 0, True, cmap((0, "rewound"), (1, 0), (2, EPOCH), (3, 42),
+                               (4, 1337), (9, "future")))
+valid("chunk-resume-final-unknown-outcome", "an outcome this version does "
+      "not know (and an unknown key): valid; clients resync as for reset",
+      f, e, data_of="resume-final")
+
+f, e = request(50, "history", cmap((0, ORDER), (1, 42), (2, "backward"),
+                                   (3, 2)))
+valid("request-history", "history: two events backwards from offset 42", f,
+      e)
+f, e = request(53, "history", cmap((0, ORDER)))
+valid("request-history-defaults", "history with only the topic: forward "
+      "from the first offset, 100 events", f, e)
+f, e = response_ok(50, cmap((0, arr(EV42, EV41)), (1, EPOCH), (2, 40),
+                            (3, 20), (4, 42)))
+valid("response-history", "a history page backwards, with next, first and "
+      "last", f, e, result_of="history")
+f, e = response_ok(54, cmap((0, []), (1, "a81c00f3b2d9e467"), (3, 1),
+                            (4, 0)))
+valid("response-history-empty", "history of a durable topic that never had "
+      "an event: first 1, last 0, no next", f, e, result_of="history")
+f, e = request(51, "history.latest", cmap((0, "orders.eu.*"), (2, 2)))
+valid("request-history-latest", "history.latest of a pattern, two topics", f,
+      e)
+f, e = request(55, "history.latest", cmap((0, "orders.eu.*"),
+                                          (1, "orders.eu.1043")))
+valid("request-history-latest-after", "history.latest continuing after a "
+      "topic", f, e)
+f, e = response_ok(51, cmap((0, arr(EV42, EV1043)), (1, "orders.eu.1043")))
+valid("response-history-latest", "the newest event of each topic, topics in "
+      "byte order, with next", f, e, result_of="history.latest")
+f, e = response_ok(55, cmap((0, [])))
+valid("response-history-latest-end", "the last page of history.latest: "
+      "possibly empty, no next", f, e, result_of="history.latest")
+
+# Typed params of the durable keys and methods.
+LONG_ID = "p" * 129
+pv("params-publish-durable-keys", "producer, seq, key and expected_offset "
+   "decode", "publish", cmap((0, ORDER), (1, 1), (3, "checkout-7f3a"),
+                             (4, 17), (5, "k-1"), (6, 41)), True)
+pv("params-publish-seq-text", "seq of the wrong type", "publish",
+   cmap((0, ORDER), (1, 1), (3, "p"), (4, "17")), False)
+pv("params-publish-seq-negative", "seq must be unsigned", "publish",
+   cmap((0, ORDER), (1, 1), (3, "p"), (4, -1)), False)
+pv("params-publish-seq-bignum", "seq 2^64 as a tag-2 bignum: not a uint",
+   "publish", cmap((0, ORDER), (1, 1), (3, "p"),
+                   (4, Raw(head(6, 2) + bstr(b"\x01" + b"\x00" * 8)))), False)
+pv("params-publish-seq-2-63", "seq 2^63 is a uint, so the params decode; the "
+   "server then answers invalid_params, a method check (seq <= 2^63-1, "
+   "protocol.md 23.3)", "publish",
+   cmap((0, ORDER), (1, 1), (3, "p"), (4, 2**63)), True)
+pv("params-publish-seq-zero", "seq 0 decodes; the server answers "
+   "invalid_params, a method check (seq >= 1)", "publish",
+   cmap((0, ORDER), (1, 1), (3, "p"), (4, 0)), True)
+pv("params-publish-producer-int", "producer of the wrong type", "publish",
+   cmap((0, ORDER), (1, 1), (3, 7), (4, 1)), False)
+pv("params-publish-producer-129-bytes", "a 129-byte producer id decodes; "
+   "the server answers invalid_params, a method check (1-128 bytes)",
+   "publish", cmap((0, ORDER), (1, 1), (3, LONG_ID), (4, 1)), True)
+pv("params-publish-producer-without-seq", "producer without seq decodes; "
+   "the server answers invalid_params, a method check (they go together)",
+   "publish", cmap((0, ORDER), (1, 1), (3, "p")), True)
+pv("params-publish-key-bytes", "idempotency key as a byte string", "publish",
+   cmap((0, ORDER), (1, 1), (5, bstr(b"k-1"))), False)
+pv("params-publish-key-empty", "an empty key decodes; the server answers "
+   "invalid_params, a method check (1-128 bytes)", "publish",
+   cmap((0, ORDER), (1, 1), (5, "")), True)
+pv("params-publish-expected-offset-negative", "expected_offset must be "
+   "unsigned", "publish", cmap((0, ORDER), (1, 1), (6, -1)), False)
+pv("params-publish-expected-offset-null", "expected_offset null means "
+   "absent", "publish", cmap((0, ORDER), (1, 1), (6, None)), True)
+pv("params-publish-duplicate-seq", "seq given twice: invalid_params "
+   "(protocol.md 4.8)", "publish",
+   cmap((0, ORDER), (1, 1), (3, "p"), (4, 1), (4, 2)), False)
+pv("params-subscribe-since-offset", "since with epoch and offset decodes",
+   "subscribe", cmap((0, ORDER), (2, cmap((0, EPOCH), (1, 40)))), True)
+pv("params-subscribe-since-int", "since must be a map", "subscribe",
+   cmap((0, ORDER), (2, 40)), False)
+pv("params-subscribe-since-offset-text", "since offset of the wrong type",
+   "subscribe", cmap((0, ORDER), (2, cmap((1, "40")))), False)
+pv("params-subscribe-since-epoch-int", "since epoch of the wrong type",
+   "subscribe", cmap((0, ORDER), (2, cmap((0, 7), (1, 40)))), False)
+pv("params-subscribe-since-position-negative", "since position must be "
+   "unsigned", "subscribe", cmap((0, "orders.eu.*"), (2, cmap((2, -5)))),
+   False)
+pv("params-subscribe-since-empty", "since {} decodes; the server answers "
+   "invalid_params, a method check (an exact topic needs offset, a pattern "
+   "position)", "subscribe", cmap((0, ORDER), (2, {})), True)
+pv("params-subscribe-since-both", "since with offset and position decodes; "
+   "the server answers invalid_params, a method check", "subscribe",
+   cmap((0, ORDER), (2, cmap((1, 1), (2, 1)))), True)
+pv("params-subscribe-since-duplicate-key", "since is a typed map too: two "
+   "entries for its key 1 make the params invalid (protocol.md 4.8)",
+   "subscribe", cmap((0, ORDER), (2, cmap((1, 40), (1, 41)))), False)
+pv("params-history-valid", "history with every key", "history",
+   cmap((0, ORDER), (1, 42), (2, "backward"), (3, 2)), True)
+pv("params-history-missing-topic", "history without a topic", "history",
+   cmap((1, 42)), False)
+pv("params-history-from-text", "history from of the wrong type", "history",
+   cmap((0, ORDER), (1, "42")), False)
+pv("params-history-direction-int", "history direction must be text",
+   "history", cmap((0, ORDER), (2, 1)), False)
+pv("params-history-direction-unknown", "an unknown direction text decodes; "
+   "the server answers invalid_params, a method check", "history",
+   cmap((0, ORDER), (2, "sideways")), True)
+pv("params-history-limit-negative", "history limit must be unsigned",
+   "history", cmap((0, ORDER), (3, -1)), False)
+pv("params-history-limit-zero", "limit 0 decodes; the server answers "
+   "invalid_params, a method check (at least 1)", "history",
+   cmap((0, ORDER), (3, 0)), True)
+pv("params-history-duplicate-key", "history with key 3 twice", "history",
+   cmap((0, ORDER), (3, 1), (3, 2)), False)
+pv("params-history-latest-valid", "history.latest with every key",
+   "history.latest", cmap((0, "orders.eu.*"), (1, "orders.eu.1042"), (2, 5)),
+   True)
+pv("params-history-latest-pattern-int", "history.latest pattern of the "
+   "wrong type", "history.latest", cmap((0, 5)), False)
+pv("params-history-latest-after-int", "history.latest after must be text",
+   "history.latest", cmap((0, "orders.>"), (1, 3)), False)
+pv("params-history-latest-null", "history.latest with null params",
+   "history.latest", None, False)
+
+# ---------------------------------------------------------------------------
 # Decoder errors: CBOR well-formedness
 # ---------------------------------------------------------------------------
 
@@ -1132,7 +1381,20 @@ def check_docs():
     for name in ("response-auth", "response-auth-refresh",
                  "request-from-server", "response-to-server",
                  "response-to-server-method-not-found",
-                 "response-error-too-many-requests"):
+                 "response-error-too-many-requests",
+                 "request-publish-durable-producer", "response-publish-durable",
+                 "response-publish-duplicate",
+                 "request-publish-durable-expected-offset",
+                 "response-error-conflict-expected-offset",
+                 "response-error-conflict-seq", "notification-event-durable",
+                 "request-subscribe-durable", "response-subscribe-durable",
+                 "response-subscribe-durable-pattern",
+                 "request-subscribe-since-offset", "chunk-resume-events",
+                 "chunk-resume-final-recovered", "chunk-resume-final-too-old",
+                 "chunk-resume-final-reset", "request-subscribe-since-position",
+                 "chunk-resume-final-pattern", "request-history",
+                 "response-history", "request-history-latest",
+                 "response-history-latest"):
         v = next(v for v in VECTORS if v["name"] == name)
         assert any(h == v["cbor_hex"] for _, h, _, _ in examples), name
     return len(examples), sum(1 for _, h, _, _ in examples
@@ -1141,7 +1403,7 @@ def check_docs():
 
 KEY_ORDER = ["name", "description", "layer", "valid", "method", "params_valid",
              "max_frame_size", "error", "close", "decode_error", "result_of",
-             "diagnostic", "expect", "cbor_hex", "canonical_hex"]
+             "data_of", "diagnostic", "expect", "cbor_hex", "canonical_hex"]
 
 
 def main():

@@ -18,6 +18,7 @@ macro_rules! methods {
         /// ```
         /// use plexus_protocol::{Method, MethodKind};
         /// assert_eq!(Method::from_name("presence.get"), Some(Method::PresenceGet));
+        /// assert_eq!(Method::from_name("history.latest"), Some(Method::HistoryLatest));
         /// assert_eq!(Method::Event.kind(), MethodKind::ServerNotification);
         /// ```
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,6 +83,10 @@ methods! {
     PresenceGet = "presence.get", Request;
     /// Set this connection's presence info.
     PresenceSet = "presence.set", Request;
+    /// A page of a durable topic's stored events (`docs/protocol.md` §23.7).
+    History = "history", Request;
+    /// The newest stored event of each topic under a pattern (§23.8).
+    HistoryLatest = "history.latest", Request;
     /// Abort an in-flight request of the sender's (either direction, §8).
     Cancel = "cancel", ClientNotification;
     /// An event published on a subscribed topic.

@@ -16,8 +16,10 @@ use plexus_conformance::vectors::{Expect, FrameKind, Layer, Vector, load_all};
 use plexus_protocol::frame::{Chunk, Notification, Request, Response};
 use plexus_protocol::methods::{
     AuthParams, AuthRefreshParams, AuthRefreshResult, AuthResult, CancelParams, ClosingParams,
-    Empty, EventParams, PresenceGetParams, PresenceGetResult, PresenceNotice, PresenceSetParams,
-    PublishParams, PublishResult, SubscribeParams, TokenExpiringParams, UnsubscribeParams,
+    Empty, EventParams, HistoryLatestParams, HistoryLatestResult, HistoryParams, HistoryResult,
+    PresenceGetParams, PresenceGetResult, PresenceNotice, PresenceSetParams, PublishParams,
+    PublishResult, ResumeFinal, SubscribeParams, SubscribeResult, TokenExpiringParams,
+    UnsubscribeParams,
 };
 use plexus_protocol::{
     CloseCode, DecodeError, DecodeLimits, ErrorCode, Frame, Method, RawRef, RawValue, WireError,
@@ -209,6 +211,33 @@ fn invalid_frames_fail_with_the_named_error_and_codes() {
     report(failures, checked);
 }
 
+/// The durable-stream methods (protocol.md 23.7, 23.8), by name: the
+/// `Method` catalog of this crate may not list them.
+const DURABLE_METHODS: &[&str] = &["history", "history.latest"];
+
+/// Decodes `raw` as the typed params of the method named `name`; `None`
+/// when neither the catalog nor [`DURABLE_METHODS`] knows it.
+fn decode_params_by_name(name: &str, raw: &RawValue) -> Option<Result<(), WireError>> {
+    match name {
+        "history" => Some(decode_params::<HistoryParams>(raw).map(drop)),
+        "history.latest" => Some(decode_params::<HistoryLatestParams>(raw).map(drop)),
+        _ => Method::from_name(name).map(|m| decode_typed_params(m, raw)),
+    }
+}
+
+/// Decodes `raw` as the typed result of the method named `name`.
+fn decode_result_by_name(name: &str, raw: &RawValue) -> Result<(), minicbor::decode::Error> {
+    match name {
+        "history" => raw.decode::<HistoryResult>().map(drop),
+        "history.latest" => raw.decode::<HistoryLatestResult>().map(drop),
+        _ => {
+            let m = Method::from_name(name)
+                .unwrap_or_else(|| panic!("result_of names no method: {name}"));
+            decode_typed_result(m, raw)
+        }
+    }
+}
+
 /// Decodes `raw` as the typed params of `method`.
 fn decode_typed_params(method: Method, raw: &RawValue) -> Result<(), WireError> {
     match method {
@@ -237,9 +266,10 @@ fn decode_typed_result(method: Method, raw: &RawValue) -> Result<(), minicbor::d
         Method::Auth => raw.decode::<AuthResult>().map(drop),
         Method::AuthRefresh => raw.decode::<AuthRefreshResult>().map(drop),
         Method::Ping => raw.decode::<RawValue>().map(drop),
-        Method::Subscribe | Method::Unsubscribe | Method::PresenceSet => {
-            raw.decode::<Empty>().map(drop)
-        }
+        // On durable topics subscribe answers with where it starts
+        // (protocol.md 23.5); `{}` elsewhere, which decodes as that too.
+        Method::Subscribe => raw.decode::<SubscribeResult>().map(drop),
+        Method::Unsubscribe | Method::PresenceSet => raw.decode::<Empty>().map(drop),
         Method::Publish => raw.decode::<PublishResult>().map(drop),
         Method::PresenceGet => raw.decode::<PresenceGetResult>().map(drop),
         other => panic!("{other:?} has no result"),
@@ -269,9 +299,9 @@ fn params_vectors_decode_as_the_methods_typed_params() {
             ));
             continue;
         }
-        let outcome = match Method::from_name(wanted_method) {
+        let outcome = match decode_params_by_name(wanted_method, params) {
             None => Err(ErrorCode::MethodNotFound),
-            Some(m) => decode_typed_params(m, params).map_err(|e| {
+            Some(r) => r.map_err(|e| {
                 if e.code != ErrorCode::InvalidParams {
                     failures.push(format!("{name}: typed decoding failed with {e}"));
                 }
@@ -304,8 +334,7 @@ fn results_decode_as_the_methods_typed_result() {
     for v in vectors().iter().filter(|v| v.result_of.is_some()) {
         checked += 1;
         let name = &v.name;
-        let method = Method::from_name(v.result_of.as_deref().unwrap())
-            .unwrap_or_else(|| panic!("{name}: result_of names no method"));
+        let method = v.result_of.as_deref().unwrap();
         let Ok(Frame::Response(Response {
             outcome: Ok(result),
             ..
@@ -314,11 +343,76 @@ fn results_decode_as_the_methods_typed_result() {
             failures.push(format!("{name}: not a success response"));
             continue;
         };
-        if let Err(e) = decode_typed_result(method, &result) {
+        if let Err(e) = decode_result_by_name(method, &result) {
             failures.push(format!("{name}: result does not decode: {e:?}"));
         }
     }
     report(failures, checked);
+}
+
+/// The chunks of a resume (`data_of`, protocol.md 23.6): non-final chunks
+/// decode as a list of event params, the final one as the outcome.
+#[test]
+fn resume_chunks_decode_as_their_typed_data() {
+    let (mut failures, mut checked) = (Vec::new(), 0);
+    for v in vectors().iter().filter(|v| v.data_of.is_some()) {
+        checked += 1;
+        let name = &v.name;
+        let Ok(Frame::Chunk(c)) = decode(v) else {
+            failures.push(format!("{name}: not a chunk"));
+            continue;
+        };
+        let r = match v.data_of.as_deref().unwrap() {
+            "resume-events" => c.data.decode::<Vec<EventParams>>().map(|evs| {
+                if evs.is_empty() || evs.iter().any(|e| e.offset.is_none() || e.position.is_none())
+                {
+                    failures.push(format!(
+                        "{name}: a resume chunk holds one or more events, each with offset and position"
+                    ));
+                }
+            }),
+            "resume-final" => c.data.decode::<ResumeFinal>().map(|f| {
+                if !c.fin {
+                    failures.push(format!("{name}: resume-final data in a non-final chunk"));
+                }
+                if (f.outcome.as_str() == "too_old") != f.earliest.is_some() {
+                    failures.push(format!("{name}: earliest goes with too_old"));
+                }
+            }),
+            other => panic!("{name}: unknown data_of {other}"),
+        };
+        if let Err(e) = r {
+            failures.push(format!("{name}: data does not decode: {e}"));
+        }
+    }
+    report(failures, checked);
+}
+
+/// Every durable-stream method has a vector of its request, its result,
+/// and its params at the params layer.
+#[test]
+fn every_durable_method_is_covered() {
+    let all = vectors();
+    let mut gaps = Vec::new();
+    for m in DURABLE_METHODS {
+        let framed = all.iter().any(|v| {
+            v.layer == Layer::Frame
+                && v.expect.as_ref().and_then(|x| x.method.as_deref()) == Some(m)
+        });
+        let typed = all.iter().any(|v| v.method.as_deref() == Some(*m));
+        let result = all.iter().any(|v| v.result_of.as_deref() == Some(*m));
+        if !(framed && typed && result) {
+            gaps.push(format!(
+                "{m}: request {framed}, params {typed}, result {result}"
+            ));
+        }
+    }
+    for rule in ["resume-events", "resume-final"] {
+        if !all.iter().any(|v| v.data_of.as_deref() == Some(rule)) {
+            gaps.push(format!("no chunk vector of {rule}"));
+        }
+    }
+    assert!(gaps.is_empty(), "{}", gaps.join("\n"));
 }
 
 fn cbor_value(bytes: &[u8]) -> Result<Value, String> {

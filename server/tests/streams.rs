@@ -443,6 +443,12 @@ async fn the_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
             }
             p
         });
+        // A subscribe without `since` while the publisher runs: live from
+        // exactly the offset its result names.
+        let (mut now, _) = Client::authed(hub.addr(), &token("now")).await;
+        let s = subscribe(&mut now, "orders.1").await.unwrap();
+        let from = s.offset.unwrap();
+        assert!(from < TOTAL, "subscribed while the publisher runs");
         let mut clients = Vec::new();
         for k in 0..4u64 {
             let (mut c, _) = Client::authed(hub.addr(), &token(&format!("c{k}"))).await;
@@ -473,6 +479,16 @@ async fn the_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
             );
             clients.push(c);
         }
+        let mut seen = Vec::new();
+        while seen.last().copied().unwrap_or(from) < TOTAL {
+            seen.push(next_event(&mut now).await.offset);
+        }
+        assert_eq!(
+            seen,
+            (from + 1..=TOTAL).collect::<Vec<_>>(),
+            "{}",
+            db.name()
+        );
         publisher.await.unwrap();
         hub.shutdown().await;
     }

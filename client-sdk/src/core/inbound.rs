@@ -51,7 +51,10 @@ impl Core {
             Frame::Response(r) => self.on_response(now, r),
             Frame::Chunk(c) => self.on_chunk(c),
             Frame::Notification(n) => match Method::from_name(&n.method) {
-                Some(Method::Event) => self.subs.event(&n.params),
+                Some(Method::Event) => {
+                    self.subs.event(&n.params);
+                    self.durable.event(&n.params);
+                }
                 Some(Method::PresenceJoin) => self.subs.presence(true, &n.params),
                 Some(Method::PresenceLeave) => self.subs.presence(false, &n.params),
                 Some(Method::Closing) => {
@@ -122,6 +125,18 @@ impl Core {
                     self.unsubscribe(pattern);
                 }
             }
+            Pending::Durable(local) => {
+                if let Some(pattern) = self.durable.answered(local, r.outcome) {
+                    self.unsubscribe(pattern);
+                }
+                if let Some(wait) = self.durable.take_retry() {
+                    let at = now + wait;
+                    self.durable_retry = Some(self.durable_retry.map_or(at, |t| t.min(at)));
+                }
+            }
+            Pending::Publish { seq, reply, .. } => {
+                reply.send(super::durable::publish_answer(seq, r.outcome));
+            }
             Pending::Background(method) => {
                 if method == AuthRefresh::NAME {
                     self.refresh = Refresh::Idle;
@@ -166,6 +181,10 @@ impl Core {
                 }
             }
             Pending::Abandoned => false,
+            Pending::Durable(local) => {
+                let local = *local;
+                return self.on_durable_chunk(local, c);
+            }
             // Chunks for a request that does not stream are ignored.
             _ => return,
         };
@@ -176,6 +195,27 @@ impl Core {
             // Keep the id until the hub's terminal frame; tell it to stop.
             *pending = Pending::Abandoned;
             self.notify(Cancel::NAME, &CancelParams { id: c.id }, false);
+        }
+    }
+
+    fn on_durable_chunk(&mut self, local: u64, c: plexus_protocol::Chunk) {
+        match self.durable.chunk(local, c.seq, c.fin, &c.data) {
+            Ok(true) => {
+                self.requests.complete(c.id);
+                if let Some(pattern) = self.durable.ended_if_gone(local) {
+                    self.unsubscribe(pattern);
+                }
+                self.release();
+            }
+            Ok(false) => {}
+            Err(_) => {
+                // Keep the id until the hub's terminal frame; tell it to
+                // stop. The subscription is dropped then.
+                if let Some(p) = self.requests.get_mut(c.id) {
+                    *p = Pending::Durable(local);
+                }
+                self.notify(Cancel::NAME, &CancelParams { id: c.id }, false);
+            }
         }
     }
 
@@ -235,6 +275,7 @@ impl Core {
         for (pattern, presence) in self.subs.renewals() {
             self.subscribe(pattern, presence);
         }
+        self.renew_durables();
         if let Some(info) = self.presence_info.clone() {
             self.enqueue(
                 PresenceSet::NAME,

@@ -4,7 +4,10 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Action, CLOSE_LINGER, Core, Outcome, Phase, Refresh, STABLE_SESSION, Transmit};
+use super::requests::Held;
+use super::{
+    Action, CLOSE_LINGER, Core, Outcome, Pending, Phase, Refresh, STABLE_SESSION, Transmit,
+};
 use crate::error::Error;
 use crate::state::{CloseStatus, ConnectionState};
 
@@ -37,9 +40,28 @@ impl Core {
     /// Ends the connection: everything in flight fails, and `then` happens
     /// now or after the socket's end.
     pub(super) fn end(&mut self, now: Instant, then: Outcome, how: End) {
-        for pending in self.requests.connection_lost() {
-            pending.fail(Error::ConnectionLost);
+        // Durable publishes are sent again on the next connection, with
+        // their sequence numbers, in the order they were first sent;
+        // everything else in flight fails.
+        let mut retry = Vec::new();
+        for (id, pending) in self.requests.connection_lost() {
+            match pending {
+                Pending::Publish { seq, frame, reply } => retry.push(Held {
+                    id,
+                    frame: frame.clone(),
+                    pending: Pending::Publish { seq, frame, reply },
+                }),
+                other => other.fail(Error::ConnectionLost),
+            }
         }
+        retry.sort_by_key(|h| match h.pending {
+            Pending::Publish { seq, .. } => seq,
+            _ => 0,
+        });
+        self.requests.requeue_front(retry);
+        self.durable.connection_lost();
+        // The next connection resumes them all anyway.
+        self.durable_retry = None;
         if self.served.running() > 0 {
             self.actions.push_back(Action::AbortAllServed);
         }
@@ -116,6 +138,7 @@ impl Core {
             held.pending.fail(error.clone());
         }
         self.subs.finish(&error);
+        self.durable.finish(&error);
         self.actions
             .push_back(Action::State(ConnectionState::Closed {
                 code,

@@ -28,6 +28,7 @@
 //!                                                           └─► Closed
 //! ```
 
+mod durable;
 mod inbound;
 mod lifecycle;
 mod outbound;
@@ -54,10 +55,12 @@ use tracing::debug;
 
 use crate::backoff::Backoff;
 use crate::deliver::{Dropped, ReplyTx};
+use crate::durable::{DurableQueue, PublishAck, PublishOptions, StreamPosition};
 use crate::error::{Cause, Error};
 use crate::state::{CloseStatus, ConnectionState};
 use crate::subscription::SubQueue;
 
+use durable::{AfterDrop, Durables};
 use lifecycle::End;
 pub(crate) use requests::Pending;
 use requests::{Held, QueueFull, Requests};
@@ -114,6 +117,10 @@ pub(crate) struct Config {
     pub(crate) instance: Option<String>,
     /// The `agent` of `auth`.
     pub(crate) agent: String,
+    /// The producer id of durable publishes.
+    pub(crate) producer: Arc<str>,
+    /// The sequence number of the first durable publish.
+    pub(crate) first_seq: u64,
 }
 
 /// What a [`Client`](crate::Client) handle asks of the core.
@@ -141,6 +148,34 @@ pub(crate) enum Command {
         queue: Arc<SubQueue>,
         /// Answered once the hub confirmed (or refused) it.
         reply: ReplyTx<Result<(), Error>>,
+    },
+    /// A new durable subscription.
+    DurableSubscribe {
+        /// Its local id (from the same counter as plain subscriptions).
+        local: u64,
+        /// The topic or pattern, already validated.
+        pattern: Pattern,
+        /// Start after this position (`None`: now).
+        after: Option<StreamPosition>,
+        /// Its buffer.
+        queue: Arc<DurableQueue>,
+        /// Answered once the hub accepted it (its answer, or the first
+        /// chunk of a resume), or refused it.
+        reply: durable::SubscribeReply,
+    },
+    /// A durable publish: the core gives it the next producer sequence
+    /// number and encodes it.
+    DurablePublish {
+        /// Its request id, from the shared counter.
+        id: u64,
+        /// The topic.
+        topic: String,
+        /// The payload: one encoded item.
+        data: RawValue,
+        /// Key, condition, echo.
+        options: PublishOptions,
+        /// The caller.
+        reply: ReplyTx<Result<PublishAck, Error>>,
     },
     /// Serve a method the hub may call.
     Serve {
@@ -273,6 +308,9 @@ pub(crate) struct Core {
     limits: ServerLimits,
     requests: Requests,
     subs: Subs,
+    durable: Durables,
+    /// When to send again the resumes refused with a retryable error.
+    durable_retry: Option<Instant>,
     served: Served,
     presence_info: Option<RawValue>,
     refresh: Refresh,
@@ -295,6 +333,8 @@ impl Core {
         let mut core = Core {
             requests: Requests::new(cfg.max_queued, cfg.max_in_flight),
             served: Served::new(cfg.max_served),
+            durable: Durables::new(cfg.producer.clone(), cfg.first_seq),
+            durable_retry: None,
             cfg,
             ids,
             jitter,
@@ -357,6 +397,10 @@ impl Core {
             Refresh::Fetching { deadline } => Some(deadline),
             _ => None,
         };
+        let refresh = match (refresh, self.durable_retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match (phase, refresh) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -366,7 +410,7 @@ impl Core {
     /// Whether the task should read from the socket: false while the
     /// answers to the hub's requests fill [`MAX_QUEUED_REPLIES`].
     pub(crate) fn wants_read(&self) -> bool {
-        self.queued_replies < MAX_QUEUED_REPLIES
+        self.queued_replies < MAX_QUEUED_REPLIES && !self.durable.any_full()
     }
 
     /// Whether the task should take more commands: false while connected
@@ -379,7 +423,7 @@ impl Core {
     /// Whether the answers of served requests can be taken (the same
     /// bound as [`wants_read`](Self::wants_read)).
     pub(crate) fn wants_served_output(&self) -> bool {
-        self.wants_read()
+        self.queued_replies < MAX_QUEUED_REPLIES
     }
 
     /// Closed for good.
@@ -423,6 +467,10 @@ impl Core {
                     )));
                     return;
                 }
+                if self.durable.holds(pattern.as_str()) {
+                    reply.send(Err(held_durable()));
+                    return;
+                }
                 let name = pattern.as_str().to_owned();
                 // Sent now when connected; otherwise renewed (sent for the
                 // first time) once the connection is up.
@@ -430,6 +478,61 @@ impl Core {
                     self.subscribe(name, presence);
                     self.release();
                 }
+            }
+            Command::DurableSubscribe {
+                local,
+                pattern,
+                after,
+                queue,
+                reply,
+            } => {
+                if self.is_closed() {
+                    reply.send(Err(Error::Closed(
+                        self.final_code.and_then(CloseStatus::known),
+                    )));
+                    return;
+                }
+                if self.durable.holds(pattern.as_str()) || self.subs.holds(pattern.as_str()) {
+                    reply.send(Err(held_durable()));
+                    return;
+                }
+                self.durable.add(local, pattern, after, queue, reply);
+                if self.sendable() {
+                    self.renew_durables();
+                    self.release();
+                }
+            }
+            Command::DurablePublish {
+                id,
+                topic,
+                data,
+                options,
+                reply,
+            } => {
+                if self.is_closed() {
+                    reply.send(Err(Error::Closed(
+                        self.final_code.and_then(CloseStatus::known),
+                    )));
+                    return;
+                }
+                let seq = self.durable.take_seq();
+                let frame = match durable_publish_frame(
+                    id,
+                    &topic,
+                    &data,
+                    &options,
+                    self.durable.producer(),
+                    seq,
+                ) {
+                    Ok(f) => f,
+                    Err(e) => return reply.send(Err(e)),
+                };
+                let pending = Pending::Publish {
+                    seq,
+                    frame: frame.clone(),
+                    reply,
+                };
+                self.handle_command(now, Command::Call { id, frame, pending });
             }
             Command::Serve {
                 method,
@@ -461,6 +564,18 @@ impl Core {
                 }
             }
             Dropped::Subscription(local) => {
+                if let Some(after) = self.durable.dropped(local) {
+                    if self.sendable() {
+                        match after {
+                            AfterDrop::Nothing => {}
+                            AfterDrop::Unsubscribe(p) => self.unsubscribe(p),
+                            AfterDrop::Cancel(id) => {
+                                self.notify(Cancel::NAME, &CancelParams { id }, false);
+                            }
+                        }
+                    }
+                    return;
+                }
                 if let Some(pattern) = self.subs.remove(local)
                     && self.sendable()
                 {
@@ -640,6 +755,15 @@ impl Core {
 
     /// A deadline may have passed.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if let Some(at) = self.durable_retry
+            && at <= now
+        {
+            self.durable_retry = None;
+            if self.sendable() {
+                self.renew_durables();
+                self.release();
+            }
+        }
         if let Refresh::Fetching { deadline } = self.refresh
             && deadline <= now
         {
@@ -715,4 +839,38 @@ impl Core {
             }
         }
     }
+}
+
+/// The refusal of a second subscription to a pattern when one of them is
+/// durable (each durable subscription has its own on the hub).
+fn held_durable() -> Error {
+    Error::Remote(WireError::new(
+        ErrorCode::Conflict,
+        "already subscribed to this topic (durable and plain subscriptions cannot share one)",
+    ))
+}
+
+/// The frame of a durable publish with producer sequence number `seq`.
+fn durable_publish_frame(
+    id: u64,
+    topic: &str,
+    data: &RawValue,
+    options: &PublishOptions,
+    producer: &str,
+    seq: u64,
+) -> Result<Bytes, Error> {
+    use plexus_protocol::methods::{Publish, PublishParams};
+    let mut p = PublishParams::new(topic, data.as_raw_ref()).with_producer(producer, seq);
+    if let Some(k) = &options.key {
+        p = p.with_key(k);
+    }
+    if let Some(o) = options.expected_offset {
+        p = p.with_expected_offset(o);
+    }
+    if let Some(e) = options.echo {
+        p = p.with_echo(e);
+    }
+    encode_request(id, Publish::NAME, &p)
+        .map(Bytes::from)
+        .map_err(Error::encode)
 }

@@ -3,7 +3,7 @@
 
 use minicbor::Encode;
 use plexus_protocol::frame::{encode_error, encode_notification, encode_request};
-use plexus_protocol::methods::{Subscribe, SubscribeParams, Unsubscribe, UnsubscribeParams};
+use plexus_protocol::methods::{Since, Subscribe, SubscribeParams, Unsubscribe, UnsubscribeParams};
 use plexus_protocol::{DecodeError, DecodeLimits, RpcMethod, WireError};
 use tracing::debug;
 
@@ -102,6 +102,36 @@ impl Core {
         }
         let pending = Pending::Subscribe(pattern.clone());
         self.enqueue(Subscribe::NAME, &params, pending);
+    }
+
+    /// Queues the `subscribe` of every durable subscription waiting for
+    /// this connection: with `since` when it has a position (a resume),
+    /// without when it starts now; [`release`](Self::release) sends them.
+    pub(super) fn renew_durables(&mut self) {
+        for (local, pattern, pos) in self.durable.to_subscribe() {
+            let exact = self.durable.is_exact(local);
+            let mut params = SubscribeParams::new(&pattern);
+            if let Some(p) = &pos {
+                let epoch = p.epoch.as_deref();
+                params = params.with_since(if exact {
+                    Since::offset(epoch, p.last)
+                } else {
+                    Since::position(epoch, p.last)
+                });
+            }
+            let id = self.next_id();
+            match encode_request(id, Subscribe::NAME, &params) {
+                Ok(frame) => {
+                    self.requests.queue_internal(Held {
+                        id,
+                        frame: frame.into(),
+                        pending: Pending::Durable(local),
+                    });
+                    self.durable.sent(local, id, pos.is_some());
+                }
+                Err(e) => debug!(error = %e, "could not encode a durable subscribe"),
+            }
+        }
     }
 
     pub(super) fn unsubscribe(&mut self, pattern: String) {

@@ -14,6 +14,7 @@ use plexus_protocol::RawValue;
 use plexus_protocol::methods::ServerLimits;
 
 use crate::deliver::{ChunkQueue, ReplyTx};
+use crate::durable::PublishAck;
 use crate::error::Error;
 
 /// Where the answer to a request goes.
@@ -37,6 +38,20 @@ pub(crate) enum Pending {
     },
     /// A `subscribe` for this pattern (new or renewed).
     Subscribe(String),
+    /// The `subscribe` (maybe a resume, streamed) of the durable
+    /// subscription with this local id.
+    Durable(u64),
+    /// A durable publish with a producer sequence number: in flight when
+    /// the connection drops, it is sent again (same frame, same `seq`)
+    /// on the next connection.
+    Publish {
+        /// Its producer sequence number.
+        seq: u64,
+        /// The whole request frame, to send again.
+        frame: Bytes,
+        /// The caller.
+        reply: ReplyTx<Result<PublishAck, Error>>,
+    },
     /// A background request whose answer is only logged: `unsubscribe`,
     /// `auth.refresh`, the `presence.set` restored after a reconnect.
     Background(&'static str),
@@ -51,7 +66,11 @@ impl Pending {
         match self {
             Pending::Call(reply) | Pending::PresenceSet { reply, .. } => reply.send(Err(err)),
             Pending::Stream { queue, .. } => queue.finish(Some(err)),
-            Pending::Subscribe(_) | Pending::Background(_) | Pending::Abandoned => {}
+            Pending::Publish { reply, .. } => reply.send(Err(err)),
+            Pending::Subscribe(_)
+            | Pending::Durable(_)
+            | Pending::Background(_)
+            | Pending::Abandoned => {}
         }
     }
 
@@ -60,7 +79,10 @@ impl Pending {
     fn is_user(&self) -> bool {
         matches!(
             self,
-            Pending::Call(_) | Pending::Stream { .. } | Pending::PresenceSet { .. }
+            Pending::Call(_)
+                | Pending::Stream { .. }
+                | Pending::PresenceSet { .. }
+                | Pending::Publish { .. }
         )
     }
 }
@@ -218,10 +240,20 @@ impl Requests {
     /// fail its waiter) and the SDK's own queued requests are dropped (they
     /// are rebuilt after the reconnect). Application requests that never
     /// went out stay queued.
-    pub(crate) fn connection_lost(&mut self) -> Vec<Pending> {
+    pub(crate) fn connection_lost(&mut self) -> Vec<(u64, Pending)> {
         self.in_flight_bytes = 0;
         self.internal.clear();
-        self.in_flight.drain().map(|(_, (p, _))| p).collect()
+        self.in_flight.drain().map(|(id, (p, _))| (id, p)).collect()
+    }
+
+    /// Puts requests back at the head of the application queue, in the
+    /// given order (durable publishes sent again after a reconnect, before
+    /// anything queued after them). They were counted when first queued,
+    /// so the bound is not checked again: at most the window's worth.
+    pub(crate) fn requeue_front(&mut self, held: Vec<Held>) {
+        for h in held.into_iter().rev() {
+            self.user.push_front(h);
+        }
     }
 
     /// Closed for good: everything still queued.

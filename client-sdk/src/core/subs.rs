@@ -192,6 +192,11 @@ impl Subs {
         }
     }
 
+    /// Whether the hub holds (or is asked for) `pattern`.
+    pub(crate) fn holds(&self, pattern: &str) -> bool {
+        self.remote.contains_key(pattern)
+    }
+
     /// The patterns to subscribe again on a new connection, with their
     /// presence flag.
     pub(crate) fn renewals(&self) -> Vec<(String, bool)> {

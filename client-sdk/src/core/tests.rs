@@ -47,6 +47,8 @@ fn config() -> Config {
         max_frame_size: 1 << 20,
         instance: Some("laptop".into()),
         agent: "test-agent".into(),
+        producer: "prod-1".into(),
+        first_seq: 1,
     }
 }
 
@@ -1098,4 +1100,485 @@ fn undecodable_frames_and_unknown_ids_are_ignored() {
     assert!(hub.actions().is_empty() && hub.out().is_empty());
     hub.respond(id, &3u8);
     assert_eq!(ready(&mut rx).unwrap().unwrap().decode::<u8>().unwrap(), 3);
+}
+
+// ---- durable streams ----
+
+mod durable_streams {
+    use super::*;
+    use crate::deliver::Reaper;
+    use crate::durable::{DurableEvent, DurableQueue, PublishAck, PublishOptions, StreamPosition};
+    use plexus_protocol::methods::{
+        Durability, PublishParams, PublishResult, ResumeFinal, ResumeOutcome, SubscribeResult,
+    };
+
+    fn dsub(
+        hub: &mut Hub,
+        local: u64,
+        pattern: &str,
+        after: Option<StreamPosition>,
+        capacity: usize,
+    ) -> (
+        Arc<DurableQueue>,
+        ReplyRx<Result<Option<StreamPosition>, Error>>,
+    ) {
+        let queue = Arc::new(DurableQueue::new(capacity, Arc::new(Reaper::default())));
+        let (tx, rx) = reply();
+        hub.core.handle_command(
+            hub.now,
+            Command::DurableSubscribe {
+                local,
+                pattern: Pattern::parse(pattern, 1024).unwrap(),
+                after,
+                queue: queue.clone(),
+                reply: tx,
+            },
+        );
+        (queue, rx)
+    }
+
+    fn ev(topic: &str, offset: u64, position: u64) -> EventParams<'static> {
+        // The payload is the offset, so tests can tell events apart.
+        let data: &'static RawValue = Box::leak(Box::new(RawValue::encode(&offset).unwrap()));
+        EventParams::new(
+            Box::leak(topic.to_owned().into_boxed_str()),
+            data.as_raw_ref(),
+            None,
+        )
+        .with_position(offset, position)
+    }
+
+    fn live(hub: &mut Hub, topic: &str, offset: u64, position: u64) {
+        hub.notify("event", &ev(topic, offset, position));
+    }
+
+    fn chunk(hub: &mut Hub, id: u64, seq: u64, events: &[(u64, u64)], topic: &str) {
+        let list: Vec<EventParams<'static>> =
+            events.iter().map(|(o, p)| ev(topic, *o, *p)).collect();
+        hub.feed(encode_chunk(id, seq, false, &list).unwrap());
+    }
+
+    fn fin(hub: &mut Hub, id: u64, seq: u64, f: &ResumeFinal) {
+        hub.feed(encode_chunk(id, seq, true, f).unwrap());
+    }
+
+    fn drain(q: &DurableQueue) -> Vec<DurableEvent> {
+        std::iter::from_fn(|| q.try_pop()).collect()
+    }
+
+    fn offsets(events: &[DurableEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                DurableEvent::Message(m) => Some(m.offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn subscribe_req(hub: &mut Hub) -> (u64, SubscribeParams<'static>) {
+        let reqs = hub.requests();
+        let r = reqs
+            .into_iter()
+            .find(|r| r.method == "subscribe")
+            .expect("a subscribe");
+        let raw: &'static RawValue = Box::leak(Box::new(r.params));
+        (r.id, plexus_protocol::decode_params(raw).unwrap())
+    }
+
+    #[test]
+    fn a_start_now_adopts_the_subscribe_result_and_resumes_with_since_after_a_reconnect() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (q, mut rx) = dsub(&mut hub, 1, "orders.eu", None, 64);
+        let (id, p) = subscribe_req(&mut hub);
+        assert_eq!(p.topic, "orders.eu");
+        assert_eq!(p.since, None, "a start now sends no since");
+        // An event may come before the answer (§11.4).
+        live(&mut hub, "orders.eu", 8, 80);
+        hub.respond(id, &SubscribeResult::durable("E1", Some(7), 79));
+        assert_eq!(
+            ready(&mut rx),
+            Some(Ok(Some(StreamPosition::new(Some("E1".into()), 7)))),
+            "the hub's position, for the store"
+        );
+        live(&mut hub, "orders.eu", 8, 80); // a duplicate
+        live(&mut hub, "orders.eu", 9, 81);
+        live(&mut hub, "orders.other", 3, 82); // not this topic
+        assert_eq!(offsets(&drain(&q)), [8, 9]);
+
+        hub.drop_connection();
+        hub.advance_to_deadline();
+        hub.connect();
+        let (id, p) = subscribe_req(&mut hub);
+        let since = p.since.expect("a resume");
+        assert_eq!(
+            (since.epoch, since.offset, since.position),
+            (Some("E1"), Some(9), None)
+        );
+        // The catch-up overlaps what was queued, and a live event arrives
+        // during it (ignored: the hub resends it after the final chunk).
+        live(&mut hub, "orders.eu", 12, 84);
+        chunk(&mut hub, id, 0, &[(9, 81), (10, 82)], "orders.eu");
+        chunk(&mut hub, id, 1, &[(11, 83)], "orders.eu");
+        fin(
+            &mut hub,
+            id,
+            2,
+            &ResumeFinal::new(ResumeOutcome::Recovered, 3, "E1", 11, 83, None),
+        );
+        live(&mut hub, "orders.eu", 11, 83); // the seam: a duplicate
+        live(&mut hub, "orders.eu", 12, 84);
+        let events = drain(&q);
+        assert_eq!(offsets(&events), [10, 11, 12]);
+        assert!(matches!(
+            &events[2],
+            DurableEvent::Recovered { count: 3, position } if position.last == 11
+        ));
+        assert_eq!(hub.core.durable.phase(1), Some(durable::DPhase::Live));
+        assert_eq!(
+            hub.core.durable.position(1),
+            Some(StreamPosition::new(Some("E1".into()), 12))
+        );
+    }
+
+    #[test]
+    fn too_old_and_reset_are_typed_and_move_the_position() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let after = StreamPosition::new(Some("E1".into()), 5);
+        let (q, mut rx) = dsub(&mut hub, 1, "orders.eu", Some(after), 64);
+        let (id, p) = subscribe_req(&mut hub);
+        assert_eq!(p.since.unwrap().offset, Some(5));
+        assert_eq!(ready(&mut rx), None, "confirmed after the final chunk");
+        fin(
+            &mut hub,
+            id,
+            0,
+            &ResumeFinal::new(ResumeOutcome::TooOld, 0, "E1", 40, 400, Some(30)),
+        );
+        assert_eq!(ready(&mut rx), Some(Ok(None)));
+        assert!(matches!(
+            &drain(&q)[..],
+            [DurableEvent::TooOld { earliest: Some(30), position }] if position.last == 40
+        ));
+
+        hub.drop_connection();
+        hub.advance_to_deadline();
+        hub.connect();
+        let (id, p) = subscribe_req(&mut hub);
+        assert_eq!(p.since.unwrap().offset, Some(40));
+        fin(
+            &mut hub,
+            id,
+            0,
+            &ResumeFinal::new(ResumeOutcome::Reset, 0, "E2", 2, 7, None),
+        );
+        live(&mut hub, "orders.eu", 3, 8);
+        let events = drain(&q);
+        assert!(matches!(
+            &events[0],
+            DurableEvent::Reset { epoch, position } if &**epoch == "E2" && position.last == 2
+        ));
+        match &events[1] {
+            DurableEvent::Message(m) => {
+                assert_eq!((m.offset, m.epoch.as_deref()), (3, Some("E2")));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pattern_resumes_by_namespace_position() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (q, _rx) = dsub(
+            &mut hub,
+            1,
+            "orders.*",
+            Some(StreamPosition::new(None, 0)),
+            64,
+        );
+        let (id, p) = subscribe_req(&mut hub);
+        let since = p.since.unwrap();
+        assert_eq!(
+            (since.epoch, since.offset, since.position),
+            (None, None, Some(0))
+        );
+        chunk(&mut hub, id, 0, &[(1, 1), (1, 2), (2, 3)], "orders.a");
+        fin(
+            &mut hub,
+            id,
+            1,
+            &ResumeFinal::new(ResumeOutcome::Recovered, 3, "NS", 0, 3, None),
+        );
+        live(&mut hub, "orders.b", 1, 3); // position 3 again: a duplicate
+        live(&mut hub, "orders.b", 2, 4);
+        let events = drain(&q);
+        let positions: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                DurableEvent::Message(m) => Some(m.position),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(positions, [1, 2, 3, 4]);
+        hub.drop_connection();
+        hub.advance_to_deadline();
+        hub.connect();
+        let (_, p) = subscribe_req(&mut hub);
+        let since = p.since.unwrap();
+        assert_eq!((since.epoch, since.position), (Some("NS"), Some(4)));
+    }
+
+    #[test]
+    fn a_full_durable_buffer_stops_reading_until_the_consumer_takes_an_event() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (q, _rx) = dsub(
+            &mut hub,
+            1,
+            "orders.eu",
+            Some(StreamPosition::new(None, 0)),
+            2,
+        );
+        let (id, _) = subscribe_req(&mut hub);
+        assert!(hub.core.wants_read());
+        // One frame is taken whole, beyond the bound.
+        chunk(&mut hub, id, 0, &[(1, 1), (2, 2), (3, 3)], "orders.eu");
+        assert_eq!(q.len(), 3);
+        assert!(!hub.core.wants_read(), "nothing is dropped: reading stops");
+        q.try_pop();
+        q.try_pop();
+        assert!(hub.core.wants_read());
+    }
+
+    #[test]
+    fn a_dropped_resume_is_cancelled_then_unsubscribed_after_its_end() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (_q, _rx) = dsub(
+            &mut hub,
+            1,
+            "orders.eu",
+            Some(StreamPosition::new(None, 0)),
+            8,
+        );
+        let (id, _) = subscribe_req(&mut hub);
+        hub.core.handle_dropped(hub.now, Dropped::Subscription(1));
+        assert!(matches!(
+            &hub.out()[..],
+            [Out::Frame(Frame::Notification(n))] if n.method == "cancel"
+        ));
+        fin(
+            &mut hub,
+            id,
+            0,
+            &ResumeFinal::new(ResumeOutcome::Recovered, 0, "E", 0, 0, None),
+        );
+        let reqs = hub.requests();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].method, "unsubscribe");
+    }
+
+    #[test]
+    fn durable_and_plain_subscriptions_cannot_share_a_pattern() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (_q, _rx) = dsub(&mut hub, 1, "orders.eu", None, 8);
+        let (_sq, mut srx) = hub.subscribe(2, "orders.eu");
+        assert!(
+            matches!(ready(&mut srx), Some(Err(Error::Remote(e))) if e.code == ErrorCode::Conflict)
+        );
+        let (_q2, mut rx2) = dsub(&mut hub, 3, "orders.eu", None, 8);
+        assert!(
+            matches!(ready(&mut rx2), Some(Err(Error::Remote(e))) if e.code == ErrorCode::Conflict)
+        );
+    }
+
+    #[test]
+    fn a_plain_topic_is_refused_as_not_durable() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (_q, mut rx) = dsub(&mut hub, 1, "chat.lobby", None, 8);
+        let (id, _) = subscribe_req(&mut hub);
+        hub.respond(id, &SubscribeResult::default());
+        assert!(
+            matches!(ready(&mut rx), Some(Err(Error::Remote(e))) if e.code == ErrorCode::InvalidParams)
+        );
+        assert_eq!(hub.requests()[0].method, "unsubscribe");
+    }
+
+    #[test]
+    fn a_resume_refused_as_unavailable_is_sent_again_after_the_hint_from_its_position() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (q, mut rx) = dsub(
+            &mut hub,
+            1,
+            "orders.eu",
+            Some(StreamPosition::new(None, 0)),
+            64,
+        );
+        let (id, _) = subscribe_req(&mut hub);
+        chunk(&mut hub, id, 0, &[(1, 1), (2, 2)], "orders.eu");
+        assert_eq!(
+            ready(&mut rx),
+            Some(Ok(None)),
+            "accepted at the first chunk"
+        );
+        // Storage fails in the middle of the catch-up.
+        let e = WireError::new(ErrorCode::Unavailable, "storage").with_retry_after_ms(700);
+        hub.feed(encode_error(id, &e));
+        assert!(hub.requests().is_empty(), "not at once");
+        assert_eq!(hub.advance_to_deadline(), Duration::from_millis(700));
+        let (id, p) = subscribe_req(&mut hub);
+        assert_eq!(p.since.unwrap().offset, Some(2), "from what was received");
+        chunk(&mut hub, id, 0, &[(3, 3)], "orders.eu");
+        fin(
+            &mut hub,
+            id,
+            1,
+            &ResumeFinal::new(ResumeOutcome::Recovered, 1, "E", 3, 3, None),
+        );
+        let events = drain(&q);
+        assert_eq!(offsets(&events), [1, 2, 3]);
+        assert!(!events.iter().any(|e| matches!(e, DurableEvent::Ended(_))));
+    }
+
+    fn publish(hub: &mut Hub, data: u64) -> (u64, ReplyRx<Result<PublishAck, Error>>) {
+        publish_with(hub, data, PublishOptions::new())
+    }
+
+    fn publish_with(
+        hub: &mut Hub,
+        data: u64,
+        options: PublishOptions,
+    ) -> (u64, ReplyRx<Result<PublishAck, Error>>) {
+        let id = hub.ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = reply();
+        hub.core.handle_command(
+            hub.now,
+            Command::DurablePublish {
+                id,
+                topic: "orders.eu".into(),
+                data: RawValue::encode(&data).unwrap(),
+                options,
+                reply: tx,
+            },
+        );
+        (id, rx)
+    }
+
+    fn sent_publishes(hub: &mut Hub) -> Vec<(u64, Option<u64>)> {
+        hub.requests()
+            .iter()
+            .filter(|r| r.method == "publish")
+            .map(|r| {
+                let p: PublishParams = plexus_protocol::decode_params(&r.params).unwrap();
+                assert_eq!(p.producer, Some("prod-1"));
+                (r.id, p.seq)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn publishes_get_increasing_seqs_and_those_in_flight_are_sent_again_after_a_reconnect() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (a, mut ra) = publish(&mut hub, 1);
+        let (b, mut rb) = publish(&mut hub, 2);
+        let (c, mut rc) = publish(&mut hub, 3);
+        assert_eq!(
+            sent_publishes(&mut hub),
+            [(a, Some(1)), (b, Some(2)), (c, Some(3))]
+        );
+        hub.respond(
+            a,
+            &PublishResult::durable(1, Some(1), Some(1), "E", Durability::Fsynced, false),
+        );
+        let ack = ready(&mut ra).unwrap().unwrap();
+        assert_eq!((ack.offset, ack.seq, ack.duplicate), (Some(1), 1, false));
+        assert_eq!(ack.durability, Some(Durability::Fsynced));
+
+        hub.drop_connection();
+        assert_eq!(
+            ready(&mut rb),
+            None,
+            "b and c are not failed: they are retried"
+        );
+        // A publish made while reconnecting goes after the retries.
+        let (d, mut rd) = publish(&mut hub, 4);
+        hub.advance_to_deadline();
+        hub.connect();
+        assert_eq!(
+            sent_publishes(&mut hub),
+            [(b, Some(2)), (c, Some(3)), (d, Some(4))]
+        );
+        hub.respond(
+            b,
+            &PublishResult::durable(0, Some(2), Some(2), "E", Durability::Fsynced, true),
+        );
+        hub.respond(
+            c,
+            &PublishResult::durable(1, Some(3), Some(3), "E", Durability::Fsynced, false),
+        );
+        hub.respond(
+            d,
+            &PublishResult::durable(1, Some(4), Some(4), "E", Durability::Fsynced, false),
+        );
+        let b = ready(&mut rb).unwrap().unwrap();
+        assert!(b.duplicate, "the first attempt had been stored");
+        assert_eq!(b.offset, Some(2));
+        assert_eq!(ready(&mut rc).unwrap().unwrap().offset, Some(3));
+        assert_eq!(ready(&mut rd).unwrap().unwrap().seq, 4);
+    }
+
+    #[test]
+    fn a_conflict_is_typed_and_key_and_expected_offset_are_sent() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (id, mut rx) = publish_with(
+            &mut hub,
+            1,
+            PublishOptions::new()
+                .key("k-1")
+                .expected_offset(9)
+                .echo(false),
+        );
+        let reqs = hub.requests();
+        let p: PublishParams = plexus_protocol::decode_params(&reqs[0].params).unwrap();
+        assert_eq!(
+            (p.key, p.expected_offset, p.echo),
+            (Some("k-1"), Some(9), Some(false))
+        );
+        #[derive(minicbor::Encode)]
+        #[cbor(map)]
+        struct Details {
+            #[n(1)]
+            last_offset: u64,
+        }
+        let mut e = WireError::new(ErrorCode::Conflict, "expected offset differs");
+        e.details = Some(RawValue::encode(&Details { last_offset: 12 }).unwrap());
+        hub.feed(encode_error(id, &e));
+        assert!(matches!(
+            ready(&mut rx),
+            Some(Err(Error::Conflict {
+                last_offset: Some(12),
+                last_seq: None,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn a_durable_publish_still_queued_at_close_fails_with_the_close() {
+        let mut hub = Hub::new();
+        hub.connect();
+        let (_a, mut ra) = publish(&mut hub, 1);
+        hub.out();
+        hub.core.close(hub.now);
+        hub.core.handle_socket_ended(hub.now, None);
+        assert!(matches!(ready(&mut ra), Some(Err(Error::Closed(_)))));
+    }
 }

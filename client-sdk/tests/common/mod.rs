@@ -74,3 +74,58 @@ pub fn builder(url: String, sub: &str) -> ClientBuilder {
 pub async fn client(server: &Server, sub: &str) -> Client {
     builder(url(server), sub).connect().await.unwrap()
 }
+
+/// A TCP forwarder on a stable port in front of a hub whose address
+/// changes (a hub restarted, in this process or another): clients keep
+/// their URL. When the hub side of a connection ends, the client side is
+/// dropped too; while there is no hub, connections are refused (accepted
+/// and dropped at once).
+pub struct Proxy {
+    addr: std::net::SocketAddr,
+    upstream: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: Option<std::net::SocketAddr>) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
+        let up = upstream.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let target = *up.lock().unwrap();
+                tokio::spawn(async move {
+                    let Some(target) = target else { return };
+                    let Ok(mut hub) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut hub).await;
+                });
+            }
+        });
+        Proxy {
+            addr,
+            upstream,
+            task,
+        }
+    }
+
+    /// Where new connections go (`None`: refused).
+    pub fn set_upstream(&self, upstream: Option<std::net::SocketAddr>) {
+        *self.upstream.lock().unwrap() = upstream;
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -115,6 +115,20 @@ pub const SECTIONS: &[Section] = &[
     s("20", "Versioning and extensibility"),
     s("21", "Security considerations"),
     gap("22", "References", "no requirements"),
+    s("23.1", "Durable topics and namespaces"),
+    s("23.2", "Epochs, offsets and positions"),
+    s("23.3", "Durable publish"),
+    s("23.4", "Events of durable topics"),
+    s("23.5", "subscribe on durable topics"),
+    s("23.6", "Resume: subscribe with since"),
+    s("23.7", "history"),
+    s("23.8", "history.latest"),
+    s("23.9", "Durable-only keys elsewhere"),
+    gap(
+        "23.10",
+        "Client rules for durable streams",
+        "client behaviour; the SDK's own tests check it",
+    ),
 ];
 
 /// Cases per section: (section, ids of the cases citing it).

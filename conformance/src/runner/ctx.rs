@@ -191,6 +191,14 @@ impl Ctx {
         format!("{}.{suffix}", self.ns())
     }
 
+    /// This case's namespace under `prefix` (e.g. a durable namespace's
+    /// `conf.durable.`): `{prefix}{run}.{case}`; a `.` is added to a prefix
+    /// that lacks it.
+    pub fn ns_under(&self, prefix: &str) -> String {
+        let dot = if prefix.ends_with('.') { "" } else { "." };
+        format!("{prefix}{dot}{}.{}", self.env.run, self.case)
+    }
+
     /// A user name unique to this case and run.
     pub fn user(&self, tag: &str) -> String {
         format!("{}-{}-{tag}", self.env.run, self.case)

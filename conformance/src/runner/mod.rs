@@ -72,6 +72,15 @@ pub struct Settings {
     pub vectors_dir: PathBuf,
     /// Stop starting cases after the first failure.
     pub fail_fast: bool,
+    /// A prefix of topics in a durable namespace (§23.1), e.g. `conf.durable.`
+    /// for a namespace `conf.durable.>`; without it the `durable` cases skip.
+    pub durable_prefix: Option<String>,
+    /// A prefix of topics in a durable namespace whose retention keeps at most
+    /// [`Settings::durable_capped_events`] events per topic (the `too_old`
+    /// case).
+    pub durable_capped_prefix: Option<String>,
+    /// `max-events` of the capped namespace.
+    pub durable_capped_events: u64,
 }
 
 impl Settings {
@@ -99,6 +108,9 @@ impl Settings {
             case_timeout: Duration::from_secs(40),
             vectors_dir: PathBuf::from(crate::vectors::VECTORS_DIR),
             fail_fast: false,
+            durable_prefix: None,
+            durable_capped_prefix: None,
+            durable_capped_events: 4,
         }
     }
 }

@@ -8,6 +8,7 @@
 mod auth;
 mod caps;
 mod close;
+mod durable;
 mod errors;
 mod expiry;
 mod handshake;
@@ -43,6 +44,7 @@ pub fn all(vectors_dir: &Path) -> Vec<Case> {
     v.extend(pubsub::cases());
     v.extend(caps::cases());
     v.extend(presence::cases());
+    v.extend(durable::cases());
     v.extend(slow::cases());
     v.extend(close::cases());
     v.extend(errors::cases());

@@ -507,7 +507,9 @@ pub(super) fn cases() -> Vec<Case> {
                 let params = Value::map([
                     (0, Value::text(&t)),
                     (1, Value::Null),
-                    (3, Value::text("mallory")),
+                    // An unknown key holding a user name (keys 3-6 are
+                    // the durable-stream keys of §23.3; 20 is unassigned).
+                    (20, Value::text("mallory")),
                     (2, Value::Bool(true)),
                 ]);
                 p.ok("publish", &params).await?;

@@ -113,7 +113,11 @@ text_enum! {
 /// let s = Since::offset(Some("00ff00ff00ff00ff"), 41);
 /// assert_eq!(s.offset, Some(41));
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
+///
+/// It is a typed map nested in the params, so a repeated key makes it
+/// invalid too (`docs/protocol.md` §4.8), like a repeated key of the params
+/// map itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode)]
 #[cbor(map)]
 #[non_exhaustive]
 pub struct Since<'a> {
@@ -126,6 +130,37 @@ pub struct Since<'a> {
     /// The last namespace position the client has (patterns).
     #[n(2)]
     pub position: Option<u64>,
+}
+
+/// The wire form of [`Since`], decoded once its map is known to have no
+/// repeated key.
+#[derive(Decode)]
+#[cbor(map)]
+struct SinceWire<'a> {
+    #[b(0)]
+    epoch: Option<&'a str>,
+    #[n(1)]
+    offset: Option<u64>,
+    #[n(2)]
+    position: Option<u64>,
+}
+
+impl<'b, C> Decode<'b, C> for Since<'b> {
+    fn decode(d: &mut minicbor::Decoder<'b>, ctx: &mut C) -> Result<Self, minicbor::decode::Error> {
+        let start = d.position();
+        d.skip()?;
+        let input: &'b [u8] = d.input();
+        let item = input.get(start..d.position()).unwrap_or_default();
+        if crate::typed::duplicate_int_key(item) {
+            return Err(minicbor::decode::Error::message("since: duplicate map key"));
+        }
+        let w: SinceWire<'b> = minicbor::Decoder::new(item).decode_with(ctx)?;
+        Ok(Since {
+            epoch: w.epoch,
+            offset: w.offset,
+            position: w.position,
+        })
+    }
 }
 
 impl<'a> Since<'a> {
@@ -428,6 +463,24 @@ mod tests {
             .with_limit(2);
         let raw = RawValue::encode(&l).unwrap();
         assert_eq!(decode_params::<HistoryLatestParams>(&raw).unwrap(), l);
+    }
+
+    #[test]
+    fn a_repeated_key_in_since_is_invalid() {
+        // {0: "a", 2: {1: 40, 1: 41}}
+        let bytes = vec![
+            0xa2, 0x00, 0x61, b'a', 0x02, 0xa2, 0x01, 0x18, 40, 0x01, 0x18, 41,
+        ];
+        let raw = RawValue::from_bytes(bytes.into(), &Default::default()).unwrap();
+        let e = decode_params::<SubscribeParams>(&raw).unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::InvalidParams);
+        // {0: "a", 2: {0: "e", 1: 40, 9: 1}}: unknown keys are still skipped.
+        let bytes = vec![
+            0xa2, 0x00, 0x61, b'a', 0x02, 0xa3, 0x00, 0x61, b'e', 0x01, 0x18, 40, 0x09, 0x01,
+        ];
+        let raw = RawValue::from_bytes(bytes.into(), &Default::default()).unwrap();
+        let p = decode_params::<SubscribeParams>(&raw).unwrap();
+        assert_eq!(p.since, Some(Since::offset(Some("e"), 40)));
     }
 
     #[test]

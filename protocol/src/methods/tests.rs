@@ -61,3 +61,21 @@ fn hex_bytes(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+#[test]
+fn the_catalog_names_the_durable_stream_methods() {
+    use crate::{Method, MethodKind, RpcMethod};
+    for (m, name) in [
+        (Method::History, History::NAME),
+        (Method::HistoryLatest, HistoryLatest::NAME),
+    ] {
+        assert_eq!(m.name(), name);
+        assert_eq!(Method::from_name(name), Some(m));
+        assert_eq!(m.kind(), MethodKind::Request);
+        // Known names are interned: decoding a frame allocates no name.
+        assert!(matches!(
+            crate::method::intern(name),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+}
