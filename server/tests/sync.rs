@@ -388,3 +388,25 @@ async fn a_hub_with_sync_off_does_not_serve_it() {
     let e = info(&mut c, SPACE).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::MethodNotFound);
 }
+
+#[tokio::test]
+async fn pipelined_pushes_of_one_connection_apply_in_arrival_order() {
+    for db in TestDb::all().await {
+        let hub = start(&db, |_| {}).await;
+        let (mut c, _) = Client::authed(hub.addr(), &writer()).await;
+        let t = now_hlc();
+        let mut ids = Vec::new();
+        for seq in 1..=40u64 {
+            let p =
+                SyncPushParams::new(SPACE, "c1", seq, t + seq, vec![put("n", &seq.to_string())]);
+            ids.push(c.request("sync.push", &p).await);
+        }
+        let mut positions = Vec::new();
+        for id in ids {
+            let r: SyncPushResult = c.response(id).await.unwrap().decode().unwrap();
+            assert!(!r.duplicate, "{}: a later seq applied first", db.name());
+            positions.push(r.position);
+        }
+        assert_eq!(positions, (1..=40).collect::<Vec<u64>>());
+    }
+}
