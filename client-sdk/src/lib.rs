@@ -69,6 +69,7 @@ mod error;
 mod serve;
 mod state;
 mod subscription;
+mod sync;
 
 pub use backoff::Backoff;
 pub use builder::ClientBuilder;
@@ -82,3 +83,7 @@ pub use error::{Cause, Error};
 pub use plexus_protocol::{self as protocol, RawValue};
 pub use state::{CloseStatus, ConnectionState};
 pub use subscription::{Event, Publication, Subscription};
+pub use sync::{
+    ClientHlc, LIVE_BUFFER, LiveChanges, LiveEvent, PullChange, PullSummary, PushAck, PushOptions,
+    SYNC_RETRY_LIMIT, Space, SyncCursor,
+};
