@@ -87,3 +87,5 @@ pub use sync::{
     ClientHlc, LIVE_BUFFER, LiveChanges, LiveEvent, PullChange, PullSummary, PushAck, PushOptions,
     SYNC_RETRY_LIMIT, Space, SyncCursor,
 };
+#[cfg(feature = "local-replica")]
+pub use sync::{LocalRecord, REPLICA_PUSH_BATCH, Replica, SyncReport};

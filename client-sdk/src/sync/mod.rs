@@ -25,7 +25,7 @@ use tokio::sync::watch;
 pub use hlc::ClientHlc;
 pub use live::{LIVE_BUFFER, LiveChanges, LiveEvent};
 #[cfg(feature = "local-replica")]
-pub use replica::{LocalRecord, Replica, SyncReport};
+pub use replica::{LocalRecord, REPLICA_PUSH_BATCH, Replica, SyncReport};
 
 use crate::client::Client;
 use crate::deliver::lock;
@@ -571,5 +571,51 @@ mod tests {
         let f = RawValue::encode(&SyncPullFinal::new(4, 0, "E", false, Vec::new(), 0)).unwrap();
         assert!(matches!(decode_pull_item(&f).unwrap(), PullItem::Final(f) if f.epoch == "E"));
         assert!(decode_pull_item(&RawValue::encode(&"x").unwrap()).is_err());
+    }
+}
+
+/// A real hub on 127.0.0.1:0 and a client of it, for the tests of this
+/// module's submodules.
+#[cfg(all(test, feature = "local-replica"))]
+pub(crate) mod testhub {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use plexus_server::auth::{AuthSettings, Authenticator, HmacAlg, KeySource};
+    use plexus_server::{Config, Server};
+
+    const SECRET: &[u8] = b"plexus-sdk-unit-test-secret-not-for-production";
+
+    /// Starts a hub and connects a client allowed every space.
+    pub(crate) async fn client() -> (Server, crate::Client) {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let settings = AuthSettings::new(KeySource::Hmac {
+            secret: SECRET.to_vec(),
+            alg: HmacAlg::HS256,
+        });
+        let server = Server::start(config, Authenticator::new(settings).unwrap())
+            .await
+            .unwrap();
+        let exp = super::hlc::wall_ms() / 1000 + 3600;
+        let claims = serde_json::json!({
+            "sub": "tester", "exp": exp,
+            "plexus": { "sub": [">"], "pub": [">"], "sync_read": [">"], "sync_write": [">"] },
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        let client = crate::Client::builder(format!("ws://{}/v1/ws", server.local_addr()))
+            .token(token)
+            .call_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+        (server, client)
     }
 }
