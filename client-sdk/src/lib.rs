@@ -84,8 +84,8 @@ pub use plexus_protocol::{self as protocol, RawValue};
 pub use state::{CloseStatus, ConnectionState};
 pub use subscription::{Event, Publication, Subscription};
 pub use sync::{
-    ClientHlc, LIVE_BUFFER, LiveChanges, LiveEvent, PullChange, PullSummary, PushAck, PushOptions,
-    SYNC_RETRY_LIMIT, Space, SyncCursor,
+    BoxError, ClientHlc, LIVE_BUFFER, LiveChanges, LiveEvent, PullChange, PullSummary, PushAck,
+    PushOptions, SYNC_RETRY_LIMIT, Space, SyncCursor,
 };
 #[cfg(feature = "local-replica")]
 pub use sync::{LocalRecord, REPLICA_PUSH_BATCH, Replica, SyncReport};

@@ -38,6 +38,9 @@ use state::{FinalStep, PullState, is_retryable};
 /// Each attempt first waits for the connection.
 pub const SYNC_RETRY_LIMIT: u32 = 16;
 
+/// What a [`Space::pull`] callback returns when it fails.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Where a replica stands in a space: the space's epoch and the last
 /// position it has applied (0: nothing yet).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -313,7 +316,7 @@ impl Space {
         mut apply: F,
     ) -> Result<PullSummary, Error>
     where
-        F: FnMut(PullChange<'_>) -> Result<(), Cause>,
+        F: FnMut(PullChange<'_>) -> Result<(), BoxError>,
     {
         use futures_util::StreamExt;
         let client = &self.inner.client;
@@ -333,7 +336,8 @@ impl Space {
                             let to = c.cursor;
                             let records = pull.fresh(c);
                             if !records.is_empty() {
-                                apply(PullChange::Records(&records)).map_err(Error::Apply)?;
+                                apply(PullChange::Records(&records))
+                                    .map_err(|e| Error::Apply(Cause::from(e)))?;
                                 count += records.len() as u64;
                             }
                             pull.delivered(to);
@@ -350,7 +354,7 @@ impl Space {
             match outcome {
                 Ok(f) => match pull.on_final(&f) {
                     FinalStep::Reset => {
-                        apply(PullChange::Reset).map_err(Error::Apply)?;
+                        apply(PullChange::Reset).map_err(|e| Error::Apply(Cause::from(e)))?;
                         reset = true;
                         *cursor = pull.cursor.clone();
                     }
@@ -588,10 +592,12 @@ pub(crate) mod testhub {
 
     /// Starts a hub and connects a client allowed every space.
     pub(crate) async fn client() -> (Server, crate::Client) {
-        let config = Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..Config::default()
         };
+        // The replica's unit tests need a connection, not the hub's sync.
+        config.sync.enabled = false;
         let settings = AuthSettings::new(KeySource::Hmac {
             secret: SECRET.to_vec(),
             alg: HmacAlg::HS256,

@@ -1,0 +1,267 @@
+//! Record sync through the SDK against a real hub (SQLite, and PostgreSQL
+//! when `PLEXUS_TEST_POSTGRES_URL` is set): pushes, typed conflicts, pulls
+//! whose cursor moves only past what the callback accepted, live changes
+//! resumed across a hub restart, a push made while the hub is down applied
+//! once, and (with `--features local-replica`) two offline replicas that
+//! converge.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use plexus_client::protocol::methods::sync::{SyncOp, SyncRecord};
+use plexus_client::{Backoff, Client, Error, LiveEvent, PullChange, SyncCursor};
+use plexus_server::Server;
+use plexus_testkit::TestDb;
+
+fn token(sub: &str) -> String {
+    let claims = serde_json::json!({
+        "sub": sub,
+        "exp": common::now() + 3600,
+        "plexus": { "sub": [">"], "pub": [">"], "sync_write": ["lists.>"] },
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET),
+    )
+    .unwrap()
+}
+
+async fn sync_hub(db: &TestDb) -> Server {
+    common::hub(|c| db.apply(c)).await
+}
+
+async fn connect(url: String, sub: &str) -> Client {
+    Client::builder(url)
+        .token(token(sub))
+        .call_timeout(Duration::from_secs(5))
+        .backoff(Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        })
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn next(live: &mut plexus_client::LiveChanges) -> LiveEvent {
+    tokio::time::timeout(Duration::from_secs(10), live.next())
+        .await
+        .expect("an event in time")
+        .expect("not ended")
+}
+
+fn text(r: &SyncRecord) -> String {
+    String::from_utf8(r.fields.as_ref().unwrap().0[""].to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn push_conflict_pull_and_info() {
+    for db in TestDb::all().await {
+        let hub = sync_hub(&db).await;
+        let alice = connect(common::url(&hub), "alice").await;
+        let bob = connect(common::url(&hub), "bob").await;
+        let a = alice.space("lists.shop");
+        let b = bob.space("lists.shop");
+        assert_ne!(a.client_id(), b.client_id());
+
+        let ack = a
+            .push(vec![
+                SyncOp::put("items", "1", b"milk".to_vec()),
+                SyncOp::put("items", "2", b"eggs".to_vec()),
+            ])
+            .await
+            .unwrap();
+        assert!(!ack.duplicate);
+        assert_eq!(ack.usage.records, 2);
+        let next = a.push(vec![SyncOp::delete("items", "2")]).await.unwrap();
+        assert_eq!(next.seq, ack.seq + 1, "mutation numbers follow each other");
+        assert!(next.position > ack.position);
+
+        // A conflict is typed, carries the current record, applies nothing.
+        let e = b
+            .push_with(
+                vec![
+                    SyncOp::put("items", "3", b"tea".to_vec()),
+                    SyncOp::put("items", "1", b"oat milk".to_vec()).with_expected_version(0),
+                ],
+                plexus_client::PushOptions::new().return_values(true),
+            )
+            .await
+            .unwrap_err();
+        match e {
+            Error::SyncConflict { records } => {
+                assert_eq!((records[0].id.as_str(), records[0].version), ("1", 1));
+                assert_eq!(
+                    records[0].fields.as_ref().unwrap().0[""].to_vec(),
+                    b"milk".to_vec()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A failing callback leaves the cursor; the next pull hands the
+        // same records over again.
+        let mut cursor = SyncCursor::default();
+        let e = b
+            .pull(&mut cursor, None, |_| Err("disk full".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Apply(_)));
+        assert_eq!(cursor, SyncCursor::default());
+        let mut got = Vec::new();
+        let s = b
+            .pull(&mut cursor, None, |c| {
+                if let PullChange::Records(rs) = c {
+                    got.extend(rs.iter().map(text));
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, ["milk"], "a snapshot has live records only");
+        assert_eq!(s.cursor, cursor);
+        assert_eq!(cursor.position, next.position);
+        assert!(cursor.epoch.is_some());
+        assert_eq!(s.checksums[0].count, 1);
+
+        // An incremental pull from there sees the next change, tombstones
+        // included.
+        a.push(vec![SyncOp::delete("items", "1")]).await.unwrap();
+        let mut deleted = Vec::new();
+        b.pull(&mut cursor, Some("items"), |c| {
+            if let PullChange::Records(rs) = c {
+                deleted.extend(rs.iter().map(|r| (r.id.clone(), r.deleted)));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(deleted, [("1".to_owned(), true)]);
+
+        let info = b.info().await.unwrap();
+        assert_eq!(info.usage.records, 0);
+        assert_eq!(info.position, cursor.position);
+
+        // Pushing to a space the token only reads is forbidden.
+        let e = alice
+            .space("other.x")
+            .push(vec![SyncOp::put("c", "1", vec![1])])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&plexus_client::protocol::ErrorCode::Forbidden)
+        );
+        hub.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn live_changes_and_a_push_survive_a_hub_restart() {
+    for db in TestDb::all().await {
+        let hub = sync_hub(&db).await;
+        let proxy = common::Proxy::start(Some(hub.local_addr())).await;
+        let alice = connect(proxy.url(), "alice").await;
+        let bob = connect(proxy.url(), "bob").await;
+        let a = alice.space_as("lists.todo", "alice-laptop");
+        let b = bob.space("lists.todo");
+        a.push(vec![SyncOp::put("t", "1", b"one".to_vec())])
+            .await
+            .unwrap();
+
+        let mut live = b.live(SyncCursor::default(), None);
+        match next(&mut live).await {
+            LiveEvent::Changes { records, .. } => assert_eq!(text(&records[0]), "one"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(next(&mut live).await, LiveEvent::CaughtUp { .. }));
+        a.push(vec![SyncOp::put("t", "2", b"two".to_vec())])
+            .await
+            .unwrap();
+        match next(&mut live).await {
+            LiveEvent::Changes { records, .. } => assert_eq!(text(&records[0]), "two"),
+            other => panic!("{other:?}"),
+        }
+
+        // The hub stops; a push made meanwhile waits, then is applied once.
+        proxy.set_upstream(None);
+        hub.shutdown().await;
+        let push = {
+            let a = a.clone();
+            tokio::spawn(
+                async move { a.push(vec![SyncOp::put("t", "3", b"three".to_vec())]).await },
+            )
+        };
+        let hub = sync_hub(&db).await;
+        proxy.set_upstream(Some(hub.local_addr()));
+        let ack = push.await.unwrap().unwrap();
+        assert!(!ack.duplicate);
+
+        // The live stream resumes from its cursor: "three" once, nothing
+        // replayed.
+        let mut seen = Vec::new();
+        while seen.is_empty() {
+            match next(&mut live).await {
+                LiveEvent::Changes { records, .. } => seen.extend(records.iter().map(text)),
+                LiveEvent::CaughtUp { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, ["three"]);
+        let info = b.info().await.unwrap();
+        assert_eq!(info.usage.records, 3);
+        drop(live);
+        hub.shutdown().await;
+    }
+}
+
+#[cfg(feature = "local-replica")]
+#[tokio::test]
+async fn two_offline_replicas_converge() {
+    use plexus_client::Replica;
+    use std::collections::BTreeMap;
+    let db = TestDb::sqlite();
+    let hub = sync_hub(&db).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let alice = connect(common::url(&hub), "alice").await;
+    let bob = connect(common::url(&hub), "bob").await;
+    let ra = Replica::open(alice.space_as("lists.g", "alice"), dir.join("a.db"))
+        .await
+        .unwrap();
+    let rb = Replica::open(bob.space_as("lists.g", "bob"), dir.join("b.db"))
+        .await
+        .unwrap();
+    let f = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), Some(v.as_bytes().to_vec()))]);
+
+    ra.patch("items", "milk", f("text", "milk")).await.unwrap();
+    ra.sync().await.unwrap();
+    rb.sync().await.unwrap();
+    // Offline: both edit the same record (different fields) and add one.
+    ra.patch("items", "milk", f("done", "1")).await.unwrap();
+    rb.patch("items", "milk", f("qty", "2")).await.unwrap();
+    rb.put("items", "eggs", b"eggs".to_vec()).await.unwrap();
+    assert_eq!(
+        rb.list("items").await.unwrap().len(),
+        2,
+        "applied locally at once"
+    );
+    // Back online.
+    let report = ra.sync().await.unwrap();
+    assert_eq!(report.pushed, 1);
+    rb.sync().await.unwrap();
+    ra.sync().await.unwrap();
+    let (la, lb) = (
+        ra.list("items").await.unwrap(),
+        rb.list("items").await.unwrap(),
+    );
+    assert_eq!(la, lb, "converged");
+    let milk = &la.iter().find(|r| r.id == "milk").unwrap().fields;
+    assert_eq!(milk.len(), 3, "both field edits kept: {milk:?}");
+    assert_eq!(rb.pending().await.unwrap(), 0);
+    hub.shutdown().await;
+}
