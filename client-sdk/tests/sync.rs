@@ -265,3 +265,65 @@ async fn two_offline_replicas_converge() {
     assert_eq!(rb.pending().await.unwrap(), 0);
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_id_shared_by_two_handles_loses_no_push() {
+    let db = TestDb::sqlite();
+    let hub = sync_hub(&db).await;
+    let c = connect(common::url(&hub), "alice").await;
+    let first = c.space_as("lists.shared", "phone");
+    // Created later: its numbering starts as high or higher.
+    let second = c.space_as("lists.shared", "phone");
+    second
+        .push(vec![SyncOp::put("t", "b", b"b".to_vec())])
+        .await
+        .unwrap();
+    let ack = first
+        .push(vec![SyncOp::put("t", "a", b"a".to_vec())])
+        .await
+        .unwrap();
+    assert!(!ack.duplicate, "renumbered and applied, not dropped");
+    assert_eq!(first.info().await.unwrap().usage.records, 2);
+    hub.shutdown().await;
+}
+
+#[cfg(feature = "local-replica")]
+#[tokio::test]
+async fn a_replica_repairs_a_corrupted_local_record() {
+    use plexus_client::Replica;
+    let db = TestDb::sqlite();
+    let hub = sync_hub(&db).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let c = connect(common::url(&hub), "alice").await;
+    let space = c.space_as("lists.r", "alice");
+    space
+        .push(vec![
+            SyncOp::put("items", "1", b"milk".to_vec()),
+            SyncOp::put("notes", "1", b"hello".to_vec()),
+        ])
+        .await
+        .unwrap();
+    let path = tmp.path().join("r.db");
+    let r = Replica::open(space, &path).await.unwrap();
+    let first = r.sync().await.unwrap();
+    assert_eq!((first.pulled, first.repaired.len()), (2, 0));
+    // The file is edited behind the replica's back.
+    {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE records SET version = 9 WHERE collection = 'items'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let report = r.sync().await.unwrap();
+    assert_eq!(report.repaired, ["items"], "only the diverged collection");
+    assert_eq!(r.get("items", "1").await.unwrap().unwrap().version, 1);
+    assert!(
+        r.sync().await.unwrap().repaired.is_empty(),
+        "repaired for good"
+    );
+    hub.shutdown().await;
+}

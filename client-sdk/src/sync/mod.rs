@@ -252,41 +252,52 @@ impl Space {
     ) -> Result<PushAck, Error> {
         // One push of this space at a time, in seq order (Y7).
         let mut numbering = self.inner.numbering.lock().await;
-        let seq = numbering.next_seq;
-        numbering.next_seq += 1;
+        let client = &self.inner.client;
+        let mut state = client.state();
         let mut params = SyncPushParams::new(
             self.inner.name.clone(),
             self.inner.client_id.clone(),
-            seq,
+            0,
             self.now(),
             ops,
         );
         if options.return_values {
             params = params.with_return_values(true);
         }
-        let client = &self.inner.client;
-        let mut state = client.state();
-        let (result, retries) = send_with_retry(&mut state, || async {
-            let raw = client.call("sync.push", &params).await?;
-            raw.decode::<SyncPushResult>()
-                .map_err(|e| Error::decode("decode the sync.push result", e))
-        })
-        .await;
-        let r = result.map_err(push_error)?;
-        self.observe(r.hlc);
-        Ok(PushAck {
-            position: r.position,
-            hlc: r.hlc,
-            usage: r.usage,
-            duplicate: r.duplicate,
-            versions: r
-                .versions
-                .into_iter()
-                .map(|v| (v.collection, v.id, v.version))
-                .collect(),
-            seq,
-            retries,
-        })
+        let mut renumbered = false;
+        loop {
+            params.seq = numbering.next_seq;
+            numbering.next_seq += 1;
+            let (result, retries) = send_with_retry(&mut state, || async {
+                let raw = client.call("sync.push", &params).await?;
+                raw.decode::<SyncPushResult>()
+                    .map_err(|e| Error::decode("decode the sync.push result", e))
+            })
+            .await;
+            let r = result.map_err(push_error)?;
+            self.observe(r.hlc);
+            if renumber(&r, retries, renumbered) {
+                // A duplicate on the first send: another handle or process
+                // with this client id used this number (nothing was
+                // applied). Jump past it by the clock and send once more.
+                numbering.next_seq = numbering.next_seq.max(clock_seq());
+                renumbered = true;
+                continue;
+            }
+            return Ok(PushAck {
+                position: r.position,
+                hlc: r.hlc,
+                usage: r.usage,
+                duplicate: r.duplicate,
+                versions: r
+                    .versions
+                    .into_iter()
+                    .map(|v| (v.collection, v.id, v.version))
+                    .collect(),
+                seq: params.seq,
+                retries,
+            });
+        }
     }
 
     /// Pulls the changes after `cursor` (of `collection` only, if given)
@@ -454,6 +465,13 @@ pub(crate) fn decode_pull_item(raw: &RawValue) -> Result<PullItem, Error> {
         .map_err(|e| Error::decode("decode a sync.pull chunk", e))
 }
 
+/// Whether a push's answer means its number was taken by someone else: a
+/// duplicate although it was sent only once (a resent push may be a
+/// duplicate of itself). Renumbered once at most.
+fn renumber(r: &SyncPushResult, retries: u32, renumbered: bool) -> bool {
+    r.duplicate && retries == 0 && !renumbered
+}
+
 /// A push refused with `conflict` and `SyncConflicts` details becomes
 /// [`Error::SyncConflict`].
 fn push_error(e: Error) -> Error {
@@ -555,6 +573,19 @@ mod tests {
         let (r, _) =
             send_with_retry(&mut rx, || async { Err::<(), _>(Error::ConnectionLost) }).await;
         assert!(matches!(r, Err(Error::Closed(_))));
+    }
+
+    #[test]
+    fn a_first_send_answered_duplicate_is_renumbered_once() {
+        let dup = SyncPushResult::new(1, 1, Usage::default(), true);
+        assert!(renumber(&dup, 0, false), "someone else used the number");
+        assert!(
+            !renumber(&dup, 1, false),
+            "a resend: our own push, applied once"
+        );
+        assert!(!renumber(&dup, 0, true), "once at most");
+        let fresh = SyncPushResult::new(1, 1, Usage::default(), false);
+        assert!(!renumber(&fresh, 0, false));
     }
 
     #[test]
