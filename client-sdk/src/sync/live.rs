@@ -9,7 +9,7 @@ use futures_util::{Stream, StreamExt};
 use plexus_protocol::methods::sync::{Checksum, SyncRecord};
 use tokio::sync::mpsc;
 
-use super::state::{FinalStep, PullState, is_retryable};
+use super::state::{FinalStep, PullState, is_pull_retryable};
 use super::{PullItem, SYNC_RETRY_LIMIT, Space, SyncCursor, decode_pull_item, wait_connected};
 use crate::error::Error;
 
@@ -145,7 +145,7 @@ async fn run(
             Ok(None) => return Ok(()),
             // A reset: pull the snapshot.
             Ok(Some(())) => {}
-            Err(e) if is_retryable(&e) && failures < SYNC_RETRY_LIMIT => {
+            Err(e) if is_pull_retryable(&e) && failures < SYNC_RETRY_LIMIT => {
                 failures += 1;
                 tokio::select! {
                     r = wait_connected(&mut state) => r?,

@@ -31,7 +31,7 @@ use crate::client::Client;
 use crate::deliver::lock;
 use crate::error::{Cause, Error};
 use crate::state::ConnectionState;
-use state::{FinalStep, PullState, is_retryable};
+use state::{FinalStep, PullState, is_pull_retryable, is_retryable};
 
 /// How many times a push or pull is sent again after a retryable failure
 /// (connection lost, timeout, `unavailable`) before its error is returned.
@@ -379,7 +379,7 @@ impl Space {
                         });
                     }
                 },
-                Err(e) if is_retryable(&e) && attempts < SYNC_RETRY_LIMIT => {
+                Err(e) if is_pull_retryable(&e) && attempts < SYNC_RETRY_LIMIT => {
                     attempts += 1;
                     wait_connected(&mut state).await?;
                 }

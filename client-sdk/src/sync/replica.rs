@@ -22,7 +22,7 @@ use plexus_protocol::methods::sync::{
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-use super::state::{FinalStep, PullState, is_retryable};
+use super::state::{FinalStep, PullState, is_pull_retryable};
 use super::{PullItem, SYNC_RETRY_LIMIT, Space, SyncCursor, decode_pull_item, wait_connected};
 use crate::error::Error;
 
@@ -410,7 +410,7 @@ impl Replica {
                         return Ok((f, count));
                     }
                 },
-                Err(e) if is_retryable(&e) && attempts < SYNC_RETRY_LIMIT => {
+                Err(e) if is_pull_retryable(&e) && attempts < SYNC_RETRY_LIMIT => {
                     attempts += 1;
                     wait_connected(&mut state).await?;
                 }

@@ -22,6 +22,14 @@ pub(crate) fn is_retryable(e: &Error) -> bool {
     }
 }
 
+/// Whether a failed pull is started again from its cursor: as a push
+/// ([`is_retryable`]), and on `conflict`, the hub's "pull again" when the
+/// tombstone horizon passed the cursor during the pull (Y10; the next pull
+/// gets the reset).
+pub(crate) fn is_pull_retryable(e: &Error) -> bool {
+    is_retryable(e) || matches!(e, Error::Remote(w) if w.code == ErrorCode::Conflict)
+}
+
 /// What a pull's final chunk means for the caller.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FinalStep {
@@ -144,6 +152,10 @@ mod tests {
             "v"
         ))));
         assert!(!is_retryable(&Error::Closed(None)));
+        assert!(is_pull_retryable(&Error::Remote(WireError::new(
+            ErrorCode::Conflict,
+            "pull again"
+        ))));
     }
 
     #[test]
