@@ -76,8 +76,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (cmd, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
         match cmd {
             "add" => {
-                // Ids unique across replicas: client id and an HLC value.
-                let id = format!("{}-{:x}", args.id, list.space().now() & 0xff_ffff);
+                // Ids unique across replicas: client id and the HLC's
+                // milliseconds (since 2023, to keep them short).
+                let ms = (list.space().now() >> 16).saturating_sub(1_700_000_000_000);
+                let id = format!("{}-{ms}", args.id);
                 let fields = BTreeMap::from([
                     ("text".to_owned(), Some(rest.as_bytes().to_vec())),
                     ("done".to_owned(), Some(b"0".to_vec())),

@@ -41,7 +41,10 @@
 //! for requests from the hub), `deliver` (hand-off points between the
 //! core and the handles), `config` (settings and every named bound),
 //! `durable` (durable subscriptions, the position store, idempotent
-//! publish), `core`, `driver`, `backoff`, `error`, `state`.
+//! publish), `sync` (record sync: the [`Space`] handle, live changes, the
+//! client HLC, and with the feature `local-replica` the SQLite-backed
+//! offline-first `Replica` — see `docs/sdk.md` §17),
+//! `core`, `driver`, `backoff`, `error`, `state`.
 //!
 //! Guarantees: a call in flight when the connection drops fails with
 //! [`Error::ConnectionLost`] and is never resent (it may have taken
