@@ -382,3 +382,142 @@ async fn random_offline_edits_from_three_replicas_converge() {
     }
     hub.shutdown().await;
 }
+
+/// A TCP forwarder that can swallow the hub's answers (`mute`) and cut
+/// every connection (`cut`), to lose a push's answer after the hub applied
+/// it.
+struct LossyProxy {
+    addr: std::net::SocketAddr,
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyProxy {
+    async fn start(upstream: std::net::SocketAddr) -> LossyProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let m = mute.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(hub) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut hr, mut hw) = hub.into_split();
+                let (m, mut cuts) = (m.clone(), cuts.clone());
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let up = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                            if hw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = hr.read(&mut buf).await {
+                            if !m.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = up => {}
+                        () = down => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        LossyProxy {
+            addr,
+            mute,
+            cut,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_push_whose_answer_was_lost_is_resent_and_applied_once() {
+    use std::sync::atomic::Ordering;
+    for db in TestDb::all().await {
+        let hub = sync_hub(&db).await;
+        let proxy = LossyProxy::start(hub.local_addr()).await;
+        let alice = connect(proxy.url(), "alice").await;
+        let observer = connect(common::url(&hub), "bob").await.space("lists.once");
+        let space = alice.space_as("lists.once", "alice-phone");
+        space
+            .push(vec![SyncOp::put("t", "0", b"zero".to_vec())])
+            .await
+            .unwrap();
+
+        // The hub applies the push, its answer is swallowed.
+        proxy.mute.store(true, Ordering::SeqCst);
+        let push = {
+            let space = space.clone();
+            tokio::spawn(async move {
+                space
+                    .push(vec![SyncOp::patch(
+                        "t",
+                        "1",
+                        [("n".to_owned(), Some(vec![1]))].into(),
+                    )])
+                    .await
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while observer.info().await.unwrap().usage.records < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the push reached the hub"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The connection drops; the client reconnects and sends it again.
+        proxy.mute.store(false, Ordering::SeqCst);
+        proxy.cut.send_modify(|n| *n += 1);
+        let ack = tokio::time::timeout(Duration::from_secs(15), push)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(ack.duplicate, "the hub had applied it: {ack:?}");
+        assert!(ack.retries >= 1);
+        let info = observer.info().await.unwrap();
+        assert_eq!(info.usage.records, 2);
+        let mut versions = Vec::new();
+        observer
+            .pull(&mut SyncCursor::default(), None, |c| {
+                if let PullChange::Records(rs) = c {
+                    versions.extend(rs.iter().map(|r| (r.id.clone(), r.version)));
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            versions,
+            [("0".to_owned(), 1), ("1".to_owned(), 1)],
+            "applied once"
+        );
+        hub.shutdown().await;
+    }
+}
