@@ -199,21 +199,25 @@ impl Replica {
 
     /// One record as the application sees it (pending changes applied).
     pub async fn get(&self, collection: &str, id: &str) -> Result<Option<LocalRecord>, Error> {
-        Ok(self
-            .list(collection)
-            .await?
-            .into_iter()
-            .find(|r| r.id == id))
+        Ok(self.view(collection, Some(id)).await?.pop())
     }
 
     /// The live records of `collection`, by id, as the application sees
     /// them: the hub's state with the pending changes rebased on it.
     pub async fn list(&self, collection: &str) -> Result<Vec<LocalRecord>, Error> {
+        self.view(collection, None).await
+    }
+
+    /// The view of `collection` (of one record of it, with `only`).
+    async fn view(&self, collection: &str, only: Option<&str>) -> Result<Vec<LocalRecord>, Error> {
         let mut view: BTreeMap<String, (Stored, bool)> = BTreeMap::new();
         let rows = sqlx::query(
-            "SELECT id, version, deleted, hlc, actor, fields FROM records WHERE collection = ?",
+            "SELECT id, version, deleted, hlc, actor, fields FROM records
+             WHERE collection = ? AND (? IS NULL OR id = ?)",
         )
         .bind(collection)
+        .bind(only)
+        .bind(only)
         .fetch_all(&self.pool)
         .await
         .map_err(db("read records"))?;
@@ -233,7 +237,7 @@ impl Replica {
             .into_iter()
             .map(|(_, op)| op)
         {
-            if op.collection != collection {
+            if op.collection != collection || only.is_some_and(|id| id != op.id) {
                 continue;
             }
             let entry = view.entry(op.id.clone()).or_insert_with(|| {
