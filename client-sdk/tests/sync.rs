@@ -521,3 +521,25 @@ async fn a_push_whose_answer_was_lost_is_resent_and_applied_once() {
         hub.shutdown().await;
     }
 }
+
+#[cfg(feature = "local-replica")]
+#[tokio::test]
+async fn a_replica_splits_a_queue_too_big_for_one_frame() {
+    use plexus_client::Replica;
+    let db = TestDb::sqlite();
+    let hub = sync_hub(&db).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let c = connect(common::url(&hub), "alice").await;
+    let r = Replica::open(c.space_as("lists.big", "alice"), tmp.path().join("r.db"))
+        .await
+        .unwrap();
+    // 200 × 8 KiB: more than the hub's 1 MiB frame in one push.
+    for i in 0..200 {
+        r.put("c", &i.to_string(), vec![7; 8 * 1024]).await.unwrap();
+    }
+    let report = r.sync().await.unwrap();
+    assert_eq!(report.pushed, 200);
+    assert_eq!(r.pending().await.unwrap(), 0);
+    assert_eq!(r.space().info().await.unwrap().usage.records, 200);
+    hub.shutdown().await;
+}

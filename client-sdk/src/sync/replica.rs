@@ -284,7 +284,8 @@ impl Replica {
             .collect()
     }
 
-    /// Pushes the pending changes (in batches of [`REPLICA_PUSH_BATCH`]),
+    /// Pushes the pending changes (in batches of [`REPLICA_PUSH_BATCH`],
+    /// halved while a batch is too big for one frame),
     /// then pulls what changed since the cursor, then checks every
     /// collection's checksum against the hub's and pulls a diverged
     /// collection again. One sync runs at a time.
@@ -298,15 +299,27 @@ impl Replica {
     pub async fn sync(&self) -> Result<SyncReport, Error> {
         let _one = self.syncing.lock().await;
         let mut report = SyncReport::default();
+        let mut limit = REPLICA_PUSH_BATCH;
         loop {
-            let batch = self.pending_ops(REPLICA_PUSH_BATCH).await?;
+            let batch = self.pending_ops(limit).await?;
             let Some(&(last, _)) = batch.last() else {
                 break;
             };
             let n = batch.len();
-            self.space
+            match self
+                .space
                 .push(batch.into_iter().map(|(_, op)| op).collect())
-                .await?;
+                .await
+            {
+                Ok(_) => {}
+                // Too big for one frame: halve the batch (nothing was
+                // applied).
+                Err(e) if n > 1 && too_big(&e) => {
+                    limit = i64::try_from(n / 2).unwrap_or(1);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             sqlx::query("DELETE FROM pending WHERE seq <= ?")
                 .bind(last)
                 .execute(&self.pool)
@@ -505,6 +518,13 @@ impl Replica {
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// A push too big for one frame (refused by the SDK before sending, or by
+/// the hub).
+fn too_big(e: &Error) -> bool {
+    matches!(e, Error::ExceedsLimit { .. })
+        || e.code() == Some(&plexus_protocol::ErrorCode::PayloadTooLarge)
 }
 
 /// The collections whose checksums differ (a collection absent on one side
