@@ -136,6 +136,30 @@ pub enum Error {
         #[source]
         source: Cause,
     },
+    /// A `sync.push` was refused with `conflict`: an `expected_version`
+    /// did not match. Nothing of the push was applied; `records` lists
+    /// every mismatched record with its current version (and fields, when
+    /// the push asked for them with
+    /// [`PushOptions::return_values`](crate::PushOptions::return_values)).
+    #[error("sync conflict on {} record(s)", records.len())]
+    SyncConflict {
+        /// The mismatched records, as they are now.
+        records: Vec<plexus_protocol::methods::sync::SyncConflict>,
+    },
+    /// The application's callback of a
+    /// [`Space::pull`](crate::Space::pull) failed: the pull stopped and the
+    /// cursor stays after the last chunk the callback accepted.
+    #[error("the pull callback failed")]
+    Apply(#[source] Cause),
+    /// The local replica's database failed (feature `local-replica`).
+    #[error("local replica: {what}")]
+    Replica {
+        /// What failed.
+        what: &'static str,
+        /// The database error.
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
 impl Error {
@@ -144,7 +168,7 @@ impl Error {
     pub fn code(&self) -> Option<&ErrorCode> {
         match self {
             Error::Remote(e) => Some(&e.code),
-            Error::Conflict { .. } => Some(&ErrorCode::Conflict),
+            Error::Conflict { .. } | Error::SyncConflict { .. } => Some(&ErrorCode::Conflict),
             _ => None,
         }
     }

@@ -41,7 +41,10 @@
 //! for requests from the hub), `deliver` (hand-off points between the
 //! core and the handles), `config` (settings and every named bound),
 //! `durable` (durable subscriptions, the position store, idempotent
-//! publish), `core`, `driver`, `backoff`, `error`, `state`.
+//! publish), `sync` (record sync: the [`Space`] handle, live changes, the
+//! client HLC, and with the feature `local-replica` the SQLite-backed
+//! offline-first `Replica` — see `docs/sdk.md` §17),
+//! `core`, `driver`, `backoff`, `error`, `state`.
 //!
 //! Guarantees: a call in flight when the connection drops fails with
 //! [`Error::ConnectionLost`] and is never resent (it may have taken
@@ -69,6 +72,7 @@ mod error;
 mod serve;
 mod state;
 mod subscription;
+mod sync;
 
 pub use backoff::Backoff;
 pub use builder::ClientBuilder;
@@ -82,3 +86,9 @@ pub use error::{Cause, Error};
 pub use plexus_protocol::{self as protocol, RawValue};
 pub use state::{CloseStatus, ConnectionState};
 pub use subscription::{Event, Publication, Subscription};
+pub use sync::{
+    BoxError, ClientHlc, LIVE_BUFFER, LiveChanges, LiveEvent, PullChange, PullSummary, PushAck,
+    PushOptions, SYNC_RETRY_LIMIT, Space, SyncCursor,
+};
+#[cfg(feature = "local-replica")]
+pub use sync::{LocalRecord, REPLICA_PUSH_BATCH, Replica, SyncReport};

@@ -24,6 +24,9 @@ pub async fn hub(tweak: impl FnOnce(&mut Config)) -> Server {
         jwt_leeway: Dur(Duration::ZERO),
         ..Config::default()
     };
+    // Record sync opens a database: off unless the test gives one
+    // (`TestDb::apply` turns it on).
+    config.sync.enabled = false;
     tweak(&mut config);
     let mut settings = AuthSettings::new(KeySource::Hmac {
         secret: SECRET.to_vec(),
