@@ -1037,7 +1037,7 @@ SEPOCH = "5e0c7a91d24b38f6"
 HLC0 = (1700000000000 << 16) | 3          # 0x018bcfe568000003
 HLC1 = (1700000000500 << 16) | 0
 SHLC = (1700000000600 << 16) | 1
-USAGE = cmap((0, 2), (1, 40))
+USAGE = cmap((0, 2), (1, 33))
 
 f, e = request(60, "sync.push", cmap(
     (0, SPACE), (1, CLIENT), (2, 7), (3, HLC0),
@@ -1109,7 +1109,7 @@ valid("chunk-sync-pull", "a sync.pull chunk: a live record and a tombstone "
       data_of="sync-chunk")
 f, e = chunk(66, 1, True, cmap((0, 14), (1, 3), (2, SEPOCH), (3, False),
                                (4, arr(cmap((0, "notes"), (1, 2),
-                                            (2, 0x9ae16a3b2f90404f)))),
+                                            (2, 0x1e2218b970680930)))),
                                (5, 0)))
 valid("chunk-sync-pull-final", "the final chunk of a sync.pull: cursor, "
       "count, epoch, not a reset, per-collection checksums, horizon", f, e,
@@ -1131,9 +1131,9 @@ f, e = request(69, "sync.info", cmap((0, SPACE)))
 valid("request-sync-info", "sync.info of a space", f, e)
 f, e = response_ok(69, cmap((0, 14), (1, SEPOCH), (2, USAGE),
                             (3, cmap((0, 100000), (1, 67108864))), (4, 0),
-                            (5, arr(cmap((0, "notes"), (1, 2), (2, 40),
+                            (5, arr(cmap((0, "notes"), (1, 2), (2, 33),
                                          (3, 14),
-                                         (4, 0x9ae16a3b2f90404f))))))
+                                         (4, 0x1e2218b970680930))))))
 valid("response-sync-info", "sync.info result: position, epoch, usage, "
       "limits, horizon and the collections", f, e, result_of="sync.info")
 f, e = response_ok(70, cmap((0, 0), (1, ""), (2, cmap((0, 0), (1, 0))),

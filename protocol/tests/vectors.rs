@@ -14,16 +14,16 @@ use bytes::Bytes;
 use ciborium::Value;
 use plexus_conformance::vectors::{Expect, FrameKind, Layer, Vector, load_all};
 use plexus_protocol::frame::{Chunk, Notification, Request, Response};
+use plexus_protocol::methods::sync::{
+    SyncChunk, SyncInfoParams, SyncInfoResult, SyncPullFinal, SyncPullParams, SyncPushParams,
+    SyncPushResult,
+};
 use plexus_protocol::methods::{
     AuthParams, AuthRefreshParams, AuthRefreshResult, AuthResult, CancelParams, ClosingParams,
     Empty, EventParams, HistoryLatestParams, HistoryLatestResult, HistoryParams, HistoryResult,
     PresenceGetParams, PresenceGetResult, PresenceNotice, PresenceSetParams, PublishParams,
     PublishResult, ResumeFinal, SubscribeParams, SubscribeResult, TokenExpiringParams,
     UnsubscribeParams,
-};
-use plexus_protocol::methods::sync::{
-    SyncChunk, SyncInfoParams, SyncInfoResult, SyncPullFinal, SyncPullParams, SyncPushParams,
-    SyncPushResult,
 };
 use plexus_protocol::{
     CloseCode, DecodeError, DecodeLimits, ErrorCode, Frame, Method, RawRef, RawValue, WireError,
