@@ -1107,12 +1107,17 @@ f, e = chunk(66, 0, False, cmap((0, arr(REC1, REC2)), (1, 13)))
 valid("chunk-sync-pull", "a sync.pull chunk: a live record and a tombstone "
       "(stamped by the hub, actor \"\") in position order, cursor 13", f, e,
       data_of="sync-chunk")
-f, e = chunk(66, 1, True, cmap((0, 14), (1, 3), (2, SEPOCH), (3, False),
-                               (4, arr(cmap((0, "notes"), (1, 2),
-                                            (2, 0x1e2218b970680930)))),
-                               (5, 0)))
+SFINAL = cmap((0, 14), (1, 3), (2, SEPOCH), (3, False),
+              (4, arr(cmap((0, "notes"), (1, 2), (2, 0x1e2218b970680930)))),
+              (5, 0))
+f, e = chunk(65, 1, True, SFINAL)
 valid("chunk-sync-pull-final", "the final chunk of a sync.pull: cursor, "
       "count, epoch, not a reset, per-collection checksums, horizon", f, e,
+      data_of="sync-final")
+f, e = chunk(66, 1, False, SFINAL)
+valid("chunk-sync-pull-final-live", "with live the end of the catch-up is a "
+      "non-final chunk (the stream goes on with live chunks); its data has "
+      "key 0 a uint, where a sync-chunk has an array", f, e,
       data_of="sync-final")
 f, e = chunk(67, 0, True, cmap((0, 14), (1, 0), (2, SEPOCH), (3, True),
                                (4, []), (5, 9)))
@@ -1583,7 +1588,11 @@ def check_docs():
                  "chunk-resume-final-reset", "request-subscribe-since-position",
                  "chunk-resume-final-pattern", "request-history",
                  "response-history", "request-history-latest",
-                 "response-history-latest"):
+                 "response-history-latest", "request-sync-push-put",
+                 "response-sync-push", "response-error-conflict-sync-push",
+                 "response-error-quota-exceeded", "response-error-clock-skew",
+                 "request-sync-pull-live", "chunk-sync-pull",
+                 "chunk-sync-pull-final-live", "chunk-sync-live"):
         v = next(v for v in VECTORS if v["name"] == name)
         assert any(h == v["cbor_hex"] for _, h, _, _ in examples), name
     return len(examples), sum(1 for _, h, _, _ in examples
