@@ -371,6 +371,9 @@ pub struct SweepReport {
 enum Cmd {
     Push(PushReq, oneshot::Sender<Result<SyncPushResult, SyncError>>),
     Sweep(oneshot::Sender<Result<SweepReport, SyncError>>),
+    /// Stop after the commands queued before it (other handles may still
+    /// exist: the hub's, a sweeper's).
+    Stop,
 }
 
 type Watchers = Arc<DashMap<String, broadcast::Sender<Arc<Committed>>>>;
@@ -397,6 +400,7 @@ impl std::fmt::Debug for Cmd {
         f.write_str(match self {
             Cmd::Push(..) => "Push",
             Cmd::Sweep(..) => "Sweep",
+            Cmd::Stop => "Stop",
         })
     }
 }
@@ -448,6 +452,20 @@ impl SyncEngine {
 
     /// Applies a push, all or nothing, once per `(client, seq)`.
     pub async fn push(&self, params: SyncPushParams) -> Result<SyncPushResult, SyncError> {
+        self.submit(params)?.await
+    }
+
+    /// Checks and validates a push and enqueues it to the writer **now**
+    /// (so pushes submitted in order are applied in order, which one
+    /// connection's pushes need); the returned future yields the result
+    /// after the commit. A full queue is `unavailable` at once.
+    pub fn submit(
+        &self,
+        params: SyncPushParams,
+    ) -> Result<
+        impl std::future::Future<Output = Result<SyncPushResult, SyncError>> + Send + 'static,
+        SyncError,
+    > {
         let hlc = &self.inner.hlc;
         hlc.check(params.hlc).map_err(SyncError::Skew)?;
         for op in &params.ops {
@@ -461,8 +479,10 @@ impl SyncEngine {
             .tx
             .try_send(Cmd::Push(req, reply))
             .map_err(|_| SyncError::Unavailable("the sync writer is overloaded".into()))?;
-        rx.await
-            .map_err(|_| SyncError::Unavailable("the sync writer stopped".into()))?
+        Ok(async move {
+            rx.await
+                .map_err(|_| SyncError::Unavailable("the sync writer stopped".into()))?
+        })
     }
 
     /// Expires records and purges tombstones past the horizon (one bounded
@@ -557,8 +577,10 @@ impl SyncEngine {
         Ok(r)
     }
 
-    /// Stops the writer after the queued commands and closes the store.
+    /// Stops the writer after the queued commands and closes the store
+    /// (other handles of the engine then answer `unavailable`).
     pub async fn close(self) {
+        let _ = self.inner.tx.send(Cmd::Stop).await;
         let task = self.inner.task.lock().take();
         let store = self.inner.store.clone();
         drop(self);
@@ -766,6 +788,7 @@ impl Writer {
                     let r = self.sweep().await;
                     let _ = reply.send(r);
                 }
+                Cmd::Stop => break,
                 Cmd::Push(req, reply) => {
                     let mut batch = vec![(req, reply)];
                     while batch.len() < self.config.max_batch.max(1) {
