@@ -758,6 +758,115 @@ fn push_cases() -> Vec<Case> {
             },
         ),
         Case::new(
+            "sync.push-tombstone",
+            "24.2, 24.5",
+            "a delete leaves a tombstone: expected_version 0 matches it, a conflict reports it deleted with its version, a patch newer than the delete revives the record",
+            |ctx| async move {
+                let s = space(&ctx, "s")?;
+                let mut c = ctx.client("a").await?;
+                let id = client(&ctx, "a");
+                let t0 = now_ms() - 10_000;
+                push(
+                    &mut c,
+                    &push_params(
+                        &s,
+                        &id,
+                        1,
+                        hlc(t0, 0),
+                        vec![Value::map(put("a", b"1")), Value::map(put("b", b"1"))],
+                    ),
+                )
+                .await?;
+                let d = push(
+                    &mut c,
+                    &push_params(
+                        &s,
+                        &id,
+                        2,
+                        hlc(t0 + 10, 0),
+                        vec![Value::map(delete("a")), Value::map(delete("b"))],
+                    ),
+                )
+                .await?;
+                ensure_eq!(
+                    d.records,
+                    0,
+                    "tombstones are not counted in the usage (§24.5)"
+                );
+                ensure_eq!(
+                    d.versions,
+                    vec![
+                        (COLL.to_owned(), "a".to_owned(), 2),
+                        (COLL.to_owned(), "b".to_owned(), 2)
+                    ],
+                    "a delete is a change: version 2"
+                );
+                let e = err(
+                    &mut c,
+                    "sync.push",
+                    &push_params(
+                        &s,
+                        &id,
+                        3,
+                        hlc(t0 + 20, 0),
+                        vec![with(put("a", b"x"), &[(5, Value::Uint(2))])],
+                    ),
+                    "conflict",
+                )
+                .await?;
+                let list = arr(details(&e)?, 0, "conflict details")?;
+                ensure_eq!(list.len(), 1, "one mismatched record");
+                ensure_eq!(
+                    (
+                        u(&list[0], 2, "conflict version")?,
+                        b(&list[0], 3, "conflict deleted")?
+                    ),
+                    (2, true),
+                    "a tombstone conflicts as deleted, with its version; expected versions count it as 0 (§24.5)"
+                );
+                let a = push(
+                    &mut c,
+                    &push_params(
+                        &s,
+                        &id,
+                        3,
+                        hlc(t0 + 20, 0),
+                        vec![with(put("a", b"again"), &[(5, Value::Uint(0))])],
+                    ),
+                )
+                .await?;
+                ensure_eq!(
+                    a.versions,
+                    vec![(COLL.to_owned(), "a".to_owned(), 3)],
+                    "expected_version 0 recreates a deleted record"
+                );
+                push(
+                    &mut c,
+                    &push_params(
+                        &s,
+                        &id,
+                        4,
+                        hlc(t0 + 30, 0),
+                        vec![Value::map(patch("b", &[("f", Some(b"v"))]))],
+                    ),
+                )
+                .await?;
+                let (_, got) = pull(&mut c, &pull_params(&s, &[])).await?;
+                let st = got.state();
+                ensure_eq!(
+                    st.get("a").map(|r| (r.deleted, r.fields.clone())),
+                    Some((false, BTreeMap::from([(String::new(), b"again".to_vec())]))),
+                    "a recreated"
+                );
+                ensure_eq!(
+                    st.get("b").map(|r| (r.deleted, r.fields.clone())),
+                    Some((false, BTreeMap::from([("f".to_owned(), b"v".to_vec())]))),
+                    "a patch newer than the delete revives b with the patched field only (§24.2)"
+                );
+                Ok(())
+            },
+        ),
+        Case::new(
             "sync.push-clock-skew",
             "24.3, 24.9, 14.2",
             "a push stamped far ahead of the hub's clock is refused with clock_skew and its details; nothing is applied; a past stamp is accepted",
