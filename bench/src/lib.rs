@@ -8,6 +8,11 @@
 //! same machine at the same time. Two more scenarios measure the hub's
 //! memory bounds (pre-auth frames, stalled subscribers) as RSS.
 //!
+//! The durable-streams group ([`suite::DurableSuite`], `plexus-bench
+//! durable`) measures durable publish throughput, catch-up and latency on
+//! a durable topic, Plexus on SQLite and PostgreSQL beside NATS JetStream
+//! on file storage at equal durability.
+//!
 //! Latency is measured from a timestamp the sender writes into each payload
 //! (nanoseconds since the load generator started), read by the receiver in
 //! the same process.

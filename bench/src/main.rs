@@ -17,12 +17,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use plexus_bench::nats::NatsServer;
+use plexus_bench::nats::{JsSync, NatsServer, start_jetstream};
+use plexus_bench::plexus::durable::{Database, StreamDurability, start_durable};
 use plexus_bench::procs::{EchoProcess, HubBinary};
 use plexus_bench::scenario::{
-    ConnectionsConfig, FanoutConfig, PreauthConfig, Rate, RpcConfig, StalledConfig, StormConfig,
+    ConnectionsConfig, DurablePublishConfig, FanoutConfig, PreauthConfig, Rate, RpcConfig,
+    StalledConfig, StormConfig,
 };
-use plexus_bench::suite::{BoxError, Suite};
+use plexus_bench::suite::{BoxError, DurableSuite, Suite};
 use plexus_bench::{echo, nats, plexus};
 
 #[derive(Parser)]
@@ -47,6 +49,13 @@ enum Target {
     Plexus,
     Nats,
     Floor,
+}
+
+/// A durable namespace's durability.
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Committed,
+    Fsynced,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +90,71 @@ enum Command {
         /// smoke-test the suite itself.
         #[arg(long)]
         rounds: Option<usize>,
+    },
+    /// The durable-streams suite: durable publish throughput (1, 16, 64
+    /// publishers), catch-up and latency on a durable topic, Plexus on
+    /// SQLite and PostgreSQL beside NATS JetStream on file storage.
+    Durable {
+        /// Shorter windows and 20,000 instead of 100,000 events behind.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write `<date>-durable.json` and `.md`.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// PostgreSQL server to create each run's database on (with
+        /// `psql`), e.g. postgres://postgres@127.0.0.1:5432/test; without
+        /// it the PostgreSQL runs are skipped.
+        #[arg(long, env = "PLEXUS_BENCH_POSTGRES_URL")]
+        postgres_url: Option<String>,
+        /// The nats-server for JetStream (2.10+ for `sync_interval`)
+        /// [default: PLEXUS_BENCH_JETSTREAM_SERVER, else the NATS baseline's].
+        #[arg(long)]
+        jetstream_server: Option<PathBuf>,
+        /// Rounds of every comparison [default: 1].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Events the catch-up subscriber is behind [default: 100000; --quick: 20000].
+        #[arg(long)]
+        behind: Option<u64>,
+        /// Publisher counts of the throughput comparison (repeatable)
+        /// [default: 1, 16, 64].
+        #[arg(long = "publishers")]
+        publishers: Vec<usize>,
+        /// Run only these parts (repeatable) [default: all].
+        #[arg(long, value_enum)]
+        only: Vec<plexus_bench::suite::durable::Part>,
+    },
+    /// One durable publish run (P publishers, each publish acknowledged
+    /// after it was stored): Plexus on a hub it starts with a durable
+    /// `bench.>` namespace (or at `--url`), or JetStream.
+    DurablePublish {
+        #[arg(long, value_enum, default_value = "plexus")]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Publishes in flight per publisher.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        #[arg(long, default_value_t = 128)]
+        payload: usize,
+        /// Plexus: the namespace's durability.
+        #[arg(long, value_enum, default_value = "fsynced")]
+        durability: DurabilityArg,
+        /// Plexus: a PostgreSQL server to create the run's database on
+        /// [default: SQLite].
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// Plexus: a hub already running with a durable `bench.>`
+        /// namespace, instead of starting one.
+        #[arg(long)]
+        url: Option<String>,
+        /// JetStream: `sync_interval: always` instead of the default.
+        #[arg(long)]
+        sync_always: bool,
+        #[arg(long, default_value = "1s")]
+        warmup: humantime::Duration,
+        #[arg(long, default_value = "3s")]
+        duration: humantime::Duration,
     },
     /// One fan-out run.
     Fanout {
@@ -256,6 +330,51 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     let hub_args = cli.hub_args;
     match cli.command {
         Command::EchoServer { listen } => echo::serve(listen).await?,
+        Command::DurablePublish {
+            target,
+            publishers,
+            window,
+            payload,
+            durability,
+            postgres_url,
+            url,
+            sync_always,
+            warmup,
+            duration,
+        } => {
+            let cfg = DurablePublishConfig {
+                publishers,
+                window,
+                payload,
+                warmup: warmup.into(),
+                duration: duration.into(),
+            };
+            let result = match (target, url) {
+                (Target::Plexus, Some(url)) => plexus::durable::durable_publish(&url, &cfg).await,
+                (Target::Plexus, None) => {
+                    let db = postgres_url.map_or(Database::Sqlite, Database::Postgres);
+                    let durability = match durability {
+                        DurabilityArg::Committed => StreamDurability::Committed,
+                        DurabilityArg::Fsynced => StreamDurability::Fsynced,
+                    };
+                    let bin = hub_binary(cli.plexus)?;
+                    let hub = start_durable(&bin, &db, durability, &hub_args).await?;
+                    plexus::durable::durable_publish(&hub.hub.url(), &cfg).await
+                }
+                (Target::Nats, _) => {
+                    let bin = nats::jetstream_server_binary().ok_or("no nats-server")?;
+                    let sync = if sync_always {
+                        JsSync::Always
+                    } else {
+                        JsSync::Default
+                    };
+                    nats::jetstream::durable_publish(&start_jetstream(&bin, sync).await?, &cfg)
+                        .await
+                }
+                (Target::Floor, _) => return Err("the floor stores nothing".into()),
+            };
+            print(&result)?;
+        }
         Command::Fanout {
             target,
             publishers,
@@ -413,6 +532,37 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let args = with(&plexus::stalled_hub_args(cfg.max_outbound_bytes), &hub_args);
             let hub = hub_binary(cli.plexus)?.start(&args).await?;
             print(&plexus::stalled(&hub, &cfg).await)?;
+        }
+        Command::Durable {
+            quick,
+            out,
+            postgres_url,
+            jetstream_server,
+            rounds,
+            behind,
+            publishers,
+            only,
+        } => {
+            let jetstream = jetstream_server
+                .or_else(nats::jetstream_server_binary)
+                .ok_or("no nats-server for JetStream: pass --jetstream-server or run bash bench/run.sh --durable")?;
+            let suite = DurableSuite {
+                quick,
+                out,
+                current: hub_binary(cli.plexus)?,
+                hub_args,
+                postgres: postgres_url,
+                jetstream,
+                rounds,
+                behind,
+                publishers: if publishers.is_empty() {
+                    plexus_bench::suite::durable::PUBLISHERS.to_vec()
+                } else {
+                    publishers
+                },
+                only,
+            };
+            suite.run().await?;
         }
         Command::Suite {
             quick,

@@ -286,6 +286,92 @@ pub struct StalledResult {
     pub still_open: usize,
 }
 
+/// The durable namespace every durable scenario publishes in: the hub's
+/// `[[streams]]` pattern and the JetStream stream's subjects.
+pub const DURABLE_SUBJECTS: &str = "bench.>";
+
+/// The durable publish scenario: P publishers, each on its own connection
+/// and its own topic, each publish acknowledged only after it was stored
+/// (Plexus: the `publish` response after the commit; JetStream: the
+/// `PubAck`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DurablePublishConfig {
+    /// Publisher connections.
+    pub publishers: usize,
+    /// Publishes in flight per publisher (1: each waits for its ack before
+    /// the next).
+    pub window: usize,
+    /// Payload bytes.
+    pub payload: usize,
+    /// Warm-up before measuring.
+    #[serde(with = "humantime_serde_lite")]
+    pub warmup: Duration,
+    /// Measured duration.
+    #[serde(with = "humantime_serde_lite")]
+    pub duration: Duration,
+}
+
+impl DurablePublishConfig {
+    /// The topic publisher `j` publishes on.
+    pub fn topic(&self, j: usize) -> String {
+        format!("bench.p{j}")
+    }
+}
+
+/// What a durable publish run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DurablePublishResult {
+    /// Acknowledged publishes per second in the measured window.
+    pub acked_per_sec: f64,
+    /// Publish to acknowledgement.
+    pub ack_latency: Summary,
+    /// Plexus: the weakest `durability` its acks reported (`None`: none
+    /// said; JetStream acks carry none).
+    pub durability: Option<String>,
+    /// Publishes answered with an error, acks without a stored offset, or
+    /// connections that broke (should be 0).
+    pub errors: u64,
+}
+
+/// The catch-up scenario: a topic filled with `behind` events, then a new
+/// subscriber that has none of them subscribes from the start.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchupConfig {
+    /// Events stored before the subscriber comes.
+    pub behind: u64,
+    /// Payload bytes.
+    pub payload: usize,
+    /// Publishes in flight while filling.
+    pub fill_window: usize,
+}
+
+/// The topic the catch-up scenario fills.
+pub const CATCHUP_TOPIC: &str = "bench.catchup";
+
+/// What a catch-up run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CatchupResult {
+    /// Events stored before the subscribe.
+    pub behind: u64,
+    /// Acknowledged publishes per second while filling (window
+    /// `fill_window`).
+    pub fill_per_sec: f64,
+    /// Events the subscriber received.
+    pub received: u64,
+    /// From sending the subscribe to the first event, ms.
+    pub first_ms: f64,
+    /// From sending the subscribe to the final chunk (Plexus) or the last
+    /// event (JetStream), ms.
+    pub total_ms: f64,
+    /// received / total.
+    pub events_per_sec: f64,
+    /// Plexus: the final chunk's outcome and count (`recovered`, N).
+    pub outcome: Option<String>,
+    /// Failures (should be 0): errors, a short count, a final chunk that
+    /// does not match what was received.
+    pub errors: u64,
+}
+
 /// Durations serialized as human-readable strings.
 mod humantime_serde_lite {
     use std::time::Duration;

@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use plexus_protocol::methods::{Durability, ResumeOutcome};
 use plexus_protocol::topic::Pattern;
-use plexus_server::storage::{Backend, Order};
+use plexus_server::storage::{
+    Backend, EventPage, LatestRow, NamespaceRead, NamespaceRow, Order, Store, StoreFuture,
+    StoreWriter, TopicRead, TopicRow,
+};
 use plexus_server::streams::config::DurabilitySetting;
 use plexus_server::streams::{
     HistoryQuery, NamespaceConfig, PublishRequest, ResumeFrom, StreamError, Streams,
@@ -67,6 +70,8 @@ suite!(
     wildcard_resume,
     subscribe_without_since_gets_a_position,
     history_pages_both_ways,
+    history_first_matches_its_events_during_retention,
+    catch_up_with_retention_between_pages_is_gapless_or_too_old,
     latest_per_topic,
     a_failing_batch_is_rolled_back_whole,
     storage_failure_is_unavailable_and_recovers,
@@ -1276,5 +1281,262 @@ async fn a_full_queue_answers_overloaded(f: Fixture) {
     assert_eq!(h.last, ok);
     // Once drained, publishes are accepted again.
     assert_eq!(publish(&s, "q.t", 1).await.offset, Some(ok + 1));
+    s.close().await;
+}
+
+/// A [`Store`] that holds one read (of a topic or a namespace, after `skip`
+/// others) until the test lets it go, so that the test can run retention
+/// between two reads of one request, deterministically.
+#[derive(Debug)]
+struct GatedStore {
+    inner: Arc<dyn Store>,
+    gate: Arc<parking_lot::Mutex<Option<Armed>>>,
+}
+
+#[derive(Debug)]
+struct Armed {
+    skip: u32,
+    entered: tokio::sync::oneshot::Sender<()>,
+    go: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// The test's side of an armed gate.
+struct Gate {
+    entered: tokio::sync::oneshot::Receiver<()>,
+    go: tokio::sync::oneshot::Sender<()>,
+}
+
+impl GatedStore {
+    fn arm(gate: &parking_lot::Mutex<Option<Armed>>, skip: u32) -> Gate {
+        let (entered_tx, entered) = tokio::sync::oneshot::channel();
+        let (go, go_rx) = tokio::sync::oneshot::channel();
+        *gate.lock() = Some(Armed {
+            skip,
+            entered: entered_tx,
+            go: go_rx,
+        });
+        Gate { entered, go }
+    }
+
+    async fn pass(&self) {
+        let armed = {
+            let mut g = self.gate.lock();
+            match g.as_mut() {
+                Some(a) if a.skip > 0 => {
+                    a.skip -= 1;
+                    None
+                }
+                Some(_) => g.take(),
+                None => None,
+            }
+        };
+        if let Some(a) = armed {
+            let _ = a.entered.send(());
+            let _ = a.go.await;
+        }
+    }
+}
+
+impl Store for GatedStore {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+    fn writer(&self) -> StoreFuture<'_, Box<dyn StoreWriter>> {
+        self.inner.writer()
+    }
+    fn namespaces(&self) -> StoreFuture<'_, Vec<NamespaceRow>> {
+        self.inner.namespaces()
+    }
+    fn topic<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<TopicRow>> {
+        self.inner.topic(name)
+    }
+    fn read_topic<'a>(&'a self, read: TopicRead, out: &'a mut EventPage) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.pass().await;
+            self.inner.read_topic(read, out).await
+        })
+    }
+    fn read_namespace<'a>(
+        &'a self,
+        read: NamespaceRead,
+        keep: &'a (dyn Fn(&str) -> bool + Send + Sync),
+        out: &'a mut EventPage,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.pass().await;
+            self.inner.read_namespace(read, keep, out).await
+        })
+    }
+    fn pruned_topics<'a>(
+        &'a self,
+        ns: i64,
+        position: u64,
+        after: &'a str,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<(String, u64)>> {
+        self.inner.pruned_topics(ns, position, after, limit)
+    }
+    fn latest<'a>(
+        &'a self,
+        ns: i64,
+        lo: &'a str,
+        hi: Option<&'a str>,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<LatestRow>> {
+        self.inner.latest(ns, lo, hi, after, limit)
+    }
+    fn list_topics<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<TopicRow>> {
+        self.inner.list_topics(after, limit)
+    }
+    fn close(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        self.inner.close()
+    }
+}
+
+type GateHandle = Arc<parking_lot::Mutex<Option<Armed>>>;
+
+async fn open_gated(
+    f: &Fixture,
+    config: plexus_server::streams::StreamsConfig,
+) -> (Streams, Arc<storage_support::Broker>, GateHandle) {
+    let inner = plexus_server::storage::open(&f.options).await.unwrap();
+    let gate: GateHandle = Arc::default();
+    let store: Arc<dyn Store> = Arc::new(GatedStore {
+        inner,
+        gate: gate.clone(),
+    });
+    let b = Arc::new(storage_support::Broker::default());
+    let clock: Arc<dyn plexus_server::streams::Clock> = Arc::new(f.clock.clone());
+    let s = Streams::open(store, config, b.clone(), clock)
+        .await
+        .unwrap();
+    (s, b, gate)
+}
+
+/// `history` reads the topic's row, then its events: retention committing
+/// in between must not leave a page whose `first` is below its events.
+async fn history_first_matches_its_events_during_retention(f: Fixture) {
+    let mut n = ns("g.>");
+    n.max_events = Some(5);
+    let (s, _b, gate) = open_gated(&f, config(vec![n])).await;
+    for i in 0..10 {
+        publish(&s, "g.t", i).await;
+    }
+    s.run_retention().await.unwrap();
+    let h = s.history(HistoryQuery::new("g.t", 1 << 20)).await.unwrap();
+    assert_eq!((h.first, h.last, h.events.len()), (6, 10, 5));
+    for order in [Order::Forward, Order::Backward] {
+        // The row says 6..=10 (or the last pass's); three more publishes
+        // and a retention pass delete through 8 (11) before the events are read.
+        let before = s.history(HistoryQuery::new("g.t", 1 << 20)).await.unwrap();
+        let g = GatedStore::arm(&gate, 0);
+        let mut q = HistoryQuery::new("g.t", 1 << 20);
+        q.direction = order;
+        q.limit = Some(100);
+        let s2 = s.clone();
+        let page = tokio::spawn(async move { s2.history(q).await.unwrap() });
+        g.entered.await.unwrap();
+        for i in 0..3 {
+            publish(&s, "g.t", i).await;
+        }
+        s.run_retention().await.unwrap();
+        g.go.send(()).unwrap();
+        let p = page.await.unwrap();
+        let offs: Vec<u64> = p.events.metas.iter().map(|m| m.offset).collect();
+        let lowest = *offs.iter().min().unwrap();
+        assert_eq!(p.last, before.last, "{order:?}: last as of the row");
+        assert_eq!(
+            p.first, lowest,
+            "{order:?}: first {} while the page's events {offs:?} start higher",
+            p.first
+        );
+        assert_eq!(lowest, before.last + 3 - 4, "{order:?}: retention ran");
+        assert_eq!(p.next, None, "{order:?}: nothing more in the range read");
+    }
+    s.close().await;
+}
+
+/// Retention deleting events between two catch-up pages: the resume
+/// streams a complete, gapless run or ends `too_old`, never a silent gap.
+async fn catch_up_with_retention_between_pages_is_gapless_or_too_old(f: Fixture) {
+    let mut c = ns("c.*");
+    c.max_events = Some(50);
+    let mut w = ns("w.*");
+    w.max_events = Some(50);
+    let (s, b, gate) = open_gated(&f, config(vec![c, w])).await;
+    let cases = [
+        (
+            "c.t",
+            "c.t",
+            ResumeFrom::Offset {
+                epoch: None,
+                offset: 0,
+            },
+        ),
+        (
+            "w.*",
+            "w.u",
+            ResumeFrom::Position {
+                epoch: None,
+                position: 0,
+            },
+        ),
+    ];
+    for (pattern, topic, from) in cases {
+        for i in 0..40 {
+            publish(&s, topic, i).await;
+        }
+        let h = s.history(HistoryQuery::new(topic, 1 << 20)).await.unwrap();
+        let one = h.events.metas[0].len as usize;
+        // Chunks of about four events; the second read waits.
+        let g = GatedStore::arm(&gate, 1);
+        let (s2, b2, p) = (s.clone(), b.clone(), pattern.to_owned());
+        let run = tokio::spawn(async move { resume(&s2, &b2, &p, from, one * 4 + 16).await });
+        g.entered.await.unwrap();
+        // 30 more: retention keeps the last 50 of 70 and deletes 1..=20
+        // while the catch-up has read at most its first page.
+        for i in 0..30 {
+            publish(&s, topic, i).await;
+        }
+        s.run_retention().await.unwrap();
+        let h = s.history(HistoryQuery::new(topic, 1 << 20)).await.unwrap();
+        assert_eq!(h.first, 21, "{pattern}: retention ran");
+        g.go.send(()).unwrap();
+        let r = run.await.unwrap();
+        let got: Vec<u64> = r.streamed().iter().map(|e| e.offset).collect();
+        match r.summary.outcome {
+            ResumeOutcome::TooOld => {
+                // What was streamed before the loss is a gapless prefix,
+                // and the final chunk says where the history is complete.
+                let want: Vec<u64> = (1..=got.len() as u64).collect();
+                assert_eq!(
+                    got, want,
+                    "{pattern}: streamed before too_old, gapless from 1"
+                );
+                assert_eq!(r.summary.count, got.len() as u64, "{pattern}: count");
+                assert_eq!(r.summary.earliest, Some(21), "{pattern}: earliest");
+                let live_from = if pattern == "c.t" {
+                    r.summary.offset
+                } else {
+                    r.summary.position
+                };
+                assert_eq!(live_from, 70, "{pattern}: live from the end");
+            }
+            ResumeOutcome::Recovered => {
+                let want: Vec<u64> = (1..=got.len() as u64).collect();
+                assert_eq!(
+                    got, want,
+                    "{pattern}: a recovered catch-up is gapless from 1"
+                );
+                assert_eq!(got.len(), 70, "{pattern}: and complete");
+            }
+            o => panic!("{pattern}: outcome {o:?}"),
+        }
+    }
     s.close().await;
 }

@@ -422,6 +422,68 @@ async fn wildcard_resume_by_namespace_position() {
 }
 
 #[tokio::test]
+async fn pattern_resume_after_one_topic_was_reset() {
+    for db in TestDb::all().await {
+        let hub = TestHub::start_durable(&db, config(vec![ns("room.*")]), |_| {}).await;
+        let (mut p, _) = Client::authed(hub.addr(), &token("p")).await;
+        // Positions 1..=6: room.a at 1, 3, 5; room.b at 2, 4, 6.
+        for i in 1..=6u64 {
+            let t = if i % 2 == 1 { "room.a" } else { "room.b" };
+            publish(&mut p, t, i, |p| p).await.unwrap();
+        }
+        let streams = hub.hub().streams.clone().unwrap();
+        let ns_epoch = streams.topic_namespace("room.a").unwrap().epoch.to_string();
+        streams.reset_topic("room.a").await.unwrap();
+        // From before room.a's last position: its events after the
+        // client's position are gone (the reset removed them), so too_old
+        // with earliest one past room.a's last position, and the
+        // namespace's epoch and positions unchanged.
+        let (mut c, _) = Client::authed(hub.addr(), &token("c")).await;
+        let (events, fin) = resume(&mut c, "room.*", Since::position(Some(&ns_epoch), 2))
+            .await
+            .unwrap();
+        assert!(events.is_empty(), "{}", db.name());
+        assert_eq!(fin.outcome, ResumeOutcome::TooOld, "{}", db.name());
+        assert_eq!(fin.earliest, Some(6));
+        assert_eq!((fin.epoch.as_str(), fin.position), (ns_epoch.as_str(), 6));
+        // From at or past it: recovered, and room.a continues with offsets
+        // restarted at 1 but positions continuing (clients of a pattern go
+        // by position).
+        let (mut d, _) = Client::authed(hub.addr(), &token("d")).await;
+        let (events, fin) = resume(&mut d, "room.*", Since::position(Some(&ns_epoch), 5))
+            .await
+            .unwrap();
+        assert_eq!(fin.outcome, ResumeOutcome::Recovered, "{}", db.name());
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| (e.topic.as_str(), e.position))
+                .collect::<Vec<_>>(),
+            vec![("room.b", 6)]
+        );
+        publish(&mut p, "room.a", 7, |p| p).await.unwrap();
+        for live in [&mut c, &mut d] {
+            let e = next_event(live).await;
+            assert_eq!((e.topic.as_str(), e.offset, e.position), ("room.a", 1, 7));
+        }
+        // A later pattern resume from before the new event recovers it.
+        let (mut e2, _) = Client::authed(hub.addr(), &token("e")).await;
+        let (events, fin) = resume(&mut e2, "room.*", Since::position(Some(&ns_epoch), 6))
+            .await
+            .unwrap();
+        assert_eq!(fin.outcome, ResumeOutcome::Recovered);
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| (e.topic.as_str(), e.offset, e.position))
+                .collect::<Vec<_>>(),
+            vec![("room.a", 1, 7)]
+        );
+        hub.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn the_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
     for db in TestDb::all().await {
         let mut cfg = config(vec![ns("orders.>")]);

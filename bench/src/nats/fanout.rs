@@ -39,15 +39,15 @@ pub(super) async fn connect_many(
 
 /// What a subscriber saw.
 #[derive(Default)]
-struct Received {
-    count: u64,
-    latency: Latency,
-    broke: bool,
+pub(super) struct Received {
+    pub(super) count: u64,
+    pub(super) latency: Latency,
+    pub(super) broke: bool,
 }
 
 /// Reads until the window is over, counting messages (and their latency)
 /// received inside it.
-async fn subscriber(mut conn: NatsConn, win: Window) -> Received {
+pub(super) async fn subscriber(mut conn: NatsConn, win: Window) -> Received {
     let mut r = Received::default();
     let deadline = win.deadline();
     // Receipt time of the WebSocket message that completed the events
@@ -89,9 +89,9 @@ async fn subscriber(mut conn: NatsConn, win: Window) -> Received {
 }
 
 /// What a publisher did.
-struct Published {
-    completed: u64,
-    broke: bool,
+pub(super) struct Published {
+    pub(super) completed: u64,
+    pub(super) broke: bool,
 }
 
 /// A window of `window` stamped `PUB`s and a `PING` per round trip; the
@@ -139,7 +139,7 @@ async fn publish_saturated(
 
 /// `per_sec` stamped `PUB`s per second, paced by a 1 ms interval; each is
 /// counted when written inside the measured window.
-async fn publish_fixed(
+pub(super) async fn publish_fixed(
     mut conn: NatsConn,
     subject: String,
     payload: usize,

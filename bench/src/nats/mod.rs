@@ -33,18 +33,22 @@
 //!   requester subscribes to `_INBOX.<conn>.*` and keeps `in_flight`
 //!   requests `PUB bench.echo _INBOX.<conn>.<seq>` outstanding.
 //!
+//! - **JetStream** (the durable scenarios): see [`jetstream`].
+//!
 //! The parser reads NATS's byte stream regardless of how the server split
 //! or coalesced it into WebSocket messages, finds control lines without
 //! allocating and hands out `MSG` payloads as slices of its buffer.
 
 mod conn;
 mod fanout;
+pub mod jetstream;
 mod rpc;
 mod server;
 mod storm;
 
 pub use conn::{CONNECT, Event, Inbox, Msg, NatsConn, NatsError, Outbox};
 pub use fanout::fanout;
+pub use jetstream::{JsSync, jetstream_server_binary, start_jetstream};
 pub use rpc::request_reply;
 pub use server::{NatsServer, nats_server_binary};
 pub use storm::reconnect_storm;

@@ -1,7 +1,7 @@
 //! A `nats-server` process on loopback ports, with a WebSocket listener.
 
 use std::io::ErrorKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -78,11 +78,23 @@ impl NatsServer {
             what: "nats-server not found on PATH or in /usr/sbin (install it: apt-get install nats-server)".into(),
             source: std::io::Error::from(ErrorKind::NotFound),
         })?;
+        NatsServer::launch(&bin, |_| extra_conf.to_owned()).await
+    }
+
+    /// Starts `bin` with the configuration [`start_with`](Self::start_with)
+    /// writes plus what `extra_conf` returns for the server's own temporary
+    /// directory (e.g. a JetStream `store_dir` inside it, removed with the
+    /// server).
+    pub async fn launch(
+        bin: &Path,
+        extra_conf: impl FnOnce(&Path) -> String,
+    ) -> Result<NatsServer, ProcError> {
         let dir = tempfile::tempdir().map_err(|source| ProcError::Io {
             what: "tempdir".into(),
             source,
         })?;
         let (port, ws_port) = free_ports()?;
+        let extra_conf = extra_conf(dir.path());
         let conf = format!(
             "listen: 127.0.0.1:{port}\nwebsocket {{\n  host: 127.0.0.1\n  port: {ws_port}\n  no_tls: true\n}}\n{extra_conf}\n"
         );
@@ -96,7 +108,7 @@ impl NatsServer {
             what: "creating nats.log".into(),
             source,
         })?;
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .arg("-c")
             .arg(&conf_path)
             .stdin(Stdio::null())

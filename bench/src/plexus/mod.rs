@@ -7,11 +7,13 @@
 //! - [`mod@fanout`], [`mod@rpc`], [`mod@connections`], [`mod@storm`]: the
 //!   head-to-head scenarios (the reconnect storm's harness is
 //!   [`crate::storm`]).
+//! - [`mod@durable`]: durable streams (publish after commit, catch-up).
 //! - [`mod@preauth`], [`mod@stalled`]: the hub's memory bounds, measured as
 //!   RSS.
 
 pub mod conn;
 pub mod connections;
+pub mod durable;
 pub mod fanout;
 pub mod frames;
 pub mod preauth;

@@ -5,8 +5,11 @@
 //! repeated against it in the same round, right after the current one, so
 //! before/after figures come from the same run.
 
+pub mod durable;
 mod rounds;
 mod rows;
+
+pub use durable::DurableSuite;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -64,6 +67,26 @@ pub struct Suite {
     /// Rounds of every comparison instead of [`ROUNDS`] and
     /// [`SLOW_ROUNDS`] (1 for a smoke test of the suite itself).
     pub rounds: Option<usize>,
+}
+
+/// Prints the report's table and writes `<date><suffix>.json` and `.md`
+/// into `out`.
+pub(crate) fn write_report(
+    report: &Report,
+    out: &std::path::Path,
+    suffix: &str,
+) -> Result<(), BoxError> {
+    let md = report.markdown();
+    println!("{md}");
+    std::fs::create_dir_all(out)?;
+    let stem = format!("{}{suffix}", report.date.replace(':', "-"));
+    std::fs::write(
+        out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    std::fs::write(out.join(format!("{stem}.md")), &md)?;
+    eprintln!("wrote {}/{stem}.json and .md", out.display());
+    Ok(())
 }
 
 /// One Plexus figure for the current hub and, if any, the baseline hub.
@@ -134,23 +157,14 @@ impl Suite {
 
         let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let report = Report {
-            date: date.clone(),
+            date,
             machine: Machine::detect(),
             rows: sink.rows,
             binary: self.current.path.display().to_string(),
             baseline_binary: self.baseline.as_ref().map(|b| b.path.display().to_string()),
             raw: sink.raw.into(),
         };
-        let md = report.markdown();
-        println!("{md}");
-        std::fs::create_dir_all(&self.out)?;
-        let stem = date.replace(':', "-");
-        std::fs::write(
-            self.out.join(format!("{stem}.json")),
-            serde_json::to_string_pretty(&report)?,
-        )?;
-        std::fs::write(self.out.join(format!("{stem}.md")), &md)?;
-        eprintln!("wrote {}/{stem}.json and .md", self.out.display());
+        write_report(&report, &self.out, "")?;
         Ok(report)
     }
 

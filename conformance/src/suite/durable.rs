@@ -1570,6 +1570,60 @@ fn history_cases() -> Vec<Case> {
                 Ok(())
             },
         ),
+        Case::new(
+            "durable.since-on-forbidden-topic-is-forbidden",
+            "23.6, 11.4, 9.3",
+            "subscribe with since checks conflict, limit and capability before durability and since: a client without sub rights learns nothing about the topic",
+            |ctx| async move {
+                let t = durable_topic(&ctx, "t")?;
+                let ns = durable_ns(&ctx)?;
+                let plain = ctx.topic("plain");
+                let other = format!("{}.other", ctx.ns());
+                let claims =
+                    ctx.claims_caps(&ctx.user("c"), &[other.as_str()], &[other.as_str()], false);
+                let mut c = ctx.client_with(&claims).await?;
+                let sub = |t: &str, since: Value| Value::map([(0, Value::text(t)), (2, since)]);
+                let refused = [
+                    ("since on a plain topic", sub(&plain, since_offset(None, 0))),
+                    (
+                        "since on a pattern spanning namespaces",
+                        sub(">", since_position("e", 0)),
+                    ),
+                    (
+                        "an exact durable topic with since {}",
+                        sub(&t, Value::empty_map()),
+                    ),
+                    (
+                        "a durable pattern with an offset",
+                        sub(&format!("{ns}.*"), Value::map([(1, Value::Uint(0))])),
+                    ),
+                    ("a valid resume", sub(&t, since_offset(None, 0))),
+                ];
+                for (what, params) in refused {
+                    subscribe_err(&mut c, &params, "forbidden")
+                        .await
+                        .map_err(|e| e.context(what))?;
+                }
+                // With the right: a plain topic already subscribed is a
+                // conflict before `since` on it is refused as not durable.
+                let mut s = ctx.client("s").await?;
+                s.ok("subscribe", &topic(&plain)).await?;
+                subscribe_err(&mut s, &sub(&plain, since_offset(None, 0)), "conflict")
+                    .await
+                    .map_err(|e| e.context("since on a plain topic already subscribed"))?;
+                subscribe_err(
+                    &mut s,
+                    &sub(&format!("{}.x", ctx.ns()), since_offset(None, 0)),
+                    "invalid_params",
+                )
+                .await
+                .map_err(|e| e.context("since on a plain topic"))?;
+                // The refused resume left no subscription behind.
+                s.ok("subscribe", &topic(&format!("{}.x", ctx.ns())))
+                    .await?;
+                Ok(())
+            },
+        ),
     ]
 }
 

@@ -5,7 +5,7 @@ use minicbor::{Decode, Encode};
 
 use crate::method::{NotificationMethod, RpcMethod};
 use crate::methods::Empty;
-use crate::methods::streams::{Durability, Since};
+use crate::methods::streams::{Durability, Since, SubscribeResult};
 use crate::raw::RawRef;
 
 /// `subscribe` params: `{0: topic, ? 1: presence, ? 2: since}`.
@@ -65,7 +65,9 @@ pub enum Subscribe {}
 impl RpcMethod for Subscribe {
     const NAME: &'static str = "subscribe";
     type Params<'a> = SubscribeParams<'a>;
-    type Result = Empty;
+    /// `{}` on a plain topic (all fields `None`); the epoch and position on
+    /// a durable topic or a pattern inside one durable namespace (§23.5).
+    type Result = SubscribeResult;
 }
 
 /// `unsubscribe` params: `{0: topic}`.

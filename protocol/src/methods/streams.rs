@@ -492,4 +492,25 @@ mod tests {
         );
         assert_eq!(ResumeOutcome::Reset.as_str(), "reset");
     }
+
+    #[test]
+    fn subscribe_result_is_compatible_with_the_empty_map() {
+        use crate::method::RpcMethod;
+        use crate::methods::{Empty, Subscribe};
+        // A plain subscribe's `{}` decodes as a result with every field None…
+        let raw = RawValue::encode(&Empty {}).unwrap();
+        let r: <Subscribe as RpcMethod>::Result = raw.decode().unwrap();
+        assert_eq!(r, SubscribeResult::default());
+        // …and the default result encodes as `{}`, byte for byte.
+        assert_eq!(
+            RawValue::encode(&SubscribeResult::default())
+                .unwrap()
+                .as_bytes(),
+            &[0xa0]
+        );
+        // A durable one keeps its keys.
+        let d = SubscribeResult::durable("e", Some(3), 7);
+        let back: SubscribeResult = RawValue::encode(&d).unwrap().decode().unwrap();
+        assert_eq!(back, d);
+    }
 }

@@ -150,6 +150,36 @@ fn prefix_range(p: &Pattern) -> (String, Option<String>) {
     (prefix, Some(hi))
 }
 
+/// The first offset a history page states, given the topic row's `first`
+/// and `last` (read before the events) and the page `read` returned.
+///
+/// Retention deletes a prefix of a topic's events, and may commit between
+/// the two reads: the events then start above the row's `first`. The page
+/// never states a `first` below its own events; so a forward read that
+/// found its first event above `read.from` (or none at all), or a backward
+/// read that ran out of events before `read.until`, tells the offset the
+/// history really starts at.
+pub(crate) fn visible_first(first: u64, last: u64, read: &TopicRead, page: &EventPage) -> u64 {
+    let seen = match read.order {
+        Order::Forward => match page.metas.first() {
+            Some(m) if m.offset > read.from => m.offset,
+            Some(_) => first,
+            // Everything from `read.from` to `last` is gone.
+            None => last.saturating_add(1),
+        },
+        Order::Backward => {
+            let ran_out = !page.truncated && page.metas.len() < read.limit as usize;
+            match page.metas.last() {
+                Some(m) if ran_out && m.offset > read.until => m.offset,
+                Some(_) => first,
+                // Everything up to `read.from` is gone.
+                None => read.from.saturating_add(1),
+            }
+        }
+    };
+    seen.max(first)
+}
+
 impl Streams {
     /// A page of an exact durable topic's history.
     pub async fn history(&self, q: HistoryQuery) -> Result<HistoryPage, StreamError> {
@@ -168,7 +198,7 @@ impl Streams {
             });
         };
         let mut page = EventPage::default();
-        let (first, last) = (t.first_offset, t.last_offset);
+        let (mut first, last) = (t.first_offset, t.last_offset);
         if last >= first {
             let read = match q.direction {
                 Order::Forward => TopicRead {
@@ -192,6 +222,7 @@ impl Streams {
                 || (read.order == Order::Backward && read.from >= first)
             {
                 store.read_topic(read, &mut page).await?;
+                first = visible_first(first, last, &read, &page);
             }
         }
         let next = match (q.direction, page.metas.last()) {

@@ -567,6 +567,22 @@ impl Resume {
                     max_bytes: self.max_bytes,
                 };
                 self.shared.store.read_topic(read, &mut self.page).await?;
+                // Offsets are gapless: an event above the next one expected
+                // (or none, where the row says some were stored) means that
+                // retention deleted events after the cursor meanwhile.
+                let expected = read.from;
+                let gap = match self.page.metas.first() {
+                    Some(m) => (m.offset > expected).then_some(m.offset),
+                    None => match self.shared.store.topic(name).await? {
+                        Some(t) if t.id == id && t.first_offset > expected => {
+                            (t.last_offset >= expected).then_some(t.first_offset)
+                        }
+                        _ => None,
+                    },
+                };
+                if let Some(earliest) = gap {
+                    return self.lost(earliest);
+                }
                 if let Some(m) = self.page.metas.last() {
                     self.cursor = m.offset;
                     self.cursor_position = m.position;
@@ -585,6 +601,13 @@ impl Resume {
                     .store
                     .read_namespace(read, &keep, &mut self.page)
                     .await?;
+                // Retention that removed a matching event above the cursor
+                // (before or while this page was read) left a gap in it.
+                let (ns_id, before, p) = (read.ns, read.after, pattern.clone());
+                let pruned = self.max_pruned(ns_id, &p, before).await?;
+                if pruned > before {
+                    return self.lost(pruned + 1);
+                }
                 if self.page.rows > 0 {
                     self.cursor = self.page.scanned_position;
                 }
@@ -606,6 +629,23 @@ impl Resume {
             metrics::counter!("plexus_stream_catchup_events_total").increment(n);
         }
         Ok(n > 0)
+    }
+
+    /// Retention deleted events after the cursor during the catch-up: what
+    /// is left cannot be streamed without a gap. Before the summary, the
+    /// resume ends `too_old` (after the events already streamed, with
+    /// `earliest`) and goes live from the current last offset; after it
+    /// (live catch-up from storage), it fails, and the session closes the
+    /// connection so that the client resumes.
+    fn lost(&mut self, earliest: u64) -> Result<bool, StreamError> {
+        self.page.clear();
+        if self.phase == Phase::LiveStorage {
+            return Err(StreamError::Unavailable { cause: None });
+        }
+        self.outcome = ResumeOutcome::TooOld;
+        self.earliest = Some(earliest);
+        self.phase = Phase::GoLive;
+        Ok(false)
     }
 
     fn end_of_storage(&mut self) {

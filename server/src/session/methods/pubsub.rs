@@ -5,7 +5,7 @@ use plexus_protocol::NotificationMethod;
 use plexus_protocol::frame::encode_notification;
 use plexus_protocol::methods::{
     Empty, Event, EventParams, Publish, PublishParams, PublishResult, Subscribe, SubscribeParams,
-    Unsubscribe, UnsubscribeParams,
+    SubscribeResult, Unsubscribe, UnsubscribeParams,
 };
 use plexus_protocol::topic::{Pattern, Topic};
 
@@ -14,6 +14,7 @@ use crate::broker::SubscribeError;
 use crate::session::context::Ctx;
 use crate::session::error::RequestError;
 use crate::session::registry::{Meta, Registry};
+use crate::streams::StreamError;
 
 /// Registers the module's methods.
 pub fn register(r: &mut Registry) {
@@ -23,7 +24,10 @@ pub fn register(r: &mut Registry) {
 }
 
 /// `subscribe` on a topic or pattern that is not durable.
-pub(super) fn subscribe(ctx: &mut Ctx<'_>, p: SubscribeParams<'_>) -> Result<Empty, RequestError> {
+pub(super) fn subscribe(
+    ctx: &mut Ctx<'_>,
+    p: SubscribeParams<'_>,
+) -> Result<SubscribeResult, RequestError> {
     let pattern =
         Pattern::parse(p.topic, ctx.config().max_topic_len).map_err(|e| topic_error("topic", e))?;
     let presence = p.presence.unwrap_or(false);
@@ -34,10 +38,28 @@ pub(super) fn subscribe(ctx: &mut Ctx<'_>, p: SubscribeParams<'_>) -> Result<Emp
     }
     let authorized = ctx.caps().can_subscribe(&pattern);
     let max = ctx.config().max_subscriptions;
+    if p.since.is_some() {
+        // A hub without durable namespaces: `since` is refused after the
+        // connection's state and the capability (§23.6), so that a client
+        // without the right to subscribe learns nothing about the topic.
+        let request = ctx.request_id();
+        ctx.broker()
+            .reserve(
+                ctx.conn(),
+                pattern.clone(),
+                presence,
+                max,
+                authorized,
+                request,
+            )
+            .map_err(subscribe_error)?;
+        ctx.broker().release(ctx.conn(), &pattern, request);
+        return Err(StreamError::NotDurable.into());
+    }
     ctx.broker()
         .subscribe(ctx.conn(), pattern, presence, max, authorized)
         .map_err(subscribe_error)?;
-    Ok(Empty {})
+    Ok(SubscribeResult::default())
 }
 
 /// The wire error of a refused subscription.

@@ -162,15 +162,11 @@ fn subscribe(
     let pattern =
         Pattern::parse(p.topic, ctx.config().max_topic_len).map_err(|e| topic_error("topic", e))?;
     let exact = pattern.is_exact();
-    let durable = match s.scope(&pattern) {
-        Scope::Topic(_) | Scope::Pattern(_) => true,
-        Scope::Plain if p.since.is_some() => return Err(StreamError::NotDurable.into()),
-        Scope::Mixed if p.since.is_some() => return Err(StreamError::SpansNamespaces.into()),
+    let scope = s.scope(&pattern);
+    let durable = matches!(scope, Scope::Topic(_) | Scope::Pattern(_));
+    if !durable && p.since.is_none() {
         // Live only: a pattern overlapping durable namespaces gets their
         // events with offsets, but cannot resume (D8).
-        Scope::Plain | Scope::Mixed => false,
-    };
-    if !durable {
         let r = pubsub::subscribe(ctx, p)?;
         let data = encode(&r)?;
         return Ok(ready(Answer::result(data)));
@@ -181,7 +177,9 @@ fn subscribe(
             "presence needs an exact topic, not a pattern",
         ));
     }
-    let from = ResumeFrom::from_since(p.since.as_ref(), exact)?;
+    // The connection's state and the capability come before anything
+    // about the topic's durability or `since`, so that a client without
+    // the right to subscribe learns nothing about the topic (§23.6).
     let resuming = p.since.is_some();
     let authorized = ctx.caps().can_subscribe(&pattern);
     let max = ctx.config().max_subscriptions;
@@ -196,6 +194,8 @@ fn subscribe(
             request,
         )
         .map_err(subscribe_error)?;
+    // Released on drop unless it goes live: every error below leaves the
+    // connection without the subscription.
     let mut reservation = Reservation {
         hub: ctx.hub().clone(),
         conn: ctx.conn().clone(),
@@ -203,6 +203,12 @@ fn subscribe(
         request,
         live: false,
     };
+    match scope {
+        Scope::Topic(_) | Scope::Pattern(_) => {}
+        Scope::Plain => return Err(StreamError::NotDurable.into()),
+        Scope::Mixed => return Err(StreamError::SpansNamespaces.into()),
+    }
+    let from = ResumeFrom::from_since(p.since.as_ref(), exact)?;
     let chunk_bytes = ctx.config().max_frame_size.saturating_sub(STREAM_ENVELOPE);
     let mut resume = s.resume(&pattern, from, chunk_bytes)?;
     Ok(Box::pin(async move {
