@@ -529,6 +529,21 @@ pub struct SyncSettings {
     pub page_limit: u32,
     /// Commits buffered per live pull; one further behind ends with `unavailable` [default: 1024].
     pub live_buffer: usize,
+    /// Per-space-pattern quotas (`[[sync.quotas]]`), the first match wins [default: none].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<SyncQuota>,
+}
+
+/// A `[[sync.quotas]]` entry: the quota of the spaces matching `pattern`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SyncQuota {
+    /// The spaces (a topic pattern).
+    pub pattern: String,
+    /// Most live records per space [default: `[sync] max-records`].
+    pub max_records: Option<u64>,
+    /// Most bytes of live records per space [default: `[sync] max-bytes`].
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for SyncSettings {
@@ -553,6 +568,7 @@ impl SyncSettings {
             max_record_bytes: c.max_record_bytes,
             page_limit: c.page_limit,
             live_buffer: c.live_buffer,
+            quotas: Vec::new(),
         }
     }
 
@@ -573,6 +589,22 @@ impl SyncSettings {
             max_record_bytes: self.max_record_bytes.min(fits),
             page_limit: self.page_limit,
             live_buffer: self.live_buffer,
+            quotas: self
+                .quotas
+                .iter()
+                .filter_map(|q| {
+                    let p = plexus_protocol::topic::Pattern::parse(
+                        &q.pattern,
+                        plexus_protocol::topic::MAX_TOPIC_LEN,
+                    )
+                    .ok()?;
+                    let l = plexus_protocol::methods::sync::Limits::new(
+                        q.max_records.unwrap_or(self.max_records),
+                        q.max_bytes.unwrap_or(self.max_bytes),
+                    );
+                    Some((p, l))
+                })
+                .collect(),
         }
     }
 
@@ -594,6 +626,14 @@ impl SyncSettings {
         for (name, v) in positive {
             if v == 0 {
                 p.push(format!("[sync] {name} must be at least 1"));
+            }
+        }
+        for q in &self.quotas {
+            if let Err(e) = plexus_protocol::topic::Pattern::parse(
+                &q.pattern,
+                plexus_protocol::topic::MAX_TOPIC_LEN,
+            ) {
+                p.push(format!("[[sync.quotas]] pattern {:?}: {e}", q.pattern));
             }
         }
         if self.sweep_interval.0.is_zero() {
@@ -672,6 +712,33 @@ mod tests {
         assert!(shown.contains("database-url = \"postgres://u:********@db/plexus\""));
         assert!(shown.contains("[[streams]]\npattern = \"orders.>\"\nmax-events = 10"));
         assert!(shown.contains("commit-max-batch = 8"));
+        // The [sync] table, with a quota override.
+        let f = parse_file(
+            path,
+            "[sync]\nmax-records = 5\nsweep-interval = \"10s\"\n\
+             [[sync.quotas]]\npattern = \"team.>\"\nmax-records = 50\n",
+        )
+        .unwrap();
+        let c = Config::resolve_file(Settings::default(), f);
+        c.validate().unwrap();
+        let e = c.sync.engine(c.max_frame_size);
+        assert_eq!(e.sweep_interval, Duration::from_secs(10));
+        assert_eq!(e.limits_for("user.a").max_records, 5);
+        assert_eq!(e.limits_for("team.a.b").max_records, 50);
+        assert_eq!(e.limits_for("team.a.b").max_bytes, 64 << 20);
+        let shown = c.to_masked_toml();
+        assert!(shown.contains("[sync]\nenabled = true"), "{shown}");
+        assert!(shown.contains("max-records = 5"), "{shown}");
+        assert!(shown.contains("pattern = \"team.>\""), "{shown}");
+        assert!(parse_file(path, "[sync]\nno-such = 1\n").is_err());
+        let f = parse_file(path, "[[sync.quotas]]\npattern = \"a..b\"\n").unwrap();
+        let bad = Config::resolve_file(Settings::default(), f);
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sync.quotas")
+        );
         // The default database is the SQLite file in the data directory.
         let d = Config::default();
         assert_eq!(d.database_display(), "sqlite:./data/plexus.db");

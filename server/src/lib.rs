@@ -342,9 +342,14 @@ pub async fn open_sync(config: &Config) -> Result<Option<sync::SyncEngine>, Star
         url: config.database_display(),
         source,
     };
+    // Hubs of one process (tests, embedders) starting together on a new
+    // SQLite file would race to apply the migrations: open one at a time.
+    static OPENING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let guard = OPENING.lock().await;
     let store = sync::store::open(&config.store_options())
         .await
         .map_err(err)?;
+    drop(guard);
     let engine = sync::SyncEngine::open(
         store,
         config.sync.engine(config.max_frame_size),

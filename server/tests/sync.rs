@@ -252,7 +252,15 @@ async fn pull_streams_chunks_then_goes_live_with_exact_cursors() {
 #[tokio::test]
 async fn quotas_and_capabilities_are_enforced() {
     for db in TestDb::all().await {
-        let hub = start(&db, |c| c.sync.max_records = 2).await;
+        let hub = start(&db, |c| {
+            c.sync.max_records = 2;
+            c.sync.quotas = vec![plexus_server::config::SyncQuota {
+                pattern: "user.*.big".into(),
+                max_records: Some(10),
+                max_bytes: None,
+            }];
+        })
+        .await;
         let (mut w, _) = Client::authed(hub.addr(), &writer()).await;
         let t = now_hlc();
         push(
@@ -270,6 +278,23 @@ async fn quotas_and_capabilities_are_enforced() {
         assert_eq!(e.code, ErrorCode::QuotaExceeded, "{}", db.name());
         let q: QuotaDetails = e.details.unwrap().decode().unwrap();
         assert_eq!((q.usage.records, q.limits.max_records), (3, 2));
+        // A space with an override holds more.
+        let ops = (0..5).map(|i| put(&format!("r{i}"), "1")).collect();
+        let r = push(
+            &mut w,
+            &SyncPushParams::new("user.alice.big", "w", 1, t, ops),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.usage.records, 5);
+        assert_eq!(
+            info(&mut w, "user.alice.big")
+                .await
+                .unwrap()
+                .limits
+                .max_records,
+            10
+        );
         // Another user's space.
         let e = push(
             &mut w,
@@ -362,4 +387,26 @@ async fn a_hub_with_sync_off_does_not_serve_it() {
     let (mut c, _) = Client::authed(hub.addr(), &writer()).await;
     let e = info(&mut c, SPACE).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::MethodNotFound);
+}
+
+#[tokio::test]
+async fn pipelined_pushes_of_one_connection_apply_in_arrival_order() {
+    for db in TestDb::all().await {
+        let hub = start(&db, |_| {}).await;
+        let (mut c, _) = Client::authed(hub.addr(), &writer()).await;
+        let t = now_hlc();
+        let mut ids = Vec::new();
+        for seq in 1..=40u64 {
+            let p =
+                SyncPushParams::new(SPACE, "c1", seq, t + seq, vec![put("n", &seq.to_string())]);
+            ids.push(c.request("sync.push", &p).await);
+        }
+        let mut positions = Vec::new();
+        for id in ids {
+            let r: SyncPushResult = c.response(id).await.unwrap().decode().unwrap();
+            assert!(!r.duplicate, "{}: a later seq applied first", db.name());
+            positions.push(r.position);
+        }
+        assert_eq!(positions, (1..=40).collect::<Vec<u64>>());
+    }
 }

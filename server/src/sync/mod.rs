@@ -101,6 +101,9 @@ pub struct SyncConfig {
     pub sweep_limit: u32,
     /// How often the hub should call [`SyncEngine::sweep`] [default: 60 s].
     pub sweep_interval: Duration,
+    /// Quotas of the spaces matching a pattern, instead of `max_records`
+    /// and `max_bytes` (the first matching pattern wins) [default: none].
+    pub quotas: Vec<(plexus_protocol::topic::Pattern, Limits)>,
 }
 
 impl Default for SyncConfig {
@@ -118,12 +121,20 @@ impl Default for SyncConfig {
             live_buffer: 1024,
             sweep_limit: 1000,
             sweep_interval: Duration::from_secs(60),
+            quotas: Vec::new(),
         }
     }
 }
 
 impl SyncConfig {
-    fn limits(&self) -> Limits {
+    /// The quota of `space`: the first matching override's, else
+    /// `max_records` and `max_bytes`.
+    pub fn limits_for(&self, space: &str) -> Limits {
+        if let Ok(t) = Topic::parse(space, MAX_TOPIC_LEN)
+            && let Some((_, l)) = self.quotas.iter().find(|(p, _)| p.matches(&t))
+        {
+            return *l;
+        }
         Limits::new(self.max_records, self.max_bytes)
     }
 }
@@ -559,7 +570,7 @@ impl SyncEngine {
     pub async fn info(&self, space: &str) -> Result<SyncInfoResult, SyncError> {
         check_space(space)?;
         let mut r = SyncInfoResult::default();
-        r.limits = self.inner.config.limits();
+        r.limits = self.inner.config.limits_for(space);
         let Some(row) = self.inner.store.space(space).await? else {
             return Ok(r);
         };
@@ -1157,12 +1168,13 @@ async fn apply_push(
             account(&mut next, &mut scratch, &before[i], &Footprint::of(r), 0);
         }
     }
-    let over_records = next.records > config.max_records && next.records > space.records;
-    let over_bytes = next.bytes > config.max_bytes && next.bytes > space.bytes;
+    let limits = config.limits_for(&req.space);
+    let over_records = next.records > limits.max_records && next.records > space.records;
+    let over_bytes = next.bytes > limits.max_bytes && next.bytes > space.bytes;
     if over_records || over_bytes {
         return Ok(refuse(SyncError::Quota(QuotaDetails::new(
             usage(&next),
-            config.limits(),
+            limits,
         ))));
     }
     // Write.
