@@ -14,7 +14,8 @@
 #             file with two durable namespaces (protocol.md section 23):
 #             conf.durable.> (no retention limits) and conf.capped.>
 #             (max-events 4), which the runner is told with --durable-prefix
-#             and --durable-capped-prefix
+#             and --durable-capped-prefix, and record sync (section 24) with
+#             max-records 40 per space (--sync --sync-max-records 40)
 #   timers    keepalive and rate cases: 1 s pings, 1 s pong timeout, 5 req/s
 #   small     size, limit and presence cases at a 64 KiB frame size
 #   shutdown  the graceful-shutdown case, which stops its hub
@@ -103,8 +104,15 @@ pattern = "conf.durable.>"
 pattern = "conf.capped.>"
 max-events = 4
 durability = "committed"
+
+# Record sync (protocol.md section 24, server/src/config.rs SyncSettings):
+# a small quota so the quota case can reach it (told with --sync-max-records).
+[sync]
+enabled = true
+max-records = 40
 TOML
-durable=(--durable-prefix conf.durable. --durable-capped-prefix conf.capped. --durable-capped-events 4)
+durable=(--durable-prefix conf.durable. --durable-capped-prefix conf.capped. --durable-capped-events 4
+  --sync --sync-max-records 40)
 main_args=(
   --auth-timeout 1500ms --jwt-leeway 2s --request-timeout 2s
   --max-in-flight 16 --max-subscriptions 64 --max-connections-per-user 8
@@ -112,9 +120,10 @@ main_args=(
   --jwt-issuer plexus-ci --jwt-audience plexus-conformance
 )
 if ! TRY=1 start main --config "$streams_config" "${main_args[@]}"; then
-  # A hub without durable streams refuses the [[streams]] tables: run
-  # without them, and the durable cases skip with the reason.
-  echo "conformance: the main hub does not take [[streams]]; durable cases will skip" >&2
+  # A hub without durable streams or record sync refuses the [[streams]]
+  # or [sync] tables: run without them, and the durable and sync cases skip
+  # with the reason.
+  echo "conformance: the main hub does not take [[streams]]/[sync]; durable and sync cases will skip" >&2
   durable=()
   start main "${main_args[@]}"
 fi

@@ -112,6 +112,14 @@ struct Cli {
     /// The capped namespace's max-events.
     #[arg(long, default_value_t = 4)]
     durable_capped_events: u64,
+    /// The server serves record sync (enables the sync cases, protocol.md
+    /// §24).
+    #[arg(long)]
+    sync: bool,
+    /// The server's max_records per sync space (enables the quota case;
+    /// at most 500).
+    #[arg(long, value_name = "N")]
+    sync_max_records: Option<u64>,
     /// List the cases and exit.
     #[arg(long)]
     list: bool,
@@ -217,6 +225,8 @@ fn main() -> ExitCode {
     s.durable_prefix = cli.durable_prefix.clone();
     s.durable_capped_prefix = cli.durable_capped_prefix.clone();
     s.durable_capped_events = cli.durable_capped_events.max(1);
+    s.sync = cli.sync;
+    s.sync_max_records = cli.sync_max_records;
 
     let tty = std::io::stdout().is_terminal();
     let color = match cli.color {

@@ -76,9 +76,14 @@ fn every_valid_vector_matches_the_frame_rule() {
 /// catalog whether or not `plexus_protocol::Method` lists them yet.
 const DURABLE_METHODS: &[&str] = &["history", "history.latest"];
 
+/// The record-sync methods (protocol.md 24), likewise.
+const SYNC_METHODS: &[&str] = &["sync.push", "sync.pull", "sync.info"];
+
 /// Whether `method` is in the v1 catalog of protocol.md 11.0.
 fn in_catalog(method: &str) -> bool {
-    plexus_protocol::Method::from_name(method).is_some() || DURABLE_METHODS.contains(&method)
+    plexus_protocol::Method::from_name(method).is_some()
+        || DURABLE_METHODS.contains(&method)
+        || SYNC_METHODS.contains(&method)
 }
 
 /// Whether a valid vector is a frame of the v1 catalog with well-typed
@@ -121,6 +126,8 @@ const BAD_PARAMS_THE_SCHEMA_ALLOWS: &[(&str, &str)] = &[
     ("params-publish-duplicate-seq", DUPLICATE_KEYS),
     ("params-subscribe-since-duplicate-key", DUPLICATE_KEYS),
     ("params-history-duplicate-key", DUPLICATE_KEYS),
+    ("params-sync-push-duplicate-key", DUPLICATE_KEYS),
+    ("params-sync-push-field-twice", DUPLICATE_KEYS),
 ];
 
 /// Why a typed map with a duplicate key passes the schema.
@@ -361,6 +368,8 @@ fn resume_chunks_match_their_rules() {
         }
         let frame_rule = match rule {
             "resume-final" => "resume-final-chunk",
+            "sync-chunk" => "sync-pull-chunk",
+            "sync-final" => "sync-pull-final-chunk",
             _ => "resume-chunk",
         };
         let doc = rooted(&schema, frame_rule);

@@ -49,12 +49,14 @@ enum Fault {
 }
 
 async fn start_hub() -> Server {
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         debug_methods: true,
         max_outbound_bytes: 2 << 20,
         ..Config::default()
     };
+    // Record sync is on by default and would open a database in ./data.
+    config.sync.enabled = false;
     let auth = Authenticator::new(AuthSettings {
         key: KeySource::Hmac {
             secret: SECRET.to_vec(),

@@ -499,6 +499,11 @@ ERRORS = [
     ("cancelled", 21, "cancelled by the client", None, None),
     ("unavailable", 32, "token keys unavailable", 1000, None),
     ("internal", 33, "internal error", None, None),
+    ("quota_exceeded", 34, "the space's quota would be exceeded", None,
+     cmap((0, cmap((0, 3), (1, 52))), (1, cmap((0, 2), (1, 67108864))))),
+    ("clock_skew", 35, "timestamp 111411203997696000 is more than 60000 ms "
+     "ahead of the hub's clock", None,
+     cmap((0, (1700000000600 << 16) | 1), (1, 60000))),
 ]
 for code, id_, message, retry, details in ERRORS:
     f, e = response_err(id_, code, message, retry, details)
@@ -506,8 +511,8 @@ for code, id_, message, retry, details in ERRORS:
     if retry:
         desc += " and retry_after_ms"
     valid("response-error-" + code.replace("_", "-"), desc, f, e)
-f, e = response_err(43, "quota_exceeded", "monthly quota used up",
-                    details={"quota": 1000000})
+f, e = response_err(43, "seat_limit", "monthly seats used up",
+                    details={"seats": 1000000})
 valid("response-error-unknown-code", "an error code this version does not "
       "know (with details) is still a valid error response", f, e)
 f, e = response_err(122, "conflict", "already subscribed",
@@ -1023,6 +1028,195 @@ pv("params-history-latest-null", "history.latest with null params",
    "history.latest", None, False)
 
 # ---------------------------------------------------------------------------
+# Record sync (protocol.md 24): sync.push, sync.pull, sync.info
+# ---------------------------------------------------------------------------
+
+SPACE = "user.alice.notes"
+CLIENT = "phone-7f3a"
+SEPOCH = "5e0c7a91d24b38f6"
+HLC0 = (1700000000000 << 16) | 3          # 0x018bcfe568000003
+HLC1 = (1700000000500 << 16) | 0
+SHLC = (1700000000600 << 16) | 1
+USAGE = cmap((0, 2), (1, 33))
+
+f, e = request(60, "sync.push", cmap(
+    (0, SPACE), (1, CLIENT), (2, 7), (3, HLC0),
+    (4, arr(cmap((0, "put"), (1, "notes"), (2, "n1"), (3, bstr(b"hello")),
+                 (5, 0))))))
+valid("request-sync-push-put", "sync.push: one put of an opaque value that "
+      "must not exist yet (expected_version 0)", f, e)
+f, e = request(61, "sync.push", cmap(
+    (0, SPACE), (1, CLIENT), (2, 8), (3, HLC1),
+    (4, arr(cmap((0, "patch"), (1, "notes"), (2, "n2"),
+                 (4, cmap(("title", bstr(b"Groceries")), ("done", None))),
+                 (6, HLC0), (7, 1700086400000)),
+            cmap((0, "delete"), (1, "notes"), (2, "n3"), (5, 4)),
+            cmap((0, "put"), (1, "tasks"), (2, "t1"),
+                 (4, cmap(("a", bstr(b"\x01"))))))),
+    (5, True)))
+valid("request-sync-push-all-ops", "sync.push with a patch (own hlc, a "
+      "removed field, an expiry), a delete with expected_version, a put of "
+      "fields, and return_values", f, e)
+f, e = response_ok(60, cmap((0, 12), (1, SHLC), (2, USAGE), (3, False),
+                            (4, arr(cmap((0, "notes"), (1, "n1"),
+                                         (2, 1))))))
+valid("response-sync-push", "sync.push ack: committed position 12, the hub's "
+      "HLC, usage, not a duplicate, the new version", f, e,
+      result_of="sync.push")
+f, e = response_ok(62, cmap((0, 12), (1, SHLC), (2, USAGE), (3, True),
+                            (4, [])))
+valid("response-sync-push-duplicate", "a retried push (seq already applied): "
+      "duplicate, nothing applied, the current position and usage", f, e,
+      result_of="sync.push")
+f, e = response_err(61, "conflict", "1 record(s) changed since the expected "
+                    "version",
+                    details=cmap((0, arr(cmap((0, "notes"), (1, "n3"),
+                                              (2, 5), (3, False),
+                                              (4, cmap(("", bstr(b"v5")))))))))
+valid("response-error-conflict-sync-push", "sync.push conflict: the current "
+      "version of each mismatched record, with its fields (return_values)",
+      f, e)
+f, e = response_err(63, "conflict", "1 record(s) changed since the expected "
+                    "version",
+                    details=cmap((0, arr(cmap((0, "notes"), (1, "n9"),
+                                              (2, 3), (3, True))))))
+valid("response-error-conflict-sync-push-tombstone", "sync.push conflict on a "
+      "deleted record: version 3, deleted, no fields", f, e)
+f, e = response_err(64, "conflict", "the tombstone horizon passed the cursor "
+                    "during the pull; pull again")
+valid("response-error-conflict-sync-pull", "a running sync.pull whose cursor "
+      "the tombstone horizon passed: conflict without details, pull again",
+      f, e)
+
+f, e = request(65, "sync.pull", cmap((0, SPACE)))
+valid("request-sync-pull-snapshot", "sync.pull without a cursor: a snapshot "
+      "of the live records", f, e)
+f, e = request(66, "sync.pull", cmap((0, SPACE), (1, 12), (2, SEPOCH),
+                                     (3, "notes"), (4, 100), (5, True),
+                                     (6, False)))
+valid("request-sync-pull-live", "sync.pull after cursor 12 of an epoch, one "
+      "collection, 100 records per chunk, staying live", f, e)
+REC1 = cmap((0, "notes"), (1, "n1"), (2, 1), (3, 12), (4, False),
+            (5, cmap(("", bstr(b"hello")))), (6, HLC0), (7, CLIENT))
+REC2 = cmap((0, "notes"), (1, "n3"), (2, 5), (3, 13), (4, True),
+            (6, SHLC), (7, ""))
+REC3 = cmap((0, "notes"), (1, "n2"), (2, 2), (3, 14), (4, False),
+            (5, cmap(("title", bstr(b"Groceries")))), (6, HLC0), (7, CLIENT),
+            (8, 1700086400000))
+f, e = chunk(66, 0, False, cmap((0, arr(REC1, REC2)), (1, 13)))
+valid("chunk-sync-pull", "a sync.pull chunk: a live record and a tombstone "
+      "(stamped by the hub, actor \"\") in position order, cursor 13", f, e,
+      data_of="sync-chunk")
+SFINAL = cmap((0, 14), (1, 3), (2, SEPOCH), (3, False),
+              (4, arr(cmap((0, "notes"), (1, 2), (2, 0x1e2218b970680930)))),
+              (5, 0))
+f, e = chunk(65, 1, True, SFINAL)
+valid("chunk-sync-pull-final", "the final chunk of a sync.pull: cursor, "
+      "count, epoch, not a reset, per-collection checksums, horizon", f, e,
+      data_of="sync-final")
+f, e = chunk(66, 1, False, SFINAL)
+valid("chunk-sync-pull-final-live", "with live the end of the catch-up is a "
+      "non-final chunk (the stream goes on with live chunks); its data has "
+      "key 0 a uint, where a sync-chunk has an array", f, e,
+      data_of="sync-final")
+f, e = chunk(67, 0, True, cmap((0, 14), (1, 0), (2, SEPOCH), (3, True),
+                               (4, []), (5, 9)))
+valid("chunk-sync-pull-final-reset", "a cursor older than the horizon: reset "
+      "(the client drops its state; here the space is empty)", f, e,
+      data_of="sync-final")
+f, e = chunk(66, 2, False, cmap((0, arr(REC3)), (1, 14), (2, 13)))
+valid("chunk-sync-live", "a live chunk after the final: one commit, from "
+      "cursor 13 to 14", f, e, data_of="sync-chunk")
+f, e = chunk(68, 3, False, cmap((0, []), (1, 17), (2, 14)))
+valid("chunk-sync-live-notify-only", "a live chunk with notify_only: no "
+      "records, only the previous and the new cursor", f, e,
+      data_of="sync-chunk")
+
+f, e = request(69, "sync.info", cmap((0, SPACE)))
+valid("request-sync-info", "sync.info of a space", f, e)
+f, e = response_ok(69, cmap((0, 14), (1, SEPOCH), (2, USAGE),
+                            (3, cmap((0, 100000), (1, 67108864))), (4, 0),
+                            (5, arr(cmap((0, "notes"), (1, 2), (2, 33),
+                                         (3, 14),
+                                         (4, 0x1e2218b970680930))))))
+valid("response-sync-info", "sync.info result: position, epoch, usage, "
+      "limits, horizon and the collections", f, e, result_of="sync.info")
+f, e = response_ok(70, cmap((0, 0), (1, ""), (2, cmap((0, 0), (1, 0))),
+                            (3, cmap((0, 100000), (1, 67108864))), (4, 0),
+                            (5, [])))
+valid("response-sync-info-empty", "sync.info of a space never written: "
+      "position 0, no epoch yet", f, e, result_of="sync.info")
+f, e = response_err(71, "forbidden", "may not write user.bob.notes")
+valid("response-error-forbidden-sync", "sync.push on a space the token's "
+      "sync_write patterns do not grant", f, e)
+
+# Typed params of the sync methods.
+PUT = cmap((0, "put"), (1, "notes"), (2, "n1"), (3, bstr(b"x")))
+pv("params-sync-push-valid", "sync.push with every key", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, 1), (3, HLC0),
+        (4, arr(cmap((0, "patch"), (1, "notes"), (2, "n1"),
+                     (4, cmap(("a", None))), (5, 3), (6, HLC0), (7, 5)))),
+        (5, False)), True)
+pv("params-sync-push-no-ops", "sync.push without key 4 (ops)", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, 1), (3, HLC0)), False)
+pv("params-sync-push-no-hlc", "sync.push without key 3 (hlc)", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, 1), (4, arr(PUT))), False)
+pv("params-sync-push-seq-text", "seq of the wrong type", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, "1"), (3, HLC0), (4, arr(PUT))), False)
+pv("params-sync-push-hlc-negative", "hlc must be unsigned", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, 1), (3, -1), (4, arr(PUT))), False)
+pv("params-sync-push-value-text", "a put value must be bytes", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, 1), (3, HLC0),
+        (4, arr(cmap((0, "put"), (1, "notes"), (2, "n1"), (3, "x"))))),
+   False)
+pv("params-sync-push-field-text", "a field value must be bytes or null",
+   "sync.push", cmap((0, SPACE), (1, CLIENT), (2, 1), (3, HLC0),
+                     (4, arr(cmap((0, "patch"), (1, "notes"), (2, "n1"),
+                                  (4, cmap(("a", "x"))))))), False)
+pv("params-sync-push-field-twice", "a field name twice in one op",
+   "sync.push", cmap((0, SPACE), (1, CLIENT), (2, 1), (3, HLC0),
+                     (4, arr(cmap((0, "patch"), (1, "notes"), (2, "n1"),
+                                  (4, cmap(("a", bstr(b"1")), ("a", None))))))),
+   False)
+pv("params-sync-push-op-no-id", "an op without key 2 (id)", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, 1), (3, HLC0),
+        (4, arr(cmap((0, "delete"), (1, "notes"))))), False)
+pv("params-sync-push-unknown-kind", "an op kind this version does not know "
+   "decodes; the server answers invalid_params, a method check", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, 1), (3, HLC0),
+        (4, arr(cmap((0, "merge"), (1, "notes"), (2, "n1"))))), True)
+pv("params-sync-push-empty-ops", "an empty ops array decodes; the server "
+   "answers invalid_params, a method check (at least one op)", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, 1), (3, HLC0), (4, [])), True)
+pv("params-sync-push-seq-zero", "seq 0 decodes; the server answers "
+   "invalid_params, a method check (seq >= 1)", "sync.push",
+   cmap((0, SPACE), (1, CLIENT), (2, 0), (3, HLC0), (4, arr(PUT))), True)
+pv("params-sync-push-put-value-and-fields", "a put with both value and "
+   "fields decodes; the server answers invalid_params, a method check",
+   "sync.push", cmap((0, SPACE), (1, CLIENT), (2, 1), (3, HLC0),
+                     (4, arr(cmap((0, "put"), (1, "notes"), (2, "n1"),
+                                  (3, bstr(b"x")), (4, cmap(("a", bstr(b"y")))))))),
+   True)
+pv("params-sync-push-duplicate-key", "sync.push with key 2 twice",
+   "sync.push", cmap((0, SPACE), (1, CLIENT), (2, 1), (2, 2), (3, HLC0),
+                     (4, arr(PUT))), False)
+pv("params-sync-pull-valid", "sync.pull with every key", "sync.pull",
+   cmap((0, SPACE), (1, 12), (2, SEPOCH), (3, "notes"), (4, 10), (5, True),
+        (6, True)), True)
+pv("params-sync-pull-no-space", "sync.pull without key 0", "sync.pull",
+   cmap((1, 12)), False)
+pv("params-sync-pull-cursor-text", "cursor of the wrong type", "sync.pull",
+   cmap((0, SPACE), (1, "12")), False)
+pv("params-sync-pull-live-int", "live must be a bool", "sync.pull",
+   cmap((0, SPACE), (5, 1)), False)
+pv("params-sync-info-valid", "sync.info with its space", "sync.info",
+   cmap((0, SPACE)), True)
+pv("params-sync-info-space-int", "sync.info space of the wrong type",
+   "sync.info", cmap((0, 5)), False)
+pv("params-sync-info-null", "sync.info with null params", "sync.info", None,
+   False)
+
+# ---------------------------------------------------------------------------
 # Decoder errors: CBOR well-formedness
 # ---------------------------------------------------------------------------
 
@@ -1394,7 +1588,11 @@ def check_docs():
                  "chunk-resume-final-reset", "request-subscribe-since-position",
                  "chunk-resume-final-pattern", "request-history",
                  "response-history", "request-history-latest",
-                 "response-history-latest"):
+                 "response-history-latest", "request-sync-push-put",
+                 "response-sync-push", "response-error-conflict-sync-push",
+                 "response-error-quota-exceeded", "response-error-clock-skew",
+                 "request-sync-pull-live", "chunk-sync-pull",
+                 "chunk-sync-pull-final-live", "chunk-sync-live"):
         v = next(v for v in VECTORS if v["name"] == name)
         assert any(h == v["cbor_hex"] for _, h, _, _ in examples), name
     return len(examples), sum(1 for _, h, _, _ in examples

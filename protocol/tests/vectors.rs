@@ -14,6 +14,10 @@ use bytes::Bytes;
 use ciborium::Value;
 use plexus_conformance::vectors::{Expect, FrameKind, Layer, Vector, load_all};
 use plexus_protocol::frame::{Chunk, Notification, Request, Response};
+use plexus_protocol::methods::sync::{
+    SyncChunk, SyncInfoParams, SyncInfoResult, SyncPullFinal, SyncPullParams, SyncPushParams,
+    SyncPushResult,
+};
 use plexus_protocol::methods::{
     AuthParams, AuthRefreshParams, AuthRefreshResult, AuthResult, CancelParams, ClosingParams,
     Empty, EventParams, HistoryLatestParams, HistoryLatestResult, HistoryParams, HistoryResult,
@@ -215,12 +219,18 @@ fn invalid_frames_fail_with_the_named_error_and_codes() {
 /// `Method` catalog of this crate may not list them.
 const DURABLE_METHODS: &[&str] = &["history", "history.latest"];
 
+/// The record-sync methods (protocol.md 24), by name, likewise.
+const SYNC_METHODS: &[&str] = &["sync.push", "sync.pull", "sync.info"];
+
 /// Decodes `raw` as the typed params of the method named `name`; `None`
 /// when neither the catalog nor [`DURABLE_METHODS`] knows it.
 fn decode_params_by_name(name: &str, raw: &RawValue) -> Option<Result<(), WireError>> {
     match name {
         "history" => Some(decode_params::<HistoryParams>(raw).map(drop)),
         "history.latest" => Some(decode_params::<HistoryLatestParams>(raw).map(drop)),
+        "sync.push" => Some(decode_params::<SyncPushParams>(raw).map(drop)),
+        "sync.pull" => Some(decode_params::<SyncPullParams>(raw).map(drop)),
+        "sync.info" => Some(decode_params::<SyncInfoParams>(raw).map(drop)),
         _ => Method::from_name(name).map(|m| decode_typed_params(m, raw)),
     }
 }
@@ -230,6 +240,9 @@ fn decode_result_by_name(name: &str, raw: &RawValue) -> Result<(), minicbor::dec
     match name {
         "history" => raw.decode::<HistoryResult>().map(drop),
         "history.latest" => raw.decode::<HistoryLatestResult>().map(drop),
+        "sync.push" => raw.decode::<SyncPushResult>().map(drop),
+        "sync.pull" => raw.decode::<SyncPullFinal>().map(drop),
+        "sync.info" => raw.decode::<SyncInfoResult>().map(drop),
         _ => {
             let m = Method::from_name(name)
                 .unwrap_or_else(|| panic!("result_of names no method: {name}"));
@@ -379,6 +392,23 @@ fn resume_chunks_decode_as_their_typed_data() {
                     failures.push(format!("{name}: earliest goes with too_old"));
                 }
             }),
+            "sync-chunk" => c.data.decode::<SyncChunk>().map(|ch| {
+                if c.fin {
+                    failures.push(format!("{name}: sync-chunk data in a final chunk"));
+                }
+                if ch.records.iter().any(|r| r.position > ch.cursor) {
+                    failures.push(format!("{name}: a record beyond the chunk's cursor"));
+                }
+                if ch.prev.is_some_and(|p| p >= ch.cursor) {
+                    failures.push(format!("{name}: a live chunk's prev is not below its cursor"));
+                }
+            }),
+            // Without live the final chunk; with live a non-final one.
+            "sync-final" => c.data.decode::<SyncPullFinal>().map(|f| {
+                if f.reset && f.cursor < f.horizon {
+                    failures.push(format!("{name}: a reset's cursor is below the horizon"));
+                }
+            }),
             other => panic!("{name}: unknown data_of {other}"),
         };
         if let Err(e) = r {
@@ -388,26 +418,30 @@ fn resume_chunks_decode_as_their_typed_data() {
     report(failures, checked);
 }
 
-/// Every durable-stream method has a vector of its request, its result,
-/// and its params at the params layer.
+/// Every durable-stream and record-sync method has a vector of its
+/// request, its result, and its params at the params layer.
 #[test]
 fn every_durable_method_is_covered() {
     let all = vectors();
     let mut gaps = Vec::new();
-    for m in DURABLE_METHODS {
+    for m in DURABLE_METHODS.iter().chain(SYNC_METHODS) {
         let framed = all.iter().any(|v| {
             v.layer == Layer::Frame
                 && v.expect.as_ref().and_then(|x| x.method.as_deref()) == Some(m)
         });
         let typed = all.iter().any(|v| v.method.as_deref() == Some(*m));
-        let result = all.iter().any(|v| v.result_of.as_deref() == Some(*m));
+        // sync.pull is streamed: its result is its final chunk.
+        let result = all.iter().any(|v| {
+            v.result_of.as_deref() == Some(*m)
+                || (*m == "sync.pull" && v.data_of.as_deref() == Some("sync-final"))
+        });
         if !(framed && typed && result) {
             gaps.push(format!(
                 "{m}: request {framed}, params {typed}, result {result}"
             ));
         }
     }
-    for rule in ["resume-events", "resume-final"] {
+    for rule in ["resume-events", "resume-final", "sync-chunk", "sync-final"] {
         if !all.iter().any(|v| v.data_of.as_deref() == Some(rule)) {
             gaps.push(format!("no chunk vector of {rule}"));
         }
@@ -575,10 +609,7 @@ const CLOSE_CODES_WITHOUT_VECTOR: &[(u16, &str)] = &[
 ];
 
 /// Error codes no vector can show, with the reason (none so far).
-const ERROR_CODES_WITHOUT_VECTOR: &[(&str, &str)] = &[(
-    "clock_skew",
-    "record sync (issue 11): vectors come with the spec",
-)];
+const ERROR_CODES_WITHOUT_VECTOR: &[(&str, &str)] = &[];
 
 #[test]
 fn every_error_and_close_code_is_covered_or_explained() {

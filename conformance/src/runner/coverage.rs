@@ -129,6 +129,20 @@ pub const SECTIONS: &[Section] = &[
         "Client rules for durable streams",
         "client behaviour; the SDK's own tests check it",
     ),
+    s("24.1", "Spaces and capabilities"),
+    s("24.2", "Records, versions and stamps"),
+    s("24.3", "Hybrid logical clock values"),
+    s("24.4", "Positions, cursors, epochs and the horizon"),
+    s("24.5", "sync.push"),
+    s("24.6", "sync.pull"),
+    s("24.7", "sync.info"),
+    s("24.8", "Checksums"),
+    s("24.9", "Errors of record sync"),
+    gap(
+        "24.10",
+        "Client rules for record sync",
+        "client behaviour; the SDK's own tests check it",
+    ),
 ];
 
 /// Cases per section: (section, ids of the cases citing it).

@@ -209,15 +209,19 @@ impl Ctx {
         self.n.fetch_add(1, Ordering::SeqCst)
     }
 
-    /// Claims for `sub` allowed everything (`>` for both capabilities and
-    /// presence), valid for an hour, with the configured `iss` and `aud`.
+    /// Claims for `sub` allowed everything (`>` for the pub/sub and the
+    /// record-sync capabilities, and presence), valid for an hour, with the
+    /// configured `iss` and `aud`.
     pub fn claims(&self, sub: &str) -> Json {
         let now = unix_secs();
         let mut c = json!({
             "sub": sub,
             "iat": now,
             "exp": now + 3600,
-            "plexus": {"sub": [">"], "pub": [">"], "presence": true},
+            "plexus": {
+                "sub": [">"], "pub": [">"], "presence": true,
+                "sync_read": [">"], "sync_write": [">"],
+            },
         });
         if let Some(iss) = &self.env.settings.issuer {
             c["iss"] = json!(iss);

@@ -81,6 +81,12 @@ pub struct Settings {
     pub durable_capped_prefix: Option<String>,
     /// `max-events` of the capped namespace.
     pub durable_capped_events: u64,
+    /// The server serves record sync (§24); without it the `sync` cases
+    /// skip.
+    pub sync: bool,
+    /// The server's `max_records` per sync space (the quota case; not
+    /// announced, §24.5).
+    pub sync_max_records: Option<u64>,
 }
 
 impl Settings {
@@ -111,6 +117,8 @@ impl Settings {
             durable_prefix: None,
             durable_capped_prefix: None,
             durable_capped_events: 4,
+            sync: false,
+            sync_max_records: None,
         }
     }
 }

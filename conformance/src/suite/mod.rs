@@ -21,6 +21,7 @@ mod requests;
 mod shutdown;
 mod slow;
 mod streams;
+mod sync;
 mod tokens;
 mod util;
 mod vectors;
@@ -45,6 +46,7 @@ pub fn all(vectors_dir: &Path) -> Vec<Case> {
     v.extend(caps::cases());
     v.extend(presence::cases());
     v.extend(durable::cases());
+    v.extend(sync::cases());
     v.extend(slow::cases());
     v.extend(close::cases());
     v.extend(errors::cases());
