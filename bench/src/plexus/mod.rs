@@ -20,6 +20,7 @@ pub mod preauth;
 pub mod rpc;
 pub mod stalled;
 pub mod storm;
+pub mod sync;
 
 pub use conn::{
     ConnError, Session, Ws, authenticate, call, connect, connect_many, connect_with, open,
