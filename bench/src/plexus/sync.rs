@@ -162,12 +162,10 @@ pub async fn push(engine: &SyncEngine, cfg: &SyncPushConfig) -> SyncPushRun {
                 let r = engine.push(params).await;
                 let t1 = Instant::now();
                 let ok = matches!(&r, Ok(res) if !res.duplicate);
-                if t0 >= from && t1 <= until {
-                    if ok {
-                        run.records += batch as u64;
-                        run.pushes += 1;
-                        run.latency.record((t1 - t0).as_nanos() as u64);
-                    }
+                if ok && t0 >= from && t1 <= until {
+                    run.records += batch as u64;
+                    run.pushes += 1;
+                    run.latency.record((t1 - t0).as_nanos() as u64);
                 }
                 if !ok {
                     run.errors += 1;
