@@ -87,6 +87,12 @@ methods! {
     History = "history", Request;
     /// The newest stored event of each topic under a pattern (§23.8).
     HistoryLatest = "history.latest", Request;
+    /// Apply a batch of record changes to a sync space (§24).
+    SyncPush = "sync.push", Request;
+    /// Stream a sync space's changes after a cursor, optionally live (§24).
+    SyncPull = "sync.pull", Request;
+    /// A sync space's collections, usage and positions (§24).
+    SyncInfo = "sync.info", Request;
     /// Abort an in-flight request of the sender's (either direction, §8).
     Cancel = "cancel", ClientNotification;
     /// An event published on a subscribed topic.

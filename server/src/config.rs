@@ -72,11 +72,15 @@ macro_rules! settings {
             /// `plexus config` after the flags.
             #[serde(skip)]
             pub streams: crate::streams::StreamsConfig,
+            /// Record sync (`[sync]`): config file only, shown by `plexus
+            /// config` after the streams tables.
+            #[serde(skip)]
+            pub sync: SyncSettings,
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Config { $( $field: $default, )* streams: Default::default() }
+                Config { $( $field: $default, )* streams: Default::default(), sync: Default::default() }
             }
         }
 
@@ -88,6 +92,7 @@ macro_rules! settings {
                 Config {
                     $( $field: cli.$field.or(file.$field).unwrap_or(d.$field), )*
                     streams: d.streams,
+                    sync: d.sync,
                 }
             }
 
@@ -95,6 +100,7 @@ macro_rules! settings {
             pub fn resolve_file(cli: Settings, file: FileConfig) -> Config {
                 let mut c = Config::resolve(cli, file.settings);
                 c.streams = file.streams;
+                c.sync = file.sync;
                 c
             }
         }
@@ -259,6 +265,8 @@ pub struct FileConfig {
     pub settings: Settings,
     /// `[storage]` and `[[streams]]`.
     pub streams: crate::streams::StreamsConfig,
+    /// `[sync]`.
+    pub sync: SyncSettings,
 }
 
 /// The config file's tables that are not flags.
@@ -280,6 +288,10 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
             rest.insert(name.to_owned(), v);
         }
     }
+    let sync: SyncSettings = match table.remove("sync") {
+        Some(v) => v.try_into().map_err(parse)?,
+        None => SyncSettings::default(),
+    };
     let settings: Settings = toml::Value::Table(table).try_into().map_err(parse)?;
     let streams =
         crate::streams::StreamsConfig::from_toml(&rest.to_string()).map_err(|source| {
@@ -288,7 +300,11 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
                 source,
             }
         })?;
-    Ok(FileConfig { settings, streams })
+    Ok(FileConfig {
+        settings,
+        streams,
+        sync,
+    })
 }
 
 /// Reads a TOML config file.
@@ -405,6 +421,7 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.sync.problems(self.max_frame_size));
         if self.listen_backlog == 0 {
             problems.push("listen-backlog must be at least 1".to_owned());
         }
@@ -471,7 +488,173 @@ impl Config {
         let mut out =
             toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
         out.push_str(&self.streams.to_toml());
+        out.push_str(&self.sync.to_toml());
         out
+    }
+}
+
+/// The least record size `max-frame-size` must leave room for when record
+/// sync is on.
+pub const MIN_SYNC_RECORD_BYTES: usize = 1024;
+
+/// The `[sync]` table: record sync (issue 11, decisions Y1–Y20). Every key
+/// is optional; `docs/operations.md` ("Record sync") lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SyncSettings {
+    /// Serve `sync.push`, `sync.pull` and `sync.info` (the database is
+    /// opened at start) [default: true] (Y17).
+    pub enabled: bool,
+    /// How far ahead of the hub's clock a client timestamp may be [default: 1m].
+    pub max_clock_skew: Dur,
+    /// How long tombstones are kept [default: 30days].
+    pub tombstone_horizon: Dur,
+    /// How often expired records and old tombstones are swept [default: 1m].
+    pub sweep_interval: Dur,
+    /// Most records one sweep round expires or purges [default: 1000].
+    pub sweep_limit: u32,
+    /// Most live records per space [default: 100000].
+    pub max_records: u64,
+    /// Most bytes of live records per space [default: 67108864].
+    pub max_bytes: u64,
+    /// Pushes waiting for the writer; a full queue answers `unavailable` [default: 1024].
+    pub queue_capacity: usize,
+    /// Most pushes per transaction [default: 64].
+    pub max_batch: usize,
+    /// Most operations per push [default: 1000].
+    pub max_ops: usize,
+    /// Largest record (collection + id + field names and values); capped at what one pull chunk of max-frame-size can carry [default: 262144].
+    pub max_record_bytes: usize,
+    /// Most records per pull page [default: 500].
+    pub page_limit: u32,
+    /// Commits buffered per live pull; one further behind ends with `unavailable` [default: 1024].
+    pub live_buffer: usize,
+    /// Per-space-pattern quotas (`[[sync.quotas]]`), the first match wins [default: none].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<SyncQuota>,
+}
+
+/// A `[[sync.quotas]]` entry: the quota of the spaces matching `pattern`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SyncQuota {
+    /// The spaces (a topic pattern).
+    pub pattern: String,
+    /// Most live records per space [default: `[sync] max-records`].
+    pub max_records: Option<u64>,
+    /// Most bytes of live records per space [default: `[sync] max-bytes`].
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings::from_engine(&crate::sync::SyncConfig::default())
+    }
+}
+
+impl SyncSettings {
+    fn from_engine(c: &crate::sync::SyncConfig) -> Self {
+        SyncSettings {
+            enabled: true,
+            max_clock_skew: Dur(c.max_clock_skew),
+            tombstone_horizon: Dur(c.tombstone_horizon),
+            sweep_interval: Dur(c.sweep_interval),
+            sweep_limit: c.sweep_limit,
+            max_records: c.max_records,
+            max_bytes: c.max_bytes,
+            queue_capacity: c.queue_capacity,
+            max_batch: c.max_batch,
+            max_ops: c.max_ops,
+            max_record_bytes: c.max_record_bytes,
+            page_limit: c.page_limit,
+            live_buffer: c.live_buffer,
+            quotas: Vec::new(),
+        }
+    }
+
+    /// The engine's settings, for frames of `max_frame_size`: the record
+    /// limit is at most what one pull chunk can carry (decision Y19).
+    pub fn engine(&self, max_frame_size: usize) -> crate::sync::SyncConfig {
+        let fits = crate::session::methods::sync::record_bytes_that_fit(max_frame_size);
+        crate::sync::SyncConfig {
+            max_clock_skew: self.max_clock_skew.0,
+            tombstone_horizon: self.tombstone_horizon.0,
+            sweep_interval: self.sweep_interval.0,
+            sweep_limit: self.sweep_limit,
+            max_records: self.max_records,
+            max_bytes: self.max_bytes,
+            queue_capacity: self.queue_capacity,
+            max_batch: self.max_batch,
+            max_ops: self.max_ops,
+            max_record_bytes: self.max_record_bytes.min(fits),
+            page_limit: self.page_limit,
+            live_buffer: self.live_buffer,
+            quotas: self
+                .quotas
+                .iter()
+                .filter_map(|q| {
+                    let p = plexus_protocol::topic::Pattern::parse(
+                        &q.pattern,
+                        plexus_protocol::topic::MAX_TOPIC_LEN,
+                    )
+                    .ok()?;
+                    let l = plexus_protocol::methods::sync::Limits::new(
+                        q.max_records.unwrap_or(self.max_records),
+                        q.max_bytes.unwrap_or(self.max_bytes),
+                    );
+                    Some((p, l))
+                })
+                .collect(),
+        }
+    }
+
+    /// What is wrong with these settings for frames of `max_frame_size`.
+    pub fn problems(&self, max_frame_size: usize) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.enabled {
+            return p;
+        }
+        let positive = [
+            ("queue-capacity", self.queue_capacity),
+            ("max-batch", self.max_batch),
+            ("max-ops", self.max_ops),
+            ("max-record-bytes", self.max_record_bytes),
+            ("page-limit", self.page_limit as usize),
+            ("live-buffer", self.live_buffer),
+            ("sweep-limit", self.sweep_limit as usize),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                p.push(format!("[sync] {name} must be at least 1"));
+            }
+        }
+        for q in &self.quotas {
+            if let Err(e) = plexus_protocol::topic::Pattern::parse(
+                &q.pattern,
+                plexus_protocol::topic::MAX_TOPIC_LEN,
+            ) {
+                p.push(format!("[[sync.quotas]] pattern {:?}: {e}", q.pattern));
+            }
+        }
+        if self.sweep_interval.0.is_zero() {
+            p.push("[sync] sweep-interval must be positive".to_owned());
+        }
+        let fits = crate::session::methods::sync::record_bytes_that_fit(max_frame_size);
+        if fits < MIN_SYNC_RECORD_BYTES {
+            p.push(format!(
+                "[sync] max-frame-size ({max_frame_size}) leaves {fits} bytes for a record in a pull chunk, less than {MIN_SYNC_RECORD_BYTES}: raise max-frame-size or set [sync] enabled = false"
+            ));
+        }
+        p
+    }
+
+    /// The table as TOML, for `plexus config`.
+    pub fn to_toml(&self) -> String {
+        let mut t = toml::Table::new();
+        if let Ok(v) = toml::Value::try_from(self) {
+            t.insert("sync".to_owned(), v);
+        }
+        format!("\n{}", toml::to_string(&t).unwrap_or_default())
     }
 }
 
@@ -529,6 +712,33 @@ mod tests {
         assert!(shown.contains("database-url = \"postgres://u:********@db/plexus\""));
         assert!(shown.contains("[[streams]]\npattern = \"orders.>\"\nmax-events = 10"));
         assert!(shown.contains("commit-max-batch = 8"));
+        // The [sync] table, with a quota override.
+        let f = parse_file(
+            path,
+            "[sync]\nmax-records = 5\nsweep-interval = \"10s\"\n\
+             [[sync.quotas]]\npattern = \"team.>\"\nmax-records = 50\n",
+        )
+        .unwrap();
+        let c = Config::resolve_file(Settings::default(), f);
+        c.validate().unwrap();
+        let e = c.sync.engine(c.max_frame_size);
+        assert_eq!(e.sweep_interval, Duration::from_secs(10));
+        assert_eq!(e.limits_for("user.a").max_records, 5);
+        assert_eq!(e.limits_for("team.a.b").max_records, 50);
+        assert_eq!(e.limits_for("team.a.b").max_bytes, 64 << 20);
+        let shown = c.to_masked_toml();
+        assert!(shown.contains("[sync]\nenabled = true"), "{shown}");
+        assert!(shown.contains("max-records = 5"), "{shown}");
+        assert!(shown.contains("pattern = \"team.>\""), "{shown}");
+        assert!(parse_file(path, "[sync]\nno-such = 1\n").is_err());
+        let f = parse_file(path, "[[sync.quotas]]\npattern = \"a..b\"\n").unwrap();
+        let bad = Config::resolve_file(Settings::default(), f);
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sync.quotas")
+        );
         // The default database is the SQLite file in the data directory.
         let d = Config::default();
         assert_eq!(d.database_display(), "sqlite:./data/plexus.db");
@@ -583,11 +793,18 @@ mod tests {
     fn the_defaults_are_valid_and_every_rule_names_its_settings() {
         Config::default().validate().unwrap();
         // The issue's case: a 2048-byte frame, 1900 bytes of payload.
-        let c = Config {
+        let mut c = Config {
             max_frame_size: 2048,
             max_payload: 1900,
             ..Default::default()
         };
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert!(
+            e.to_string().contains("[sync] max-frame-size (2048)"),
+            "{e}"
+        );
+        c.sync.enabled = false;
         let e = c.validate().unwrap_err();
         assert_eq!(e.problems.len(), 1, "{e}");
         let text = e.to_string();

@@ -26,6 +26,7 @@ use crate::outbound::CloseRequest;
 use crate::session::core::CoreConfig;
 use crate::session::registry::Registry;
 use crate::streams::{FanOut as StreamsFanOut, LiveEvent, Streams};
+use crate::sync::SyncEngine;
 
 /// Delivers committed durable events to the broker's live subscribers
 /// (the streams layer's [`StreamsFanOut`]): the event's frame is the
@@ -79,6 +80,8 @@ pub struct Hub {
     pub broker: Arc<Broker>,
     /// Durable streams, when a namespace is configured.
     pub streams: Option<Streams>,
+    /// Record sync, when `[sync] enabled` (Y17).
+    pub sync: Option<SyncEngine>,
     /// Metric handles.
     pub metrics: Metrics,
     /// Limits announced to clients in the `auth` result.
@@ -127,8 +130,22 @@ impl Hub {
         broker: Arc<Broker>,
         streams: Option<Streams>,
     ) -> Hub {
+        Hub::with_services(config, auth, metrics_handle, broker, streams, None)
+    }
+
+    /// [`Hub::with_streams`], with the record-sync engine when `sync` is
+    /// on (its methods are registered only then).
+    pub fn with_services(
+        config: Config,
+        auth: Authenticator,
+        metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        broker: Arc<Broker>,
+        streams: Option<Streams>,
+        sync: Option<SyncEngine>,
+    ) -> Hub {
         let limits = announced_limits(&config);
-        let registry = crate::session::methods::registry(&config, streams.is_some());
+        let registry =
+            crate::session::methods::registry_with(&config, streams.is_some(), sync.is_some());
         let core = Arc::new(core_config(&config, &registry, limits));
         let node = format!("{:08x}", rand::random::<u32>());
         Hub {
@@ -137,6 +154,7 @@ impl Hub {
             auth,
             broker,
             streams,
+            sync,
             limits,
             registry,
             core,

@@ -95,6 +95,14 @@ pub enum StartError {
     /// The durable streams could not start on the database.
     #[error("cannot start the durable streams: {0}")]
     Streams(#[from] streams::OpenError),
+    /// Record sync could not start on the database.
+    #[error("cannot start record sync on the database {url}: {source}")]
+    Sync {
+        /// Where it is (password masked).
+        url: String,
+        /// Why.
+        source: storage::StorageError,
+    },
     /// The development key could not be created or read.
     #[error("cannot create or read the development key in {dir}: {source}")]
     DevKey {
@@ -230,15 +238,20 @@ impl Server {
             .map_err(|source| StartError::Bind { addr, source })?;
         let broker = Arc::new(broker::Broker::default());
         let streams = open_streams(&config, &broker).await?;
+        let sync = open_sync(&config).await?;
         auth.spawn_jwks_refresh();
-        let hub = Arc::new(Hub::with_streams(
+        let hub = Arc::new(Hub::with_services(
             config,
             auth,
             options.metrics.clone(),
             broker,
             streams,
+            sync,
         ));
         hub.lag.spawn_ticker();
+        if let Some(engine) = &hub.sync {
+            spawn_sweeper(engine.clone(), hub.shutdown_signal());
+        }
         let accept = tokio::spawn(transport::serve(listener, hub.clone()));
         if let Some(handle) = options.metrics {
             // Histogram samples accumulate until folded into buckets: fold
@@ -271,7 +284,7 @@ impl Server {
     /// Stops accepting, sends `closing` and close 4008 to every connection,
     /// and waits for them to drain, at most `shutdown_grace`; then closes
     /// the durable streams (the writer commits what is queued, the fan-out
-    /// drains, the database is closed). Returns the number of connections
+    /// drains, the database is closed) and record sync (likewise). Returns the number of connections
     /// still open at the deadline.
     pub async fn shutdown(self) -> u64 {
         self.hub.begin_shutdown();
@@ -283,6 +296,9 @@ impl Server {
         let left = self.hub.open_connections();
         if let Some(s) = &self.hub.streams {
             s.clone().close().await;
+        }
+        if let Some(e) = &self.hub.sync {
+            e.clone().close().await;
         }
         left
     }
@@ -314,4 +330,66 @@ pub async fn open_streams(
     )
     .await?;
     Ok(Some(s))
+}
+
+/// Opens record sync on the database when `[sync] enabled` (decision Y17:
+/// on by default, on the same database as the durable streams).
+pub async fn open_sync(config: &Config) -> Result<Option<sync::SyncEngine>, StartError> {
+    if !config.sync.enabled {
+        return Ok(None);
+    }
+    let err = |source| StartError::Sync {
+        url: config.database_display(),
+        source,
+    };
+    let store = sync::store::open(&config.store_options())
+        .await
+        .map_err(err)?;
+    let engine = sync::SyncEngine::open(
+        store,
+        config.sync.engine(config.max_frame_size),
+        Arc::new(streams::SystemClock),
+    )
+    .await
+    .map_err(err)?;
+    Ok(Some(engine))
+}
+
+/// Sweeps expired records and old tombstones every `sweep_interval` (one
+/// round per tick, more rounds at once while a round hits `sweep_limit`)
+/// until shutdown begins.
+fn spawn_sweeper(engine: sync::SyncEngine, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let every = engine.config().sweep_interval;
+    let limit = u64::from(engine.config().sweep_limit);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            // Bounded: at most 16 rounds per tick.
+            for _ in 0..16 {
+                match engine.sweep().await {
+                    Ok(r) => {
+                        if r.expired > 0 || r.purged > 0 {
+                            ::metrics::counter!("plexus_sync_swept_total", "kind" => "expired")
+                                .increment(r.expired);
+                            ::metrics::counter!("plexus_sync_swept_total", "kind" => "purged")
+                                .increment(r.purged);
+                        }
+                        if r.expired < limit && r.purged < limit {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "record sync sweep failed");
+                        break;
+                    }
+                }
+            }
+        }
+    });
 }

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use plexus_server::auth::{Authenticator, KeySource, MintRequest, mint_hs};
@@ -42,6 +41,13 @@ enum Command {
         /// Allow `presence.set`.
         #[arg(long)]
         presence: bool,
+        /// A record-sync space pattern the user may pull from (repeatable).
+        #[arg(long = "sync-read")]
+        sync_read: Vec<String>,
+        /// A record-sync space pattern the user may push to and pull from
+        /// (repeatable).
+        #[arg(long = "sync-write")]
+        sync_write: Vec<String>,
         /// Lifetime, e.g. `1h`, `30m`.
         #[arg(long, default_value = "1h")]
         ttl: Dur,
@@ -76,8 +82,22 @@ fn main() -> ExitCode {
             sub_allow,
             pub_allow,
             presence,
+            sync_read,
+            sync_write,
             ttl,
-        } => token(&config, sub, sub_allow, pub_allow, presence, ttl.0),
+        } => token(
+            &config,
+            MintRequest {
+                sub,
+                subscribe: sub_allow,
+                publish: pub_allow,
+                presence,
+                sync_read,
+                sync_write,
+                ttl: ttl.0,
+                ..MintRequest::default()
+            },
+        ),
         Command::Serve => serve(config),
         Command::Migrate => with_runtime(migrate(config)),
         Command::Streams => with_runtime(list_streams(config)),
@@ -191,14 +211,7 @@ async fn print_streams(
     Ok(())
 }
 
-fn token(
-    config: &Config,
-    sub: String,
-    subscribe: Vec<String>,
-    publish: Vec<String>,
-    presence: bool,
-    ttl: Duration,
-) -> ExitCode {
+fn token(config: &Config, mut req: MintRequest) -> ExitCode {
     let (settings, _) = match plexus_server::auth_settings(config) {
         Ok(s) => s,
         Err(e) => {
@@ -212,15 +225,8 @@ fn token(
         );
         return ExitCode::FAILURE;
     };
-    let req = MintRequest {
-        sub,
-        subscribe,
-        publish,
-        presence,
-        ttl,
-        issuer: settings.issuer,
-        audience: settings.audience,
-    };
+    req.issuer = settings.issuer;
+    req.audience = settings.audience;
     match mint_hs(&secret, alg, &req) {
         Ok(t) => {
             println!("{t}");
@@ -280,17 +286,27 @@ fn serve(config: Config) -> ExitCode {
         tracing::info!(%addr, "plexus listening");
         println!("plexus {} listening on ws://{addr}/v1/ws (subprotocol plexus.v1)", env!("CARGO_PKG_VERSION"));
         let durable = config.streams.streams.len();
-        if durable == 0 {
+        if durable == 0 && !config.sync.enabled {
             println!(
                 "durable streams: none configured (add [[streams]] to the config file; database {} not opened)",
                 config.database_display()
             );
+        } else if durable == 0 {
+            println!("durable streams: none configured (add [[streams]] to the config file)");
         } else {
             println!(
                 "durable streams: {durable} namespace{} configured, database {}",
                 if durable == 1 { "" } else { "s" },
                 config.database_display()
             );
+        }
+        if config.sync.enabled {
+            println!(
+                "record sync: on (tokens with sync_read/sync_write), database {}",
+                config.database_display()
+            );
+        } else {
+            println!("record sync: off ([sync] enabled = false)");
         }
         if let KeyOrigin::DevKey { created } = origin {
             let what = if created { "generated a" } else { "using the" };

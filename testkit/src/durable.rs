@@ -122,10 +122,11 @@ impl TestDb {
         &self.url
     }
 
-    /// Points `config` at this database.
+    /// Points `config` at this database (record sync on).
     pub fn apply(&self, config: &mut Config) {
         config.data_dir = self.dir.path().to_owned();
         config.database_url = self.url.clone();
+        config.sync.enabled = true;
     }
 }
 

@@ -14,13 +14,18 @@ use crate::token::SECRET;
 
 /// The configuration tests start from: port 0, `debug.*` methods on, no
 /// clock leeway (token times are exact).
+///
+/// Record sync is off (it would open a database in `./data`); a hub on a
+/// [`TestDb`](crate::TestDb) has it on.
 pub fn test_config() -> Config {
-    Config {
+    let mut c = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         debug_methods: true,
         jwt_leeway: Dur(Duration::ZERO),
         ..Config::default()
-    }
+    };
+    c.sync.enabled = false;
+    c
 }
 
 /// Token verification with [`SECRET`] (HS256) and the configuration's

@@ -22,6 +22,11 @@ pub struct MintRequest {
     pub publish: Vec<String>,
     /// Whether the user may join presence (`plexus.presence`).
     pub presence: bool,
+    /// Record-sync spaces the user may pull from (`sync_read`).
+    pub sync_read: Vec<String>,
+    /// Record-sync spaces the user may push to and pull from
+    /// (`sync_write`).
+    pub sync_write: Vec<String>,
     /// Lifetime; `exp` is `iat` plus this, in whole seconds (at least one).
     pub ttl: Duration,
     /// `iss`, when set.
@@ -85,9 +90,8 @@ fn mint_at(secret: &[u8], alg: HmacAlg, req: &MintRequest, now: u64) -> Result<S
         subscribe: req.subscribe.clone(),
         publish: req.publish.clone(),
         presence: req.presence,
-        // Minting sync capabilities from the command line comes with the
-        // session wiring of issue 11.
-        ..CapabilityClaim::default()
+        sync_read: req.sync_read.clone(),
+        sync_write: req.sync_write.clone(),
     };
     capabilities.parse().map_err(|e| match e {
         CapabilityError::TooMany => MintError::TooManyPatterns,
@@ -136,6 +140,8 @@ mod tests {
             subscribe: vec!["chat.>".into()],
             publish: vec!["chat.room1".into()],
             presence: true,
+            sync_read: vec!["team.*".into()],
+            sync_write: vec!["user.carol.>".into()],
             ttl: Duration::from_secs(120),
             issuer: Some("plexus-dev".into()),
             audience: Some("plexus".into()),
@@ -174,6 +180,10 @@ mod tests {
                     .can_publish(&Topic::parse("chat.room2", MAX_TOPIC_LEN).unwrap())
             );
             assert!(p.caps.presence);
+            let space = |s| Topic::parse(s, MAX_TOPIC_LEN).unwrap();
+            assert!(p.caps.can_sync_write(&space("user.carol.notes")));
+            assert!(p.caps.can_sync_read(&space("team.1")));
+            assert!(!p.caps.can_sync_write(&space("team.1")));
         }
     }
 

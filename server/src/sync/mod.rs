@@ -101,6 +101,9 @@ pub struct SyncConfig {
     pub sweep_limit: u32,
     /// How often the hub should call [`SyncEngine::sweep`] [default: 60 s].
     pub sweep_interval: Duration,
+    /// Quotas of the spaces matching a pattern, instead of `max_records`
+    /// and `max_bytes` (the first matching pattern wins) [default: none].
+    pub quotas: Vec<(plexus_protocol::topic::Pattern, Limits)>,
 }
 
 impl Default for SyncConfig {
@@ -118,12 +121,20 @@ impl Default for SyncConfig {
             live_buffer: 1024,
             sweep_limit: 1000,
             sweep_interval: Duration::from_secs(60),
+            quotas: Vec::new(),
         }
     }
 }
 
 impl SyncConfig {
-    fn limits(&self) -> Limits {
+    /// The quota of `space`: the first matching override's, else
+    /// `max_records` and `max_bytes`.
+    pub fn limits_for(&self, space: &str) -> Limits {
+        if let Ok(t) = Topic::parse(space, MAX_TOPIC_LEN)
+            && let Some((_, l)) = self.quotas.iter().find(|(p, _)| p.matches(&t))
+        {
+            return *l;
+        }
         Limits::new(self.max_records, self.max_bytes)
     }
 }
@@ -371,6 +382,9 @@ pub struct SweepReport {
 enum Cmd {
     Push(PushReq, oneshot::Sender<Result<SyncPushResult, SyncError>>),
     Sweep(oneshot::Sender<Result<SweepReport, SyncError>>),
+    /// Stop after the commands queued before it (other handles may still
+    /// exist: the hub's, a sweeper's).
+    Stop,
 }
 
 type Watchers = Arc<DashMap<String, broadcast::Sender<Arc<Committed>>>>;
@@ -397,6 +411,7 @@ impl std::fmt::Debug for Cmd {
         f.write_str(match self {
             Cmd::Push(..) => "Push",
             Cmd::Sweep(..) => "Sweep",
+            Cmd::Stop => "Stop",
         })
     }
 }
@@ -448,6 +463,20 @@ impl SyncEngine {
 
     /// Applies a push, all or nothing, once per `(client, seq)`.
     pub async fn push(&self, params: SyncPushParams) -> Result<SyncPushResult, SyncError> {
+        self.submit(params)?.await
+    }
+
+    /// Checks and validates a push and enqueues it to the writer **now**
+    /// (so pushes submitted in order are applied in order, which one
+    /// connection's pushes need); the returned future yields the result
+    /// after the commit. A full queue is `unavailable` at once.
+    pub fn submit(
+        &self,
+        params: SyncPushParams,
+    ) -> Result<
+        impl std::future::Future<Output = Result<SyncPushResult, SyncError>> + Send + 'static,
+        SyncError,
+    > {
         let hlc = &self.inner.hlc;
         hlc.check(params.hlc).map_err(SyncError::Skew)?;
         for op in &params.ops {
@@ -461,8 +490,10 @@ impl SyncEngine {
             .tx
             .try_send(Cmd::Push(req, reply))
             .map_err(|_| SyncError::Unavailable("the sync writer is overloaded".into()))?;
-        rx.await
-            .map_err(|_| SyncError::Unavailable("the sync writer stopped".into()))?
+        Ok(async move {
+            rx.await
+                .map_err(|_| SyncError::Unavailable("the sync writer stopped".into()))?
+        })
     }
 
     /// Expires records and purges tombstones past the horizon (one bounded
@@ -539,7 +570,7 @@ impl SyncEngine {
     pub async fn info(&self, space: &str) -> Result<SyncInfoResult, SyncError> {
         check_space(space)?;
         let mut r = SyncInfoResult::default();
-        r.limits = self.inner.config.limits();
+        r.limits = self.inner.config.limits_for(space);
         let Some(row) = self.inner.store.space(space).await? else {
             return Ok(r);
         };
@@ -557,8 +588,10 @@ impl SyncEngine {
         Ok(r)
     }
 
-    /// Stops the writer after the queued commands and closes the store.
+    /// Stops the writer after the queued commands and closes the store
+    /// (other handles of the engine then answer `unavailable`).
     pub async fn close(self) {
+        let _ = self.inner.tx.send(Cmd::Stop).await;
         let task = self.inner.task.lock().take();
         let store = self.inner.store.clone();
         drop(self);
@@ -766,6 +799,7 @@ impl Writer {
                     let r = self.sweep().await;
                     let _ = reply.send(r);
                 }
+                Cmd::Stop => break,
                 Cmd::Push(req, reply) => {
                     let mut batch = vec![(req, reply)];
                     while batch.len() < self.config.max_batch.max(1) {
@@ -1134,12 +1168,13 @@ async fn apply_push(
             account(&mut next, &mut scratch, &before[i], &Footprint::of(r), 0);
         }
     }
-    let over_records = next.records > config.max_records && next.records > space.records;
-    let over_bytes = next.bytes > config.max_bytes && next.bytes > space.bytes;
+    let limits = config.limits_for(&req.space);
+    let over_records = next.records > limits.max_records && next.records > space.records;
+    let over_bytes = next.bytes > limits.max_bytes && next.bytes > space.bytes;
     if over_records || over_bytes {
         return Ok(refuse(SyncError::Quota(QuotaDetails::new(
             usage(&next),
-            config.limits(),
+            limits,
         ))));
     }
     // Write.

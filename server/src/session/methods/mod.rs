@@ -6,6 +6,7 @@
 //! | `pubsub` | `subscribe`, `unsubscribe`, `publish` |
 //! | `presence` | `presence.get`, `presence.set` |
 //! | `streams` | `history`, `history.latest` (on a hub without durable namespaces: `invalid_params`); with durable namespaces, `publish` and `subscribe` replacing `pubsub`'s |
+//! | `sync` | `sync.push`, `sync.pull`, `sync.info` (with `[sync] enabled`) |
 //! | `debug` | `debug.sleep`, `debug.panic`, `debug.stream`, `debug.call` (decision H5: compiled only in debug builds or with the `debug-methods` feature, served only with `--debug-methods`) |
 //!
 //! `auth` and `auth.refresh` are not here: the session core runs them,
@@ -17,6 +18,7 @@ pub mod presence;
 pub mod pubsub;
 pub mod session;
 pub mod streams;
+pub mod sync;
 
 use plexus_protocol::topic::TopicError;
 
@@ -30,6 +32,11 @@ pub const DEBUG_METHODS_COMPILED: bool = cfg!(any(debug_assertions, feature = "d
 /// The registry of every method `config` serves; `durable`: the hub has
 /// durable streams (the durable `publish` and `subscribe`, `history`).
 pub fn registry(config: &Config, durable: bool) -> Registry {
+    registry_with(config, durable, false)
+}
+
+/// [`registry`], with the record-sync methods when `sync`.
+pub fn registry_with(config: &Config, durable: bool, sync: bool) -> Registry {
     let mut r = Registry::new();
     session::register(&mut r);
     pubsub::register(&mut r);
@@ -38,6 +45,9 @@ pub fn registry(config: &Config, durable: bool) -> Registry {
         streams::register(&mut r);
     }
     presence::register(&mut r);
+    if sync {
+        sync::register(&mut r);
+    }
     #[cfg(any(debug_assertions, feature = "debug-methods"))]
     if config.debug_methods {
         debug::register(&mut r);

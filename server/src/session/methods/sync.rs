@@ -1,0 +1,261 @@
+//! The record-sync methods (issue 11): `sync.push`, `sync.pull` and
+//! `sync.info`, over the [`SyncEngine`](crate::sync::SyncEngine) the hub
+//! opened at start (registered only when `[sync] enabled`, decision Y17).
+//!
+//! - `sync.push`: `can_sync_write` on the space, then the push is
+//!   validated and enqueued to the engine's writer in the synchronous part
+//!   ([`SyncEngine::submit`](crate::sync::SyncEngine::submit)), so one
+//!   connection's pushes are applied in the order they arrived; answered
+//!   after the commit.
+//! - `sync.pull`: `can_sync_read`; streamed with credit. Catch-up chunks
+//!   ([`SyncChunk`]) are split to fit `max-frame-size`; without `live` the
+//!   [`SyncPullFinal`](plexus_protocol::methods::sync::SyncPullFinal) is the
+//!   final chunk. With `live` (decision Y18) the engine is watched *before*
+//!   the catch-up, the `SyncPullFinal` goes as a non-final chunk, and every
+//!   later commit of the space follows as a live chunk (`prev` set) until
+//!   the client cancels the request or the connection closes; a watcher
+//!   more than `live-buffer` commits behind ends the request with
+//!   `unavailable` (resume with the cursor).
+//! - `sync.info`: `can_sync_read`.
+//!
+//! Every error is [`SyncError::to_wire`](crate::sync::SyncError::to_wire).
+
+use std::time::Instant;
+
+use plexus_protocol::methods::sync::{
+    SyncChunk, SyncInfo, SyncInfoParams, SyncInfoResult, SyncPull, SyncPullFinal, SyncPullParams,
+    SyncPush, SyncPushParams, SyncPushResult, SyncRecord,
+};
+use plexus_protocol::topic::Topic;
+
+use super::topic_error;
+use crate::session::context::Ctx;
+use crate::session::error::RequestError;
+use crate::session::registry::{Meta, Registry};
+use crate::session::stream::ChunkSink;
+use crate::sync::{LiveChanges, PullStep, SyncEngine, SyncError};
+
+/// Bytes of a pull chunk besides its records, at their longest (frame
+/// header, request id, sequence number, map and list headers, the cursors).
+pub const SYNC_CHUNK_ENVELOPE: usize = 64;
+
+/// Bytes a record takes in a chunk besides its collection, id, field names
+/// and values (map keys, version, position, flag, hlc, actor (a client id
+/// of at most 64 bytes), expiry and the length headers).
+pub const RECORD_OVERHEAD: usize = 128;
+
+/// Bytes per field besides its name and value (two length headers).
+pub const FIELD_OVERHEAD: usize = 18;
+
+/// The largest record (collection, id, field names and values, as the
+/// engine counts it) that one chunk of `max_frame_size` can carry, however
+/// many fields it has: the effective `[sync] max-record-bytes` is at most
+/// this (Y19).
+pub fn record_bytes_that_fit(max_frame_size: usize) -> usize {
+    max_frame_size
+        .saturating_sub(SYNC_CHUNK_ENVELOPE + RECORD_OVERHEAD)
+        .saturating_sub(crate::sync::MAX_FIELDS * FIELD_OVERHEAD)
+}
+
+/// Registers the methods.
+pub fn register(r: &mut Registry) {
+    r.asynchronous::<SyncPush, _>(Meta::default(), push);
+    r.streamed::<SyncPull, _>(Meta::default().without_timeout(), pull);
+    r.asynchronous::<SyncInfo, _>(Meta::default(), info);
+}
+
+/// A sync error as the request's error (the one mapping, Y16).
+pub fn sync_error(e: SyncError) -> RequestError {
+    if let SyncError::Unavailable(cause) = &e {
+        // The cause names the database failure, never a payload.
+        tracing::warn!(error = %cause, "record sync operation failed");
+    }
+    RequestError::Stream(e.to_wire())
+}
+
+fn engine(ctx: &Ctx<'_>) -> Result<SyncEngine, RequestError> {
+    ctx.hub().sync.clone().ok_or(RequestError::MethodNotFound)
+}
+
+fn space(ctx: &Ctx<'_>, name: &str) -> Result<Topic, RequestError> {
+    Topic::parse(name, ctx.config().max_topic_len).map_err(|e| topic_error("space", e))
+}
+
+type Fut<T> = futures_util::future::BoxFuture<'static, Result<T, RequestError>>;
+
+fn push(ctx: &mut Ctx<'_>, p: SyncPushParams) -> Result<Fut<SyncPushResult>, RequestError> {
+    let engine = engine(ctx)?;
+    let topic = space(ctx, &p.space)?;
+    if !ctx.caps().can_sync_write(&topic) {
+        return Err(RequestError::forbidden("push to this space"));
+    }
+    let ops = p.ops.len() as u64;
+    let started = Instant::now();
+    let fut = engine.submit(p).map_err(sync_error)?;
+    Ok(Box::pin(async move {
+        let r = fut.await.map_err(sync_error);
+        metrics::histogram!("plexus_sync_push_seconds").record(started.elapsed().as_secs_f64());
+        if r.is_ok() {
+            metrics::counter!("plexus_sync_push_ops_total").increment(ops);
+        }
+        r
+    }))
+}
+
+fn info(ctx: &mut Ctx<'_>, p: SyncInfoParams) -> Result<Fut<SyncInfoResult>, RequestError> {
+    let engine = engine(ctx)?;
+    let topic = space(ctx, &p.space)?;
+    if !ctx.caps().can_sync_read(&topic) {
+        return Err(RequestError::forbidden("read this space"));
+    }
+    Ok(Box::pin(async move {
+        engine.info(&p.space).await.map_err(sync_error)
+    }))
+}
+
+/// The bytes `r` takes in a chunk, at most.
+fn record_bytes(r: &SyncRecord) -> usize {
+    let fields = r.fields.as_ref().map_or(0, |f| {
+        f.0.iter()
+            .map(|(k, v)| k.len() + v.len() + FIELD_OVERHEAD)
+            .sum()
+    });
+    RECORD_OVERHEAD + r.collection.len() + r.id.len() + fields
+}
+
+/// Splits `records` (in position order) into chunks of at most `budget`
+/// record bytes; the last chunk's cursor is `cursor`, each other's the
+/// position of its last record. With `prev` (live), each chunk's `prev`
+/// is the cursor before it.
+fn split(
+    records: Vec<SyncRecord>,
+    cursor: u64,
+    prev: Option<u64>,
+    budget: usize,
+) -> Vec<SyncChunk> {
+    let mut out: Vec<SyncChunk> = Vec::new();
+    let mut cur: Vec<SyncRecord> = Vec::new();
+    let mut bytes = 0;
+    let mut before = prev;
+    for r in records {
+        let b = record_bytes(&r);
+        if !cur.is_empty() && bytes + b > budget {
+            let last = cur.last().map_or(cursor, |r| r.position);
+            out.push(SyncChunk::new(std::mem::take(&mut cur), last, before));
+            before = before.map(|_| last);
+            bytes = 0;
+        }
+        bytes += b;
+        cur.push(r);
+    }
+    out.push(SyncChunk::new(cur, cursor, before));
+    out
+}
+
+fn pull(
+    ctx: &mut Ctx<'_>,
+    p: SyncPullParams,
+    mut sink: ChunkSink,
+) -> Result<Fut<SyncPullFinal>, RequestError> {
+    let engine = engine(ctx)?;
+    let topic = space(ctx, &p.space)?;
+    if !ctx.caps().can_sync_read(&topic) {
+        return Err(RequestError::forbidden("pull from this space"));
+    }
+    let live = p.live.unwrap_or(false);
+    if p.notify_only.unwrap_or(false) && !live {
+        return Err(RequestError::invalid_params("notify_only needs live"));
+    }
+    // Watch first (Y15): nothing committed after the catch-up is missed.
+    let rx = live.then(|| engine.watch(&p.space));
+    let budget = ctx
+        .config()
+        .max_frame_size
+        .saturating_sub(SYNC_CHUNK_ENVELOPE)
+        .max(1);
+    let rows = metrics::counter!("plexus_sync_pull_records_total");
+    Ok(Box::pin(async move {
+        let mut pull = engine.pull(&p).await.map_err(sync_error)?;
+        let fin = loop {
+            match pull.next().await.map_err(sync_error)? {
+                Some(PullStep::Chunk(c)) => {
+                    rows.increment(c.records.len() as u64);
+                    for chunk in split(c.records, c.cursor, None, budget) {
+                        sink.send(&chunk).await?;
+                    }
+                }
+                Some(PullStep::Final(f)) => break f,
+                None => return Err(RequestError::internal("pull ended without a final")),
+            }
+        };
+        let Some(rx) = rx else {
+            return Ok(fin);
+        };
+        sink.send(&fin).await?;
+        let mut changes = LiveChanges::new(
+            rx,
+            fin.cursor,
+            p.collection.clone(),
+            p.notify_only.unwrap_or(false),
+        );
+        loop {
+            let c = changes.next().await.map_err(sync_error)?;
+            rows.increment(c.records.len() as u64);
+            let prev = c.prev;
+            for chunk in split(c.records, c.cursor, prev, budget) {
+                sink.send(&chunk).await?;
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_protocol::methods::sync::RecordFields;
+    use std::collections::BTreeMap;
+
+    fn rec(pos: u64, size: usize) -> SyncRecord {
+        SyncRecord::new(
+            "c",
+            "i",
+            1,
+            pos,
+            Some(RecordFields(BTreeMap::from([(
+                String::new(),
+                vec![0; size].into(),
+            )]))),
+        )
+    }
+
+    #[test]
+    fn chunks_are_split_by_bytes_with_consistent_cursors() {
+        let one = record_bytes(&rec(1, 100));
+        let recs = (1..=5).map(|p| rec(p * 2, 100)).collect();
+        let chunks = split(recs, 12, Some(0), one * 2);
+        let shape: Vec<(usize, u64, Option<u64>)> = chunks
+            .iter()
+            .map(|c| (c.records.len(), c.cursor, c.prev))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![(2, 4, Some(0)), (2, 8, Some(4)), (1, 12, Some(8))]
+        );
+        // A record larger than the budget still goes, alone.
+        let chunks = split(vec![rec(1, 1000), rec(2, 1)], 2, None, 10);
+        assert_eq!(chunks.len(), 2);
+        assert!(chunks.iter().all(|c| c.prev.is_none()));
+        // Nothing: one empty chunk with the cursor (a live notify_only).
+        let chunks = split(Vec::new(), 7, Some(3), 10);
+        assert_eq!(chunks, vec![SyncChunk::new(Vec::new(), 7, Some(3))]);
+    }
+
+    #[test]
+    fn the_default_record_fits_the_default_frame() {
+        let c = crate::sync::SyncConfig::default();
+        assert!(
+            c.max_record_bytes <= record_bytes_that_fit(crate::Config::default().max_frame_size)
+        );
+        assert_eq!(record_bytes_that_fit(100), 0);
+    }
+}
