@@ -148,6 +148,10 @@ enum Command {
         /// Pushing clients.
         #[arg(long, default_value_t = plexus_bench::suite::sync::CLIENTS)]
         clients: usize,
+        /// Run only these layers (repeatable) [default: engine, and wire
+        /// when the hub binary is found].
+        #[arg(long, value_enum)]
+        only: Vec<plexus_bench::suite::sync::Layer>,
     },
     /// One durable publish run (P publishers, each publish acknowledged
     /// after it was stored): Plexus on a hub it starts with a durable
@@ -596,7 +600,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             rounds,
             records,
             clients,
+            only,
         } => {
+            let wire = only.is_empty() || only.contains(&plexus_bench::suite::sync::Layer::Wire);
             let suite = plexus_bench::suite::SyncSuite {
                 quick,
                 out,
@@ -604,6 +610,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 rounds,
                 records,
                 clients,
+                hub: if wire {
+                    Some(hub_binary(cli.plexus)?)
+                } else {
+                    None
+                },
+                hub_args,
+                layers: only,
             };
             suite.run().await?;
         }

@@ -5,8 +5,10 @@
 //! (a new SQLite file; a new PostgreSQL database, dropped after it); the
 //! rounds alternate the databases and the report takes medians.
 //!
-//! Measured on the library in-process ([`crate::plexus::sync`]): the
-//! engine's own rates, without the WebSocket hop.
+//! Two layers: the library in-process ([`crate::plexus::sync`], the
+//! engine's own rates without the WebSocket hop) and over the wire
+//! ([`crate::plexus::sync_wire`], a `plexus` hub with `[sync]` on, driven
+//! with `sync.push` and `sync.pull` over WebSocket).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,6 +18,8 @@ use super::rounds::median_by;
 use super::{BoxError, write_report};
 use crate::plexus::durable::Database;
 use crate::plexus::sync::{self, SyncPullConfig, SyncPullRun, SyncPushConfig, SyncPushRun};
+use crate::plexus::sync_wire;
+use crate::procs::HubBinary;
 use crate::report::{Machine, Report, Row};
 
 /// Pushing clients.
@@ -58,6 +62,31 @@ pub struct SyncSuite {
     pub records: Option<u64>,
     /// Pushing clients [default: [`CLIENTS`]].
     pub clients: usize,
+    /// The hub for the wire layer (`None`: engine only).
+    pub hub: Option<HubBinary>,
+    /// Extra flags for every hub started.
+    pub hub_args: Vec<String>,
+    /// The layers to run (empty: every one there is a binary for).
+    pub layers: Vec<Layer>,
+}
+
+/// Where the sync suite measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Layer {
+    /// The sync engine in-process.
+    Engine,
+    /// A hub over WebSocket.
+    Wire,
+}
+
+impl Layer {
+    /// Its name in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Layer::Engine => "engine",
+            Layer::Wire => "wire",
+        }
+    }
 }
 
 impl SyncSuite {
@@ -65,6 +94,57 @@ impl SyncSuite {
         let mut dbs = vec![Database::Sqlite];
         dbs.extend(self.postgres.clone().map(Database::Postgres));
         dbs
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        let all = if self.layers.is_empty() {
+            vec![Layer::Engine, Layer::Wire]
+        } else {
+            self.layers.clone()
+        };
+        all.into_iter()
+            .filter(|l| *l == Layer::Engine || self.hub.is_some())
+            .collect()
+    }
+
+    async fn push_run(
+        &self,
+        layer: Layer,
+        db: &Database,
+        cfg: &SyncPushConfig,
+    ) -> Result<SyncPushRun, BoxError> {
+        Ok(match (layer, &self.hub) {
+            (Layer::Wire, Some(bin)) => {
+                let hub = sync_wire::start_sync_hub(bin, db, &self.hub_args).await?;
+                sync_wire::push(&hub.hub.url(), cfg).await
+            }
+            _ => {
+                let bench = sync::open(db).await?;
+                let r = sync::push(&bench.engine, cfg).await;
+                bench.close().await;
+                r
+            }
+        })
+    }
+
+    async fn pull_run(
+        &self,
+        layer: Layer,
+        db: &Database,
+        cfg: &SyncPullConfig,
+    ) -> Result<SyncPullRun, BoxError> {
+        Ok(match (layer, &self.hub) {
+            (Layer::Wire, Some(bin)) => {
+                let hub = sync_wire::start_sync_hub(bin, db, &self.hub_args).await?;
+                sync_wire::pull(&hub.hub.url(), cfg).await
+            }
+            _ => {
+                let bench = sync::open(db).await?;
+                let r = sync::pull(&bench.engine, cfg).await;
+                bench.close().await;
+                r
+            }
+        })
     }
 
     fn timing(&self) -> (Duration, Duration) {
@@ -102,67 +182,99 @@ impl SyncSuite {
             fill_batch: TARGET_BATCH,
             pulls: 3,
         };
-        let mut pushes: BTreeMap<(usize, &'static str), Vec<SyncPushRun>> = BTreeMap::new();
-        let mut pulls: BTreeMap<&'static str, Vec<SyncPullRun>> = BTreeMap::new();
+        let layers = self.layers();
+        let mut pushes: BTreeMap<Key, Vec<SyncPushRun>> = BTreeMap::new();
+        let mut pulls: BTreeMap<(Layer, &'static str), Vec<SyncPullRun>> = BTreeMap::new();
         for round in 1..=rounds {
-            for db in self.databases() {
-                for cfg in &push_cfgs {
+            for &layer in &layers {
+                for db in self.databases() {
+                    for cfg in &push_cfgs {
+                        eprintln!(
+                            "sync push ({}), round {round}, {} × {} record(s), {} …",
+                            layer.label(),
+                            cfg.clients,
+                            cfg.batch,
+                            db.label()
+                        );
+                        let r = self.push_run(layer, &db, cfg).await?;
+                        eprintln!(
+                            "  {:.0} records/s ({:.0} pushes/s), p99 {:.0} µs, errors {}",
+                            r.records_per_sec, r.pushes_per_sec, r.latency.p99_us, r.errors
+                        );
+                        pushes
+                            .entry((layer, cfg.batch, db.label()))
+                            .or_default()
+                            .push(r);
+                    }
                     eprintln!(
-                        "sync push, round {round}, {} × {} record(s), {} …",
-                        cfg.clients,
-                        cfg.batch,
+                        "sync pull ({}), round {round}, {records} records, {} …",
+                        layer.label(),
                         db.label()
                     );
-                    let bench = sync::open(&db).await?;
-                    let r = sync::push(&bench.engine, cfg).await;
-                    bench.close().await;
+                    let r = self.pull_run(layer, &db, &pull_cfg).await?;
                     eprintln!(
-                        "  {:.0} records/s ({:.0} pushes/s), p99 {:.0} µs, errors {}",
-                        r.records_per_sec, r.pushes_per_sec, r.latency.p99_us, r.errors
+                        "  {:.0} records/s ({} in {:.1} ms, {} chunks), fill {:.0}/s, errors {}",
+                        r.records_per_sec,
+                        r.received,
+                        r.total_ms,
+                        r.chunks,
+                        r.fill_per_sec,
+                        r.errors
                     );
-                    pushes.entry((cfg.batch, db.label())).or_default().push(r);
+                    pulls.entry((layer, db.label())).or_default().push(r);
                 }
-                eprintln!(
-                    "sync pull, round {round}, {records} records, {} …",
-                    db.label()
-                );
-                let bench = sync::open(&db).await?;
-                let r = sync::pull(&bench.engine, &pull_cfg).await;
-                bench.close().await;
-                eprintln!(
-                    "  {:.0} records/s ({} in {:.1} ms, {} chunks), fill {:.0}/s, errors {}",
-                    r.records_per_sec, r.received, r.total_ms, r.chunks, r.fill_per_sec, r.errors
-                );
-                pulls.entry(db.label()).or_default().push(r);
             }
         }
-        let push_med: BTreeMap<(usize, &str), SyncPushRun> = pushes
+        let push_med: BTreeMap<Key, SyncPushRun> = pushes
             .iter()
             .map(|(k, v)| (*k, median_by(v, |r| r.records_per_sec)))
             .collect();
-        let pull_med: BTreeMap<&str, SyncPullRun> = pulls
+        let pull_med: BTreeMap<(Layer, &str), SyncPullRun> = pulls
             .iter()
             .map(|(k, v)| (*k, median_by(v, |r| r.records_per_sec)))
             .collect();
         let mut rows = Vec::new();
-        push_rows(&mut rows, self.clients, &push_med);
-        pull_rows(&mut rows, records, &pull_med);
-        let json = |m: &BTreeMap<(usize, &str), Vec<SyncPushRun>>| {
-            m.iter()
-                .map(|((b, db), v)| (format!("batch_{b}_{db}"), serde_json::json!(v)))
-                .collect::<serde_json::Map<_, _>>()
-        };
+        for &layer in &layers {
+            push_rows(&mut rows, layer, self.clients, &push_med);
+            pull_rows(&mut rows, layer, records, &pull_med);
+        }
+        let push_json = pushes
+            .iter()
+            .map(|((l, b, db), v)| {
+                (
+                    format!("{}_batch_{b}_{db}", l.label()),
+                    serde_json::json!({ "runs": v, "median": push_med.get(&(*l, *b, *db)) }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>();
+        let pull_json = pulls
+            .iter()
+            .map(|((l, db), v)| {
+                (
+                    format!("{}_{db}", l.label()),
+                    serde_json::json!({ "runs": v, "median": pull_med.get(&(*l, *db)) }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>();
         let raw = serde_json::json!({
-            "layer": "library, in-process (plexus_server::sync::SyncEngine)",
+            "layers": layers.iter().map(|l| l.label()).collect::<Vec<_>>(),
             "rounds": rounds,
-            "push": { "configs": push_cfgs, "runs": json(&pushes) },
-            "pull": { "config": pull_cfg, "runs": pulls, "median": pull_med },
+            "push": { "configs": push_cfgs, "results": push_json },
+            "pull": { "config": pull_cfg, "results": pull_json },
         });
         let report = Report {
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             machine: Machine::detect(),
             rows,
-            binary: "plexus-server sync engine, in-process".to_owned(),
+            binary: self.hub.as_ref().map_or_else(
+                || "plexus-server sync engine, in-process".to_owned(),
+                |h| {
+                    format!(
+                        "{} (wire), plexus-server in-process (engine)",
+                        h.path.display()
+                    )
+                },
+            ),
             baseline_binary: None,
             raw,
         };
@@ -171,12 +283,20 @@ impl SyncSuite {
     }
 }
 
-/// Push rows: every batch on SQLite against the target (checked at
-/// [`TARGET_BATCH`], no errors), PostgreSQL against SQLite.
-fn push_rows(rows: &mut Vec<Row>, clients: usize, med: &BTreeMap<(usize, &str), SyncPushRun>) {
+/// A push figure's key: layer, batch, database.
+type Key = (Layer, usize, &'static str);
+
+/// Push rows of `layer`: every batch on SQLite against the target (checked
+/// at [`TARGET_BATCH`], no errors), PostgreSQL against SQLite.
+fn push_rows(rows: &mut Vec<Row>, layer: Layer, clients: usize, med: &BTreeMap<Key, SyncPushRun>) {
     for batch in BATCHES {
-        let sqlite = med.get(&(batch, Database::Sqlite.label()));
-        let name = |db: &str| format!("sync push, {clients} clients × {batch} record(s), {db}");
+        let sqlite = med.get(&(layer, batch, Database::Sqlite.label()));
+        let name = |db: &str| {
+            format!(
+                "sync push ({}), {clients} clients × {batch} record(s), {db}",
+                layer.label()
+            )
+        };
         if let Some(s) = sqlite {
             let mut row = Row::new(
                 &format!("{}: records/s", name("SQLite")),
@@ -193,7 +313,7 @@ fn push_rows(rows: &mut Vec<Row>, clients: usize, med: &BTreeMap<(usize, &str), 
             }
             rows.push(row);
         }
-        let pg = med.get(&(batch, "PostgreSQL"));
+        let pg = med.get(&(layer, batch, "PostgreSQL"));
         if let (Some(p), Some(s)) = (pg, sqlite) {
             rows.push(Row::new(
                 &format!("{}: records/s", name("PostgreSQL")),
@@ -219,9 +339,19 @@ fn push_rows(rows: &mut Vec<Row>, clients: usize, med: &BTreeMap<(usize, &str), 
 
 /// Pull rows: SQLite against the target (all records, no errors),
 /// PostgreSQL against SQLite.
-fn pull_rows(rows: &mut Vec<Row>, records: u64, med: &BTreeMap<&str, SyncPullRun>) {
-    let name = |db: &str| format!("sync pull of a {records}-record space, {db}: records/s");
-    let sqlite = med.get(Database::Sqlite.label());
+fn pull_rows(
+    rows: &mut Vec<Row>,
+    layer: Layer,
+    records: u64,
+    med: &BTreeMap<(Layer, &str), SyncPullRun>,
+) {
+    let name = |db: &str| {
+        format!(
+            "sync pull ({}) of a {records}-record space, {db}: records/s",
+            layer.label()
+        )
+    };
+    let sqlite = med.get(&(layer, Database::Sqlite.label()));
     if let Some(s) = sqlite {
         rows.push(
             Row::new(
@@ -237,7 +367,7 @@ fn pull_rows(rows: &mut Vec<Row>, records: u64, med: &BTreeMap<&str, SyncPullRun
             ),
         );
     }
-    if let (Some(p), Some(s)) = (med.get("PostgreSQL"), sqlite) {
+    if let (Some(p), Some(s)) = (med.get(&(layer, "PostgreSQL")), sqlite) {
         rows.push(Row::new(
             &name("PostgreSQL"),
             p.records_per_sec,
@@ -263,11 +393,11 @@ mod tests {
     #[test]
     fn the_push_target_is_checked_at_batch_100_on_sqlite_only() {
         let mut med = BTreeMap::new();
-        med.insert((1, "SQLite"), push(20_000.0, 0));
-        med.insert((100, "SQLite"), push(60_000.0, 0));
-        med.insert((100, "PostgreSQL"), push(30_000.0, 0));
+        med.insert((Layer::Engine, 1, "SQLite"), push(20_000.0, 0));
+        med.insert((Layer::Engine, 100, "SQLite"), push(60_000.0, 0));
+        med.insert((Layer::Engine, 100, "PostgreSQL"), push(30_000.0, 0));
         let mut rows = Vec::new();
-        push_rows(&mut rows, 16, &med);
+        push_rows(&mut rows, Layer::Engine, 16, &med);
         let targets: Vec<_> = rows.iter().filter_map(|r| r.target.clone()).collect();
         assert_eq!(targets.len(), 1);
         assert!(targets[0].1);
@@ -276,9 +406,10 @@ mod tests {
             .find(|r| r.metric.contains("100 record(s), PostgreSQL: records/s"))
             .unwrap();
         assert!((pg.ratio - 0.5).abs() < 1e-9);
-        med.insert((100, "SQLite"), push(60_000.0, 2));
+        med.insert((Layer::Engine, 100, "SQLite"), push(60_000.0, 2));
         let mut rows = Vec::new();
-        push_rows(&mut rows, 16, &med);
+        push_rows(&mut rows, Layer::Engine, 16, &med);
+        assert!(rows.iter().all(|r| r.metric.contains("(engine)")));
         assert!(rows.iter().any(|r| r.target.as_ref().is_some_and(|t| !t.1)));
     }
 
@@ -286,7 +417,7 @@ mod tests {
     fn the_pull_target_needs_every_record() {
         let mut med = BTreeMap::new();
         med.insert(
-            "SQLite",
+            (Layer::Wire, "SQLite"),
             SyncPullRun {
                 records_per_sec: 400_000.0,
                 received: 99_999,
@@ -294,7 +425,8 @@ mod tests {
             },
         );
         let mut rows = Vec::new();
-        pull_rows(&mut rows, 100_000, &med);
+        pull_rows(&mut rows, Layer::Wire, 100_000, &med);
+        assert!(rows[0].metric.contains("(wire)"));
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].target.as_ref().map(|t| t.1), Some(false));
     }
