@@ -14,14 +14,33 @@
 # in PLEXUS_BENCH_JETSTREAM_SERVER, and uses PostgreSQL at
 # PLEXUS_BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test;
 # each run creates and drops its own database; `--postgres-url` overrides).
+# `bench/run.sh --sync [ARGS]` runs the record-sync suite (`plexus-bench
+# sync ARGS`, a few minutes): push and pull rates of the sync engine
+# in-process and of the hub over WebSocket, on SQLite and on PostgreSQL (the
+# same PLEXUS_BENCH_POSTGRES_URL, a fresh database per run), writing
+# bench/results/<date>-sync.*. It needs no nats-server.
 # Loopback only; every run ends by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 durable=false
+sync=false
 if [ "${1:-}" = "--durable" ]; then
   durable=true
   shift
+elif [ "${1:-}" = "--sync" ]; then
+  sync=true
+  shift
+fi
+
+if $sync; then
+  if ! command -v psql >/dev/null; then
+    echo "bench: psql is missing; installing Debian's postgresql-client" >&2
+    apt-get install -y postgresql-client || { echo "bench: run 'apt-get update && apt-get install postgresql-client'" >&2; exit 1; }
+  fi
+  export PLEXUS_BENCH_POSTGRES_URL="${PLEXUS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+  cargo build --release -p plexus-server -p plexus-bench
+  exec target/release/plexus-bench sync "$@"
 fi
 
 if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then

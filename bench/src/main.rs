@@ -124,6 +124,35 @@ enum Command {
         #[arg(long, value_enum)]
         only: Vec<plexus_bench::suite::durable::Part>,
     },
+    /// The record-sync suite: push throughput (16 clients, batches of 1
+    /// and 100 records) and the pull rate of a 100,000-record space, on the
+    /// sync engine in-process, SQLite and PostgreSQL.
+    Sync {
+        /// Shorter windows and a 20,000-record space.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write `<date>-sync.json` and `.md`.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// PostgreSQL server to create each run's database on (with
+        /// `psql`), e.g. postgres://postgres@127.0.0.1:5432/test; without
+        /// it the PostgreSQL runs are skipped.
+        #[arg(long, env = "PLEXUS_BENCH_POSTGRES_URL")]
+        postgres_url: Option<String>,
+        /// Rounds [default: 3].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Records in the pulled space [default: 100000; --quick: 20000].
+        #[arg(long)]
+        records: Option<u64>,
+        /// Pushing clients.
+        #[arg(long, default_value_t = plexus_bench::suite::sync::CLIENTS)]
+        clients: usize,
+        /// Run only these layers (repeatable) [default: engine, and wire
+        /// when the hub binary is found].
+        #[arg(long, value_enum)]
+        only: Vec<plexus_bench::suite::sync::Layer>,
+    },
     /// One durable publish run (P publishers, each publish acknowledged
     /// after it was stored): Plexus on a hub it starts with a durable
     /// `bench.>` namespace (or at `--url`), or JetStream.
@@ -561,6 +590,33 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     publishers
                 },
                 only,
+            };
+            suite.run().await?;
+        }
+        Command::Sync {
+            quick,
+            out,
+            postgres_url,
+            rounds,
+            records,
+            clients,
+            only,
+        } => {
+            let wire = only.is_empty() || only.contains(&plexus_bench::suite::sync::Layer::Wire);
+            let suite = plexus_bench::suite::SyncSuite {
+                quick,
+                out,
+                postgres: postgres_url,
+                rounds,
+                records,
+                clients,
+                hub: if wire {
+                    Some(hub_binary(cli.plexus)?)
+                } else {
+                    None
+                },
+                hub_args,
+                layers: only,
             };
             suite.run().await?;
         }

@@ -20,6 +20,8 @@ pub mod preauth;
 pub mod rpc;
 pub mod stalled;
 pub mod storm;
+pub mod sync;
+pub mod sync_wire;
 
 pub use conn::{
     ConnError, Session, Ws, authenticate, call, connect, connect_many, connect_with, open,

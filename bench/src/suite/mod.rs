@@ -8,8 +8,10 @@
 pub mod durable;
 mod rounds;
 mod rows;
+pub mod sync;
 
 pub use durable::DurableSuite;
+pub use sync::SyncSuite;
 
 use std::future::Future;
 use std::path::PathBuf;
