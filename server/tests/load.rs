@@ -17,19 +17,20 @@
 )]
 #![cfg(target_os = "linux")]
 
+mod load_support;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use load_support::{plexus, spawn};
 use plexus_protocol::frame::encode_request;
 use plexus_protocol::methods::{PublishParams, SubscribeParams};
 use plexus_testkit::raw::OP_BINARY;
-use plexus_testkit::{Client, RawSocket, SECRET, raw, token};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use plexus_testkit::{Client, RawSocket, raw, token};
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
 
 fn scaled(n: usize) -> usize {
@@ -41,64 +42,23 @@ fn scaled(n: usize) -> usize {
 }
 
 async fn spawn_hub(extra: &[&str]) -> (Child, SocketAddr) {
-    let dir = std::env::temp_dir();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plexus"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(["--max-connections-per-user", "1000000"])
-        .arg("--jwt-secret")
-        .arg(std::str::from_utf8(SECRET).unwrap())
+    let mut cmd = plexus();
+    cmd.args(["--max-connections-per-user", "1000000"])
         .arg("--data-dir")
-        .arg(&dir)
-        .args(extra)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the hub prints its address");
-        if let Some(rest) = line.split("ws://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+        .arg(std::env::temp_dir())
+        .args(extra);
+    spawn(cmd).await
 }
 
+/// The hub's `VmRSS`, in KiB.
 fn rss_kib(child: &Child) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    load_support::rss_kib(child.id().expect("the hub runs")).1
 }
 
-/// Samples the RSS every 20 ms until stopped; returns the peak.
+/// Samples the hub's `VmRSS` every 20 ms until stopped; returns the peak.
 fn peak_sampler(child: &Child) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
-    let path = format!("/proc/{}/status", child.id().unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let task = tokio::spawn(async move {
-        let mut peak = 0;
-        while !s.load(Ordering::Relaxed) {
-            if let Ok(status) = std::fs::read_to_string(&path)
-                && let Some(v) = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak = peak.max(v);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        peak
-    });
+    let (stop, peaks) = load_support::peak_sampler(child.id().expect("the hub runs"));
+    let task = tokio::spawn(async move { peaks.await.map(|p| p.1).unwrap_or(0) });
     (stop, task)
 }
 

@@ -16,20 +16,20 @@
 )]
 #![cfg(target_os = "linux")]
 
+mod load_support;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm;
+use load_support::{peak_sampler, plexus, rss_kib, spawn};
 use plexus_protocol::Frame;
 use plexus_protocol::methods::sync::{
     SyncChunk, SyncOp, SyncPullFinal, SyncPullParams, SyncPushParams, hlc,
 };
 use plexus_testkit::{Client, SECRET, now, sign};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const SPACE: &str = "load.space";
 
@@ -42,66 +42,11 @@ fn sync_token() -> String {
 }
 
 async fn spawn_hub(dir: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plexus"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(["--rate-per-sec", "10000000", "--rate-burst", "10000000"])
-        .arg("--jwt-secret")
-        .arg(std::str::from_utf8(SECRET).unwrap())
+    let mut cmd = plexus();
+    cmd.args(["--rate-per-sec", "10000000", "--rate-burst", "10000000"])
         .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the hub prints its address");
-        if let Some(rest) = line.split("ws://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
-/// One line of `/proc/<pid>/status`, in KiB.
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// The hub's resident memory: (`RssAnon`, the heap and stacks it owns;
-/// `VmRSS`, which also counts the pages of the SQLite file it maps, page
-/// cache the kernel reclaims).
-fn rss_kib(pid: u32) -> (u64, u64) {
-    (status_kib(pid, "RssAnon:"), status_kib(pid, "VmRSS:"))
-}
-
-/// Samples the RSS every 20 ms until stopped; returns the peaks.
-fn peak_sampler(pid: u32) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(u64, u64)>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let task = tokio::spawn(async move {
-        let mut peak = (0, 0);
-        while !s.load(Ordering::Relaxed) {
-            let (anon, all) = rss_kib(pid);
-            peak = (peak.0.max(anon), peak.1.max(all));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        peak
-    });
-    (stop, task)
+        .arg(dir.join("data"));
+    spawn(cmd).await
 }
 
 #[tokio::test]
