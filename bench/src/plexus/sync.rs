@@ -130,12 +130,45 @@ fn push_params(client: usize, seq: u64, batch: usize, payload: &[u8]) -> SyncPus
     SyncPushParams::new(SPACE, format!("bench-{client}"), seq, now_hlc(), ops)
 }
 
+/// What one pushing client counted inside the measured window.
 #[derive(Default)]
-struct ClientRun {
-    records: u64,
-    pushes: u64,
-    latency: Latency,
+pub(super) struct ClientRun {
+    pub(super) records: u64,
+    pub(super) pushes: u64,
+    pub(super) latency: Latency,
+    pub(super) errors: u64,
+}
+
+/// Adds up the clients' runs (a client task that panicked counts as an
+/// error, as do `errors` found before the clients started) into the figures
+/// of a push scenario measured for `duration`.
+pub(super) async fn sum_push_runs(
+    tasks: Vec<tokio::task::JoinHandle<ClientRun>>,
     errors: u64,
+    duration: std::time::Duration,
+) -> SyncPushRun {
+    let mut total = ClientRun {
+        errors,
+        ..ClientRun::default()
+    };
+    for t in tasks {
+        match t.await {
+            Ok(r) => {
+                total.records += r.records;
+                total.pushes += r.pushes;
+                total.latency.merge(&r.latency);
+                total.errors += r.errors;
+            }
+            Err(_) => total.errors += 1,
+        }
+    }
+    let secs = duration.as_secs_f64();
+    SyncPushRun {
+        records_per_sec: total.records as f64 / secs,
+        pushes_per_sec: total.pushes as f64 / secs,
+        latency: total.latency.summary(),
+        errors: total.errors,
+    }
 }
 
 /// Runs the push scenario against `engine`.
@@ -174,25 +207,7 @@ pub async fn push(engine: &SyncEngine, cfg: &SyncPushConfig) -> SyncPushRun {
             run
         }));
     }
-    let mut total = ClientRun::default();
-    for t in tasks {
-        match t.await {
-            Ok(r) => {
-                total.records += r.records;
-                total.pushes += r.pushes;
-                total.latency.merge(&r.latency);
-                total.errors += r.errors;
-            }
-            Err(_) => total.errors += 1,
-        }
-    }
-    let secs = cfg.duration.as_secs_f64();
-    SyncPushRun {
-        records_per_sec: total.records as f64 / secs,
-        pushes_per_sec: total.pushes as f64 / secs,
-        latency: total.latency.summary(),
-        errors: total.errors,
-    }
+    sum_push_runs(tasks, 0, cfg.duration).await
 }
 
 /// The pull scenario: a space filled with `records` records (pushed by

@@ -20,10 +20,10 @@ use tokio_tungstenite::tungstenite::Message;
 use super::conn::{Session, WAIT, Ws, call, connect_with};
 use super::durable::{Database, PgDatabase, chunk_parts};
 use super::sync::{
-    BoxError, COLLECTION, SPACE, SyncPullConfig, SyncPullRun, SyncPushConfig, SyncPushRun,
+    BoxError, COLLECTION, ClientRun, SPACE, SyncPullConfig, SyncPullRun, SyncPushConfig,
+    SyncPushRun, sum_push_runs,
 };
 use crate::procs::{BENCH_SECRET, HubBinary, HubProcess};
-use crate::stats::Latency;
 
 /// The hub's `[sync]` table: quotas that do not bind (a timed push run
 /// writes more than the default 100,000 records per space).
@@ -112,14 +112,6 @@ fn ops(prefix: &str, from: u64, n: u64, payload: &[u8]) -> Vec<SyncOp> {
         .collect()
 }
 
-#[derive(Default)]
-struct ClientRun {
-    records: u64,
-    pushes: u64,
-    latency: Latency,
-    errors: u64,
-}
-
 /// The push scenario over WebSocket on the hub at `url`: `cfg.clients`
 /// connections, each with one `sync.push` of `cfg.batch` new records in
 /// flight.
@@ -171,28 +163,7 @@ pub async fn push(url: &str, cfg: &SyncPushConfig) -> SyncPushRun {
             run
         }));
     }
-    let mut total = ClientRun {
-        errors,
-        ..ClientRun::default()
-    };
-    for t in tasks {
-        match t.await {
-            Ok(r) => {
-                total.records += r.records;
-                total.pushes += r.pushes;
-                total.latency.merge(&r.latency);
-                total.errors += r.errors;
-            }
-            Err(_) => total.errors += 1,
-        }
-    }
-    let secs = cfg.duration.as_secs_f64();
-    SyncPushRun {
-        records_per_sec: total.records as f64 / secs,
-        pushes_per_sec: total.pushes as f64 / secs,
-        latency: total.latency.summary(),
-        errors: total.errors,
-    }
+    sum_push_runs(tasks, errors, cfg.duration).await
 }
 
 /// Fills the space over the wire: `cfg.fill_clients` connections, pushes
