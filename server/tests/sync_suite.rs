@@ -840,6 +840,123 @@ async fn concurrent_pushes_group_commit(fx: Fixture) {
     e.close().await;
 }
 
+/// The record's visible fields as one pull sees them, with its version.
+async fn stored(e: &SyncEngine) -> (u64, BTreeMap<String, Vec<u8>>) {
+    let p = pull(e, SyncPullParams::new(SPACE)).await;
+    assert_eq!(p.records.len(), 1);
+    let r = &p.records[0];
+    let f = r.fields.clone().unwrap_or_default().0;
+    (
+        r.version,
+        f.into_iter().map(|(k, v)| (k, v.to_vec())).collect(),
+    )
+}
+
+async fn the_record_bound_applies_to_the_merged_record(fx: Fixture) {
+    // size = len("n") + len("a") + Σ (name + value): 100 at most.
+    let mut config = SyncConfig::default();
+    config.max_record_bytes = 100;
+    let e = engine(&fx, config).await;
+    let t = now(&fx);
+    let x60 = "x".repeat(60);
+    let ok = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            1,
+            t,
+            vec![SyncOp::patch("n", "a", patch_fields(&[("x", &x60)]))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ok.position, 1);
+    let before = stored(&e).await;
+    // Each patch is under the bound (63 bytes), their merge is not (124).
+    let y60 = "y".repeat(60);
+    let err = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            2,
+            t + 1,
+            vec![SyncOp::patch("n", "a", patch_fields(&[("y", &y60)]))],
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::TooLarge(_)), "{err:?}");
+    assert_eq!(err.to_wire().code, ErrorCode::PayloadTooLarge);
+    // Two ops of one push on one record: the merge counts, nothing applied.
+    let err = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            2,
+            t + 1,
+            vec![
+                SyncOp::put("n", "b", b"other".to_vec()),
+                SyncOp::patch("n", "a", patch_fields(&[("y", "1")])),
+                SyncOp::patch("n", "a", patch_fields(&[("z", &y60)])),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::TooLarge(_)), "{err:?}");
+    let info = e.info(SPACE).await.unwrap();
+    assert_eq!(info.position, 1, "nothing applied");
+    assert_eq!(info.usage.records, 1);
+    assert_eq!(info.usage.bytes, 63);
+    assert_eq!(stored(&e).await, before, "the record is unchanged");
+    // Exactly at the bound is accepted (63 + 1 + 36 = 100); the refusals
+    // did not consume seq 2.
+    let y36 = "y".repeat(36);
+    let ok = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            2,
+            t + 2,
+            vec![SyncOp::patch("n", "a", patch_fields(&[("y", &y36)]))],
+        ))
+        .await
+        .unwrap();
+    assert!(!ok.duplicate);
+    assert_eq!(ok.position, 2);
+    assert_eq!(ok.usage.bytes, 100);
+    // At the bound, growing by one byte is refused...
+    let err = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            3,
+            t + 3,
+            vec![SyncOp::patch(
+                "n",
+                "a",
+                patch_fields(&[("x", &"x".repeat(61))]),
+            )],
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::TooLarge(_)), "{err:?}");
+    // ...replacing a field with a smaller value is accepted.
+    let ok = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            3,
+            t + 3,
+            vec![SyncOp::patch("n", "a", patch_fields(&[("x", "small")]))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ok.position, 3);
+    assert_eq!(ok.usage.bytes, 100 - 55);
+    let (version, f) = stored(&e).await;
+    assert_eq!(version, 3);
+    assert_eq!(f, fields(&[("x", "small"), ("y", &y36)]));
+    e.close().await;
+}
+
 macro_rules! sync_suite {
     ($($name:ident),* $(,)?) => { suite!($($name),*); };
 }
@@ -859,6 +976,7 @@ sync_suite!(
     invalid_pushes_are_refused,
     a_delete_during_a_snapshot_pull_is_sent,
     concurrent_pushes_group_commit,
+    the_record_bound_applies_to_the_merged_record,
 );
 
 mod convergence {

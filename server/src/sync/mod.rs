@@ -1160,6 +1160,18 @@ async fn apply_push(
             changed[i] = true;
         }
     }
+    // The record bound, on each record as it would be stored (Z5): an op
+    // under the bound can still grow a record past it by adding fields. A
+    // record stored under a larger earlier bound may still shrink.
+    let max_record = config.max_record_bytes as u64;
+    if recs.iter().enumerate().any(|(i, r)| {
+        let size = r.state.size(&r.collection, &r.id);
+        changed[i] && size > max_record && size > before[i].size
+    }) {
+        return Ok(refuse(SyncError::TooLarge(
+            "record larger than max_record_bytes",
+        )));
+    }
     // Quota, on the usage the push would reach.
     let mut next = space.clone();
     for (i, r) in recs.iter().enumerate() {
