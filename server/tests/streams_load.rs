@@ -21,9 +21,9 @@ mod load_support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use load_support::{peak_sampler, plexus, rss_kib, spawn};
+use load_support::{peak_sampler, plexus, settled_rss_kib, spawn};
 use plexus_protocol::Frame;
 use plexus_protocol::methods::{PublishParams, ResumeFinal, ResumeOutcome, Since, SubscribeParams};
 use plexus_testkit::{Client, raw, token};
@@ -92,8 +92,7 @@ async fn a_million_event_catch_up_keeps_the_hub_memory_bounded() {
         "stored {total} events in {secs:.1} s ({:.0}/s, 8 connections, 512 in flight each)",
         total as f64 / secs
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let base = rss_kib(pid);
+    let base = settled_rss_kib(pid).await;
 
     let (stop, peak) = peak_sampler(pid);
     let (mut c, _) = Client::authed(addr, &token("reader")).await;

@@ -20,10 +20,10 @@ mod load_support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jsonwebtoken::Algorithm;
-use load_support::{peak_sampler, plexus, rss_kib, spawn};
+use load_support::{peak_sampler, plexus, settled_rss_kib, spawn};
 use plexus_protocol::Frame;
 use plexus_protocol::methods::sync::{
     SyncChunk, SyncOp, SyncPullFinal, SyncPullParams, SyncPushParams, hlc,
@@ -92,8 +92,7 @@ async fn pulling_a_100k_record_space_keeps_the_hub_memory_bounded() {
         "pushed {total} records in {secs:.1} s ({:.0} records/s, {per_push} per push, 16 in flight)",
         total as f64 / secs
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let base = rss_kib(pid);
+    let base = settled_rss_kib(pid).await;
 
     let (stop, peak) = peak_sampler(pid);
     let started = Instant::now();

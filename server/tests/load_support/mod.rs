@@ -86,3 +86,23 @@ pub(crate) fn peak_sampler(pid: u32) -> (Arc<AtomicBool>, tokio::task::JoinHandl
     });
     (stop, task)
 }
+
+/// Waits until the process's memory has settled (five samples 20 ms apart
+/// within 256 KiB of each other, at most 5 s) and returns [`rss_kib`] then:
+/// a baseline taken on a condition, not after a fixed pause.
+pub(crate) async fn settled_rss_kib(pid: u32) -> (u64, u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut last = rss_kib(pid);
+    let mut steady = 0;
+    while steady < 5 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = rss_kib(pid);
+        steady = if now.0.abs_diff(last.0) <= 256 {
+            steady + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    last
+}
