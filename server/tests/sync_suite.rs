@@ -20,9 +20,11 @@ use plexus_protocol::ErrorCode;
 use plexus_protocol::methods::sync::{
     SyncOp, SyncPullFinal, SyncPullParams, SyncPushParams, SyncRecord, hlc,
 };
+use plexus_server::storage::Backend as store_backend;
 use plexus_server::streams::Clock;
 use plexus_server::sync::model::record_hash;
 use plexus_server::sync::{LiveChanges, PullStep, SyncConfig, SyncEngine, SyncError, store};
+use sqlx::Connection;
 use storage_support::Fixture;
 
 const SPACE: &str = "user.alice.notes";
@@ -68,6 +70,7 @@ async fn pull(e: &SyncEngine, params: SyncPullParams) -> Pulled {
     while let Some(step) = p.next().await.unwrap() {
         match step {
             PullStep::Chunk(c) => {
+                let c = c.decode().unwrap();
                 out.largest_chunk = out.largest_chunk.max(c.records.len());
                 out.chunks += 1;
                 out.records.extend(c.records);
@@ -761,6 +764,7 @@ async fn a_delete_during_a_snapshot_pull_is_sent(fx: Fixture) {
     let Some(PullStep::Chunk(first)) = p.next().await.unwrap() else {
         panic!("a chunk first")
     };
+    let first = first.decode().unwrap();
     assert_eq!(first.records[0].id, "r0");
     // ...but not one made while it runs, of a record it already sent.
     e.push(SyncPushParams::new(
@@ -775,7 +779,7 @@ async fn a_delete_during_a_snapshot_pull_is_sent(fx: Fixture) {
     let mut got = first.records;
     while let Some(step) = p.next().await.unwrap() {
         if let PullStep::Chunk(c) = step {
-            got.extend(c.records);
+            got.extend(c.decode().unwrap().records);
         }
     }
     let m = replica(&got);
@@ -957,6 +961,197 @@ async fn the_record_bound_applies_to_the_merged_record(fx: Fixture) {
     e.close().await;
 }
 
+async fn the_field_bound_applies_to_the_merged_record(fx: Fixture) {
+    // Each push adds 200 fields (under the 256 per op); the second would
+    // leave the record with 400 visible fields: refused whole.
+    let e = engine(&fx, SyncConfig::default()).await;
+    let t = now(&fx);
+    let names = |from: usize| -> BTreeMap<String, Option<Vec<u8>>> {
+        (from..from + 200)
+            .map(|n| (format!("f{n}"), Some(vec![1])))
+            .collect()
+    };
+    e.push(SyncPushParams::new(
+        SPACE,
+        "c",
+        1,
+        t,
+        vec![SyncOp::patch("n", "a", names(0))],
+    ))
+    .await
+    .unwrap();
+    let err = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            2,
+            t + 1,
+            vec![SyncOp::patch("n", "a", names(200))],
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::TooLarge(_)), "{err:?}");
+    assert_eq!(err.to_wire().code, ErrorCode::PayloadTooLarge);
+    let (version, f) = stored(&e).await;
+    assert_eq!((version, f.len()), (1, 200), "nothing applied");
+    // Up to exactly 256 is accepted; replacing fields of a full record too.
+    let ok = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            2,
+            t + 2,
+            vec![SyncOp::patch(
+                "n",
+                "a",
+                (200..256)
+                    .map(|n| (format!("f{n}"), Some(vec![2])))
+                    .collect(),
+            )],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ok.position, 2);
+    let ok = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            3,
+            t + 3,
+            vec![SyncOp::patch("n", "a", names(0))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ok.position, 3);
+    assert_eq!(stored(&e).await.1.len(), 256);
+    e.close().await;
+}
+
+async fn one_group_applies_its_pushes_in_order(fx: Fixture) {
+    // Submitted before the writer runs, so they share one transaction: each
+    // push sees the ones before it, a refused one changes nothing, and a
+    // record changed twice is stored once with its last change.
+    let e = engine(&fx, SyncConfig::default()).await;
+    let t = now(&fx);
+    // Each push stamped later than the one before it (LWW would otherwise
+    // keep the newer value).
+    let stamp = std::sync::atomic::AtomicU64::new(t);
+    let put = |seq: u64, client: &str, v: &[u8], expected: Option<u64>| {
+        let mut op = SyncOp::put("n", "a", v.to_vec());
+        op.expected_version = expected;
+        let hlc = stamp.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        SyncPushParams::new(SPACE, client, seq, hlc, vec![op])
+    };
+    let futs = vec![
+        e.submit(put(1, "c1", b"one", Some(0))).unwrap(),
+        e.submit(put(2, "c1", b"two", Some(1))).unwrap(),
+        // A stale expectation (the record is at 2 by now): refused.
+        e.submit(put(1, "c2", b"stale", Some(1))).unwrap(),
+        // The same seq again in the group: a duplicate.
+        e.submit(put(2, "c1", b"dup", None)).unwrap(),
+        // The refusal did not consume c2's seq 1.
+        e.submit(put(1, "c2", b"three", Some(2))).unwrap(),
+    ];
+    let mut results = Vec::new();
+    for f in futs {
+        results.push(f.await);
+    }
+    assert_eq!(results[0].as_ref().unwrap().position, 1);
+    assert_eq!(results[1].as_ref().unwrap().position, 2);
+    assert!(
+        matches!(results[2], Err(SyncError::Conflict(_))),
+        "{:?}",
+        results[2]
+    );
+    let dup = results[3].as_ref().unwrap();
+    assert!(dup.duplicate);
+    assert_eq!(dup.position, 2);
+    let last = results[4].as_ref().unwrap();
+    assert!(!last.duplicate);
+    assert_eq!(last.position, 3);
+    assert_eq!(last.usage.records, 1);
+    let (version, f) = stored(&e).await;
+    assert_eq!(version, 3);
+    assert_eq!(f, fields(&[("", "three")]));
+    let info = e.info(SPACE).await.unwrap();
+    assert_eq!(info.position, 3);
+    assert_eq!(info.collections.len(), 1);
+    assert_eq!(info.collections[0].records, 1);
+    // Both clients' seqs are stored: a retry after a reopen is a duplicate.
+    e.close().await;
+    let e = engine(&fx, SyncConfig::default()).await;
+    assert!(e.push(put(2, "c1", b"x", None)).await.unwrap().duplicate);
+    assert!(e.push(put(1, "c2", b"x", None)).await.unwrap().duplicate);
+    e.close().await;
+}
+
+async fn rows_from_before_the_wire_column_pull_the_same(fx: Fixture) {
+    // Rows written before migration 0003 have no stored wire form (Y21):
+    // a pull encodes them from their columns, byte for byte the same.
+    let e = engine(&fx, SyncConfig::default()).await;
+    let t = now(&fx);
+    let mut op = SyncOp::put("n", "b", b"2".to_vec());
+    op.expires_at = Some(u64::MAX / 4);
+    e.push(SyncPushParams::new(
+        SPACE,
+        "c",
+        1,
+        t,
+        vec![
+            SyncOp::put("n", "a", b"1".to_vec()),
+            op,
+            SyncOp::patch("m", "c", patch_fields(&[("f", "x"), ("g", "y")])),
+            SyncOp::put("n", "d", b"gone".to_vec()),
+        ],
+    ))
+    .await
+    .unwrap();
+    e.push(SyncPushParams::new(
+        SPACE,
+        "c",
+        2,
+        t + 1,
+        vec![SyncOp::delete("n", "d")],
+    ))
+    .await
+    .unwrap();
+    let before = pull(&e, SyncPullParams::new(SPACE)).await;
+    // From a cursor, the tombstone too.
+    let from = |f: &SyncPullFinal| SyncPullParams::new(SPACE).with_cursor(f.epoch.clone(), 1);
+    let before_tail = pull(&e, from(&before.last)).await;
+    assert!(before_tail.records.iter().any(|r| r.deleted));
+    e.close().await;
+    let sql = "UPDATE sync_records SET wire = NULL";
+    match fx.options.backend().unwrap() {
+        store_backend::Sqlite => {
+            let path = fx.options.sqlite_path().unwrap();
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+                .await
+                .unwrap();
+            sqlx::query(sql).execute(&mut c).await.unwrap();
+            c.close().await.unwrap();
+        }
+        store_backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&fx.options.url).await.unwrap();
+            let sql = format!("SET search_path TO {}; {sql}", fx.options.schema);
+            sqlx::Executor::execute(&mut c, sql.as_str()).await.unwrap();
+            c.close().await.unwrap();
+        }
+    }
+    let e = engine(&fx, SyncConfig::default()).await;
+    let after = pull(&e, SyncPullParams::new(SPACE)).await;
+    assert_eq!(
+        after.records.len(),
+        3,
+        "a snapshot leaves the tombstone out"
+    );
+    assert_eq!(after.records, before.records);
+    assert_eq!(after.last, before.last);
+    let after_tail = pull(&e, from(&after.last)).await;
+    assert_eq!(after_tail.records, before_tail.records);
+    e.close().await;
+}
+
 macro_rules! sync_suite {
     ($($name:ident),* $(,)?) => { suite!($($name),*); };
 }
@@ -977,6 +1172,9 @@ sync_suite!(
     a_delete_during_a_snapshot_pull_is_sent,
     concurrent_pushes_group_commit,
     the_record_bound_applies_to_the_merged_record,
+    the_field_bound_applies_to_the_merged_record,
+    one_group_applies_its_pushes_in_order,
+    rows_from_before_the_wire_column_pull_the_same,
 );
 
 mod convergence {
@@ -1121,6 +1319,7 @@ mod convergence {
                             }
                             match rep.pull.as_mut().unwrap().next().await.unwrap() {
                                 Some(PullStep::Chunk(c)) => {
+                                    let c = c.decode().unwrap();
                                     for rec in c.records {
                                         rep.local.insert((rec.collection.clone(), rec.id.clone()), rec);
                                     }
@@ -1147,7 +1346,7 @@ mod convergence {
                     let mut p = p;
                     while let Some(step) = p.next().await.unwrap() {
                         if let PullStep::Chunk(c) = step {
-                            for rec in c.records {
+                            for rec in c.decode().unwrap().records {
                                 rep.local.insert((rec.collection.clone(), rec.id.clone()), rec);
                             }
                         }

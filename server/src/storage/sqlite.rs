@@ -55,6 +55,9 @@ const TOPIC_COLS: &str =
 const PRODUCER_COLS: &str = "id, topic, name, last_seq, last_offset, last_position, pruned_seq";
 const OLD_COLS: &str = "topic, off, position, ts, size, producer, seq";
 
+/// See [`options`]: at least the largest page read at once.
+const ROW_BUFFER: usize = 512;
+
 pub(crate) fn options(opts: &StoreOptions) -> Result<SqliteConnectOptions, StorageError> {
     let path = opts.sqlite_path().ok_or(StorageError::UnsupportedUrl)?;
     if let Some(dir) = path.parent()
@@ -71,7 +74,11 @@ pub(crate) fn options(opts: &StoreOptions) -> Result<SqliteConnectOptions, Stora
         .foreign_keys(true)
         .pragma("temp_store", "MEMORY")
         .pragma("cache_size", "-32768")
-        .pragma("mmap_size", "268435456"))
+        .pragma("mmap_size", "268435456")
+        // Rows the connection's worker thread may read ahead of the reader:
+        // a whole page of a pull or a catch-up, instead of waking the reader
+        // every 50 rows (sqlx's default).
+        .row_buffer_size(ROW_BUFFER))
 }
 
 async fn check_migrated(conn: &mut SqliteConnection) -> Result<(), StorageError> {

@@ -33,6 +33,8 @@
 //! [`Capabilities::can_sync_write`]: crate::auth::Capabilities::can_sync_write
 //! [`Capabilities::can_sync_read`]: crate::auth::Capabilities::can_sync_read
 
+pub mod chunk;
+mod group;
 pub mod hlc;
 pub mod model;
 pub mod store;
@@ -44,9 +46,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 use plexus_protocol::methods::sync::CollectionInfo;
 use plexus_protocol::methods::sync::{
-    Checksum, ClockSkewDetails, Limits, OpKind, QuotaDetails, RecordFields, RecordVersion,
-    SyncChunk, SyncConflict, SyncConflicts, SyncInfoResult, SyncOp, SyncPullFinal, SyncPullParams,
-    SyncPushParams, SyncPushResult, SyncRecord, Usage,
+    Checksum, ClockSkewDetails, Limits, OpKind, QuotaDetails, SyncChunk, SyncConflicts,
+    SyncInfoResult, SyncOp, SyncPullFinal, SyncPullParams, SyncPushParams, SyncPushResult,
+    SyncRecord, Usage,
 };
 use plexus_protocol::topic::{MAX_TOPIC_LEN, Topic};
 use plexus_protocol::{ErrorCode, RawValue, WireError};
@@ -54,9 +56,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::storage::StorageError;
 pub use crate::streams::{Clock, ManualClock, SystemClock};
+use chunk::wire_record;
+pub use chunk::{RawChunk, RawRecord};
+pub use group::MAX_GROUP_OPS;
+use group::{Applied, Footprint, Group, account};
 use hlc::{Hlc, SkewError};
-use model::{Change, RecordState, Stamp};
-use store::{CollectionRow, PageQuery, SpaceRow, StoredRecord, SyncRead, SyncWriteConn};
+use model::{Change, Stamp};
+use store::{CollectionRow, Page, PageQuery, SpaceRow, SyncRead, SyncWriteConn};
 
 /// Longest client id, in bytes.
 pub const MAX_CLIENT_LEN: usize = 64;
@@ -229,7 +235,7 @@ struct Op {
 
 /// A validated push.
 #[derive(Debug)]
-struct PushReq {
+pub(super) struct PushReq {
     space: String,
     client: String,
     seq: u64,
@@ -546,6 +552,7 @@ impl SyncEngine {
             count: 0,
             end: None,
             done: false,
+            ahead: None,
         };
         if let Some(s) = &space {
             let epoch_differs = params.epoch.as_deref().is_some_and(|e| e != s.epoch);
@@ -605,8 +612,9 @@ impl SyncEngine {
 /// One step of a pull.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PullStep {
-    /// A chunk of records.
-    Chunk(SyncChunk),
+    /// A chunk of records, as stored (decision Y21; [`RawChunk::decode`]
+    /// gives the [`SyncChunk`]).
+    Chunk(RawChunk),
     /// The final chunk; the pull is over.
     Final(SyncPullFinal),
 }
@@ -625,27 +633,45 @@ pub struct Pull {
     count: u64,
     end: Option<SyncPullFinal>,
     done: bool,
+    /// The next page, read while the caller sends this one (one page
+    /// ahead at most).
+    ahead: Option<tokio::task::JoinHandle<Result<Page, StorageError>>>,
 }
 
-fn wire_record(r: StoredRecord) -> SyncRecord {
-    let s = r.state;
-    let deleted = s.deleted();
-    let fields = (!deleted).then(|| {
-        RecordFields(
-            s.visible()
-                .map(|(k, v)| (k.to_owned(), v.to_vec().into()))
-                .collect(),
-        )
-    });
-    let mut w = SyncRecord::new(r.collection, r.id, s.version, s.position, fields);
-    w.deleted = deleted;
-    w.hlc = Some(s.last.hlc);
-    w.actor = Some(s.last.actor);
-    w.expires_at = s.expires_at;
-    w
+impl Drop for Pull {
+    fn drop(&mut self) {
+        if let Some(h) = self.ahead.take() {
+            h.abort();
+        }
+    }
 }
 
 impl Pull {
+    /// The query of the page after `after` (without the collection, which
+    /// borrows).
+    fn query(&self, after: u64) -> PageQuery<'static> {
+        PageQuery {
+            space: self.space.id,
+            after,
+            collection: None,
+            tombstones_after: if self.start == 0 {
+                self.space.last_position
+            } else {
+                0
+            },
+            limit: self.limit,
+        }
+    }
+
+    async fn read(&self, after: u64) -> Result<Page, StorageError> {
+        self.store
+            .page(PageQuery {
+                collection: self.collection.as_deref(),
+                ..self.query(after)
+            })
+            .await
+    }
+
     /// Whether this pull is a reset (the client drops its state first).
     pub fn is_reset(&self) -> bool {
         self.reset
@@ -660,20 +686,27 @@ impl Pull {
             self.done = true;
             return Ok(Some(PullStep::Final(f)));
         }
-        let page = self
-            .store
-            .page(PageQuery {
-                space: self.space.id,
-                after: self.cursor,
-                collection: self.collection.as_deref(),
-                tombstones_after: if self.start == 0 {
-                    self.space.last_position
-                } else {
-                    0
-                },
-                limit: self.limit,
-            })
-            .await?;
+        let page = match self.ahead.take() {
+            Some(h) => h
+                .await
+                .map_err(|_| SyncError::Unavailable("a pull's read was cancelled".into()))??,
+            None => self.read(self.cursor).await?,
+        };
+        if page.end.is_none()
+            && let Some(last) = page.records.last()
+        {
+            // A full page: more may follow; read it while this one is sent.
+            let (store, query) = (self.store.clone(), self.query(last.position));
+            let collection = self.collection.clone();
+            self.ahead = Some(tokio::spawn(async move {
+                store
+                    .page(PageQuery {
+                        collection: collection.as_deref(),
+                        ..query
+                    })
+                    .await
+            }));
+        }
         if let Some((space, colls)) = page.end {
             if !self.reset && self.start > 0 && space.horizon_position > self.start {
                 self.done = true;
@@ -696,15 +729,12 @@ impl Pull {
             return Box::pin(self.next()).await;
         }
         self.count += page.records.len() as u64;
-        self.cursor = page
-            .records
-            .last()
-            .map_or(self.cursor, |r| r.state.position);
-        Ok(Some(PullStep::Chunk(SyncChunk::new(
-            page.records.into_iter().map(wire_record).collect(),
-            self.cursor,
-            None,
-        ))))
+        self.cursor = page.records.last().map_or(self.cursor, |r| r.position);
+        Ok(Some(PullStep::Chunk(RawChunk {
+            records: page.records,
+            cursor: self.cursor,
+            prev: None,
+        })))
     }
 }
 
@@ -777,12 +807,6 @@ struct Writer {
 
 type Reply = oneshot::Sender<Result<SyncPushResult, SyncError>>;
 
-/// What a push did, before COMMIT.
-struct Applied {
-    result: Result<SyncPushResult, SyncError>,
-    committed: Option<(String, Committed)>,
-}
-
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         let mut pending: Option<Cmd> = None;
@@ -801,10 +825,14 @@ impl Writer {
                 }
                 Cmd::Stop => break,
                 Cmd::Push(req, reply) => {
+                    let mut ops = req.ops.len();
                     let mut batch = vec![(req, reply)];
-                    while batch.len() < self.config.max_batch.max(1) {
+                    while batch.len() < self.config.max_batch.max(1) && ops < MAX_GROUP_OPS {
                         match rx.try_recv() {
-                            Ok(Cmd::Push(r, s)) => batch.push((r, s)),
+                            Ok(Cmd::Push(r, s)) => {
+                                ops += r.ops.len();
+                                batch.push((r, s));
+                            }
                             Ok(other) => {
                                 pending = Some(other);
                                 break;
@@ -864,16 +892,23 @@ impl Writer {
         let config = self.config.clone();
         let conn = self.conn().await?;
         conn.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (req, _) in batch {
-            match apply_push(conn.as_mut(), req, &hlc, &config, now).await {
-                Ok(a) => out.push(a),
-                Err(e) => {
-                    conn.rollback().await;
-                    return Err(e);
-                }
+        let r = async {
+            let mut group = Group::load(conn.as_mut(), batch.iter().map(|(r, _)| r)).await?;
+            let mut out = Vec::with_capacity(batch.len());
+            for (req, _) in batch {
+                out.push(group.apply(conn.as_mut(), req, &hlc, &config, now).await?);
             }
+            group.write(conn.as_mut()).await?;
+            Ok::<_, StorageError>(out)
         }
+        .await;
+        let out = match r {
+            Ok(out) => out,
+            Err(e) => {
+                conn.rollback().await;
+                return Err(e);
+            }
+        };
         if let Err(e) = conn.commit().await {
             conn.rollback().await;
             return Err(e);
@@ -959,7 +994,7 @@ impl Writer {
                     account(space, c, &before, &after, rec.state.position);
                 }
                 conn.put_record(sid, &rec).await?;
-                changed.push(wire_record(rec));
+                changed.push(wire_record(&rec));
                 report.expired += 1;
             }
             for (sid, coll, id, position) in conn
@@ -1012,243 +1047,6 @@ impl Writer {
     }
 }
 
-/// A record's share of its collection's aggregates.
-struct Footprint {
-    live: bool,
-    size: u64,
-    hash: u64,
-}
-
-impl Footprint {
-    fn of(r: &StoredRecord) -> Footprint {
-        Footprint {
-            live: r.state.live(),
-            size: r.state.size(&r.collection, &r.id),
-            hash: r.state.hash(&r.collection, &r.id),
-        }
-    }
-}
-
-fn account(
-    space: &mut SpaceRow,
-    c: &mut CollectionRow,
-    before: &Footprint,
-    after: &Footprint,
-    position: u64,
-) {
-    let (b, a) = (u64::from(before.live), u64::from(after.live));
-    c.records = (c.records + a).saturating_sub(b);
-    space.records = (space.records + a).saturating_sub(b);
-    c.bytes = (c.bytes + after.size).saturating_sub(before.size);
-    space.bytes = (space.bytes + after.size).saturating_sub(before.size);
-    c.checksum = c
-        .checksum
-        .wrapping_sub(before.hash)
-        .wrapping_add(after.hash);
-    c.last_position = c.last_position.max(position);
-}
-
-fn new_epoch() -> String {
+pub(super) fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
-}
-
-/// Validates, merges in memory, checks the quota and writes one push inside
-/// the open transaction. A refusal writes nothing.
-async fn apply_push(
-    conn: &mut dyn SyncWriteConn,
-    req: &PushReq,
-    hlc: &Hlc,
-    config: &SyncConfig,
-    now: i64,
-) -> Result<Applied, StorageError> {
-    let refuse = |e: SyncError| Applied {
-        result: Err(e),
-        committed: None,
-    };
-    let mut space = match conn.space(&req.space).await? {
-        Some(s) => s,
-        None => SpaceRow {
-            name: req.space.clone(),
-            epoch: new_epoch(),
-            ..SpaceRow::default()
-        },
-    };
-    let usage = |s: &SpaceRow| Usage::new(s.records, s.bytes);
-    if space.id != 0
-        && let Some((last_seq, _)) = conn.client(space.id, &req.client).await?
-        && req.seq <= last_seq
-    {
-        return Ok(Applied {
-            result: Ok(SyncPushResult::new(
-                space.last_position,
-                hlc.peek(),
-                usage(&space),
-                true,
-            )),
-            committed: None,
-        });
-    }
-    // Load every record the push touches, once.
-    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut keys: Vec<(String, String)> = Vec::new();
-    for op in &req.ops {
-        let key = (op.collection.as_str(), op.id.as_str());
-        if let std::collections::hash_map::Entry::Vacant(e) = index.entry(key) {
-            e.insert(keys.len());
-            keys.push((op.collection.clone(), op.id.clone()));
-        }
-    }
-    let mut recs: Vec<StoredRecord> = keys
-        .iter()
-        .map(|(c, id)| StoredRecord {
-            collection: c.clone(),
-            id: id.clone(),
-            state: RecordState::default(),
-        })
-        .collect();
-    if space.id != 0 {
-        for r in conn.records(space.id, &keys).await? {
-            if let Some(&i) = index.get(&(r.collection.as_str(), r.id.as_str())) {
-                recs[i] = r;
-            }
-        }
-    }
-    // Expected versions, against the state before the push.
-    let mut conflicts = Vec::new();
-    for op in &req.ops {
-        let Some(expected) = op.expected else {
-            continue;
-        };
-        let r = &recs[index[&(op.collection.as_str(), op.id.as_str())]];
-        let current = if r.state.live() { r.state.version } else { 0 };
-        if current != expected
-            && !conflicts
-                .iter()
-                .any(|c: &SyncConflict| c.collection == r.collection && c.id == r.id)
-        {
-            let fields = (req.return_values && r.state.live()).then(|| {
-                RecordFields(
-                    r.state
-                        .visible()
-                        .map(|(k, v)| (k.to_owned(), v.to_vec().into()))
-                        .collect(),
-                )
-            });
-            conflicts.push(SyncConflict::new(
-                &r.collection,
-                &r.id,
-                r.state.version,
-                r.state.deleted(),
-                fields,
-            ));
-        }
-    }
-    if !conflicts.is_empty() {
-        return Ok(refuse(SyncError::Conflict(SyncConflicts::new(conflicts))));
-    }
-    // Merge in memory.
-    let before: Vec<Footprint> = recs.iter().map(Footprint::of).collect();
-    let prev = space.last_position;
-    let mut position = prev;
-    let mut changed = vec![false; recs.len()];
-    for op in &req.ops {
-        let i = index[&(op.collection.as_str(), op.id.as_str())];
-        let stamp = Stamp::new(op.hlc, req.client.as_str());
-        if recs[i].state.apply(&op.change, &stamp, op.expires_at) {
-            position += 1;
-            recs[i].state.stamp_change(position, now);
-            changed[i] = true;
-        }
-    }
-    // The record bound, on each record as it would be stored (Z5): an op
-    // under the bound can still grow a record past it by adding fields. A
-    // record stored under a larger earlier bound may still shrink.
-    let max_record = config.max_record_bytes as u64;
-    if recs.iter().enumerate().any(|(i, r)| {
-        let size = r.state.size(&r.collection, &r.id);
-        changed[i] && size > max_record && size > before[i].size
-    }) {
-        return Ok(refuse(SyncError::TooLarge(
-            "record larger than max_record_bytes",
-        )));
-    }
-    // Quota, on the usage the push would reach.
-    let mut next = space.clone();
-    for (i, r) in recs.iter().enumerate() {
-        if changed[i] {
-            let mut scratch = CollectionRow::default();
-            account(&mut next, &mut scratch, &before[i], &Footprint::of(r), 0);
-        }
-    }
-    let limits = config.limits_for(&req.space);
-    let over_records = next.records > limits.max_records && next.records > space.records;
-    let over_bytes = next.bytes > limits.max_bytes && next.bytes > space.bytes;
-    if over_records || over_bytes {
-        return Ok(refuse(SyncError::Quota(QuotaDetails::new(
-            usage(&next),
-            limits,
-        ))));
-    }
-    // Write.
-    if space.id == 0 {
-        space.id = conn.insert_space(&space).await?;
-    }
-    let mut colls: BTreeMap<String, CollectionRow> = BTreeMap::new();
-    let mut versions = Vec::new();
-    let mut order: Vec<usize> = (0..recs.len()).filter(|i| changed[*i]).collect();
-    order.sort_by_key(|i| recs[*i].state.position);
-    for &i in &order {
-        let r = &recs[i];
-        if !colls.contains_key(&r.collection) {
-            let row = conn
-                .collection(space.id, &r.collection)
-                .await?
-                .unwrap_or(CollectionRow {
-                    name: r.collection.clone(),
-                    ..CollectionRow::default()
-                });
-            colls.insert(r.collection.clone(), row);
-        }
-        if let Some(c) = colls.get_mut(&r.collection) {
-            account(
-                &mut space,
-                c,
-                &before[i],
-                &Footprint::of(r),
-                r.state.position,
-            );
-        }
-        versions.push(RecordVersion::new(&r.collection, &r.id, r.state.version));
-    }
-    let to_write: Vec<&StoredRecord> = order.iter().map(|&i| &recs[i]).collect();
-    conn.put_records(space.id, &to_write).await?;
-    for c in colls.values() {
-        conn.put_collection(space.id, c).await?;
-    }
-    space.last_position = position;
-    conn.update_space(&space).await?;
-    conn.put_client(space.id, &req.client, req.seq, position)
-        .await?;
-    for op in &req.ops {
-        hlc.observe(op.hlc);
-    }
-    let mut result = SyncPushResult::new(position, hlc.peek(), usage(&space), false);
-    result.versions = versions;
-    let committed = (!order.is_empty()).then(|| {
-        (
-            space.name.clone(),
-            Committed {
-                prev,
-                position,
-                records: order
-                    .iter()
-                    .map(|&i| wire_record(recs[i].clone()))
-                    .collect(),
-            },
-        )
-    });
-    Ok(Applied {
-        result: Ok(result),
-        committed,
-    })
 }

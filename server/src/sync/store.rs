@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
+use super::chunk::{RawRecord, wire_bytes};
 use super::model::{RecordState, Stamp, decode_fields, encode_fields};
 use crate::storage::{Backend, StorageError, StoreFuture, StoreOptions};
 
@@ -81,8 +82,8 @@ pub struct PageQuery<'a> {
 /// space and its collections read in the same snapshot.
 #[derive(Debug, Default)]
 pub struct Page {
-    /// The records, in position order.
-    pub records: Vec<StoredRecord>,
+    /// The records as a pull sends them, in position order.
+    pub records: Vec<RawRecord>,
     /// With the last page.
     pub end: Option<(SpaceRow, Vec<CollectionRow>)>,
 }
@@ -103,16 +104,19 @@ pub trait SyncWriteConn: Send {
     fn insert_space<'a>(&'a mut self, row: &'a SpaceRow) -> StoreFuture<'a, i64>;
     /// Updates a space's counters.
     fn update_space<'a>(&'a mut self, row: &'a SpaceRow) -> StoreFuture<'a, ()>;
-    /// A client's `(last_seq, last_position)`.
-    fn client<'a>(&'a mut self, space: i64, client: &'a str)
-    -> StoreFuture<'a, Option<(u64, u64)>>;
-    /// Stores a client's last seq.
-    fn put_client<'a>(
+    /// The `(client, last_seq)` of those of `clients` that pushed to the
+    /// space, in a few multi-row statements.
+    fn clients<'a>(
         &'a mut self,
         space: i64,
-        client: &'a str,
-        seq: u64,
-        position: u64,
+        clients: &'a [String],
+    ) -> StoreFuture<'a, Vec<(String, u64)>>;
+    /// Stores clients' `(client, last_seq, last_position)`, in a few
+    /// multi-row statements (each client at most once).
+    fn put_clients<'a>(
+        &'a mut self,
+        space: i64,
+        clients: &'a [(&'a str, u64, u64)],
     ) -> StoreFuture<'a, ()>;
     /// A record.
     fn record<'a>(
@@ -149,6 +153,13 @@ pub trait SyncWriteConn: Send {
         space: i64,
         name: &'a str,
     ) -> StoreFuture<'a, Option<CollectionRow>>;
+    /// The stored aggregates of those of `names` the space has, in a few
+    /// multi-row statements.
+    fn collections<'a>(
+        &'a mut self,
+        space: i64,
+        names: &'a [String],
+    ) -> StoreFuture<'a, Vec<CollectionRow>>;
     /// Inserts or replaces a collection's aggregates.
     fn put_collection<'a>(&'a mut self, space: i64, row: &'a CollectionRow) -> StoreFuture<'a, ()>;
     /// Live records expired at `now_ms`: `(space, collection, id)`, at most
@@ -211,6 +222,14 @@ pub(crate) fn bits_u(v: i64) -> u64 {
 const SPACE_COLS: &str = "id, name, epoch, last_position, horizon_position, records, bytes";
 const REC_COLS: &str = "collection, id, version, position, deleted, base_hlc, base_actor, \
      base_delete, last_hlc, last_actor, expires_at, deleted_at, size, fields";
+/// The columns a record row is written with: [`REC_COLS`] and its wire
+/// form (decision Y21).
+const WRITE_COLS: &str = "collection, id, version, position, deleted, base_hlc, base_actor, \
+     base_delete, last_hlc, last_actor, expires_at, deleted_at, size, fields, wire";
+/// [`REC_COLS`] of the table aliased `r`.
+const REC_COLS_R: &str = "r.collection, r.id, r.version, r.position, r.deleted, r.base_hlc, \
+     r.base_actor, r.base_delete, r.last_hlc, r.last_actor, r.expires_at, r.deleted_at, r.size, \
+     r.fields";
 const COLL_COLS: &str = "name, records, bytes, last_position, checksum";
 
 /// Rows per multi-row statement, largest first: n rows run as few
@@ -229,10 +248,13 @@ fn chunk_sizes(mut n: usize) -> Vec<usize> {
     out
 }
 
-/// `($s, $s+1, …), (…)`: `rows` tuples of `cols` numbered parameters from
-/// `$start`.
-fn tuples(rows: usize, cols: usize, start: usize) -> String {
-    let mut s = String::new();
+/// `($s, $s+1, …), (…)`: `rows` tuples of `cols` parameters numbered from
+/// `$start`, or anonymous `?` when not `numbered` (SQLite: sqlx looks each
+/// parameter's name up, and SQLite finds a name by walking the list of
+/// named ones, so thousands of `$n` in one statement cost quadratic time;
+/// anonymous ones are bound in the order they appear in the text).
+fn tuples(rows: usize, cols: usize, start: usize, numbered: bool) -> String {
+    let mut s = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
         if r > 0 {
             s.push_str(", ");
@@ -242,12 +264,25 @@ fn tuples(rows: usize, cols: usize, start: usize) -> String {
             if c > 0 {
                 s.push_str(", ");
             }
-            s.push('$');
-            s.push_str(&(start + r * cols + c).to_string());
+            if numbered {
+                s.push('$');
+                s.push_str(&(start + r * cols + c).to_string());
+            } else {
+                s.push('?');
+            }
         }
         s.push(')');
     }
     s
+}
+
+/// The placeholder of parameter `n` (see [`tuples`]).
+fn param(n: usize, numbered: bool) -> String {
+    if numbered {
+        format!("${n}")
+    } else {
+        "?".to_owned()
+    }
 }
 
 const UPSERT_TAIL: &str = "ON CONFLICT (space, collection, id) DO UPDATE SET \
@@ -256,14 +291,17 @@ const UPSERT_TAIL: &str = "ON CONFLICT (space, collection, id) DO UPDATE SET \
      base_actor = excluded.base_actor, base_delete = excluded.base_delete, \
      last_hlc = excluded.last_hlc, last_actor = excluded.last_actor, \
      expires_at = excluded.expires_at, deleted_at = excluded.deleted_at, \
-     size = excluded.size, fields = excluded.fields";
+     size = excluded.size, fields = excluded.fields, wire = excluded.wire";
 
 macro_rules! backend {
     ($module:ident, $db:ty, $conn:ty, $pool:ty, $pool_opts:ty, $opts_fn:path, $migrator:path,
-     $backend:expr, $begin_write:literal, $read_setup:expr) => {
+     $backend:expr, $begin_write:literal, $read_setup:expr, $numbered:expr) => {
         /// The sync tables on this backend.
         pub mod $module {
             use super::*;
+
+            /// Whether multi-row statements number their parameters.
+            const NUMBERED: bool = $numbered;
             use futures_util::TryStreamExt;
             use sqlx::{Connection, Executor, Row};
 
@@ -367,22 +405,21 @@ macro_rules! backend {
                         if let Some(setup) = $read_setup {
                             tx.execute(setup).await?;
                         }
+                        // Two columns a row (Y21): the bytes are sent as
+                        // they are stored.
                         let sql = match q.collection {
-                            Some(_) => format!(
-                                "SELECT {REC_COLS} FROM sync_records WHERE space = $1 \
+                            Some(_) => "SELECT position, wire FROM sync_records WHERE space = $1 \
                                  AND collection = $3 AND position > $2 \
                                  AND (deleted = 0 OR position > $5) \
-                                 ORDER BY position LIMIT $4"
-                            ),
-                            None => format!(
-                                "SELECT {REC_COLS} FROM sync_records WHERE space = $1 \
+                                 ORDER BY position LIMIT $4",
+                            None => "SELECT position, wire FROM sync_records WHERE space = $1 \
                                  AND position > $2 AND $3 = $3 AND (deleted = 0 OR position > $5) \
-                                 ORDER BY position LIMIT $4"
-                            ),
+                                 ORDER BY position LIMIT $4",
                         };
                         let mut page = Page::default();
+                        let mut legacy = Vec::new();
                         {
-                            let mut rows = sqlx::query(&sql)
+                            let mut rows = sqlx::query(sql)
                                 .bind(q.space)
                                 .bind(i(q.after))
                                 .bind(q.collection.unwrap_or(""))
@@ -390,8 +427,28 @@ macro_rules! backend {
                                 .bind(i(q.tombstones_after))
                                 .fetch(&mut *tx);
                             while let Some(r) = rows.try_next().await? {
-                                page.records.push(rec_row(&r)?);
+                                let position = u(r.try_get(0)?, "position")?;
+                                let wire: Option<Vec<u8>> = r.try_get(1)?;
+                                if wire.is_none() {
+                                    legacy.push(page.records.len());
+                                }
+                                page.records.push(RawRecord {
+                                    position,
+                                    bytes: wire.unwrap_or_default().into(),
+                                });
                             }
+                        }
+                        // Rows written before migration 0003: encoded now.
+                        for at in legacy {
+                            let sql = format!(
+                                "SELECT {REC_COLS} FROM sync_records WHERE space = $1 AND position = $2"
+                            );
+                            let row = sqlx::query(&sql)
+                                .bind(q.space)
+                                .bind(i(page.records[at].position))
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            page.records[at].bytes = wire_bytes(&rec_row(&row)?).into();
                         }
                         if page.records.len() < q.limit as usize {
                             let sql = format!("SELECT {SPACE_COLS} FROM sync_spaces WHERE id = $1");
@@ -516,46 +573,58 @@ macro_rules! backend {
                     })
                 }
 
-                fn client<'a>(
+                fn clients<'a>(
                     &'a mut self,
                     space: i64,
-                    client: &'a str,
-                ) -> StoreFuture<'a, Option<(u64, u64)>> {
+                    clients: &'a [String],
+                ) -> StoreFuture<'a, Vec<(String, u64)>> {
                     Box::pin(async move {
-                        let row = sqlx::query(
-                            "SELECT last_seq, last_position FROM sync_clients \
-                             WHERE space = $1 AND client = $2",
-                        )
-                        .bind(space)
-                        .bind(client)
-                        .fetch_optional(&mut self.conn)
-                        .await?;
-                        row.map(|r| {
-                            Ok((u(r.try_get(0)?, "last_seq")?, u(r.try_get(1)?, "last_position")?))
-                        })
-                        .transpose()
+                        let mut out = Vec::with_capacity(clients.len());
+                        let mut at = 0;
+                        for n in chunk_sizes(clients.len()) {
+                            // Parameters in the order of the text (see `tuples`).
+                            let sql = format!(
+                                "SELECT c.client, c.last_seq FROM (VALUES {}) AS k \
+                                 JOIN sync_clients c ON c.space = {} AND c.client = k.column1",
+                                tuples(n, 1, 1, NUMBERED),
+                                param(n + 1, NUMBERED)
+                            );
+                            let mut q = sqlx::query(&sql);
+                            for c in &clients[at..at + n] {
+                                q = q.bind(c.as_str());
+                            }
+                            let q = q.bind(space);
+                            for r in q.fetch_all(&mut self.conn).await? {
+                                out.push((r.try_get(0)?, u(r.try_get(1)?, "last_seq")?));
+                            }
+                            at += n;
+                        }
+                        Ok(out)
                     })
                 }
 
-                fn put_client<'a>(
+                fn put_clients<'a>(
                     &'a mut self,
                     space: i64,
-                    client: &'a str,
-                    seq: u64,
-                    position: u64,
+                    clients: &'a [(&'a str, u64, u64)],
                 ) -> StoreFuture<'a, ()> {
                     Box::pin(async move {
-                        sqlx::query(
-                            "INSERT INTO sync_clients (space, client, last_seq, last_position) \
-                             VALUES ($1, $2, $3, $4) ON CONFLICT (space, client) DO UPDATE SET \
-                             last_seq = excluded.last_seq, last_position = excluded.last_position",
-                        )
-                        .bind(space)
-                        .bind(client)
-                        .bind(i(seq))
-                        .bind(i(position))
-                        .execute(&mut self.conn)
-                        .await?;
+                        let mut at = 0;
+                        for n in chunk_sizes(clients.len()) {
+                            let sql = format!(
+                                "INSERT INTO sync_clients (space, client, last_seq, last_position) \
+                                 VALUES {} ON CONFLICT (space, client) DO UPDATE SET \
+                                 last_seq = excluded.last_seq, \
+                                 last_position = excluded.last_position",
+                                tuples(n, 4, 1, NUMBERED)
+                            );
+                            let mut q = sqlx::query(&sql);
+                            for (client, seq, position) in &clients[at..at + n] {
+                                q = q.bind(space).bind(*client).bind(i(*seq)).bind(i(*position));
+                            }
+                            q.execute(&mut self.conn).await?;
+                            at += n;
+                        }
                         Ok(())
                     })
                 }
@@ -591,15 +660,15 @@ macro_rules! backend {
                         self.buf.clear();
                         encode_fields(&s.fields, &mut self.buf);
                         let sql = format!(
-                            "INSERT INTO sync_records (space, {REC_COLS}) VALUES ($1, $2, $3, $4, \
-                             $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                            "INSERT INTO sync_records (space, {WRITE_COLS}) VALUES ($1, $2, $3, $4, \
+                             $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                              ON CONFLICT (space, collection, id) DO UPDATE SET \
                              version = excluded.version, position = excluded.position, \
                              deleted = excluded.deleted, base_hlc = excluded.base_hlc, \
                              base_actor = excluded.base_actor, base_delete = excluded.base_delete, \
                              last_hlc = excluded.last_hlc, last_actor = excluded.last_actor, \
                              expires_at = excluded.expires_at, deleted_at = excluded.deleted_at, \
-                             size = excluded.size, fields = excluded.fields"
+                             size = excluded.size, fields = excluded.fields, wire = excluded.wire"
                         );
                         sqlx::query(&sql)
                             .bind(space)
@@ -617,6 +686,7 @@ macro_rules! backend {
                             .bind(s.deleted_at)
                             .bind(i(s.size(&rec.collection, &rec.id)))
                             .bind(self.buf.as_slice())
+                            .bind(wire_bytes(rec))
                             .execute(&mut self.conn)
                             .await?;
                         Ok(())
@@ -632,15 +702,21 @@ macro_rules! backend {
                         let mut out = Vec::with_capacity(keys.len());
                         let mut at = 0;
                         for n in chunk_sizes(keys.len()) {
+                            // A join on the whole primary key: SQLite plans
+                            // `(collection, id) IN (VALUES …)` as a scan of
+                            // the space's records.
                             let sql = format!(
-                                "SELECT {REC_COLS} FROM sync_records WHERE space = $1 \
-                                 AND (collection, id) IN (VALUES {})",
-                                tuples(n, 2, 2)
+                                "SELECT {REC_COLS_R} FROM (VALUES {}) AS k \
+                                 JOIN sync_records r ON r.space = {} \
+                                 AND r.collection = k.column1 AND r.id = k.column2",
+                                tuples(n, 2, 1, NUMBERED),
+                                param(2 * n + 1, NUMBERED)
                             );
-                            let mut q = sqlx::query(&sql).bind(space);
+                            let mut q = sqlx::query(&sql);
                             for (c, id) in &keys[at..at + n] {
                                 q = q.bind(c.as_str()).bind(id.as_str());
                             }
+                            let q = q.bind(space);
                             let rows = q.fetch_all(&mut self.conn).await?;
                             for r in &rows {
                                 out.push(rec_row(r)?);
@@ -660,8 +736,8 @@ macro_rules! backend {
                         let mut at = 0;
                         for n in chunk_sizes(recs.len()) {
                             let sql = format!(
-                                "INSERT INTO sync_records (space, {REC_COLS}) VALUES {} {UPSERT_TAIL}",
-                                tuples(n, 15, 1)
+                                "INSERT INTO sync_records (space, {WRITE_COLS}) VALUES {} {UPSERT_TAIL}",
+                                tuples(n, 16, 1, NUMBERED)
                             );
                             let mut q = sqlx::query(&sql);
                             for rec in &recs[at..at + n] {
@@ -683,7 +759,8 @@ macro_rules! backend {
                                     .bind(s.expires_at.map(i))
                                     .bind(s.deleted_at)
                                     .bind(i(s.size(&rec.collection, &rec.id)))
-                                    .bind(buf);
+                                    .bind(buf)
+                                    .bind(wire_bytes(rec));
                             }
                             q.execute(&mut self.conn).await?;
                             at += n;
@@ -726,6 +803,36 @@ macro_rules! backend {
                             .fetch_optional(&mut self.conn)
                             .await?;
                         row.as_ref().map(coll_row).transpose()
+                    })
+                }
+
+                fn collections<'a>(
+                    &'a mut self,
+                    space: i64,
+                    names: &'a [String],
+                ) -> StoreFuture<'a, Vec<CollectionRow>> {
+                    Box::pin(async move {
+                        let mut out = Vec::with_capacity(names.len());
+                        let mut at = 0;
+                        for n in chunk_sizes(names.len()) {
+                            let sql = format!(
+                                "SELECT c.name, c.records, c.bytes, c.last_position, c.checksum \
+                                 FROM (VALUES {}) AS k JOIN sync_collections c \
+                                 ON c.space = {} AND c.name = k.column1",
+                                tuples(n, 1, 1, NUMBERED),
+                                param(n + 1, NUMBERED)
+                            );
+                            let mut q = sqlx::query(&sql);
+                            for c in &names[at..at + n] {
+                                q = q.bind(c.as_str());
+                            }
+                            let q = q.bind(space);
+                            for r in q.fetch_all(&mut self.conn).await? {
+                                out.push(coll_row(&r)?);
+                            }
+                            at += n;
+                        }
+                        Ok(out)
                     })
                 }
 
@@ -823,7 +930,8 @@ backend!(
     crate::storage::sqlite::MIGRATOR,
     Backend::Sqlite,
     "BEGIN IMMEDIATE",
-    None::<&str>
+    None::<&str>,
+    false
 );
 
 backend!(
@@ -836,5 +944,6 @@ backend!(
     crate::storage::postgres::MIGRATOR,
     Backend::Postgres,
     "BEGIN",
-    Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+    true
 );

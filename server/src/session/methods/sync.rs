@@ -33,7 +33,7 @@ use crate::session::context::Ctx;
 use crate::session::error::RequestError;
 use crate::session::registry::{Meta, Registry};
 use crate::session::stream::ChunkSink;
-use crate::sync::{LiveChanges, PullStep, SyncEngine, SyncError};
+use crate::sync::{LiveChanges, PullStep, RawChunk, RawRecord, SyncEngine, SyncError};
 
 /// Bytes of a pull chunk besides its records, at their longest (frame
 /// header, request id, sequence number, map and list headers, the cursors).
@@ -113,42 +113,63 @@ fn info(ctx: &mut Ctx<'_>, p: SyncInfoParams) -> Result<Fut<SyncInfoResult>, Req
     }))
 }
 
-/// The bytes `r` takes in a chunk, at most.
-fn record_bytes(r: &SyncRecord) -> usize {
-    let fields = r.fields.as_ref().map_or(0, |f| {
-        f.0.iter()
-            .map(|(k, v)| k.len() + v.len() + FIELD_OVERHEAD)
-            .sum()
-    });
-    RECORD_OVERHEAD + r.collection.len() + r.id.len() + fields
+/// A record in a chunk being split.
+trait Piece {
+    /// The bytes it takes in a chunk, at most.
+    fn bytes(&self) -> usize;
+    /// Its position.
+    fn position(&self) -> u64;
+}
+
+impl Piece for SyncRecord {
+    fn bytes(&self) -> usize {
+        let fields = self.fields.as_ref().map_or(0, |f| {
+            f.0.iter()
+                .map(|(k, v)| k.len() + v.len() + FIELD_OVERHEAD)
+                .sum()
+        });
+        RECORD_OVERHEAD + self.collection.len() + self.id.len() + fields
+    }
+    fn position(&self) -> u64 {
+        self.position
+    }
+}
+
+impl Piece for RawRecord {
+    fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+    fn position(&self) -> u64 {
+        self.position
+    }
 }
 
 /// Splits `records` (in position order) into chunks of at most `budget`
-/// record bytes; the last chunk's cursor is `cursor`, each other's the
-/// position of its last record. With `prev` (live), each chunk's `prev`
-/// is the cursor before it.
-fn split(
-    records: Vec<SyncRecord>,
+/// record bytes, as `(records, cursor, prev)`: the last chunk's cursor is
+/// `cursor`, each other's the position of its last record. With `prev`
+/// (live), each chunk's `prev` is the cursor before it.
+fn split<R: Piece>(
+    records: Vec<R>,
     cursor: u64,
     prev: Option<u64>,
     budget: usize,
-) -> Vec<SyncChunk> {
-    let mut out: Vec<SyncChunk> = Vec::new();
-    let mut cur: Vec<SyncRecord> = Vec::new();
+) -> Vec<(Vec<R>, u64, Option<u64>)> {
+    let mut out = Vec::new();
+    let mut cur: Vec<R> = Vec::new();
     let mut bytes = 0;
     let mut before = prev;
     for r in records {
-        let b = record_bytes(&r);
+        let b = r.bytes();
         if !cur.is_empty() && bytes + b > budget {
-            let last = cur.last().map_or(cursor, |r| r.position);
-            out.push(SyncChunk::new(std::mem::take(&mut cur), last, before));
+            let last = cur.last().map_or(cursor, Piece::position);
+            out.push((std::mem::take(&mut cur), last, before));
             before = before.map(|_| last);
             bytes = 0;
         }
         bytes += b;
         cur.push(r);
     }
-    out.push(SyncChunk::new(cur, cursor, before));
+    out.push((cur, cursor, before));
     out
 }
 
@@ -180,8 +201,13 @@ fn pull(
             match pull.next().await.map_err(sync_error)? {
                 Some(PullStep::Chunk(c)) => {
                     rows.increment(c.records.len() as u64);
-                    for chunk in split(c.records, c.cursor, None, budget) {
-                        sink.send(&chunk).await?;
+                    for (records, cursor, prev) in split(c.records, c.cursor, None, budget) {
+                        sink.send(&RawChunk {
+                            records,
+                            cursor,
+                            prev,
+                        })
+                        .await?;
                     }
                 }
                 Some(PullStep::Final(f)) => break f,
@@ -202,8 +228,8 @@ fn pull(
             let c = changes.next().await.map_err(sync_error)?;
             rows.increment(c.records.len() as u64);
             let prev = c.prev;
-            for chunk in split(c.records, c.cursor, prev, budget) {
-                sink.send(&chunk).await?;
+            for (records, cursor, prev) in split(c.records, c.cursor, prev, budget) {
+                sink.send(&SyncChunk::new(records, cursor, prev)).await?;
             }
         }
     }))
@@ -230,12 +256,12 @@ mod tests {
 
     #[test]
     fn chunks_are_split_by_bytes_with_consistent_cursors() {
-        let one = record_bytes(&rec(1, 100));
+        let one = rec(1, 100).bytes();
         let recs = (1..=5).map(|p| rec(p * 2, 100)).collect();
         let chunks = split(recs, 12, Some(0), one * 2);
         let shape: Vec<(usize, u64, Option<u64>)> = chunks
             .iter()
-            .map(|c| (c.records.len(), c.cursor, c.prev))
+            .map(|(r, cursor, prev)| (r.len(), *cursor, *prev))
             .collect();
         assert_eq!(
             shape,
@@ -244,10 +270,24 @@ mod tests {
         // A record larger than the budget still goes, alone.
         let chunks = split(vec![rec(1, 1000), rec(2, 1)], 2, None, 10);
         assert_eq!(chunks.len(), 2);
-        assert!(chunks.iter().all(|c| c.prev.is_none()));
+        assert!(chunks.iter().all(|c| c.2.is_none()));
         // Nothing: one empty chunk with the cursor (a live notify_only).
-        let chunks = split(Vec::new(), 7, Some(3), 10);
-        assert_eq!(chunks, vec![SyncChunk::new(Vec::new(), 7, Some(3))]);
+        let chunks = split(Vec::<SyncRecord>::new(), 7, Some(3), 10);
+        assert_eq!(chunks, vec![(Vec::new(), 7, Some(3))]);
+    }
+
+    #[test]
+    fn stored_records_are_split_by_their_exact_length() {
+        let raw = |position: u64, n: usize| RawRecord {
+            position,
+            bytes: vec![0; n].into(),
+        };
+        let chunks = split(vec![raw(1, 60), raw(2, 40), raw(3, 1)], 3, None, 100);
+        let shape: Vec<(usize, u64)> = chunks.iter().map(|(r, c, _)| (r.len(), *c)).collect();
+        assert_eq!(shape, vec![(2, 2), (1, 3)]);
+        // The estimate of a decoded record is never below its encoding.
+        let r = rec(9, 100);
+        assert!(r.bytes() >= minicbor::to_vec(&r).unwrap().len());
     }
 
     #[test]
