@@ -525,6 +525,8 @@ pub struct SyncSettings {
     pub max_ops: usize,
     /// Largest record (collection + id + field names and values); capped at what one pull chunk of max-frame-size can carry [default: 262144].
     pub max_record_bytes: usize,
+    /// Most collections per space; capped at what one frame of max-frame-size can list (a pull's final chunk, a `sync.info` result) [default: 1024].
+    pub max_collections: usize,
     /// Most records per pull page [default: 500].
     pub page_limit: u32,
     /// Commits buffered per live pull; one further behind ends with `unavailable` [default: 1024].
@@ -566,6 +568,7 @@ impl SyncSettings {
             max_batch: c.max_batch,
             max_ops: c.max_ops,
             max_record_bytes: c.max_record_bytes,
+            max_collections: c.max_collections,
             page_limit: c.page_limit,
             live_buffer: c.live_buffer,
             quotas: Vec::new(),
@@ -587,6 +590,9 @@ impl SyncSettings {
             max_batch: self.max_batch,
             max_ops: self.max_ops,
             max_record_bytes: self.max_record_bytes.min(fits),
+            max_collections: self.max_collections.min(
+                crate::session::methods::sync::collections_that_fit(max_frame_size),
+            ),
             page_limit: self.page_limit,
             live_buffer: self.live_buffer,
             quotas: self
@@ -619,6 +625,7 @@ impl SyncSettings {
             ("max-batch", self.max_batch),
             ("max-ops", self.max_ops),
             ("max-record-bytes", self.max_record_bytes),
+            ("max-collections", self.max_collections),
             ("page-limit", self.page_limit as usize),
             ("live-buffer", self.live_buffer),
             ("sweep-limit", self.sweep_limit as usize),

@@ -363,38 +363,101 @@ pub async fn open_sync(config: &Config) -> Result<Option<sync::SyncEngine>, Star
 /// Sweeps expired records and old tombstones every `sweep_interval` (one
 /// round per tick, more rounds at once while a round hits `sweep_limit`)
 /// until shutdown begins.
-fn spawn_sweeper(engine: sync::SyncEngine, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let every = engine.config().sweep_interval;
+fn spawn_sweeper(engine: sync::SyncEngine, shutdown: tokio::sync::watch::Receiver<bool>) {
+    use futures_util::StreamExt;
+    let mut tick = tokio::time::interval(engine.config().sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ticks = futures_util::stream::unfold(tick, |mut t| async move {
+        t.tick().await;
+        Some(((), t))
+    })
+    // The interval's first tick is at once: the first sweep waits one period.
+    .skip(1);
+    tokio::spawn(sweep_on(engine, shutdown, Box::pin(ticks)));
+}
+
+/// The sweeper's loop: a sweep on each of `ticks` (injected by tests).
+async fn sweep_on(
+    engine: sync::SyncEngine,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut ticks: std::pin::Pin<Box<dyn futures_util::Stream<Item = ()> + Send>>,
+) {
+    use futures_util::StreamExt;
     let limit = u64::from(engine.config().sweep_limit);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => break,
-            }
-            // Bounded: at most 16 rounds per tick.
-            for _ in 0..16 {
-                match engine.sweep().await {
-                    Ok(r) => {
-                        if r.expired > 0 || r.purged > 0 {
-                            ::metrics::counter!("plexus_sync_swept_total", "kind" => "expired")
-                                .increment(r.expired);
-                            ::metrics::counter!("plexus_sync_swept_total", "kind" => "purged")
-                                .increment(r.purged);
-                        }
-                        if r.expired < limit && r.purged < limit {
-                            break;
-                        }
+    loop {
+        tokio::select! {
+            t = ticks.next() => if t.is_none() { break },
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        // Bounded: at most 16 rounds per tick.
+        for _ in 0..16 {
+            match engine.sweep().await {
+                Ok(r) => {
+                    if r.expired > 0 || r.purged > 0 {
+                        ::metrics::counter!("plexus_sync_swept_total", "kind" => "expired")
+                            .increment(r.expired);
+                        ::metrics::counter!("plexus_sync_swept_total", "kind" => "purged")
+                            .increment(r.purged);
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "record sync sweep failed");
+                    if r.expired < limit && r.purged < limit {
                         break;
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "record sync sweep failed");
+                    break;
+                }
             }
         }
-    });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_protocol::methods::sync::{SyncOp, SyncPushParams, hlc};
+
+    /// The sweeper sweeps on each tick (injected) and expires records by
+    /// the engine's clock (a manual one), until shutdown.
+    #[tokio::test]
+    async fn the_sweeper_expires_records_on_each_tick_until_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sync::store::open(&storage::StoreOptions::in_data_dir(dir.path()))
+            .await
+            .unwrap();
+        let clock = streams::ManualClock::new(1_700_000_000_000);
+        let engine =
+            sync::SyncEngine::open(store, sync::SyncConfig::default(), Arc::new(clock.clone()))
+                .await
+                .unwrap();
+        let now = 1_700_000_000_000u64;
+        let mut op = SyncOp::put("n", "a", b"v".to_vec());
+        op.expires_at = Some(now + 1_000);
+        engine
+            .push(SyncPushParams::new("s", "c", 1, hlc(now, 0), vec![op]))
+            .await
+            .unwrap();
+        let mut changes = engine.watch("s");
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let (tick, ticks) = tokio::sync::mpsc::channel::<()>(1);
+        let ticks = futures_util::stream::unfold(ticks, |mut rx| async move {
+            rx.recv().await.map(|()| ((), rx))
+        });
+        let task = tokio::spawn(sweep_on(engine.clone(), shutdown, Box::pin(ticks)));
+        // Not yet expired: a tick changes nothing.
+        tick.send(()).await.unwrap();
+        // Expired by the engine's clock: the next tick turns it into a
+        // tombstone at a new position.
+        clock.advance(2_000);
+        tick.send(()).await.unwrap();
+        let c = changes.recv().await.unwrap();
+        assert_eq!((c.prev, c.position), (1, 2));
+        assert!(c.records[0].deleted);
+        assert_eq!(engine.info("s").await.unwrap().usage.records, 0);
+        // Shutdown ends the loop.
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert!(tick.send(()).await.is_err(), "the loop is gone");
+        engine.close().await;
+    }
 }

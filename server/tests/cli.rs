@@ -7,6 +7,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use plexus_protocol::methods::sync::{
+    SyncInfoParams, SyncInfoResult, SyncOp, SyncPushParams, SyncPushResult, hlc,
+};
 use plexus_protocol::methods::{PublishParams, PublishResult, SubscribeParams};
 use plexus_testkit::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -125,6 +128,67 @@ async fn serve_token_and_sigterm_end_to_end() {
         .await
         .unwrap_err();
     assert_eq!(err.code, plexus_protocol::ErrorCode::Forbidden);
+
+    // Record-sync grants from the command line: `--sync-write` may push
+    // and pull, `--sync-read` only pull; anything else is forbidden.
+    let out = plexus()
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--sync-read",
+            "user.alice.>",
+            "--sync-write",
+            "user.alice.notes",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (mut s, _) = Client::authed(addr, &token).await;
+    let push = |space: &str| {
+        SyncPushParams::new(
+            space,
+            "cli-test",
+            1,
+            hlc(1_700_000_000_000, 0),
+            vec![SyncOp::put("n", "a", b"v".to_vec())],
+        )
+    };
+    let ok: SyncPushResult = s
+        .call("sync.push", &push("user.alice.notes"))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(ok.position, 1);
+    for (method, space) in [
+        ("sync.push", "user.alice.todo"),
+        ("sync.info", "user.bob.notes"),
+    ] {
+        let err = if method == "sync.push" {
+            s.call(method, &push(space)).await.unwrap_err()
+        } else {
+            s.call(method, &SyncInfoParams::new(space))
+                .await
+                .unwrap_err()
+        };
+        assert_eq!(
+            err.code,
+            plexus_protocol::ErrorCode::Forbidden,
+            "{method} {space}"
+        );
+    }
+    let info: SyncInfoResult = s
+        .call("sync.info", &SyncInfoParams::new("user.alice.todo"))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(info.position, 0);
 
     // SIGTERM: the client gets `closing` and 4008, the process exits 0.
     let pid = child.id().unwrap().to_string();

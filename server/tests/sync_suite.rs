@@ -1152,6 +1152,95 @@ async fn rows_from_before_the_wire_column_pull_the_same(fx: Fixture) {
     e.close().await;
 }
 
+async fn a_space_holds_at_most_1024_collections(fx: Fixture) {
+    // The final chunk lists every collection's checksum: the bound keeps it
+    // within one frame.
+    let e = engine(&fx, SyncConfig::default()).await;
+    let t = now(&fx);
+    let ops = |from: usize, to: usize| -> Vec<SyncOp> {
+        (from..to)
+            .map(|n| SyncOp::put(format!("c{n}"), "r", b"v".to_vec()))
+            .collect()
+    };
+    e.push(SyncPushParams::new(SPACE, "c", 1, t, ops(0, 1000)))
+        .await
+        .unwrap();
+    e.push(SyncPushParams::new(SPACE, "c", 2, t, ops(1000, 1024)))
+        .await
+        .unwrap();
+    let err = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            3,
+            t,
+            vec![
+                SyncOp::put("c0", "other", b"v".to_vec()),
+                SyncOp::put("c1024", "r", b"v".to_vec()),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SyncError::TooManyCollections(1024)),
+        "{err:?}"
+    );
+    assert_eq!(err.to_wire().code, ErrorCode::QuotaExceeded);
+    // Nothing applied; existing collections still take records, and a
+    // collection emptied by deletes still counts.
+    let ok = e
+        .push(SyncPushParams::new(
+            SPACE,
+            "c",
+            3,
+            t + 1,
+            vec![
+                SyncOp::put("c0", "other", b"v".to_vec()),
+                SyncOp::delete("c5", "r"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ok.usage.records, 1024);
+    let info = e.info(SPACE).await.unwrap();
+    assert_eq!(info.collections.len(), 1024);
+    let p = pull(&e, SyncPullParams::new(SPACE)).await;
+    assert_eq!(p.last.checksums.len(), 1024);
+    e.close().await;
+}
+
+async fn a_lagging_live_watcher_ends_and_resumes_by_cursor(fx: Fixture) {
+    // A watcher more than `live_buffer` commits behind ends with
+    // `unavailable` (retryable); a pull from its cursor then has all it
+    // missed.
+    let mut config = SyncConfig::default();
+    config.live_buffer = 2;
+    let e = engine(&fx, config).await;
+    let t = now(&fx);
+    let rx = e.watch(SPACE);
+    let mut live = LiveChanges::new(rx, 0, None, false);
+    for seq in 1..=4u64 {
+        e.push(SyncPushParams::new(
+            SPACE,
+            "c",
+            seq,
+            t + seq,
+            vec![SyncOp::put("n", format!("r{seq}"), b"v".to_vec())],
+        ))
+        .await
+        .unwrap();
+    }
+    let err = live.next().await.unwrap_err();
+    assert!(matches!(err, SyncError::Lagged), "{err:?}");
+    let wire = err.to_wire();
+    assert_eq!(wire.code, ErrorCode::Unavailable);
+    assert!(wire.retry_after_ms.is_some());
+    let info = e.info(SPACE).await.unwrap();
+    let p = pull(&e, SyncPullParams::new(SPACE).with_cursor(&info.epoch, 0)).await;
+    assert_eq!(p.records.len(), 4);
+    e.close().await;
+}
+
 macro_rules! sync_suite {
     ($($name:ident),* $(,)?) => { suite!($($name),*); };
 }
@@ -1175,6 +1264,8 @@ sync_suite!(
     the_field_bound_applies_to_the_merged_record,
     one_group_applies_its_pushes_in_order,
     rows_from_before_the_wire_column_pull_the_same,
+    a_space_holds_at_most_1024_collections,
+    a_lagging_live_watcher_ends_and_resumes_by_cursor,
 );
 
 mod convergence {

@@ -46,6 +46,8 @@ pub(super) struct Group {
     records: HashMap<RecordKey, StoredRecord>,
     /// `(space name, collection)` → aggregates.
     colls: HashMap<(String, String), CollectionRow>,
+    /// Space name → its collections, where a push may add one.
+    coll_count: HashMap<String, u64>,
     /// Changed rows, written by [`Group::write`].
     dirty_records: std::collections::HashSet<RecordKey>,
     dirty_colls: Vec<(String, String)>,
@@ -141,9 +143,17 @@ impl Group {
                     g.records
                         .insert((name.to_owned(), r.collection.clone(), r.id.clone()), r);
                 }
-                for c in conn.collections(space.id, &colls).await? {
+                let found = conn.collections(space.id, &colls).await?;
+                let all_found = found.len() == colls.len();
+                for c in found {
                     g.colls.insert((name.to_owned(), c.name.clone()), c);
                 }
+                if !all_found {
+                    let n = conn.collection_count(space.id).await?;
+                    g.coll_count.insert(name.to_owned(), n);
+                }
+            } else {
+                g.coll_count.insert(name.to_owned(), 0);
             }
             g.spaces.insert(name.to_owned(), space);
         }
@@ -271,6 +281,25 @@ impl Group {
                 "record with more than 256 fields",
             )));
         }
+        // The collection bound: the final chunk lists every collection's
+        // checksum, and must fit one frame.
+        let mut new_colls: Vec<&str> = Vec::new();
+        for (i, r) in recs.iter().enumerate() {
+            if changed[i]
+                && !new_colls.contains(&r.collection.as_str())
+                && !self
+                    .colls
+                    .contains_key(&(req.space.clone(), r.collection.clone()))
+            {
+                new_colls.push(&r.collection);
+            }
+        }
+        let had = self.coll_count.get(&req.space).copied().unwrap_or(0);
+        if !new_colls.is_empty() && had + new_colls.len() as u64 > config.max_collections as u64 {
+            return Ok(refuse(SyncError::TooManyCollections(
+                config.max_collections,
+            )));
+        }
         // Quota, on the usage the push would reach.
         let mut next = space.clone();
         for (i, r) in recs.iter().enumerate() {
@@ -289,6 +318,10 @@ impl Group {
             ))));
         }
         // Accepted: into the group's rows.
+        if !new_colls.is_empty() {
+            self.coll_count
+                .insert(req.space.clone(), had + new_colls.len() as u64);
+        }
         if space.id == 0 {
             space.id = conn.insert_space(&space).await?;
         }

@@ -72,7 +72,7 @@ pub const MAX_COLLECTION_LEN: usize = 128;
 pub const MAX_ID_LEN: usize = 256;
 /// Longest field name, in bytes.
 pub const MAX_FIELD_NAME_LEN: usize = 256;
-/// Most fields in one operation.
+/// Most fields in one operation, and visible fields in a merged record.
 pub const MAX_FIELDS: usize = 256;
 
 /// Record-sync settings. Every limit is a field with a documented default.
@@ -91,14 +91,21 @@ pub struct SyncConfig {
     /// Pushes waiting for the writer; a full queue answers `unavailable`
     /// at once [default: 1024].
     pub queue_capacity: usize,
-    /// Most pushes per transaction [default: 64].
+    /// Most pushes per transaction (a group also stops at
+    /// [`MAX_GROUP_OPS`] operations) [default: 64].
     pub max_batch: usize,
     /// Most operations per push [default: 1000].
     pub max_ops: usize,
     /// Largest record (collection + id + fields) [default: 256 KiB].
     pub max_record_bytes: usize,
+    /// Most collections in a space (every one it ever had a record in:
+    /// a collection's aggregates stay when its records are deleted), so
+    /// that a pull's final chunk (a checksum per collection) and a
+    /// `sync.info` result fit one frame [default: 1024].
+    pub max_collections: usize,
     /// Most records per pull page (a page holds at most this many times
-    /// `max_record_bytes`) [default: 500].
+    /// `max_record_bytes`; a pull holds two: the one being sent and the
+    /// next, read ahead) [default: 500].
     pub page_limit: u32,
     /// Committed changes buffered per live watcher of a space [default:
     /// 1024]; a watcher further behind is ended (it resumes by cursor).
@@ -123,6 +130,7 @@ impl Default for SyncConfig {
             max_batch: 64,
             max_ops: 1000,
             max_record_bytes: 256 << 10,
+            max_collections: 1024,
             page_limit: 500,
             live_buffer: 1024,
             sweep_limit: 1000,
@@ -165,6 +173,11 @@ pub enum SyncError {
     /// `quota_exceeded`).
     #[error("the space's quota would be exceeded")]
     Quota(QuotaDetails),
+    /// The push would give the space more than
+    /// [`SyncConfig::max_collections`] collections; nothing was applied (→
+    /// `quota_exceeded`, no details).
+    #[error("a space holds at most {0} collections")]
+    TooManyCollections(usize),
     /// A timestamp is too far ahead (→ `clock_skew`).
     #[error(transparent)]
     Skew(SkewError),
@@ -204,6 +217,9 @@ impl SyncError {
                 let mut e = WireError::new(ErrorCode::QuotaExceeded, self.to_string());
                 e.details = details(RawValue::encode(q));
                 e
+            }
+            SyncError::TooManyCollections(_) => {
+                WireError::new(ErrorCode::QuotaExceeded, self.to_string())
             }
             SyncError::Skew(s) => {
                 let mut e = WireError::new(ErrorCode::ClockSkew, self.to_string());

@@ -160,6 +160,8 @@ pub trait SyncWriteConn: Send {
         space: i64,
         names: &'a [String],
     ) -> StoreFuture<'a, Vec<CollectionRow>>;
+    /// How many collections the space has.
+    fn collection_count(&mut self, space: i64) -> StoreFuture<'_, u64>;
     /// Inserts or replaces a collection's aggregates.
     fn put_collection<'a>(&'a mut self, space: i64, row: &'a CollectionRow) -> StoreFuture<'a, ()>;
     /// Live records expired at `now_ms`: `(space, collection, id)`, at most
@@ -833,6 +835,17 @@ macro_rules! backend {
                             at += n;
                         }
                         Ok(out)
+                    })
+                }
+
+                fn collection_count(&mut self, space: i64) -> StoreFuture<'_, u64> {
+                    Box::pin(async move {
+                        let n: i64 =
+                            sqlx::query_scalar("SELECT COUNT(*) FROM sync_collections WHERE space = $1")
+                                .bind(space)
+                                .fetch_one(&mut self.conn)
+                                .await?;
+                        u(n, "count")
                     })
                 }
 

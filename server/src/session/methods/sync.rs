@@ -47,6 +47,22 @@ pub const RECORD_OVERHEAD: usize = 128;
 /// Bytes per field besides its name and value (two length headers).
 pub const FIELD_OVERHEAD: usize = 18;
 
+/// Bytes one collection takes, at most, in a pull's final chunk (its
+/// checksum) or in a `sync.info` result (its name of at most 128 bytes,
+/// counts, position and checksum, with their keys and headers).
+pub const COLLECTION_BYTES: usize = 192;
+
+/// Bytes of a pull's final chunk or a `sync.info` result besides its
+/// collections (cursors, counts, epoch, flags, keys and headers).
+pub const SUMMARY_ENVELOPE: usize = SYNC_CHUNK_ENVELOPE + 256;
+
+/// The most collections a pull's final chunk (their checksums) or a
+/// `sync.info` result can list in one frame of `max_frame_size`: the
+/// effective `[sync] max-collections` is at most this (Y22).
+pub const fn collections_that_fit(max_frame_size: usize) -> usize {
+    max_frame_size.saturating_sub(SUMMARY_ENVELOPE) / COLLECTION_BYTES
+}
+
 /// The largest record (collection, id, field names and values, as the
 /// engine counts it) that one chunk of `max_frame_size` can carry, however
 /// many fields it has: the effective `[sync] max-record-bytes` is at most
@@ -297,5 +313,40 @@ mod tests {
             c.max_record_bytes <= record_bytes_that_fit(crate::Config::default().max_frame_size)
         );
         assert_eq!(record_bytes_that_fit(100), 0);
+    }
+
+    #[test]
+    fn the_default_collection_bound_fits_the_default_frame() {
+        use plexus_protocol::methods::sync::{Checksum, CollectionInfo, SyncInfoResult};
+        let name = |n: usize| format!("{n:0>128}");
+        let n = crate::sync::SyncConfig::default().max_collections;
+        let fin = SyncPullFinal::new(
+            u64::MAX,
+            u64::MAX,
+            "f".repeat(16),
+            true,
+            (0..n)
+                .map(|i| Checksum::new(name(i), u64::MAX, u64::MAX))
+                .collect(),
+            u64::MAX,
+        );
+        let mut info = SyncInfoResult::default();
+        info.position = u64::MAX;
+        info.epoch = "f".repeat(16);
+        info.horizon = u64::MAX;
+        info.collections = (0..n)
+            .map(|i| CollectionInfo::new(name(i), u64::MAX, u64::MAX, u64::MAX, u64::MAX))
+            .collect();
+        for len in [
+            minicbor::to_vec(&fin).unwrap().len(),
+            minicbor::to_vec(&info).unwrap().len(),
+        ] {
+            assert!(
+                len <= SUMMARY_ENVELOPE - SYNC_CHUNK_ENVELOPE + n * COLLECTION_BYTES,
+                "{len}"
+            );
+        }
+        assert!(collections_that_fit(crate::Config::default().max_frame_size) >= n);
+        assert_eq!(collections_that_fit(65536), 339);
     }
 }
