@@ -1075,6 +1075,41 @@ fn push_cases() -> Vec<Case> {
                 Ok(())
             },
         ),
+        Case::new(
+            "sync.push-merged-fields",
+            "24.2, 24.5",
+            "a merged record keeps at most 256 visible fields: a patch that would take it past them is payload_too_large and nothing is applied",
+            |ctx| async move {
+                let s = space(&ctx, "s")?;
+                let mut c = ctx.client("a").await?;
+                let id = client(&ctx, "a");
+                let at = hlc(now_ms(), 0);
+                let names = |from: usize| -> Vec<String> {
+                    (from..from + 200).map(|n| format!("f{n}")).collect()
+                };
+                let fields = |names: &[String]| -> Vec<Value> {
+                    let pairs: Vec<(&str, Option<&[u8]>)> = names
+                        .iter()
+                        .map(|n| (n.as_str(), Some(&b"v"[..])))
+                        .collect();
+                    vec![Value::map(patch("n", &pairs))]
+                };
+                let first = names(0);
+                let ack = push(&mut c, &push_params(&s, &id, 1, at, fields(&first))).await?;
+                ensure_eq!(ack.position, 1, "the first 200 fields");
+                let second = names(200);
+                err(
+                    &mut c,
+                    "sync.push",
+                    &push_params(&s, &id, 2, at + 1, fields(&second)),
+                    "payload_too_large",
+                )
+                .await?;
+                let info = ok(&mut c, "sync.info", &Value::map([(0, Value::text(&s))])).await?;
+                ensure_eq!(u(&info, 0, "info position")?, 1, "nothing was applied");
+                Ok(())
+            },
+        ),
     ]
 }
 
