@@ -23,9 +23,10 @@ use super::store::{CollectionRow, SpaceRow, StoredRecord, SyncWriteConn};
 use super::{Committed, MAX_FIELDS, PushReq, SyncConfig, SyncError, new_epoch};
 use crate::storage::StorageError;
 
-/// Most operations one group commit holds (pushes are added while the
-/// group is under it; the first push always goes in): bounds the rows a
-/// group keeps in memory besides the queued pushes themselves.
+/// Most operations one group commit holds (a push that would take the
+/// group past it starts the next group; a first push is never split: it
+/// has at most `max_ops`): bounds the rows a group keeps in memory besides
+/// the queued pushes themselves.
 pub const MAX_GROUP_OPS: usize = 4096;
 
 /// What a push did, before COMMIT.

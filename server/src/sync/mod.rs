@@ -843,8 +843,13 @@ impl Writer {
                 Cmd::Push(req, reply) => {
                     let mut ops = req.ops.len();
                     let mut batch = vec![(req, reply)];
-                    while batch.len() < self.config.max_batch.max(1) && ops < MAX_GROUP_OPS {
+                    while batch.len() < self.config.max_batch.max(1) {
                         match rx.try_recv() {
+                            Ok(Cmd::Push(r, s)) if ops + r.ops.len() > MAX_GROUP_OPS => {
+                                // The next group's first.
+                                pending = Some(Cmd::Push(r, s));
+                                break;
+                            }
                             Ok(Cmd::Push(r, s)) => {
                                 ops += r.ops.len();
                                 batch.push((r, s));
