@@ -396,6 +396,18 @@ impl Outbox {
         self.buf.put_slice(b"\r\n");
     }
 
+    /// `SUB <subject> <queue> <sid>`: one of the queue group's members
+    /// gets each message (NATS's load sharing).
+    pub fn subscribe_queue(&mut self, subject: &[u8], queue: &[u8], sid: u64) {
+        self.buf.put_slice(b"SUB ");
+        self.buf.put_slice(subject);
+        self.buf.put_u8(b' ');
+        self.buf.put_slice(queue);
+        self.buf.put_u8(b' ');
+        put_number(&mut self.buf, sid);
+        self.buf.put_slice(b"\r\n");
+    }
+
     /// `UNSUB <sid> [max]`.
     pub fn unsubscribe(&mut self, sid: u64, max: Option<u64>) {
         self.buf.put_slice(b"UNSUB ");

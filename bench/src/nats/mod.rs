@@ -49,7 +49,7 @@ mod storm;
 pub use conn::{CONNECT, Event, Inbox, Msg, NatsConn, NatsError, Outbox};
 pub use fanout::fanout;
 pub use jetstream::{JsSync, jetstream_server_binary, start_jetstream};
-pub use rpc::request_reply;
+pub use rpc::{request_reply, request_reply_shared};
 pub use server::{NatsServer, nats_server_binary};
 pub use storm::reconnect_storm;
 

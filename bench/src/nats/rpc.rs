@@ -151,22 +151,50 @@ async fn requester(mut conn: NatsConn, c: usize, cfg: RpcConfig, win: Window) ->
 
 /// Runs request/reply against a running `nats-server`.
 pub async fn request_reply(server: &NatsServer, cfg: &RpcConfig) -> RpcResult {
+    request_reply_shared(server, cfg, 1).await
+}
+
+/// Connects one responder: with `shared`, a member of the queue group
+/// `callees` (NATS shares the requests among the group's members).
+async fn responder_conn(url: &str, shared: bool) -> Result<NatsConn, super::NatsError> {
+    let mut conn = NatsConn::connect(url).await?;
+    if shared {
+        conn.outbox().subscribe_queue(ECHO, b"callees", 1);
+    } else {
+        conn.outbox().subscribe(ECHO, 1);
+    }
+    conn.round_trip().await?;
+    Ok(conn)
+}
+
+/// Request/reply to `responders` echo responders: one plainly subscribed,
+/// or several in one queue group (the routed-RPC comparison of issue 12).
+pub async fn request_reply_shared(
+    server: &NatsServer,
+    cfg: &RpcConfig,
+    responders: usize,
+) -> RpcResult {
     let url = server.ws_url();
     let mut errors = 0u64;
-    let echo = String::from_utf8_lossy(ECHO).into_owned();
-    let responder_conn = connect_many(&url, 1, 1, |_| Some(echo.clone())).await.pop();
-    let Some(Ok(responder_conn)) = responder_conn else {
-        return RpcResult {
-            errors: cfg.connections.max(1) as u64,
-            ..RpcResult::default()
-        };
-    };
+    let shared = responders > 1;
+    let mut responder_conns = Vec::new();
+    for _ in 0..responders.max(1) {
+        match responder_conn(&url, shared).await {
+            Ok(c) => responder_conns.push(c),
+            Err(_) => {
+                return RpcResult {
+                    errors: cfg.connections.max(1) as u64,
+                    ..RpcResult::default()
+                };
+            }
+        }
+    }
     let conns = connect_many(&url, cfg.connections, 16, |c| Some(format!("_INBOX.{c}.*"))).await;
     let win = Window::after(cfg.warmup, cfg.duration);
-    let responder = tokio::spawn(responder(
-        responder_conn,
-        win.deadline() + Duration::from_secs(10),
-    ));
+    let responders: Vec<_> = responder_conns
+        .into_iter()
+        .map(|c| tokio::spawn(responder(c, win.deadline() + Duration::from_secs(10))))
+        .collect();
     let mut tasks = Vec::with_capacity(conns.len());
     for (c, conn) in conns.into_iter().enumerate() {
         match conn {
@@ -186,8 +214,10 @@ pub async fn request_reply(server: &NatsServer, cfg: &RpcConfig) -> RpcResult {
             Err(_) => errors += 1,
         }
     }
-    responder.abort();
-    let _ = responder.await;
+    for r in responders {
+        r.abort();
+        let _ = r.await;
+    }
     RpcResult {
         calls_per_sec: completed as f64 / win.secs(),
         latency: latency.summary(),
