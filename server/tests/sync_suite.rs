@@ -1121,23 +1121,7 @@ async fn rows_from_before_the_wire_column_pull_the_same(fx: Fixture) {
     let before_tail = pull(&e, from(&before.last)).await;
     assert!(before_tail.records.iter().any(|r| r.deleted));
     e.close().await;
-    let sql = "UPDATE sync_records SET wire = NULL";
-    match fx.options.backend().unwrap() {
-        store_backend::Sqlite => {
-            let path = fx.options.sqlite_path().unwrap();
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
-                .await
-                .unwrap();
-            sqlx::query(sql).execute(&mut c).await.unwrap();
-            c.close().await.unwrap();
-        }
-        store_backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&fx.options.url).await.unwrap();
-            let sql = format!("SET search_path TO {}; {sql}", fx.options.schema);
-            sqlx::Executor::execute(&mut c, sql.as_str()).await.unwrap();
-            c.close().await.unwrap();
-        }
-    }
+    set_wire(&fx, "NULL").await;
     let e = engine(&fx, SyncConfig::default()).await;
     let after = pull(&e, SyncPullParams::new(SPACE)).await;
     assert_eq!(
@@ -1150,6 +1134,46 @@ async fn rows_from_before_the_wire_column_pull_the_same(fx: Fixture) {
     let after_tail = pull(&e, from(&after.last)).await;
     assert_eq!(after_tail.records, before_tail.records);
     e.close().await;
+    // A stored form that is not one well-formed CBOR item is never sent:
+    // the pull fails (`unavailable`) instead of breaking the client's frame.
+    set_wire(&fx, "X'FF'").await;
+    let e = engine(&fx, SyncConfig::default()).await;
+    let mut p = e.pull(&SyncPullParams::new(SPACE)).await.unwrap();
+    let err = p.next().await.unwrap_err();
+    assert_eq!(err.to_wire().code, ErrorCode::Unavailable, "{err:?}");
+    drop(p);
+    e.close().await;
+}
+
+/// Sets every record row's stored wire form to the SQL `value`.
+async fn set_wire(fx: &Fixture, value: &str) {
+    match fx.options.backend().unwrap() {
+        store_backend::Sqlite => {
+            let path = fx.options.sqlite_path().unwrap();
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+                .await
+                .unwrap();
+            sqlx::query(&format!("UPDATE sync_records SET wire = {value}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        }
+        store_backend::Postgres => {
+            let value = if value == "X'FF'" {
+                "'\\xff'::bytea"
+            } else {
+                value
+            };
+            let mut c = sqlx::PgConnection::connect(&fx.options.url).await.unwrap();
+            let sql = format!(
+                "SET search_path TO {}; UPDATE sync_records SET wire = {value}",
+                fx.options.schema
+            );
+            sqlx::Executor::execute(&mut c, sql.as_str()).await.unwrap();
+            c.close().await.unwrap();
+        }
+    }
 }
 
 async fn a_space_holds_at_most_1024_collections(fx: Fixture) {

@@ -431,13 +431,21 @@ macro_rules! backend {
                             while let Some(r) = rows.try_next().await? {
                                 let position = u(r.try_get(0)?, "position")?;
                                 let wire: Option<Vec<u8>> = r.try_get(1)?;
-                                if wire.is_none() {
-                                    legacy.push(page.records.len());
-                                }
-                                page.records.push(RawRecord {
-                                    position,
-                                    bytes: wire.unwrap_or_default().into(),
-                                });
+                                let bytes = match wire {
+                                    // Sent as stored: never a broken item
+                                    // inside a chunk, whatever the file holds.
+                                    Some(w) => plexus_protocol::RawValue::from_bytes(
+                                        w.into(),
+                                        &plexus_protocol::DecodeLimits::default(),
+                                    )
+                                    .map_err(|_| StorageError::Corrupt("sync_records.wire"))?
+                                    .to_bytes(),
+                                    None => {
+                                        legacy.push(page.records.len());
+                                        bytes::Bytes::new()
+                                    }
+                                };
+                                page.records.push(RawRecord { position, bytes });
                             }
                         }
                         // Rows written before migration 0003: encoded now.
