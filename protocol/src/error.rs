@@ -182,6 +182,12 @@ error_codes! {
     /// A record-sync timestamp is further ahead of the hub's clock than the
     /// configured skew allows; nothing was applied.
     ClockSkew = "clock_skew", retry: false;
+    /// Routed RPC: no callee has registered the procedure; answered at
+    /// once, never after a timeout.
+    NoCallee = "no_callee", retry: true;
+    /// Routed RPC: the callee's session ended while the call was in
+    /// flight; the call may or may not have taken effect.
+    CalleeLost = "callee_lost", retry: false;
 }
 
 impl fmt::Display for ErrorCode {

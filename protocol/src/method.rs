@@ -93,6 +93,14 @@ methods! {
     SyncPull = "sync.pull", Request;
     /// A sync space's collections, usage and positions (§24).
     SyncInfo = "sync.info", Request;
+    /// Offer a procedure for routed calls (§25).
+    RpcRegister = "rpc.register", Request;
+    /// Withdraw a registration (§25).
+    RpcUnregister = "rpc.unregister", Request;
+    /// Call a procedure some client registered (§25).
+    RpcCall = "rpc.call", Request;
+    /// The hub's procedures and callees, for operators (§25).
+    RpcList = "rpc.list", Request;
     /// Abort an in-flight request of the sender's (either direction, §8).
     Cancel = "cancel", ClientNotification;
     /// An event published on a subscribed topic.
@@ -105,6 +113,8 @@ methods! {
     TokenExpiring = "token.expiring", ServerNotification;
     /// The server is about to close the connection.
     Closing = "closing", ServerNotification;
+    /// More chunks a streaming callee may send (§25.6).
+    RpcCredit = "rpc.credit", ServerNotification;
 }
 
 /// Returns a static name for known methods and an owned one otherwise, so

@@ -76,11 +76,15 @@ macro_rules! settings {
             /// config` after the streams tables.
             #[serde(skip)]
             pub sync: SyncSettings,
+            /// Routed RPC (`[rpc]`): config file only, shown by `plexus
+            /// config` after the sync table.
+            #[serde(skip)]
+            pub rpc: RpcSettings,
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Config { $( $field: $default, )* streams: Default::default(), sync: Default::default() }
+                Config { $( $field: $default, )* streams: Default::default(), sync: Default::default(), rpc: Default::default() }
             }
         }
 
@@ -93,6 +97,7 @@ macro_rules! settings {
                     $( $field: cli.$field.or(file.$field).unwrap_or(d.$field), )*
                     streams: d.streams,
                     sync: d.sync,
+                    rpc: d.rpc,
                 }
             }
 
@@ -101,6 +106,7 @@ macro_rules! settings {
                 let mut c = Config::resolve(cli, file.settings);
                 c.streams = file.streams;
                 c.sync = file.sync;
+                c.rpc = file.rpc;
                 c
             }
         }
@@ -267,6 +273,8 @@ pub struct FileConfig {
     pub streams: crate::streams::StreamsConfig,
     /// `[sync]`.
     pub sync: SyncSettings,
+    /// `[rpc]`.
+    pub rpc: RpcSettings,
 }
 
 /// The config file's tables that are not flags.
@@ -292,6 +300,10 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         Some(v) => v.try_into().map_err(parse)?,
         None => SyncSettings::default(),
     };
+    let rpc: RpcSettings = match table.remove("rpc") {
+        Some(v) => v.try_into().map_err(parse)?,
+        None => RpcSettings::default(),
+    };
     let settings: Settings = toml::Value::Table(table).try_into().map_err(parse)?;
     let streams =
         crate::streams::StreamsConfig::from_toml(&rest.to_string()).map_err(|source| {
@@ -304,6 +316,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         settings,
         streams,
         sync,
+        rpc,
     })
 }
 
@@ -422,6 +435,7 @@ impl Config {
             }
         }
         problems.extend(self.sync.problems(self.max_frame_size));
+        problems.extend(self.rpc.problems());
         if self.listen_backlog == 0 {
             problems.push("listen-backlog must be at least 1".to_owned());
         }
@@ -489,6 +503,7 @@ impl Config {
             toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
         out.push_str(&self.streams.to_toml());
         out.push_str(&self.sync.to_toml());
+        out.push_str(&self.rpc.to_toml());
         out
     }
 }
@@ -917,5 +932,102 @@ mod tests {
             page.len(),
             c.max_presence_info + crate::auth::MAX_SUBJECT_LEN + PRESENCE_PAGE_ENVELOPE
         );
+    }
+}
+
+/// The `[rpc]` table: routed RPC (issue 12, decisions R1–R12). Every key is
+/// optional; `docs/operations.md` ("Routed RPC") lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RpcSettings {
+    /// A call's deadline when `rpc.call` gives no `timeout_ms` [default: 30s].
+    pub default_timeout: Dur,
+    /// The longest deadline a call may ask for [default: 5m].
+    pub max_timeout: Dur,
+    /// Calls in flight per callee when `rpc.register` gives no `max_concurrency` [default: 16].
+    pub default_concurrency: u64,
+    /// The largest `max_concurrency` a registration may ask for, at most 1024 [default: 1024].
+    pub max_concurrency: u64,
+    /// Calls queued per procedure while its callees are all busy; past it `too_many_requests` [default: 1024].
+    pub max_queue: usize,
+    /// Procedures on the hub [default: 10000].
+    pub max_procedures: usize,
+    /// Registrations per connection [default: 64].
+    pub max_registrations_per_conn: usize,
+    /// Chunks a streaming callee may send ahead of the caller's reading (its credit window, per call) [default: 16].
+    pub chunk_window: u64,
+    /// Claim names one registration may ask to be disclosed [default: 16].
+    pub max_disclose: usize,
+    /// Longest `key` of a call, in bytes [default: 256].
+    pub max_key_len: usize,
+    /// Most procedures per `rpc.list` page [default: 100].
+    pub list_page: usize,
+}
+
+/// The hard cap of `[rpc] max-concurrency`: a callee's invocations pass
+/// through its session's command queue
+/// ([`MAX_COMMANDS`](crate::outbound::MAX_COMMANDS)).
+pub const MAX_RPC_CONCURRENCY: u64 = 1024;
+
+impl Default for RpcSettings {
+    fn default() -> Self {
+        RpcSettings {
+            default_timeout: Dur(Duration::from_secs(30)),
+            max_timeout: Dur(Duration::from_secs(300)),
+            default_concurrency: 16,
+            max_concurrency: MAX_RPC_CONCURRENCY,
+            max_queue: 1024,
+            max_procedures: 10_000,
+            max_registrations_per_conn: 64,
+            chunk_window: 16,
+            max_disclose: 16,
+            max_key_len: 256,
+            list_page: 100,
+        }
+    }
+}
+
+impl RpcSettings {
+    /// What is wrong with these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let positive = [
+            ("default-concurrency", self.default_concurrency),
+            ("max-concurrency", self.max_concurrency),
+            ("max-procedures", self.max_procedures as u64),
+            ("max-registrations-per-conn", self.max_registrations_per_conn as u64),
+            ("chunk-window", self.chunk_window),
+            ("list-page", self.list_page as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                p.push(format!("[rpc] {name} must be at least 1"));
+            }
+        }
+        if self.max_concurrency > MAX_RPC_CONCURRENCY {
+            p.push(format!(
+                "[rpc] max-concurrency ({}) must be at most {MAX_RPC_CONCURRENCY}",
+                self.max_concurrency
+            ));
+        }
+        if self.default_concurrency > self.max_concurrency {
+            p.push(format!(
+                "[rpc] default-concurrency ({}) must be at most max-concurrency ({})",
+                self.default_concurrency, self.max_concurrency
+            ));
+        }
+        if self.default_timeout.0.is_zero() || self.default_timeout.0 > self.max_timeout.0 {
+            p.push("[rpc] default-timeout must be positive and at most max-timeout".to_owned());
+        }
+        p
+    }
+
+    /// The table as `plexus config` shows it.
+    pub fn to_toml(&self) -> String {
+        let mut t = toml::Table::new();
+        if let Ok(v) = toml::Value::try_from(self) {
+            t.insert("rpc".to_owned(), v);
+        }
+        format!("\n{}", toml::to_string(&t).unwrap_or_default())
     }
 }

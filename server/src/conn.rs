@@ -32,6 +32,9 @@ pub struct Conn {
     /// [`Broker`](crate::broker::Broker) before the index, so dropping the
     /// connection always finds everything to remove.
     pub subscriptions: Mutex<Vec<Subscription>>,
+    /// Whether the connection ever registered a procedure: only then does
+    /// its end consult the RPC router.
+    pub rpc_callee: std::sync::atomic::AtomicBool,
 }
 
 /// Something another task asks a connection's session to do; queued with
@@ -51,6 +54,48 @@ pub enum Command {
         /// Where the answer goes.
         reply: tokio::sync::oneshot::Sender<Result<RawValue, crate::session::error::RequestError>>,
     },
+    /// Invoke a routed call at this connection's client (an `rpc.invoke`
+    /// server request whose result may stream): its non-final chunks go
+    /// to `chunks` (bounded by the call's credit window: a chunk that
+    /// finds it full withdraws the request, [`InvokeEnd::Overrun`]), its
+    /// end to `done`.
+    Invoke {
+        /// The hub's call id, which [`Command::Withdraw`] names.
+        call: u64,
+        /// The `rpc.invoke` params.
+        params: RawValue,
+        /// How long the client may take (the call's deadline, with slack).
+        timeout: Duration,
+        /// The data of each non-final chunk, in order.
+        chunks: tokio::sync::mpsc::Sender<RawValue>,
+        /// How the invocation ended.
+        done: tokio::sync::oneshot::Sender<InvokeEnd>,
+    },
+    /// Withdraw the invocation of call `call` (the caller cancelled, left
+    /// or timed out): a `cancel` goes to the client.
+    Withdraw {
+        /// The hub's call id.
+        call: u64,
+    },
+}
+
+/// How an invocation ([`Command::Invoke`]) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvokeEnd {
+    /// A response with a result.
+    Result(RawValue),
+    /// A final chunk with this data.
+    Final(RawValue),
+    /// An error response.
+    Error(plexus_protocol::WireError),
+    /// No answer within the timeout (a `cancel` was sent).
+    TimedOut,
+    /// The connection closed before an answer.
+    Lost,
+    /// The client sent more chunks than its credit allowed.
+    Overrun,
+    /// The request could not be sent (the client has too many in flight).
+    Refused,
 }
 
 /// One subscription of a connection.
@@ -77,6 +122,7 @@ impl Conn {
             out: Outbound::new(max_outbound_bytes),
             info: Mutex::new(None),
             subscriptions: Mutex::new(Vec::new()),
+            rpc_callee: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

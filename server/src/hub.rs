@@ -88,6 +88,8 @@ pub struct Hub {
     pub limits: ServerLimits,
     /// The methods served after `auth`, with their handlers.
     pub registry: Registry,
+    /// Routed RPC's router (issue 12).
+    pub rpc: crate::rpc::Rpc,
     /// The session rules' parameters, shared by every connection.
     pub core: Arc<CoreConfig>,
     /// The hub's own measured lag (P19).
@@ -148,6 +150,7 @@ impl Hub {
             crate::session::methods::registry_with(&config, streams.is_some(), sync.is_some());
         let core = Arc::new(core_config(&config, &registry, limits));
         let node = format!("{:08x}", rand::random::<u32>());
+        let rpc = crate::rpc::Rpc::new(config.rpc.clone());
         Hub {
             metrics: Metrics::new(registry.table()),
             config,
@@ -157,6 +160,7 @@ impl Hub {
             sync,
             limits,
             registry,
+            rpc,
             core,
             lag: Arc::new(LagClock::default()),
             started: Instant::now(),
@@ -321,6 +325,10 @@ fn core_config(config: &Config, registry: &Registry, announced: ServerLimits) ->
     c.rate_strikes = config.rate_strikes;
     c.max_in_flight = config.max_in_flight;
     c.max_in_flight_bytes = config.max_in_flight_bytes;
+    // A callee's invocations are server requests (R2).
+    c.max_server_requests = c
+        .max_server_requests
+        .max(usize::try_from(config.rpc.max_concurrency).unwrap_or(usize::MAX));
     c.preauth_limits = DecodeLimits {
         max_frame_size: config.max_preauth_frame_size,
         max_depth: config.max_depth,

@@ -24,6 +24,8 @@
 //!   patterns in a token trie) and presence; it owns subscription
 //!   lifecycle and reports interest changes. A publish is encoded once and
 //!   its bytes are shared with every subscriber.
+//! - [`rpc`]: routed RPC, the sans-IO router of registrations, policies
+//!   and queues that only the `rpc.*` methods consult.
 //! - [`hub`]: the shared state; [`config`]: settings, validated at start;
 //!   [`metrics`]: Prometheus handles; [`lag`]: the hub's own measured lag;
 //!   [`logging`]: the binary's log output.
@@ -42,6 +44,7 @@ pub mod lag;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod rpc;
 pub mod session;
 pub mod storage;
 pub mod streams;

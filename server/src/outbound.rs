@@ -42,8 +42,10 @@ pub const ITEM_OVERHEAD: usize = 64;
 /// its batch buffer, so a burst does not pin its peak slot count.
 pub const BATCH_KEEP: usize = 64;
 
-/// Most commands queued for a connection's session at once.
-pub const MAX_COMMANDS: usize = 64;
+/// Most commands queued for a connection's session at once: routed-RPC
+/// invocations of a callee arrive here, so it is the `[rpc]
+/// max-concurrency` cap plus room for withdrawals.
+pub const MAX_COMMANDS: usize = 1024 + 256;
 
 /// What the budget charges for a frame of `len` bytes.
 pub const fn cost(len: usize) -> usize {

@@ -62,6 +62,7 @@ macro_rules! text_enum {
 
 mod presence;
 mod pubsub;
+pub mod rpc;
 mod session;
 mod streams;
 pub mod sync;

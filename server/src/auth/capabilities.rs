@@ -21,7 +21,8 @@ pub struct Principal {
 ///
 /// ```json
 /// "plexus": {"sub": ["chat.>"], "pub": ["chat.room1"], "presence": true,
-///            "sync_read": ["team.*"], "sync_write": ["user.alice.>"]}
+///            "sync_read": ["team.*"], "sync_write": ["user.alice.>"],
+///            "rpc_register": ["svc.>"], "rpc_call": ["svc.*"], "rpc_admin": true}
 /// ```
 ///
 /// An absent claim or field allows nothing.
@@ -39,6 +40,16 @@ pub struct Capabilities {
     pub sync_read: Vec<Pattern>,
     /// Record-sync spaces the client may write (the `sync_write` field).
     pub sync_write: Vec<Pattern>,
+    /// Procedures the client may register (the `rpc_register` field).
+    pub rpc_register: Vec<Pattern>,
+    /// Procedures the client may call (the `rpc_call` field).
+    pub rpc_call: Vec<Pattern>,
+    /// Whether the client may list the hub's procedures (`rpc.list`, the
+    /// `rpc_admin` field).
+    pub rpc_admin: bool,
+    /// The token's top-level claims, which a callee may ask to have
+    /// disclosed about its callers (`disclose_caller`, decision R8).
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Capabilities {
@@ -51,7 +62,11 @@ impl Capabilities {
             publish: all.clone(),
             presence: true,
             sync_read: all.clone(),
-            sync_write: all,
+            sync_write: all.clone(),
+            rpc_register: all.clone(),
+            rpc_call: all,
+            rpc_admin: true,
+            claims: Arc::default(),
         }
     }
 
@@ -92,6 +107,18 @@ impl Capabilities {
     /// `sync_write` pattern matches it.
     pub fn can_sync_write(&self, space: &Topic) -> bool {
         self.sync_write.iter().any(|p| p.matches(space))
+    }
+
+    /// Whether registering `procedure` is allowed: some `rpc_register`
+    /// pattern matches it.
+    pub fn can_rpc_register(&self, procedure: &Topic) -> bool {
+        self.rpc_register.iter().any(|p| p.matches(procedure))
+    }
+
+    /// Whether calling `procedure` is allowed: some `rpc_call` pattern
+    /// matches it (registering does not imply calling).
+    pub fn can_rpc_call(&self, procedure: &Topic) -> bool {
+        self.rpc_call.iter().any(|p| p.matches(procedure))
     }
 }
 

@@ -8,7 +8,9 @@
 //!
 //! ```json
 //! "plexus": {"sub": ["chat.>"], "pub": ["chat.room1"], "presence": true,
-//!            "sync_read": ["team.*"], "sync_write": ["user.alice.>"]}
+//!            "sync_read": ["team.*"], "sync_write": ["user.alice.>"],
+//!            "rpc_register": ["svc.>"], "rpc_call": ["svc.resize"],
+//!            "rpc_admin": false}
 //! ```
 //!
 //! An absent claim or field allows nothing; unknown fields are ignored; an
@@ -86,6 +88,12 @@ pub(crate) struct CapabilityClaim {
     pub(crate) sync_read: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) sync_write: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) rpc_register: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) rpc_call: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub(crate) rpc_admin: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -114,6 +122,10 @@ impl CapabilityClaim {
             presence: self.presence,
             sync_read: parse_patterns("sync_read", &self.sync_read)?,
             sync_write: parse_patterns("sync_write", &self.sync_write)?,
+            rpc_register: parse_patterns("rpc_register", &self.rpc_register)?,
+            rpc_call: parse_patterns("rpc_call", &self.rpc_call)?,
+            rpc_admin: self.rpc_admin,
+            claims: std::sync::Arc::default(),
         })
     }
 }
@@ -188,6 +200,13 @@ mod tests {
         assert!(c.subscribe.is_empty() && c.publish.is_empty());
 
         // Absent fields allow nothing; unknown fields are ignored.
+        let c = caps(json!({"rpc_register": ["svc.>"], "rpc_call": ["svc.a"], "rpc_admin": true}))
+            .unwrap();
+        assert_eq!(c.rpc_register[0].as_str(), "svc.>");
+        assert_eq!(c.rpc_call[0].as_str(), "svc.a");
+        assert!(c.rpc_admin);
+        assert!(caps(json!({"rpc_call": ["a..b"]})).is_err());
+
         let c = caps(json!({"pub": ["x"], "future": 1})).unwrap();
         assert!(c.subscribe.is_empty() && !c.presence);
         assert_eq!(caps(json!(null)).unwrap(), Capabilities::default());
@@ -253,6 +272,7 @@ mod tests {
             presence: false,
             sync_read: vec![],
             sync_write: vec!["u.>".into()],
+            ..CapabilityClaim::default()
         };
         let c = MintClaims {
             sub: "u",

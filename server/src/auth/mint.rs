@@ -92,6 +92,7 @@ fn mint_at(secret: &[u8], alg: HmacAlg, req: &MintRequest, now: u64) -> Result<S
         presence: req.presence,
         sync_read: req.sync_read.clone(),
         sync_write: req.sync_write.clone(),
+        ..CapabilityClaim::default()
     };
     capabilities.parse().map_err(|e| match e {
         CapabilityError::TooMany => MintError::TooManyPatterns,

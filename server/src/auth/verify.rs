@@ -161,6 +161,12 @@ impl Authenticator {
         validation.algorithms = vec![alg];
         let data = jsonwebtoken::decode::<serde_json::Value>(token, key, &validation)
             .map_err(|e| from_jwt_error(&e))?;
+        // Kept for disclosure to callees (R8); the token is bounded by
+        // MAX_TOKEN_LEN, so is this.
+        let all_claims = match &data.claims {
+            serde_json::Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
         let claims = Claims::from_payload(data.claims)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -168,7 +174,8 @@ impl Authenticator {
         if Duration::from_secs(claims.exp).saturating_sub(now) > MAX_TOKEN_LIFETIME {
             return Err(InvalidToken::ExpiryTooFar.into());
         }
-        let caps = claims.capabilities()?;
+        let mut caps = claims.capabilities()?;
+        caps.claims = Arc::new(all_claims);
         Ok(Principal {
             user: Arc::from(claims.sub),
             caps: Arc::new(caps),

@@ -85,6 +85,17 @@ struct InFlight {
     work: Work,
 }
 
+/// A request of the server's in flight on the client (P20).
+#[derive(Debug, Clone, Copy)]
+struct ServerRequest {
+    deadline: Instant,
+    /// Its result may stream: non-final chunks are passed on
+    /// ([`Output::ClientChunk`]) and their `seq` checked (§7.1).
+    streams: bool,
+    /// The `seq` the next chunk must have.
+    next_seq: u64,
+}
+
 /// The `auth` being verified and registered.
 #[derive(Debug)]
 struct PendingAuth {
@@ -131,7 +142,7 @@ pub struct Core {
     refreshing: Option<u64>,
     /// The synchronous request being run (between dispatch and reply).
     running: Option<u64>,
-    server_requests: HashMap<u64, Instant>,
+    server_requests: HashMap<u64, ServerRequest>,
     next_server_id: u64,
     discarded: usize,
     out: VecDeque<Output>,
@@ -219,7 +230,7 @@ impl Core {
             self.expires_at,
             self.expiring_at,
             Some(keepalive),
-            self.server_requests.values().min().copied(),
+            self.server_requests.values().map(|r| r.deadline).min(),
         ]
         .into_iter()
         .flatten()
@@ -274,10 +285,33 @@ impl Core {
                 None
             }
             Ok(Frame::Chunk(c)) => {
-                if c.fin && self.server_requests.remove(&c.id).is_some() {
+                let Some(r) = self.server_requests.get_mut(&c.id) else {
+                    // Chunks for unknown ids are ignored (§7.4).
+                    return None;
+                };
+                if r.streams && c.seq != r.next_seq {
+                    // A broken stream (§7.1): withdrawn, failed locally.
+                    self.withdraw_server_request(c.id);
                     self.out.push_back(Output::ClientAnswer {
                         id: c.id,
-                        answer: ClientAnswer::Result(c.data),
+                        answer: ClientAnswer::Error(Box::new(WireError::new(
+                            plexus_protocol::ErrorCode::InvalidFrame,
+                            "the callee broke its chunk sequence",
+                        ))),
+                    });
+                    return None;
+                }
+                r.next_seq += 1;
+                if c.fin {
+                    self.server_requests.remove(&c.id);
+                    self.out.push_back(Output::ClientAnswer {
+                        id: c.id,
+                        answer: ClientAnswer::Final(c.data),
+                    });
+                } else if r.streams {
+                    self.out.push_back(Output::ClientChunk {
+                        id: c.id,
+                        data: c.data,
                     });
                 }
                 None
@@ -678,7 +712,7 @@ impl Core {
         let expired: Vec<u64> = self
             .server_requests
             .iter()
-            .filter(|(_, d)| now >= **d)
+            .filter(|(_, r)| now >= r.deadline)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -703,6 +737,45 @@ impl Core {
         params: &RawValue,
         timeout: Duration,
     ) -> Result<u64, RequestError> {
+        self.start_server_request_with(now, method, params, timeout, false)
+    }
+
+    /// [`start_server_request`](Core::start_server_request) for a method
+    /// whose result may stream: each non-final chunk of the client's
+    /// comes out as [`Output::ClientChunk`], in `seq` order (a gap or a
+    /// repeat withdraws the request and answers it `invalid_frame`).
+    pub fn start_streamed_server_request(
+        &mut self,
+        now: Instant,
+        method: &str,
+        params: &RawValue,
+        timeout: Duration,
+    ) -> Result<u64, RequestError> {
+        self.start_server_request_with(now, method, params, timeout, true)
+    }
+
+    /// Withdraws server request `id` (§8, from the server): a `cancel` is
+    /// sent and any later answer ignored. Returns whether it was in flight.
+    pub fn withdraw_server_request(&mut self, id: u64) -> bool {
+        if self.server_requests.remove(&id).is_none() {
+            return false;
+        }
+        if self.is_authenticated()
+            && let Ok(f) = encode_notification(Method::Cancel.name(), &CancelParams { id })
+        {
+            self.out.push_back(Output::Frame(Bytes::from(f)));
+        }
+        true
+    }
+
+    fn start_server_request_with(
+        &mut self,
+        now: Instant,
+        method: &str,
+        params: &RawValue,
+        timeout: Duration,
+        streams: bool,
+    ) -> Result<u64, RequestError> {
         if !self.is_authenticated() {
             return Err(RequestError::Unavailable {
                 message: "the connection is closing".into(),
@@ -723,7 +796,14 @@ impl Core {
             ));
         }
         self.next_server_id += 1;
-        self.server_requests.insert(id, now + timeout);
+        self.server_requests.insert(
+            id,
+            ServerRequest {
+                deadline: now + timeout,
+                streams,
+                next_seq: 0,
+            },
+        );
         self.out.push_back(Output::Frame(Bytes::from(frame)));
         Ok(id)
     }

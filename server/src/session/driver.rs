@@ -31,7 +31,7 @@ use bytes::Bytes;
 use futures_util::future::{AbortHandle, Abortable, BoxFuture};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use plexus_protocol::{CloseCode, RawValue};
+use plexus_protocol::{CloseCode, RawValue, RpcMethod};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
@@ -42,7 +42,7 @@ use super::registry::{Answer, FlexReply, Handler, Registry, Reply, Terminal};
 use super::stream::ChunkSink;
 use super::table::{FALLBACK, MethodIndex};
 use crate::auth::{AuthError, Principal};
-use crate::conn::{Command, Conn};
+use crate::conn::{Command, Conn, InvokeEnd};
 use crate::hub::Hub;
 use crate::lag::Mark;
 use crate::outbound::{BATCH_KEEP, cost};
@@ -90,6 +90,13 @@ impl Wake for ReadWake {
     }
 }
 
+/// A routed call invoked at this connection's client.
+struct Invocation {
+    call: u64,
+    chunks: tokio::sync::mpsc::Sender<RawValue>,
+    done: oneshot::Sender<InvokeEnd>,
+}
+
 /// A finished handler future.
 struct Done {
     id: u64,
@@ -135,6 +142,10 @@ struct Driver<L> {
     verify_started: Option<Instant>,
     /// Server-initiated requests awaiting the client's answer.
     calls: HashMap<u64, oneshot::Sender<Result<RawValue, RequestError>>>,
+    /// Routed-RPC invocations at this client, by server request id.
+    invokes: HashMap<u64, Invocation>,
+    /// Their server request ids, by the hub's call id.
+    invoke_ids: HashMap<u64, u64>,
     batch: VecDeque<Bytes>,
     /// A decaying maximum of recent batch lengths: the batch buffer is
     /// dropped only when it is far larger than recent bursts need.
@@ -183,6 +194,8 @@ pub(crate) async fn drive<L: Link>(hub: Arc<Hub>, conn: Arc<Conn>, link: L) {
         verify: None,
         verify_started: None,
         calls: HashMap::new(),
+        invokes: HashMap::new(),
+        invoke_ids: HashMap::new(),
         batch: VecDeque::new(),
         batch_peak: 0,
         unflushed: false,
@@ -211,6 +224,7 @@ pub(crate) async fn drive<L: Link>(hub: Arc<Hub>, conn: Arc<Conn>, link: L) {
     let sleep = tokio::time::sleep_until(far_future().into());
     tokio::pin!(sleep);
     std::future::poll_fn(|cx| d.poll(cx, sleep.as_mut())).await;
+    d.end_rpc();
     d.finish().await;
 }
 
@@ -311,6 +325,35 @@ impl<L: Link> Driver<L> {
                         let _ = reply.send(Err(e));
                     }
                 },
+                Command::Invoke {
+                    call,
+                    params,
+                    timeout,
+                    chunks,
+                    done,
+                } => match self.core.start_streamed_server_request(
+                    now,
+                    plexus_protocol::methods::rpc::Invoke::NAME,
+                    &params,
+                    timeout,
+                ) {
+                    Ok(id) => {
+                        self.invoke_ids.insert(call, id);
+                        self.invokes.insert(id, Invocation { call, chunks, done });
+                    }
+                    Err(RequestError::TooManyRequests(_)) => {
+                        let _ = done.send(InvokeEnd::Refused);
+                    }
+                    Err(_) => {
+                        let _ = done.send(InvokeEnd::Lost);
+                    }
+                },
+                Command::Withdraw { call } => {
+                    if let Some(id) = self.invoke_ids.remove(&call) {
+                        self.invokes.remove(&id);
+                        self.core.withdraw_server_request(id);
+                    }
+                }
             }
         }
         self.drain_outputs(cx, now);
@@ -668,10 +711,40 @@ impl<L: Link> Driver<L> {
                     self.unflushed = true;
                 }
                 Output::Close { code, closing } => self.begin_close(code, closing),
+                Output::ClientChunk { id, data } => {
+                    if let Some(inv) = self.invokes.get(&id) {
+                        let overrun = match inv.chunks.try_send(data) {
+                            Ok(()) => None,
+                            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                                Some(InvokeEnd::Overrun)
+                            }
+                            // The caller is gone (its withdrawal follows).
+                            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                                Some(InvokeEnd::Lost)
+                            }
+                        };
+                        if let Some(end) = overrun
+                            && let Some(inv) = self.invokes.remove(&id)
+                        {
+                            self.invoke_ids.remove(&inv.call);
+                            self.core.withdraw_server_request(id);
+                            let _ = inv.done.send(end);
+                        }
+                    }
+                }
                 Output::ClientAnswer { id, answer } => {
-                    if let Some(reply) = self.calls.remove(&id) {
+                    if let Some(inv) = self.invokes.remove(&id) {
+                        self.invoke_ids.remove(&inv.call);
+                        let _ = inv.done.send(match answer {
+                            ClientAnswer::Result(v) => InvokeEnd::Result(v),
+                            ClientAnswer::Final(v) => InvokeEnd::Final(v),
+                            ClientAnswer::Error(e) => InvokeEnd::Error(*e),
+                            ClientAnswer::TimedOut => InvokeEnd::TimedOut,
+                            ClientAnswer::Closed => InvokeEnd::Lost,
+                        });
+                    } else if let Some(reply) = self.calls.remove(&id) {
                         let _ = reply.send(match answer {
-                            ClientAnswer::Result(v) => Ok(v),
+                            ClientAnswer::Result(v) | ClientAnswer::Final(v) => Ok(v),
                             ClientAnswer::Error(e) => Err(RequestError::Peer(*e)),
                             ClientAnswer::TimedOut => Err(RequestError::Timeout),
                             ClientAnswer::Closed => Err(RequestError::Unavailable {
@@ -702,6 +775,8 @@ impl<L: Link> Driver<L> {
         }
         self.verify = None;
         self.close = CloseStage::Draining(code);
+        // A closing callee takes no new calls (R5).
+        self.hub.rpc.drop_conn(&self.conn);
     }
 
     fn poll_writes(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
@@ -816,6 +891,28 @@ impl<L: Link> Driver<L> {
         }
     }
 
+    /// The session is over: a callee's registrations vanish and its calls
+    /// in flight fail `callee_lost` now, not after the last flush (R5).
+    fn end_rpc(&mut self) {
+        if !self.conn.rpc_callee.load(Ordering::Acquire) {
+            return;
+        }
+        // No command is accepted from here on; those queued are failed.
+        self.conn.out.abort();
+        self.hub.rpc.drop_conn(&self.conn);
+        for (_, inv) in self.invokes.drain() {
+            let _ = inv.done.send(InvokeEnd::Lost);
+        }
+        self.invoke_ids.clear();
+        if let Some(a) = self.conn.out.take_attention() {
+            for c in a.commands {
+                if let Command::Invoke { done, .. } = c {
+                    let _ = done.send(InvokeEnd::Lost);
+                }
+            }
+        }
+    }
+
     /// After the session: the link's last bytes (the answer to a peer's
     /// Close) and the end of the sending direction, each bounded.
     async fn finish(&mut self) {
@@ -850,6 +947,9 @@ impl<L> Drop for Driver<L> {
         }
         self.conn.out.abort();
         self.hub.broker.drop_conn(&self.conn);
+        self.hub.rpc.drop_conn(&self.conn);
+        // Calls in flight here fail `callee_lost` now (their senders drop).
+        self.invokes.clear();
         self.hub.connection_closed(&self.conn);
         tracing::debug!("connection ended");
     }

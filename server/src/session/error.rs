@@ -69,6 +69,12 @@ pub enum RequestError {
     /// client sees "internal error".
     #[error("internal error ({0})")]
     Internal(Cow<'static, str>),
+    /// Routed RPC: no callee registered the procedure.
+    #[error("no callee registered this procedure")]
+    NoCallee,
+    /// Routed RPC: the callee's session ended with the call in flight.
+    #[error("the callee left with the call in flight")]
+    CalleeLost,
     /// An error object the client sent in answer to a server-initiated
     /// request, passed on unchanged (`debug.call`, routed RPC).
     #[error("{0}")]
@@ -131,6 +137,8 @@ impl RequestError {
             RequestError::Timeout => ErrorCode::Timeout,
             RequestError::Cancelled => ErrorCode::Cancelled,
             RequestError::Internal(_) => ErrorCode::Internal,
+            RequestError::NoCallee => ErrorCode::NoCallee,
+            RequestError::CalleeLost => ErrorCode::CalleeLost,
             RequestError::Peer(e) | RequestError::Stream(e) => e.code.clone(),
         }
     }
@@ -205,6 +213,8 @@ mod tests {
             (RequestError::Timeout, ErrorCode::Timeout),
             (RequestError::Cancelled, ErrorCode::Cancelled),
             (RequestError::internal("secret detail"), ErrorCode::Internal),
+            (RequestError::NoCallee, ErrorCode::NoCallee),
+            (RequestError::CalleeLost, ErrorCode::CalleeLost),
         ];
         for (e, code) in cases {
             let w = WireError::from(&e);

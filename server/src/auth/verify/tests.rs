@@ -106,7 +106,11 @@ async fn tokens_without_capabilities_allow_nothing() {
         ))
         .await
         .unwrap();
-    assert_eq!(*p.caps, super::super::Capabilities::default());
+    // Nothing is allowed; the claims are kept for disclosure (R8).
+    let mut caps = (*p.caps).clone();
+    assert_eq!(caps.claims["sub"], json!("bob"));
+    caps.claims = Default::default();
+    assert_eq!(caps, super::super::Capabilities::default());
     let bad = json!({"sub": "bob", "exp": now() + 60, "plexus": {"sub": ["chat.>.x"]}});
     assert_eq!(
         invalid(a.verify(&hs(Algorithm::HS256, &bad)).await),

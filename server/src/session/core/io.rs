@@ -67,6 +67,13 @@ pub enum Output {
         /// What the client answered.
         answer: ClientAnswer,
     },
+    /// A non-final chunk of a streamed server request `id`, in order.
+    ClientChunk {
+        /// The server request.
+        id: u64,
+        /// The chunk's data item.
+        data: RawValue,
+    },
     /// Count an authentication failure with this reason.
     AuthFailure(&'static str),
 }
@@ -91,8 +98,10 @@ pub enum Label {
 /// The client's answer to a server-initiated request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAnswer {
-    /// A result (or the data of a final chunk).
+    /// A result.
     Result(RawValue),
+    /// The data of a final chunk.
+    Final(RawValue),
     /// An error object.
     Error(Box<WireError>),
     /// No answer within the request's timeout (a `cancel` was sent).

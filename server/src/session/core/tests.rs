@@ -1003,7 +1003,7 @@ fn server_requests_have_their_own_ids_and_route_answers() {
     h.frame(answer.to_vec());
     let out = h.outputs();
     assert!(
-        matches!(&out[..], [Output::ClientAnswer { id, answer: ClientAnswer::Result(v) }] if *id == a && v.decode::<u8>().unwrap() == 7),
+        matches!(&out[..], [Output::ClientAnswer { id, answer: ClientAnswer::Result(v) | ClientAnswer::Final(v) }] if *id == a && v.decode::<u8>().unwrap() == 7),
         "{out:?}"
     );
     // Unknown ids are ignored.
@@ -1066,7 +1066,7 @@ fn a_final_chunk_answers_a_server_request() {
     assert!(matches!(
         &h.outputs()[..],
         [Output::ClientAnswer {
-            answer: ClientAnswer::Result(_),
+            answer: ClientAnswer::Final(_),
             ..
         }]
     ));
@@ -1103,4 +1103,54 @@ fn sync_dispatches_answer_once_and_stale_replies_are_ignored() {
         h.reply(id, Completion::Error(RequestError::Timeout))
             .is_empty()
     );
+}
+
+#[test]
+fn a_streamed_server_request_passes_chunks_in_order_and_can_be_withdrawn() {
+    let mut h = H::new(|_| {});
+    h.authed("alice", None);
+    let id = h
+        .core
+        .start_streamed_server_request(h.now, "rpc.invoke", &RawValue::null(), secs(5))
+        .unwrap();
+    h.outputs();
+    let chunk = |seq, fin| {
+        Frame::Chunk(plexus_protocol::Chunk {
+            id,
+            seq,
+            fin,
+            data: RawValue::null(),
+        })
+        .to_bytes()
+        .to_vec()
+    };
+    h.frame(chunk(0, false));
+    h.frame(chunk(1, false));
+    let out = h.outputs();
+    assert_eq!(out.len(), 2);
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, Output::ClientChunk { id: i, .. } if *i == id))
+    );
+    // A gap breaks the stream: withdrawn with a cancel, failed locally.
+    h.frame(chunk(3, false));
+    let out = h.outputs();
+    assert!(matches!(&out[0], Output::Frame(f) if matches!(decode(f), Frame::Notification(n) if n.method == "cancel")));
+    assert!(matches!(
+        &out[1],
+        Output::ClientAnswer { answer: ClientAnswer::Error(e), .. } if e.code == ErrorCode::InvalidFrame
+    ));
+    h.frame(chunk(4, true));
+    assert!(h.outputs().is_empty(), "late chunks are ignored");
+
+    // Withdrawn by the hub: a cancel, and nothing more is expected.
+    let id2 = h
+        .core
+        .start_streamed_server_request(h.now, "rpc.invoke", &RawValue::null(), secs(5))
+        .unwrap();
+    h.outputs();
+    assert!(h.core.withdraw_server_request(id2));
+    assert!(!h.core.withdraw_server_request(id2));
+    let out = h.outputs();
+    assert_eq!(out.len(), 1);
 }

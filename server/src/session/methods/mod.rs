@@ -6,6 +6,7 @@
 //! | `pubsub` | `subscribe`, `unsubscribe`, `publish` |
 //! | `presence` | `presence.get`, `presence.set` |
 //! | `streams` | `history`, `history.latest` (on a hub without durable namespaces: `invalid_params`); with durable namespaces, `publish` and `subscribe` replacing `pubsub`'s |
+//! | `rpc` | `rpc.register`, `rpc.unregister`, `rpc.call`, `rpc.list` (routed RPC, issue 12) |
 //! | `sync` | `sync.push`, `sync.pull`, `sync.info` (with `[sync] enabled`) |
 //! | `debug` | `debug.sleep`, `debug.panic`, `debug.stream`, `debug.call` (decision H5: compiled only in debug builds or with the `debug-methods` feature, served only with `--debug-methods`) |
 //!
@@ -16,6 +17,7 @@
 pub mod debug;
 pub mod presence;
 pub mod pubsub;
+pub mod rpc;
 pub mod session;
 pub mod streams;
 pub mod sync;
@@ -45,6 +47,7 @@ pub fn registry_with(config: &Config, durable: bool, sync: bool) -> Registry {
         streams::register(&mut r);
     }
     presence::register(&mut r);
+    rpc::register(&mut r);
     if sync {
         sync::register(&mut r);
     }

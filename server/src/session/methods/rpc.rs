@@ -1,0 +1,436 @@
+//! The routed-RPC methods (issue 12): `rpc.register`, `rpc.unregister`,
+//! `rpc.call` and `rpc.list`, over the hub's [`Rpc`](crate::rpc::Rpc)
+//! router.
+//!
+//! - `rpc.register` / `rpc.unregister` / `rpc.list`: synchronous, the
+//!   router's lock held only for the change.
+//! - `rpc.call`: routed in its synchronous part (so `no_callee` and a full
+//!   queue are answered at once, R4), then a future that waits for its slot
+//!   if queued, invokes the callee with a
+//!   [`Command::Invoke`](crate::conn::Command::Invoke), relays the callee's
+//!   chunks with credit (R7) and its answer. The call's own deadline
+//!   bounds it all (R9); a [`CallGuard`] withdraws the invocation and
+//!   frees the slot however the future ends (answered, cancelled, timed
+//!   out, its caller gone).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use plexus_protocol::frame::encode_notification;
+use plexus_protocol::methods::Empty;
+use plexus_protocol::methods::rpc::{
+    CallParams, CalleeInfo, Caller, Credit, CreditParams, InvokeParams, List, ListParams,
+    ListResult, Policy, ProcedureInfo, Register, RegisterParams, RegisterResult, Unregister,
+    UnregisterParams,
+};
+use plexus_protocol::topic::Topic;
+use plexus_protocol::{
+    Encoded, ErrorCode, NotificationMethod, RawRef, RawValue, RpcMethod, WireError, duration_ms,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::topic_error;
+use crate::conn::{Command, Conn, InvokeEnd};
+use crate::hub::Hub;
+use crate::rpc::{CallId, RouteError, Routed};
+use crate::session::context::Ctx;
+use crate::session::error::{RequestError, params};
+use crate::session::registry::{Answer, FlexReply, Meta, Registry};
+use crate::session::stream::ChunkSink;
+
+/// Longest claim name a registration may ask to be disclosed, in bytes.
+pub const MAX_CLAIM_NAME_LEN: usize = 64;
+
+/// Deepest JSON nesting of a disclosed claim; deeper values are sent as
+/// `null`, so an invocation never nests past the frame depth limit.
+pub const MAX_CLAIM_DEPTH: usize = 8;
+
+/// How much longer than the call's deadline the callee's session waits for
+/// its answer: the call's own timer decides first (R9).
+pub const INVOKE_SLACK: Duration = Duration::from_secs(1);
+
+/// Registers the methods.
+pub fn register(r: &mut Registry) {
+    r.sync::<Register, _>(Meta::default(), register_procedure);
+    r.sync::<Unregister, _>(Meta::default(), unregister);
+    r.sync::<List, _>(Meta::default(), list);
+    // The call's own deadline bounds it, not `request-timeout`.
+    r.flexible(
+        plexus_protocol::methods::rpc::Call::NAME,
+        Meta::default().without_timeout(),
+        call,
+    );
+}
+
+/// A router refusal as the request's error (the one mapping of routed RPC).
+pub fn route_error(e: RouteError) -> RequestError {
+    match e {
+        RouteError::NoCallee => RequestError::NoCallee,
+        RouteError::QueueFull => {
+            RequestError::TooManyRequests("the procedure's callees are busy".into())
+        }
+        RouteError::Conflict(m) => RequestError::Conflict(m.into()),
+        RouteError::TooMany(m) => RequestError::TooManyRequests(m.into()),
+        RouteError::NotFound => RequestError::NotFound("no such registration".into()),
+    }
+}
+
+fn procedure(ctx: &Ctx<'_>, name: &str) -> Result<Topic, RequestError> {
+    Topic::parse(name, ctx.config().max_topic_len).map_err(|e| topic_error("procedure", e))
+}
+
+fn register_procedure(
+    ctx: &mut Ctx<'_>,
+    p: RegisterParams<'_>,
+) -> Result<RegisterResult, RequestError> {
+    let topic = procedure(ctx, p.procedure)?;
+    if !ctx.caps().can_rpc_register(&topic) {
+        return Err(RequestError::forbidden("register this procedure"));
+    }
+    let settings = &ctx.hub().rpc.settings;
+    let policy = p.policy.unwrap_or(Policy::Single);
+    if let Policy::Unknown(name) = &policy {
+        return Err(RequestError::invalid_params(format!(
+            "unknown policy {name:?}"
+        )));
+    }
+    let conc = match p.max_concurrency {
+        None => settings.default_concurrency,
+        Some(0) => return Err(RequestError::invalid_params("max_concurrency must be >= 1")),
+        Some(n) if n > settings.max_concurrency => {
+            return Err(RequestError::invalid_params(format!(
+                "max_concurrency is at most {}",
+                settings.max_concurrency
+            )));
+        }
+        Some(n) => n,
+    };
+    let disclose = p.disclose_caller.unwrap_or_default();
+    if disclose.len() > settings.max_disclose {
+        return Err(RequestError::invalid_params(format!(
+            "disclose_caller names at most {} claims",
+            settings.max_disclose
+        )));
+    }
+    if disclose
+        .iter()
+        .any(|c| c.is_empty() || c.len() > MAX_CLAIM_NAME_LEN)
+    {
+        return Err(RequestError::invalid_params(
+            "a claim name is empty or too long",
+        ));
+    }
+    let disclose = disclose.into_iter().map(Box::from).collect();
+    let reg = ctx
+        .hub()
+        .rpc
+        .register(
+            ctx.conn(),
+            topic.as_str(),
+            policy,
+            usize::try_from(conc).unwrap_or(usize::MAX),
+            disclose,
+        )
+        .map_err(route_error)?;
+    Ok(RegisterResult::new(reg))
+}
+
+fn unregister(ctx: &mut Ctx<'_>, p: UnregisterParams) -> Result<Empty, RequestError> {
+    ctx.hub()
+        .rpc
+        .unregister(ctx.conn(), p.registration)
+        .map_err(route_error)?;
+    Ok(Empty {})
+}
+
+fn list(ctx: &mut Ctx<'_>, p: ListParams<'_>) -> Result<ListResult, RequestError> {
+    if !ctx.caps().rpc_admin {
+        return Err(RequestError::forbidden("list procedures"));
+    }
+    let page = ctx.hub().rpc.settings.list_page;
+    let limit = p
+        .limit
+        .map_or(page, |l| usize::try_from(l).unwrap_or(usize::MAX).min(page))
+        .max(1);
+    let (procs, more) = ctx.hub().rpc.with(|r| r.snapshot(p.after, limit));
+    let next = more
+        .then(|| procs.last().map(|p| p.procedure.clone()))
+        .flatten();
+    let procedures = procs
+        .into_iter()
+        .map(|v| {
+            let callees = v
+                .callees
+                .into_iter()
+                .map(|c| {
+                    CalleeInfo::new(
+                        c.registration,
+                        c.endpoint.user(),
+                        &*c.endpoint.session,
+                        c.in_flight as u64,
+                        c.max_concurrency as u64,
+                    )
+                })
+                .collect();
+            ProcedureInfo::new(v.procedure, v.policy, callees, v.queued as u64)
+        })
+        .collect();
+    Ok(ListResult::new(procedures, next))
+}
+
+/// Frees a call's slot and withdraws its invocation however the call's
+/// future ends (R6, R9, R10).
+struct CallGuard {
+    hub: Arc<Hub>,
+    call: CallId,
+    /// The callee, once invoked and until it answered.
+    invoked: Option<Arc<Conn>>,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some(callee) = self.invoked.take() {
+            // Best effort: a full command queue leaves it to the callee's
+            // own timer (the deadline plus INVOKE_SLACK).
+            let _ = callee.out.command(Command::Withdraw { call: self.call });
+        }
+        self.hub.rpc.finish(self.call);
+    }
+}
+
+fn call(ctx: &mut Ctx<'_>, raw: &RawValue, mut sink: ChunkSink) -> Result<FlexReply, RequestError> {
+    let p = params::<CallParams<'_>>(raw)?;
+    let topic = procedure(ctx, p.procedure)?;
+    if !ctx.caps().can_rpc_call(&topic) {
+        return Err(RequestError::forbidden("call this procedure"));
+    }
+    let hub = ctx.hub().clone();
+    let settings = &hub.rpc.settings;
+    let timeout = match p.timeout_ms {
+        None => settings.default_timeout.0,
+        Some(0) => return Err(RequestError::invalid_params("timeout_ms must be >= 1")),
+        Some(ms) => Duration::from_millis(ms).min(settings.max_timeout.0),
+    };
+    if p.key.is_some_and(|k| k.len() > settings.max_key_len) {
+        return Err(RequestError::PayloadTooLarge(
+            format!("key is longer than {} bytes", settings.max_key_len).into(),
+        ));
+    }
+    let deadline = Instant::now() + timeout;
+    let (tx, rx) = oneshot::channel();
+    let routed = hub.rpc.with(|r| {
+        let call = r.next_call_id();
+        r.route(call, topic.as_str(), p.key, tx).map(|x| (call, x))
+    });
+    let (call, routed) = routed.map_err(route_error)?;
+    let guard = CallGuard {
+        hub: hub.clone(),
+        call,
+        invoked: None,
+    };
+    let args = Bytes::copy_from_slice(p.params.map_or(&[0xf6][..], |r| r.as_bytes()));
+    let caller = caller(ctx);
+    let name: Box<str> = topic.as_str().into();
+    let window = settings.chunk_window;
+    let run = async move {
+        let mut guard = guard;
+        let a = match routed {
+            Routed::Now(a) => a,
+            // The waiter was dropped: the procedure lost its callees.
+            Routed::Queued => rx.await.map_err(|_| RequestError::NoCallee)?,
+        };
+        let claims = disclosed(&caller.claims, &a.disclose);
+        let invoke = InvokeParams::new(
+            call,
+            a.registration,
+            &name,
+            minicbor::decode::<RawRef<'_>>(&args)
+                .map_err(|_| RequestError::internal("call params"))?,
+            duration_ms(deadline.saturating_duration_since(Instant::now())),
+            Caller::new(&*caller.user).with_claims(claims),
+            window,
+        );
+        let params =
+            RawValue::encode(&invoke).map_err(|_| RequestError::internal("encode invoke"))?;
+        let (chunks_tx, mut chunks) = mpsc::channel(usize::try_from(window).unwrap_or(16));
+        let (done_tx, mut done) = oneshot::channel();
+        let cmd = Command::Invoke {
+            call,
+            params,
+            timeout: deadline.saturating_duration_since(Instant::now()) + INVOKE_SLACK,
+            chunks: chunks_tx,
+            done: done_tx,
+        };
+        if a.endpoint.out.command(cmd).is_err() {
+            return Err(RequestError::CalleeLost);
+        }
+        guard.invoked = Some(a.endpoint.clone());
+        let callee = a.endpoint;
+        // Credit goes back in batches of half the window.
+        let batch = (window / 2).max(1);
+        let mut relayed = 0u64;
+        let mut uncredited = 0u64;
+        let end = loop {
+            tokio::select! {
+                biased;
+                Some(data) = chunks.recv() => {
+                    sink.send(&Encoded(data.as_bytes())).await?;
+                    relayed += 1;
+                    uncredited += 1;
+                    if uncredited >= batch {
+                        credit(&callee, call, uncredited);
+                        uncredited = 0;
+                    }
+                }
+                end = &mut done => {
+                    // Chunks sent before the answer come first.
+                    while let Ok(data) = chunks.try_recv() {
+                        sink.send(&Encoded(data.as_bytes())).await?;
+                        relayed += 1;
+                    }
+                    break end;
+                }
+            }
+        };
+        guard.invoked = None;
+        let end = end.unwrap_or(InvokeEnd::Lost);
+        let data = |v: RawValue| Bytes::copy_from_slice(v.as_bytes());
+        match end {
+            InvokeEnd::Result(v) if relayed == 0 => Ok(Answer::result(data(v))),
+            InvokeEnd::Result(v) | InvokeEnd::Final(v) => Ok(Answer::final_chunk(data(v))),
+            InvokeEnd::Error(e) => Err(RequestError::Peer(e)),
+            InvokeEnd::TimedOut => Err(RequestError::Timeout),
+            InvokeEnd::Lost => Err(RequestError::CalleeLost),
+            InvokeEnd::Refused => Err(RequestError::TooManyRequests(
+                "the callee has too many calls in flight".into(),
+            )),
+            InvokeEnd::Overrun => Err(RequestError::Peer(WireError::new(
+                ErrorCode::Internal,
+                "the callee sent more chunks than its credit allowed",
+            ))),
+        }
+    };
+    Ok(Box::pin(async move {
+        tokio::time::timeout_at(deadline.into(), run)
+            .await
+            .unwrap_or(Err(RequestError::Timeout))
+    }))
+}
+
+/// Sends `chunks` more credit for `call` to its callee.
+fn credit(callee: &Conn, call: CallId, chunks: u64) {
+    if let Ok(f) = encode_notification(Credit::NAME, &CreditParams::new(call, chunks)) {
+        // An overflow closes the callee as a slow consumer, as for any frame.
+        let _ = callee.out.push(Bytes::from(f));
+    }
+}
+
+struct CallerInfo {
+    user: Arc<str>,
+    claims: Arc<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn caller(ctx: &Ctx<'_>) -> CallerInfo {
+    CallerInfo {
+        user: ctx.principal().user.clone(),
+        claims: ctx.caps().claims.clone(),
+    }
+}
+
+/// The claims `wanted` that the caller's token has, as CBOR (R8).
+fn disclosed(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    wanted: &[Box<str>],
+) -> Option<BTreeMap<String, RawValue>> {
+    if wanted.is_empty() {
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    for name in wanted {
+        if let Some(v) = claims.get(&**name) {
+            let mut e = minicbor::Encoder::new(Vec::new());
+            if json_to_cbor(&mut e, v, 0).is_ok()
+                && let Ok(raw) = RawValue::from_bytes(
+                    Bytes::from(e.into_writer()),
+                    &plexus_protocol::DecodeLimits::default(),
+                )
+            {
+                out.insert(name.to_string(), raw);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn json_to_cbor(
+    e: &mut minicbor::Encoder<Vec<u8>>,
+    v: &serde_json::Value,
+    depth: usize,
+) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
+    use serde_json::Value;
+    if depth >= MAX_CLAIM_DEPTH {
+        e.null()?;
+        return Ok(());
+    }
+    match v {
+        Value::Null => {
+            e.null()?;
+        }
+        Value::Bool(b) => {
+            e.bool(*b)?;
+        }
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                e.u64(u)?;
+            } else if let Some(i) = n.as_i64() {
+                e.i64(i)?;
+            } else {
+                e.f64(n.as_f64().unwrap_or(0.0))?;
+            }
+        }
+        Value::String(s) => {
+            e.str(s)?;
+        }
+        Value::Array(a) => {
+            e.array(a.len() as u64)?;
+            for x in a {
+                json_to_cbor(e, x, depth + 1)?;
+            }
+        }
+        Value::Object(m) => {
+            e.map(m.len() as u64)?;
+            for (k, x) in m {
+                e.str(k)?;
+                json_to_cbor(e, x, depth + 1)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_disclosed_as_cbor_and_only_those_asked_for() {
+        let mut m = serde_json::Map::new();
+        m.insert("email".into(), serde_json::json!("a@b"));
+        m.insert("roles".into(), serde_json::json!(["x", 1, -2, 1.5, true, null]));
+        m.insert("secret".into(), serde_json::json!("s"));
+        let got = disclosed(&m, &["email".into(), "roles".into(), "absent".into()]).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got["email"].decode::<&str>().unwrap(), "a@b");
+        assert!(!got.contains_key("secret"));
+        assert_eq!(disclosed(&m, &[]), None);
+        // Deep values are cut off rather than nesting past the frame limit.
+        let mut deep = serde_json::json!(1);
+        for _ in 0..40 {
+            deep = serde_json::json!([deep]);
+        }
+        m.insert("deep".into(), deep);
+        assert!(disclosed(&m, &["deep".into()]).unwrap().contains_key("deep"));
+    }
+}
