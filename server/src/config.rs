@@ -995,7 +995,10 @@ impl RpcSettings {
             ("default-concurrency", self.default_concurrency),
             ("max-concurrency", self.max_concurrency),
             ("max-procedures", self.max_procedures as u64),
-            ("max-registrations-per-conn", self.max_registrations_per_conn as u64),
+            (
+                "max-registrations-per-conn",
+                self.max_registrations_per_conn as u64,
+            ),
             ("chunk-window", self.chunk_window),
             ("list-page", self.list_page as u64),
         ];

@@ -223,7 +223,9 @@ impl<E: Clone, W> Router<E, W> {
         }
         if self.per_conn.get(&conn).copied().unwrap_or(0) >= self.limits.max_registrations_per_conn
         {
-            return Err(RouteError::TooMany("too many registrations on this connection"));
+            return Err(RouteError::TooMany(
+                "too many registrations on this connection",
+            ));
         }
         match self.procedures.get(procedure) {
             Some(p) if p.policy != policy => {

@@ -33,7 +33,11 @@ fn now(r: &mut R, key: Option<&str>) -> (CallId, ConnId) {
 }
 
 /// Routes `n` calls, each finished at once; counts them per callee.
-fn distribution(r: &mut R, n: usize, key: impl Fn(usize) -> Option<String>) -> HashMap<ConnId, usize> {
+fn distribution(
+    r: &mut R,
+    n: usize,
+    key: impl Fn(usize) -> Option<String>,
+) -> HashMap<ConnId, usize> {
     let mut m = HashMap::new();
     for i in 0..n {
         let (call, c) = now(r, key(i).as_deref());
@@ -163,7 +167,10 @@ fn queue_is_bounded_and_drains_in_order() {
         queued.push(call);
     }
     let call = r.next_call_id();
-    assert_eq!(r.route(call, "svc.a", None, call), Err(RouteError::QueueFull));
+    assert_eq!(
+        r.route(call, "svc.a", None, call),
+        Err(RouteError::QueueFull)
+    );
     // Each finished call hands its slot to the oldest queued one.
     let mut done = first;
     for q in queued {
@@ -197,7 +204,11 @@ fn unregister_keeps_calls_in_flight_and_sends_new_ones_elsewhere() {
     let regs = callees(&mut r, Policy::First, 2, 4);
     let (a, c) = now(&mut r, None);
     assert_eq!(c, 1);
-    assert_eq!(r.unregister(2, regs[0]), Err(RouteError::NotFound), "not its own");
+    assert_eq!(
+        r.unregister(2, regs[0]),
+        Err(RouteError::NotFound),
+        "not its own"
+    );
     r.unregister(1, regs[0]).unwrap();
     assert_eq!(now(&mut r, None).1, 2);
     // The call in flight at the withdrawn registration still finishes.
@@ -255,8 +266,15 @@ fn bounds_on_registrations_and_procedures() {
         Err(RouteError::TooMany(_))
     ));
     for i in 0..(LIMITS.max_procedures - LIMITS.max_registrations_per_conn) {
-        r.register(2 + i as u64, 2, &format!("q.{i}"), Policy::Single, 1, Vec::new())
-            .unwrap();
+        r.register(
+            2 + i as u64,
+            2,
+            &format!("q.{i}"),
+            Policy::Single,
+            1,
+            Vec::new(),
+        )
+        .unwrap();
     }
     assert!(matches!(
         r.register(99, 99, "z", Policy::Single, 1, Vec::new()),

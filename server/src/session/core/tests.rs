@@ -1135,7 +1135,9 @@ fn a_streamed_server_request_passes_chunks_in_order_and_can_be_withdrawn() {
     // A gap breaks the stream: withdrawn with a cancel, failed locally.
     h.frame(chunk(3, false));
     let out = h.outputs();
-    assert!(matches!(&out[0], Output::Frame(f) if matches!(decode(f), Frame::Notification(n) if n.method == "cancel")));
+    assert!(
+        matches!(&out[0], Output::Frame(f) if matches!(decode(f), Frame::Notification(n) if n.method == "cancel"))
+    );
     assert!(matches!(
         &out[1],
         Output::ClientAnswer { answer: ClientAnswer::Error(e), .. } if e.code == ErrorCode::InvalidFrame

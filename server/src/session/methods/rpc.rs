@@ -418,7 +418,10 @@ mod tests {
     fn claims_are_disclosed_as_cbor_and_only_those_asked_for() {
         let mut m = serde_json::Map::new();
         m.insert("email".into(), serde_json::json!("a@b"));
-        m.insert("roles".into(), serde_json::json!(["x", 1, -2, 1.5, true, null]));
+        m.insert(
+            "roles".into(),
+            serde_json::json!(["x", 1, -2, 1.5, true, null]),
+        );
         m.insert("secret".into(), serde_json::json!("s"));
         let got = disclosed(&m, &["email".into(), "roles".into(), "absent".into()]).unwrap();
         assert_eq!(got.len(), 2);
@@ -431,6 +434,10 @@ mod tests {
             deep = serde_json::json!([deep]);
         }
         m.insert("deep".into(), deep);
-        assert!(disclosed(&m, &["deep".into()]).unwrap().contains_key("deep"));
+        assert!(
+            disclosed(&m, &["deep".into()])
+                .unwrap()
+                .contains_key("deep")
+        );
     }
 }
