@@ -676,7 +676,7 @@ params_vector("request-unknown-method", "a request for a method this version "
 
 def pv(name, description, method, params, ok, id_=20):
     if method in ("cancel", "event", "presence.join", "presence.leave",
-                  "token.expiring", "closing"):
+                  "token.expiring", "closing", "rpc.credit"):
         f, e = notification(method, params)
     else:
         f, e = request(id_, method, params)
@@ -1215,6 +1215,105 @@ pv("params-sync-info-space-int", "sync.info space of the wrong type",
    "sync.info", cmap((0, 5)), False)
 pv("params-sync-info-null", "sync.info with null params", "sync.info", None,
    False)
+
+# ---------------------------------------------------------------------------
+# Routed RPC (protocol.md 25): rpc.register, rpc.unregister, rpc.call,
+# rpc.list, the rpc.invoke request the hub sends a callee, rpc.credit
+# ---------------------------------------------------------------------------
+
+PROC = "svc.resize"
+f, e = request(70, "rpc.register", cmap((0, PROC), (1, "round_robin"),
+                                        (2, 4), (3, arr("email"))))
+valid("request-rpc-register", "rpc.register: a shared round-robin "
+      "registration, 4 calls at a time, disclosing the caller's email", f, e)
+f, e = response_ok(70, cmap((0, 7)))
+valid("response-rpc-register", "rpc.register result: registration 7", f, e,
+      result_of="rpc.register")
+f, e = request(71, "rpc.unregister", cmap((0, 7)))
+valid("request-rpc-unregister", "rpc.unregister of registration 7", f, e)
+f, e = response_ok(71, cmap())
+valid("response-rpc-unregister", "rpc.unregister result: {}", f, e,
+      result_of="rpc.unregister")
+CALL_ARGS = cmap((0, "img-42"), (1, 256))
+f, e = request(72, "rpc.call", cmap((0, PROC), (1, CALL_ARGS), (2, 5000),
+                                    (3, "img-42")))
+valid("request-rpc-call", "rpc.call with params, a 5 s deadline and an "
+      "affinity key", f, e)
+f, e = response_ok(72, cmap((0, "ok"), (1, 2048)))
+valid("response-rpc-call", "rpc.call result: the callee's result, "
+      "unchanged", f, e, result_of="rpc.call")
+f, e = chunk(72, 0, False, cmap((0, 50)))
+valid("chunk-rpc-call-progress", "a progressive result of rpc.call: the "
+      "callee's chunk data, relayed unchanged under the caller's id", f, e)
+f, e = chunk(72, 1, True, cmap((0, "ok"), (1, 2048)))
+valid("chunk-rpc-call-final", "the final chunk of a streamed rpc.call: "
+      "the callee's final data", f, e)
+f, e = request(1, "rpc.invoke", cmap(
+    (0, 9), (1, 7), (2, PROC), (3, CALL_ARGS), (4, 4980),
+    (5, cmap((0, "carol"), (1, cmap(("email", "carol@example.com"))))),
+    (6, 16)))
+valid("request-rpc-invoke", "from the server: the hub invokes call 9 at "
+      "the callee of registration 7, with the params, 4980 ms left, the "
+      "attested caller with the disclosed claim, and a window of 16 chunks",
+      f, e)
+f, e = notification("rpc.credit", cmap((0, 9), (1, 8)))
+valid("notification-rpc-credit", "from the server: the callee of call 9 "
+      "may send 8 more chunks", f, e)
+f, e = request(73, "rpc.list", cmap())
+valid("request-rpc-list", "rpc.list, first page", f, e)
+f, e = response_ok(73, cmap((0, arr(cmap(
+    (0, PROC), (1, "round_robin"),
+    (2, arr(cmap((0, 7), (1, "svc-a"), (2, "0a1b2c3d-5"), (3, 1), (4, 4)))),
+    (3, 0))))))
+valid("response-rpc-list", "rpc.list result: one procedure with one "
+      "callee holding one call", f, e, result_of="rpc.list")
+f, e = response_err(72, "no_callee", "no callee registered this procedure")
+valid("response-error-no-callee", "rpc.call of a procedure nobody "
+      "registered: answered at once", f, e)
+f, e = response_err(72, "callee_lost",
+                    "the callee left with the call in flight")
+valid("response-error-callee-lost", "rpc.call whose callee's session ended "
+      "with the call in flight", f, e)
+
+pv("params-rpc-register-valid", "rpc.register with every key",
+   "rpc.register", cmap((0, PROC), (1, "affinity"), (2, 1),
+                        (3, arr("email", "org"))), True)
+pv("params-rpc-register-minimal", "rpc.register with only its procedure",
+   "rpc.register", cmap((0, PROC)), True)
+pv("params-rpc-register-no-procedure", "rpc.register without key 0",
+   "rpc.register", cmap((1, "single")), False)
+pv("params-rpc-register-policy-int", "a policy must be text",
+   "rpc.register", cmap((0, PROC), (1, 2)), False)
+pv("params-rpc-register-disclose-text", "disclose_caller must be an array",
+   "rpc.register", cmap((0, PROC), (3, "email")), False)
+pv("params-rpc-unregister-valid", "rpc.unregister of a registration",
+   "rpc.unregister", cmap((0, 7)), True)
+pv("params-rpc-unregister-text", "a registration must be a uint",
+   "rpc.unregister", cmap((0, "7")), False)
+pv("params-rpc-call-valid", "rpc.call with every key", "rpc.call",
+   cmap((0, PROC), (1, CALL_ARGS), (2, 100), (3, "k")), True)
+pv("params-rpc-call-minimal", "rpc.call with only its procedure (params "
+   "default to null)", "rpc.call", cmap((0, PROC)), True)
+pv("params-rpc-call-no-procedure", "rpc.call without key 0", "rpc.call",
+   cmap((1, 5)), False)
+pv("params-rpc-call-timeout-negative", "timeout_ms must be unsigned",
+   "rpc.call", cmap((0, PROC), (2, -1)), False)
+pv("params-rpc-list-valid", "rpc.list with after and limit", "rpc.list",
+   cmap((0, PROC), (1, 10)), True)
+pv("params-rpc-list-limit-text", "limit must be a uint", "rpc.list",
+   cmap((1, "10")), False)
+pv("params-rpc-credit-valid", "rpc.credit of call 9", "rpc.credit",
+   cmap((0, 9), (1, 8)), True)
+pv("params-rpc-credit-no-chunks", "rpc.credit without key 1", "rpc.credit",
+   cmap((0, 9)), False)
+pv("params-rpc-invoke-valid", "rpc.invoke from the server without "
+   "disclosed claims", "rpc.invoke",
+   cmap((0, 9), (1, 7), (2, PROC), (3, None), (4, 100), (5, cmap((0, "bob"))),
+        (6, 16)), True, id_=2)
+pv("params-rpc-invoke-no-caller", "rpc.invoke without key 5 (caller)",
+   "rpc.invoke",
+   cmap((0, 9), (1, 7), (2, PROC), (3, None), (4, 100), (6, 16)), False,
+   id_=3)
 
 # ---------------------------------------------------------------------------
 # Decoder errors: CBOR well-formedness

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use ciborium::Value;
 use plexus_conformance::vectors::{Expect, FrameKind, Layer, Vector, load_all};
 use plexus_protocol::frame::{Chunk, Notification, Request, Response};
+use plexus_protocol::methods::rpc;
 use plexus_protocol::methods::sync::{
     SyncChunk, SyncInfoParams, SyncInfoResult, SyncPullFinal, SyncPullParams, SyncPushParams,
     SyncPushResult,
@@ -231,6 +232,8 @@ fn decode_params_by_name(name: &str, raw: &RawValue) -> Option<Result<(), WireEr
         "sync.push" => Some(decode_params::<SyncPushParams>(raw).map(drop)),
         "sync.pull" => Some(decode_params::<SyncPullParams>(raw).map(drop)),
         "sync.info" => Some(decode_params::<SyncInfoParams>(raw).map(drop)),
+        // Sent by the server (protocol.md 25.5), outside the catalog.
+        "rpc.invoke" => Some(decode_params::<rpc::InvokeParams>(raw).map(drop)),
         _ => Method::from_name(name).map(|m| decode_typed_params(m, raw)),
     }
 }
@@ -269,6 +272,11 @@ fn decode_typed_params(method: Method, raw: &RawValue) -> Result<(), WireError> 
         }
         Method::TokenExpiring => decode_params::<TokenExpiringParams>(raw).map(drop),
         Method::Closing => decode_params::<ClosingParams>(raw).map(drop),
+        Method::RpcRegister => decode_params::<rpc::RegisterParams>(raw).map(drop),
+        Method::RpcUnregister => decode_params::<rpc::UnregisterParams>(raw).map(drop),
+        Method::RpcCall => decode_params::<rpc::CallParams>(raw).map(drop),
+        Method::RpcList => decode_params::<rpc::ListParams>(raw).map(drop),
+        Method::RpcCredit => decode_params::<rpc::CreditParams>(raw).map(drop),
         other => panic!("no params type known for {other:?}"),
     }
 }
@@ -285,6 +293,11 @@ fn decode_typed_result(method: Method, raw: &RawValue) -> Result<(), minicbor::d
         Method::Unsubscribe | Method::PresenceSet => raw.decode::<Empty>().map(drop),
         Method::Publish => raw.decode::<PublishResult>().map(drop),
         Method::PresenceGet => raw.decode::<PresenceGetResult>().map(drop),
+        Method::RpcRegister => raw.decode::<rpc::RegisterResult>().map(drop),
+        Method::RpcUnregister => raw.decode::<Empty>().map(drop),
+        // The callee's result, unchanged: any item.
+        Method::RpcCall => raw.decode::<RawValue>().map(drop),
+        Method::RpcList => raw.decode::<rpc::ListResult>().map(drop),
         other => panic!("{other:?} has no result"),
     }
 }
