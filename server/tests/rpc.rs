@@ -235,7 +235,7 @@ async fn round_robin_spreads_concurrent_calls_over_callees() {
     }
     for (i, id) in ids.into_iter().enumerate() {
         let r = c.response(id).await.unwrap();
-        assert_eq!(r.decode::<u32>().unwrap(), i as u32 * 10);
+        assert_eq!(r.decode::<u32>().unwrap(), u32::try_from(i).unwrap() * 10);
     }
 }
 
