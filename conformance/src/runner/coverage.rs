@@ -143,6 +143,20 @@ pub const SECTIONS: &[Section] = &[
         "Client rules for record sync",
         "client behaviour; the SDK's own tests check it",
     ),
+    s("25.1", "Procedures, registrations and capabilities"),
+    s("25.2", "Shared registrations and policies"),
+    s("25.3", "rpc.register"),
+    s("25.4", "rpc.unregister"),
+    s("25.5", "rpc.call"),
+    s("25.6", "rpc.invoke (server to callee)"),
+    s("25.7", "Credit: rpc.credit (server to callee)"),
+    s("25.8", "rpc.list"),
+    s("25.9", "Errors of routed RPC"),
+    gap(
+        "25.10",
+        "Client rules for routed RPC",
+        "client behaviour; the SDK's own tests will check it",
+    ),
 ];
 
 /// Cases per section: (section, ids of the cases citing it).

@@ -18,6 +18,7 @@ mod presence;
 mod pubsub;
 mod rate;
 mod requests;
+mod rpc;
 mod shutdown;
 mod slow;
 mod streams;
@@ -47,6 +48,7 @@ pub fn all(vectors_dir: &Path) -> Vec<Case> {
     v.extend(presence::cases());
     v.extend(durable::cases());
     v.extend(sync::cases());
+    v.extend(rpc::cases());
     v.extend(slow::cases());
     v.extend(close::cases());
     v.extend(errors::cases());

@@ -36,6 +36,12 @@ fn section(v: &Vector) -> String {
         "sync.push" => Some("24.5"),
         "sync.pull" => Some("24.6"),
         "sync.info" => Some("24.7"),
+        "rpc.register" => Some("25.3"),
+        "rpc.unregister" => Some("25.4"),
+        "rpc.call" => Some("25.5"),
+        "rpc.invoke" => Some("25.6"),
+        "rpc.credit" => Some("25.7"),
+        "rpc.list" => Some("25.8"),
         _ => None,
     };
     let base = if n.starts_with("request-id-") {
@@ -265,6 +271,10 @@ async fn request(ctx: Ctx, v: &Vector, bytes: Vec<u8>) -> CaseResult {
         } else {
             "forbidden".into()
         })
+    } else if method == "rpc.invoke" {
+        // The server's own request (§25.6): a client sending it is asking
+        // for a method no server serves (§6.4), before any params rule.
+        Some("method_not_found".into())
     } else if !params_ok {
         v.error.clone()
     } else {
@@ -284,12 +294,22 @@ async fn request(ctx: Ctx, v: &Vector, bytes: Vec<u8>) -> CaseResult {
                 Some("invalid_params".into())
             }
             "history" | "history.latest" => Some("invalid_params".into()),
+            // The runner's tokens grant no routed RPC (§25.1); no
+            // registration 7 is the connection's (§25.4).
+            "rpc.register" | "rpc.call" | "rpc.list" => Some("forbidden".into()),
+            "rpc.unregister" => Some("not_found".into()),
             "ping" | "subscribe" | "publish" | "presence.get" | "presence.set" => None,
             _ => Some("method_not_found".into()),
         }
     };
     if is_sync && !ctx.settings().sync && !matches!(&r, Err(e) if e.code == "method_not_found") {
         skip!("the server serves {method}; pass --sync to check the record-sync vectors (§24)");
+    }
+    if method.starts_with("rpc.")
+        && method != "rpc.invoke"
+        && matches!(&r, Err(e) if e.code == "method_not_found")
+    {
+        skip!("the server does not serve {method} (answered method_not_found, §25)");
     }
     if is_sync && ctx.settings().sync && matches!(&r, Err(e) if e.code == "method_not_found") {
         skip!("the server does not serve {method} (answered method_not_found, §24)");
