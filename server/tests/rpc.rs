@@ -629,3 +629,38 @@ async fn a_callee_that_overruns_its_credit_fails_the_call() {
         }
     }
 }
+
+#[tokio::test]
+async fn queued_calls_fail_no_callee_when_the_last_callee_leaves_and_time_out_in_the_queue() {
+    let h = hub().await;
+    let mut svc = callee(&h, "svc-a").await;
+    register(
+        &mut svc,
+        RegisterParams::new("svc.q").with_max_concurrency(1),
+    )
+    .await
+    .unwrap();
+    let mut c = caller(&h).await;
+    let busy = c.request("rpc.call", &CallParams::new("svc.q")).await;
+    let _inv = invocation(&mut svc).await;
+    // Queued behind the busy one, with a deadline that passes in the queue.
+    let short = c
+        .request("rpc.call", &CallParams::new("svc.q").with_timeout_ms(100))
+        .await;
+    assert_eq!(code(c.response(short).await), ErrorCode::Timeout);
+    let queued = c.request("rpc.call", &CallParams::new("svc.q")).await;
+    // Make sure it is queued before the callee leaves.
+    let l: ListResult = c
+        .call("rpc.list", &ListParams::default())
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(
+        l.procedures[0].queued, 1,
+        "the timed-out call left the queue"
+    );
+    drop(svc);
+    assert_eq!(code(c.response(busy).await), ErrorCode::CalleeLost);
+    assert_eq!(code(c.response(queued).await), ErrorCode::NoCallee);
+}
