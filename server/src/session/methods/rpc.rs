@@ -177,7 +177,43 @@ fn list(ctx: &mut Ctx<'_>, p: ListParams<'_>) -> Result<ListResult, RequestError
             ProcedureInfo::new(v.procedure, v.policy, callees, v.queued as u64)
         })
         .collect();
-    Ok(ListResult::new(procedures, next))
+    fit_page(procedures, next, ctx.config().max_frame_size)
+}
+
+/// Bytes of an `rpc.list` response frame besides its result.
+const LIST_ENVELOPE: usize = 16;
+
+/// Shrinks a page until its response fits one frame (R13): fewer
+/// procedures first (the rest come with `next`), then, for a lone
+/// procedure with very many callees, fewer of its callees.
+fn fit_page(
+    mut procedures: Vec<ProcedureInfo>,
+    mut next: Option<String>,
+    max_frame_size: usize,
+) -> Result<ListResult, RequestError> {
+    let budget = max_frame_size.saturating_sub(LIST_ENVELOPE);
+    loop {
+        let page = ListResult::new(procedures, next);
+        let len = minicbor::to_vec(&page)
+            .map_err(|_| RequestError::internal("encode rpc.list"))?
+            .len();
+        if len <= budget {
+            return Ok(page);
+        }
+        procedures = page.procedures;
+        next = page.next;
+        if procedures.len() > 1 {
+            procedures.truncate(procedures.len() / 2);
+            next = procedures.last().map(|p| p.procedure.clone());
+        } else if let Some(p) = procedures.first_mut()
+            && p.callees.len() > 1
+        {
+            let keep = p.callees.len() / 2;
+            p.callees.truncate(keep);
+        } else {
+            return Err(RequestError::internal("rpc.list entry larger than a frame"));
+        }
+    }
 }
 
 /// Frees a call's slot and withdraws its invocation however the call's
@@ -413,6 +449,40 @@ fn json_to_cbor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_page_is_cut_to_fit_one_frame() {
+        let callee = |i: u64| CalleeInfo::new(i, "user", "0a1b2c3d-5", 0, 16);
+        let procs: Vec<ProcedureInfo> = (0..100)
+            .map(|i| {
+                ProcedureInfo::new(
+                    format!("svc.p{i:03}"),
+                    Policy::RoundRobin,
+                    (0..20).map(callee).collect(),
+                    0,
+                )
+            })
+            .collect();
+        let page = fit_page(procs.clone(), None, 4096).unwrap();
+        assert!(page.procedures.len() < 100 && !page.procedures.is_empty());
+        assert_eq!(
+            page.next.as_deref(),
+            Some(page.procedures.last().unwrap().procedure.as_str())
+        );
+        assert!(minicbor::to_vec(&page).unwrap().len() <= 4096);
+        // Everything fits a large frame unchanged.
+        let page = fit_page(procs, None, 1 << 20).unwrap();
+        assert_eq!((page.procedures.len(), page.next), (100, None));
+        // One procedure with very many callees keeps as many as fit.
+        let one = vec![ProcedureInfo::new(
+            "svc.big",
+            Policy::Random,
+            (0..1000).map(callee).collect(),
+            0,
+        )];
+        let page = fit_page(one, None, 4096).unwrap();
+        assert!(page.procedures[0].callees.len() < 1000);
+    }
 
     #[test]
     fn claims_are_disclosed_as_cbor_and_only_those_asked_for() {
