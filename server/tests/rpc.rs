@@ -335,7 +335,12 @@ async fn progressive_results_are_paced_by_a_slow_caller() {
         throttled,
         "the callee was never throttled ({sent} chunks sent)"
     );
-    assert!(sent < TOTAL);
+    // What the hub can hold for the call: the caller's outbound budget
+    // (8 chunks), the call's window (4), and a few in socket buffers.
+    assert!(
+        sent <= 24,
+        "{sent} chunks went out before the callee was throttled"
+    );
     // The caller reads: credit flows again and every chunk arrives in order.
     let reader = tokio::spawn(async move {
         let mut got = 0u64;
