@@ -700,6 +700,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_rpc_table_is_read_and_checked() {
+        let path = Path::new("plexus.toml");
+        let f = parse_file(path, "[rpc]\nmax-queue = 8\nchunk-window = 2\n").unwrap();
+        assert_eq!((f.rpc.max_queue, f.rpc.chunk_window), (8, 2));
+        assert_eq!(f.rpc.default_concurrency, 16);
+        assert!(parse_file(path, "[rpc]\nno-such = 1\n").is_err());
+        let mut c = Config::resolve_file(Settings::default(), f);
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        c.rpc.max_concurrency = MAX_RPC_CONCURRENCY + 1;
+        c.rpc.chunk_window = 0;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.problems.iter().any(|p| p.contains("max-concurrency")),
+            "{e}"
+        );
+        assert!(e.problems.iter().any(|p| p.contains("chunk-window")), "{e}");
+        assert!(c.to_masked_toml().contains("[rpc]"));
+    }
+
+    #[test]
     fn cli_beats_file_beats_default() {
         let cli = Settings {
             max_in_flight: Some(5),

@@ -94,8 +94,9 @@ pub enum InvokeEnd {
     Lost,
     /// The client sent more chunks than its credit allowed.
     Overrun,
-    /// The request could not be sent (the client has too many in flight).
-    Refused,
+    /// The request could not be sent: the client has too many requests of
+    /// the server's in flight, or the invocation exceeds `max-frame-size`.
+    Refused(crate::session::error::RequestError),
 }
 
 /// One subscription of a connection.

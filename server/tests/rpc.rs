@@ -669,3 +669,33 @@ async fn queued_calls_fail_no_callee_when_the_last_callee_leaves_and_time_out_in
     assert_eq!(code(c.response(busy).await), ErrorCode::CalleeLost);
     assert_eq!(code(c.response(queued).await), ErrorCode::NoCallee);
 }
+
+#[tokio::test]
+async fn params_too_large_for_the_invocation_are_payload_too_large() {
+    let h = TestHub::start(|c| {
+        c.max_frame_size = 64 * 1024;
+        c.max_payload = 32 * 1024;
+        c.max_outbound_bytes = 1024 * 1024;
+        c.max_in_flight_bytes = 1024 * 1024;
+    })
+    .await;
+    let mut svc = callee(&h, "svc-a").await;
+    register(&mut svc, RegisterParams::new("svc.big"))
+        .await
+        .unwrap();
+    let mut c = caller(&h).await;
+    // The call frame fits; with the invocation's own fields it does not.
+    let big = raw(&minicbor::bytes::ByteVec::from(vec![0u8; 64 * 1024 - 40]));
+    let r = c
+        .call(
+            "rpc.call",
+            &CallParams::new("svc.big").with_params(big.as_raw_ref()),
+        )
+        .await;
+    assert_eq!(code(r), ErrorCode::PayloadTooLarge);
+    // The callee's slot was given back.
+    let id = c.request("rpc.call", &CallParams::new("svc.big")).await;
+    let inv = invocation(&mut svc).await;
+    answer(&mut svc, inv.id, &raw(&1u8)).await;
+    c.response(id).await.unwrap();
+}

@@ -341,8 +341,10 @@ impl<L: Link> Driver<L> {
                         self.invoke_ids.insert(call, id);
                         self.invokes.insert(id, Invocation { call, chunks, done });
                     }
-                    Err(RequestError::TooManyRequests(_)) => {
-                        let _ = done.send(InvokeEnd::Refused);
+                    Err(
+                        e @ (RequestError::TooManyRequests(_) | RequestError::PayloadTooLarge(_)),
+                    ) => {
+                        let _ = done.send(InvokeEnd::Refused(e));
                     }
                     Err(_) => {
                         let _ = done.send(InvokeEnd::Lost);

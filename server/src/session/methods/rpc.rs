@@ -339,7 +339,10 @@ fn call(ctx: &mut Ctx<'_>, raw: &RawValue, mut sink: ChunkSink) -> Result<FlexRe
             InvokeEnd::Error(e) => Err(RequestError::Peer(e)),
             InvokeEnd::TimedOut => Err(RequestError::Timeout),
             InvokeEnd::Lost => Err(RequestError::CalleeLost),
-            InvokeEnd::Refused => Err(RequestError::TooManyRequests(
+            InvokeEnd::Refused(RequestError::PayloadTooLarge(_)) => Err(
+                RequestError::PayloadTooLarge("the invocation exceeds max_frame_size".into()),
+            ),
+            InvokeEnd::Refused(_) => Err(RequestError::TooManyRequests(
                 "the callee has too many calls in flight".into(),
             )),
             InvokeEnd::Overrun => Err(RequestError::Peer(WireError::new(
