@@ -4,7 +4,9 @@
 # WebSocket, the tokio-tungstenite echo floor) and writes
 # bench/results/<date>.json and .md. Every argument goes to `plexus-bench
 # suite` (e.g. `--quick`, `--baseline-plexus /path/to/old/plexus`; see
-# docs/benchmarks.md).
+# docs/benchmarks.md). `bench/run.sh --routed-only` runs only the routed-RPC
+# scenarios (issue 12) beside NATS request/reply, writing
+# bench/results/<date>-routed.*.
 #
 # `bench/run.sh --durable [ARGS]` runs the durable-streams suite instead
 # (`plexus-bench durable ARGS`, a few minutes): Plexus on SQLite and

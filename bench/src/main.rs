@@ -90,6 +90,10 @@ enum Command {
         /// smoke-test the suite itself.
         #[arg(long)]
         rounds: Option<usize>,
+        /// Run only the routed-RPC scenarios (issue 12), writing
+        /// `<date>-routed.json` and `.md`.
+        #[arg(long)]
+        routed_only: bool,
     },
     /// The durable-streams suite: durable publish throughput (1, 16, 64
     /// publishers), catch-up and latency on a durable topic, Plexus on
@@ -216,6 +220,25 @@ enum Command {
         #[arg(long, value_enum, default_value = "plexus")]
         target: Target,
         #[arg(long, default_value_t = 10)]
+        connections: usize,
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 128)]
+        payload: usize,
+        #[arg(long, default_value = "2s")]
+        warmup: humantime::Duration,
+        #[arg(long, default_value = "5s")]
+        duration: humantime::Duration,
+    },
+    /// One routed-RPC run (issue 12): callers × in-flight calls through the
+    /// hub to N callees (`rpc.call` → `rpc.invoke`), or NATS request/reply
+    /// to N responders in a queue group.
+    Routed {
+        #[arg(long, value_enum, default_value = "plexus")]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        callees: usize,
+        #[arg(long, default_value_t = 64)]
         connections: usize,
         #[arg(long, default_value_t = 16)]
         in_flight: usize,
@@ -465,6 +488,34 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             };
             print(&result)?;
         }
+        Command::Routed {
+            target,
+            callees,
+            connections,
+            in_flight,
+            payload,
+            warmup,
+            duration,
+        } => {
+            let cfg = RpcConfig {
+                connections,
+                in_flight,
+                payload,
+                warmup: warmup.into(),
+                duration: duration.into(),
+            };
+            let result = match target {
+                Target::Plexus => {
+                    let hub = hub_binary(cli.plexus)?.start(&hub_args).await?;
+                    plexus::routed(&hub.url(), &cfg, callees).await
+                }
+                Target::Nats => {
+                    nats::request_reply_shared(&NatsServer::start().await?, &cfg, callees).await
+                }
+                Target::Floor => return Err("routed RPC has no floor: use plexus or nats".into()),
+            };
+            print(&result)?;
+        }
         Command::Connections {
             n,
             concurrency,
@@ -629,6 +680,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             stalled_subscribers,
             baseline_plexus,
             rounds,
+            routed_only,
         } => {
             let suite = Suite {
                 quick,
@@ -644,7 +696,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 hub_args,
                 rounds,
             };
-            suite.run().await?;
+            if routed_only {
+                suite.run_routed().await?;
+            } else {
+                suite.run().await?;
+            }
         }
     }
     Ok(())

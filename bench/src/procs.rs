@@ -223,6 +223,27 @@ pub fn token(sub: &str) -> String {
     .unwrap_or_default()
 }
 
+/// A bench token that may also register and call every procedure (routed
+/// RPC, issue 12).
+pub fn rpc_token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 3600;
+    let claims = serde_json::json!({
+        "sub": sub,
+        "exp": exp,
+        "plexus": { "sub": [">"], "pub": [">"], "rpc_register": [">"], "rpc_call": [">"] },
+    });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(BENCH_SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
 /// The echo floor in its own process (`plexus-bench echo-server`).
 #[derive(Debug)]
 pub struct EchoProcess {

@@ -17,6 +17,7 @@ pub mod durable;
 pub mod fanout;
 pub mod frames;
 pub mod preauth;
+pub mod routed;
 pub mod rpc;
 pub mod stalled;
 pub mod storm;
@@ -30,6 +31,7 @@ pub use conn::{
 pub use connections::connections;
 pub use fanout::{close_codes, fanout};
 pub use preauth::{PREAUTH_HUB_ARGS, preauth};
+pub use routed::routed;
 pub use rpc::rpc;
 pub use stalled::{stalled, stalled_hub_args};
 pub use storm::{LISTEN_BACKLOG, reconnect_storm, storm_hub_args};

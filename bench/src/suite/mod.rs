@@ -44,6 +44,9 @@ pub const FANOUT_WINDOW: usize = 64;
 /// hub, not the wait for acknowledgements, binds the publisher.
 pub const LARGE_WINDOW: usize = 1024;
 
+/// The routed-RPC runs: (callers, calls in flight each, callees).
+pub const ROUTED: [(usize, usize, usize); 3] = [(64, 16, 1), (64, 16, 4), (1, 1, 1)];
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Suite {
@@ -151,6 +154,7 @@ impl Suite {
         let mut sink = Sink::default();
         self.fanout(&mut sink).await?;
         self.rpc(&mut sink).await?;
+        self.routed(&mut sink).await?;
         self.connections(&mut sink).await?;
         self.storm(&mut sink).await?;
         self.slow_consumers(&mut sink).await?;
@@ -255,6 +259,48 @@ impl Suite {
             "rpc",
             serde_json::json!({ "config": cfg, "plexus": p, "baseline_plexus": b, "floor": f, "nats": n }),
         );
+        Ok(())
+    }
+
+    /// Runs only the routed-RPC scenarios and writes `<date>-routed.*`.
+    pub async fn run_routed(&self) -> Result<Report, BoxError> {
+        let mut sink = Sink::default();
+        self.routed(&mut sink).await?;
+        let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let report = Report {
+            date,
+            machine: Machine::detect(),
+            rows: sink.rows,
+            binary: self.current.path.display().to_string(),
+            baseline_binary: None,
+            raw: sink.raw.into(),
+        };
+        write_report(&report, &self.out, "-routed")?;
+        Ok(report)
+    }
+
+    /// Routed RPC (issue 12), 128 B, beside NATS request/reply over
+    /// WebSocket to as many responders in a queue group: 64 callers × 16
+    /// in flight to one and to four callees, and one caller × one call.
+    /// The baseline hub is not run (hubs before issue 12 have no `rpc.*`).
+    async fn routed(&self, sink: &mut Sink) -> Result<(), BoxError> {
+        let (warmup, duration) = self.timing();
+        for (callers, in_flight, callees) in ROUTED {
+            eprintln!("routed rpc {callers}×{in_flight} → {callees} callee(s) …");
+            let cfg = RpcConfig {
+                connections: callers,
+                in_flight,
+                payload: 128,
+                warmup,
+                duration,
+            };
+            let (p, n) = self.routed_rounds(&cfg, callees).await?;
+            rows::routed(&mut sink.rows, &cfg, callees, &p, &n);
+            sink.raw(
+                &format!("routed_{callers}x{in_flight}_to_{callees}"),
+                serde_json::json!({ "config": cfg, "callees": callees, "plexus": p, "nats": n }),
+            );
+        }
         Ok(())
     }
 

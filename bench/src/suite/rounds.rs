@@ -76,6 +76,29 @@ impl Suite {
         ))
     }
 
+    /// Routed RPC through the current hub and NATS request/reply,
+    /// alternated: the median calls/s run, with the median p99.
+    pub(super) async fn routed_rounds(
+        &self,
+        cfg: &RpcConfig,
+        callees: usize,
+    ) -> Result<(RpcResult, RpcResult), BoxError> {
+        let args = self.args(&[]);
+        let (mut ps, mut ns) = (Vec::new(), Vec::new());
+        for _ in 0..self.rounds() {
+            let hub = self.current.start(&args).await?;
+            ps.push(plexus::routed(&hub.url(), cfg, callees).await);
+            drop(hub);
+            ns.push(nats::request_reply_shared(&NatsServer::start().await?, cfg, callees).await);
+        }
+        let combine = |runs: &[RpcResult]| {
+            let mut r = median_by(runs, |r| r.calls_per_sec);
+            r.latency = median_by(runs, |r| r.latency.p99_us).latency;
+            r
+        };
+        Ok((combine(&ps), combine(&ns)))
+    }
+
     /// The reconnect storm against Plexus (current, then baseline) and
     /// NATS, alternated; the run with the median total, with the
     /// per-client percentiles of the median-p99 run.

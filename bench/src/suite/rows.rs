@@ -139,6 +139,59 @@ pub(super) fn rpc(
     );
 }
 
+/// Routed RPC beside NATS request/reply: calls/s (target ≥ 1.5× NATS at
+/// 64×16) and p99 (≤ NATS), p50 for one call in flight.
+pub(super) fn routed(
+    rows: &mut Vec<Row>,
+    cfg: &crate::scenario::RpcConfig,
+    callees: usize,
+    p: &RpcResult,
+    n: &RpcResult,
+) {
+    let name = format!(
+        "routed rpc {}×{} → {callees} callee(s)",
+        cfg.connections, cfg.in_flight
+    );
+    let saturating = cfg.connections * cfg.in_flight > 1;
+    let mut calls = Row::new(
+        &format!("{name}: calls/s"),
+        p.calls_per_sec,
+        "nats",
+        n.calls_per_sec,
+        true,
+    );
+    if saturating {
+        calls = calls.target("≥ 1.5× NATS", p.calls_per_sec >= 1.5 * n.calls_per_sec);
+    }
+    rows.push(calls);
+    if !saturating {
+        rows.push(Row::new(
+            &format!("{name}: p50 µs"),
+            p.latency.p50_us,
+            "nats",
+            n.latency.p50_us,
+            false,
+        ));
+    }
+    rows.push(
+        Row::new(
+            &format!("{name}: p99 µs"),
+            p.latency.p99_us,
+            "nats",
+            n.latency.p99_us,
+            false,
+        )
+        .target("≤ NATS", p.latency.p99_us <= n.latency.p99_us),
+    );
+    rows.push(Row::new(
+        &format!("{name}: errors"),
+        p.errors as f64,
+        "nats",
+        n.errors as f64,
+        false,
+    ));
+}
+
 pub(super) fn storm(
     rows: &mut Vec<Row>,
     p: &StormResult,
