@@ -69,6 +69,7 @@ mod deliver;
 mod driver;
 mod durable;
 mod error;
+mod rpc;
 mod serve;
 mod state;
 mod subscription;
@@ -84,6 +85,10 @@ pub use durable::{
 };
 pub use error::{Cause, Error};
 pub use plexus_protocol::{self as protocol, RawValue};
+pub use rpc::{
+    CallOptions, Caller, DEFAULT_RPC_CONCURRENCY, Invocation, MAX_RPC_CONCURRENCY,
+    RPC_TIMEOUT_SLACK, RegisterOptions, Registration,
+};
 pub use state::{CloseStatus, ConnectionState};
 pub use subscription::{Event, Publication, Subscription};
 pub use sync::{
