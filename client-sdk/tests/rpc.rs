@@ -477,3 +477,46 @@ async fn registrations_are_restored_after_a_reconnect() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_caller_that_leaves_interrupts_the_handler() {
+    let h = TestHub::start(|_| {}).await;
+    let svc = client(&h, "svc-a").await;
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let _reg = svc.register("svc.slow", hang(tx)).await.unwrap();
+    let c = client(&h, "carol").await;
+    let call = {
+        let c = c.clone();
+        tokio::spawn(async move { c.rpc_call("svc.slow", &()).await })
+    };
+    assert_eq!(next_event(&mut events).await, "started");
+    c.close().await;
+    assert_eq!(next_event(&mut events).await, "dropped");
+    let r = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+    assert_eq!(r.unwrap_err(), Error::ConnectionLost);
+}
+
+#[tokio::test]
+async fn an_affinity_key_always_reaches_the_same_callee() {
+    let h = TestHub::start(|_| {}).await;
+    let opts = || RegisterOptions::new().policy(Policy::Affinity);
+    let a = client(&h, "svc-a").await;
+    let b = client(&h, "svc-b").await;
+    let _ra = a
+        .register_with("svc.aff", opts(), |_inv| async { Ok::<_, WireError>("a") })
+        .await
+        .unwrap();
+    let _rb = b
+        .register_with("svc.aff", opts(), |_inv| async { Ok::<_, WireError>("b") })
+        .await
+        .unwrap();
+    let c = client(&h, "carol").await;
+    for k in ["k1", "k2", "k3", "k4", "k5", "k6"] {
+        let with_key = CallOptions::new().key(k);
+        let first = c.rpc_call_with("svc.aff", &(), &with_key).await.unwrap();
+        for _ in 0..3 {
+            let again = c.rpc_call_with("svc.aff", &(), &with_key).await.unwrap();
+            assert_eq!(again, first, "key {k} moved");
+        }
+    }
+}
