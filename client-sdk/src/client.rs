@@ -44,8 +44,9 @@ pub(crate) struct Inner {
 
 /// A connection to a Plexus hub. Cheap to clone; all clones share one
 /// connection. The connection closes when [`Client::close`] is called, or
-/// when the last clone and every [`Subscription`] and [`ChunkStream`] are
-/// dropped (they keep the connection alive too).
+/// when the last clone and every [`Subscription`], [`ChunkStream`] and
+/// [`Registration`](crate::Registration) are dropped (they keep the
+/// connection alive too).
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,

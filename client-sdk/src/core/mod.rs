@@ -17,8 +17,9 @@
 //! Here: the types, the outputs and the inputs. `inbound` handles frames
 //! from the hub, `outbound` the window, queues and limits of what goes
 //! out, `lifecycle` attempts, ends, backoff and closing for good; the
-//! state it keeps is in `requests`, `subs` and `served`, the close-code
-//! rule in `policy`.
+//! state it keeps is in `requests`, `subs`, `served` and `rpc` (routed
+//! procedures registered here and their invocations), the close-code rule
+//! in `policy`.
 //!
 //! A connection goes through these phases:
 //!
