@@ -329,6 +329,7 @@ async fn a_callee_that_leaves_mid_call_fails_the_call_with_callee_lost_at_once()
     let r = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
     assert_eq!(code(r), ErrorCode::CalleeLost);
     let took = t.elapsed();
+    eprintln!("callee_lost {took:?} after the callee began to close");
     assert!(took < Duration::from_secs(1), "callee_lost after {took:?}");
     assert_eq!(code(c.rpc_call("svc.x", &()).await), ErrorCode::NoCallee);
 }
@@ -519,4 +520,29 @@ async fn an_affinity_key_always_reaches_the_same_callee() {
             assert_eq!(again, first, "key {k} moved");
         }
     }
+}
+
+#[tokio::test]
+async fn a_callee_whose_connection_breaks_mid_call_fails_the_call_with_callee_lost() {
+    let h = TestHub::start(|_| {}).await;
+    let proxy = CutProxy::start(h.addr()).await;
+    let svc = builder(proxy.url(), "svc-a").connect().await.unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let _reg = svc.register("svc.x", hang(tx)).await.unwrap();
+    let c = client(&h, "carol").await;
+    let call = {
+        let c = c.clone();
+        tokio::spawn(async move { c.rpc_call("svc.x", &()).await })
+    };
+    assert_eq!(next_event(&mut events).await, "started");
+    let t = Instant::now();
+    // A crash as the network sees it: both sockets gone, no close frame.
+    proxy.cut();
+    let r = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+    let took = t.elapsed();
+    assert_eq!(code(r), ErrorCode::CalleeLost);
+    eprintln!("callee_lost {took:?} after the cut");
+    assert!(took < Duration::from_secs(1), "callee_lost after {took:?}");
+    // The callee's handler was dropped with its connection.
+    assert_eq!(next_event(&mut events).await, "dropped");
 }
