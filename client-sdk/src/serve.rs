@@ -118,7 +118,23 @@ async fn run_stream(
                 }
                 None => continue,
             },
-            Ok(Some(Err(e))) => Output::Done(Err(e)),
+            Ok(Some(Err(e))) => {
+                // The item held back goes first: chunks before the error
+                // stand.
+                if let Some(prev) = held.take() {
+                    if let Some(c) = &credit {
+                        std::future::poll_fn(|cx| c.poll_take(cx)).await;
+                    }
+                    let chunk = Output::Chunk {
+                        data: prev,
+                        fin: false,
+                    };
+                    if tx.send((serial, chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                Output::Done(Err(e))
+            }
             // An empty stream ends with a final chunk of null.
             Ok(None) => Output::Chunk {
                 data: held.take().unwrap_or_default(),

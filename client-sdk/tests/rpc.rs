@@ -546,3 +546,54 @@ async fn a_callee_whose_connection_breaks_mid_call_fails_the_call_with_callee_lo
     // The callee's handler was dropped with its connection.
     assert_eq!(next_event(&mut events).await, "dropped");
 }
+
+#[tokio::test]
+async fn a_stream_that_fails_midway_and_a_panicking_handler_answer_errors() {
+    let h = TestHub::start(|_| {}).await;
+    let svc = client(&h, "svc-a").await;
+    let _s = svc
+        .register_stream("svc.partial", RegisterOptions::new(), |_inv| {
+            futures_util::stream::iter(vec![
+                Ok(1u8),
+                Ok(2u8),
+                Err(WireError::new(ErrorCode::from_name("disk_full"), "no room")),
+            ])
+        })
+        .await
+        .unwrap();
+    let _p = svc
+        .register("svc.panics", |_inv| async {
+            if true {
+                panic!("handler bug");
+            }
+            Ok::<_, WireError>(0u8)
+        })
+        .await
+        .unwrap();
+    let c = client(&h, "carol").await;
+    let mut s = c
+        .rpc_call_stream("svc.partial", &(), &CallOptions::new())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = tokio::time::timeout(WAIT, s.next()).await.unwrap() {
+        got.push(item.map(|v| v.decode::<u8>().unwrap()));
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0], Ok(1));
+    assert_eq!(got[1], Ok(2));
+    assert_eq!(
+        got[2].as_ref().unwrap_err().code(),
+        Some(&ErrorCode::from_name("disk_full"))
+    );
+    assert_eq!(
+        code(c.rpc_call("svc.panics", &()).await),
+        ErrorCode::Internal
+    );
+    // The callee still serves.
+    let mut s = c
+        .rpc_call_stream("svc.partial", &(), &CallOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(s.next().await.unwrap().unwrap().decode::<u8>().unwrap(), 1);
+}
