@@ -176,6 +176,37 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// An invocation made by hand, to unit-test a handler without a hub
+    /// (`call` and `registration` are 0).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use plexus_client::{Caller, Invocation, RawValue};
+    /// let inv = Invocation::new(
+    ///     "svc.resize",
+    ///     RawValue::encode(&("img-42", 256u32)).unwrap(),
+    ///     Caller::new("carol"),
+    ///     Instant::now() + Duration::from_secs(5),
+    /// );
+    /// let (image, width): (String, u32) = inv.decode().unwrap();
+    /// assert_eq!((image.as_str(), width), ("img-42", 256));
+    /// ```
+    pub fn new(
+        procedure: impl Into<String>,
+        params: RawValue,
+        caller: Caller,
+        deadline: std::time::Instant,
+    ) -> Invocation {
+        Invocation {
+            procedure: procedure.into(),
+            params,
+            caller,
+            deadline,
+            call: 0,
+            registration: 0,
+        }
+    }
+
     /// Decodes the params.
     ///
     /// ```
