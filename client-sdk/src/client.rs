@@ -44,8 +44,9 @@ pub(crate) struct Inner {
 
 /// A connection to a Plexus hub. Cheap to clone; all clones share one
 /// connection. The connection closes when [`Client::close`] is called, or
-/// when the last clone and every [`Subscription`] and [`ChunkStream`] are
-/// dropped (they keep the connection alive too).
+/// when the last clone and every [`Subscription`], [`ChunkStream`] and
+/// [`Registration`](crate::Registration) are dropped (they keep the
+/// connection alive too).
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
@@ -62,7 +63,7 @@ impl std::fmt::Debug for Client {
 
 /// Reports the call abandoned if its future is dropped before its answer
 /// (the task then removes it from the queue, or sends `cancel`).
-struct CancelOnDrop<'a> {
+pub(crate) struct CancelOnDrop<'a> {
     id: u64,
     reaper: &'a Reaper,
     armed: bool,
@@ -102,7 +103,7 @@ impl Client {
     }
 
     /// The error for a client whose task has ended.
-    fn closed(&self) -> Error {
+    pub(crate) fn closed(&self) -> Error {
         match &*self.inner.state.borrow() {
             ConnectionState::Closed { code, .. } => {
                 Error::Closed(code.and_then(crate::CloseStatus::known))
@@ -111,11 +112,11 @@ impl Client {
         }
     }
 
-    async fn send(&self, cmd: Command) -> Result<(), Error> {
+    pub(crate) async fn send(&self, cmd: Command) -> Result<(), Error> {
         self.inner.cmd.send(cmd).await.map_err(|_| self.closed())
     }
 
-    fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.inner.ids.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -162,7 +163,7 @@ impl Client {
     }
 
     /// Sends a request and waits for its answer within `timeout`.
-    async fn submit(
+    pub(crate) async fn submit(
         &self,
         id: u64,
         frame: Bytes,
@@ -629,7 +630,7 @@ impl Client {
         Fut: Future<Output = Result<RawValue, WireError>> + Send + 'static,
     {
         let handler = Handler::Unary(Arc::new(move |params| handler(params).boxed()));
-        self.register(method.into(), handler).await
+        self.serve_handler(method.into(), handler).await
     }
 
     /// Like [`serve`](Self::serve), with a handler whose answer streams as
@@ -659,10 +660,10 @@ impl Client {
         S: Stream<Item = Result<RawValue, WireError>> + Send + 'static,
     {
         let handler = Handler::Stream(Arc::new(move |params| handler(params).boxed()));
-        self.register(method.into(), handler).await
+        self.serve_handler(method.into(), handler).await
     }
 
-    async fn register(&self, method: String, handler: Handler) -> Result<(), Error> {
+    async fn serve_handler(&self, method: String, handler: Handler) -> Result<(), Error> {
         let (tx, rx) = reply();
         self.send(Command::Serve {
             method,

@@ -128,6 +128,10 @@ pub(crate) struct ChunkQueue {
     state: Mutex<ChunkState>,
     capacity: usize,
     consumer_gone: AtomicBool,
+    /// Set for a paced queue (routed RPC's progressive results): the
+    /// connection stops reading while it is full instead of breaking the
+    /// stream, and the consumer wakes the connection when it makes room.
+    paced: Option<Arc<Reaper>>,
 }
 
 impl ChunkQueue {
@@ -141,7 +145,33 @@ impl ChunkQueue {
             }),
             capacity: capacity.max(1),
             consumer_gone: AtomicBool::new(false),
+            paced: None,
         }
+    }
+
+    /// A paced queue of at most `capacity` chunks: while it is full the
+    /// connection reads nothing (so the hub, and through its credit the
+    /// callee, wait for the consumer); a read that makes room wakes the
+    /// connection through `reaper`.
+    pub(crate) fn paced(capacity: usize, reaper: Arc<Reaper>) -> ChunkQueue {
+        let mut q = ChunkQueue::new(capacity);
+        q.paced = Some(reaper);
+        q
+    }
+
+    /// Whether this queue is paced.
+    pub(crate) fn is_paced(&self) -> bool {
+        self.paced.is_some()
+    }
+
+    /// Whether the consumer must make room before more is read: full,
+    /// not ended and still consumed.
+    pub(crate) fn is_full(&self) -> bool {
+        if self.consumer_gone.load(Ordering::Acquire) {
+            return false;
+        }
+        let s = lock(&self.state);
+        s.end.is_none() && s.items.len() >= self.capacity
     }
 
     /// Queues one chunk's data.
@@ -190,7 +220,12 @@ impl ChunkQueue {
     /// The next item: data, then the terminal error if any, then `None`.
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<RawValue, Error>>> {
         let mut s = lock(&self.state);
+        let was_full = s.items.len() >= self.capacity;
         if let Some(v) = s.items.pop_front() {
+            drop(s);
+            if was_full && let Some(r) = &self.paced {
+                r.wake();
+            }
             return Poll::Ready(Some(Ok(v)));
         }
         match &mut s.end {
@@ -224,6 +259,68 @@ pub(crate) enum Dropped {
     Call(u64),
     /// A [`Subscription`](crate::Subscription): its local id.
     Subscription(u64),
+    /// A [`Registration`](crate::Registration): its local id.
+    Registration(u64),
+}
+
+struct CreditState {
+    chunks: u64,
+    waker: Option<Waker>,
+}
+
+/// The credit of one invocation of a routed procedure (§25.7): chunks
+/// its handler may still send. The core adds to it (`window`, then each
+/// `rpc.credit`); the handler's task takes one before each non-final
+/// chunk, waiting while there is none.
+pub(crate) struct Credit {
+    state: Mutex<CreditState>,
+}
+
+impl Credit {
+    /// A credit of `window` chunks.
+    pub(crate) fn new(window: u64) -> Credit {
+        Credit {
+            state: Mutex::new(CreditState {
+                chunks: window,
+                waker: None,
+            }),
+        }
+    }
+
+    /// Grants `chunks` more.
+    pub(crate) fn add(&self, chunks: u64) {
+        let waker = {
+            let mut s = lock(&self.state);
+            s.chunks = s.chunks.saturating_add(chunks);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Takes one chunk of credit, or registers to be woken when some comes.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = lock(&self.state);
+        if s.chunks > 0 {
+            s.chunks -= 1;
+            return Poll::Ready(());
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// What is left (tests).
+    #[cfg(test)]
+    pub(crate) fn left(&self) -> u64 {
+        lock(&self.state).chunks
+    }
+}
+
+impl std::fmt::Debug for Credit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credit").finish_non_exhaustive()
+    }
 }
 
 /// Where handles report that they were dropped, and where `close` is
@@ -312,5 +409,40 @@ mod tests {
         assert!(matches!(q.poll_next(&mut cx), Poll::Ready(Some(Err(_)))));
         assert!(matches!(q.poll_next(&mut cx), Poll::Ready(None)));
         assert_eq!(q.push(one), Push::Gone);
+    }
+
+    #[test]
+    fn credit_is_taken_one_chunk_at_a_time_and_wakes_when_granted() {
+        let c = Credit::new(1);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(c.poll_take(&mut cx).is_ready());
+        assert!(c.poll_take(&mut cx).is_pending(), "no credit left");
+        c.add(2);
+        assert_eq!(c.left(), 2);
+        assert!(c.poll_take(&mut cx).is_ready());
+        assert!(c.poll_take(&mut cx).is_ready());
+        assert!(c.poll_take(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_paced_queue_reports_full_and_wakes_the_connection_on_room() {
+        let reaper = Arc::new(Reaper::default());
+        let q = ChunkQueue::paced(2, reaper);
+        let one = RawValue::encode(&1u8).unwrap();
+        assert!(q.is_paced());
+        assert_eq!(q.push(one.clone()), Push::Queued);
+        assert!(!q.is_full());
+        assert_eq!(q.push(one), Push::Queued);
+        assert!(q.is_full());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(q.poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert!(!q.is_full());
+        q.abandon();
+        assert!(
+            !q.is_full(),
+            "a dropped consumer never holds the connection"
+        );
     }
 }

@@ -170,6 +170,22 @@ impl Driver {
                     let handle = serve::spawn(serial, handler, params, self.served_tx.clone());
                     self.served.insert(serial, handle);
                 }
+                Action::Invoke {
+                    serial,
+                    handler,
+                    invocation,
+                    credit,
+                } => {
+                    self.served.retain(|_, h| !h.is_finished());
+                    let handle = serve::spawn_invocation(
+                        serial,
+                        handler,
+                        invocation,
+                        credit,
+                        self.served_tx.clone(),
+                    );
+                    self.served.insert(serial, handle);
+                }
                 Action::Abort(serial) => {
                     if let Some(h) = self.served.remove(&serial) {
                         h.abort();

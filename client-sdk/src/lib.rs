@@ -43,7 +43,10 @@
 //! `durable` (durable subscriptions, the position store, idempotent
 //! publish), `sync` (record sync: the [`Space`] handle, live changes, the
 //! client HLC, and with the feature `local-replica` the SQLite-backed
-//! offline-first `Replica` — see `docs/sdk.md` §17),
+//! offline-first `Replica` — see `docs/sdk.md` §17), `rpc` (routed RPC:
+//! [`Client::register`] offers a procedure through the hub, with
+//! credit-paced progressive results, and [`Client::rpc_call`] /
+//! [`Client::rpc_call_stream`] call one — see `docs/sdk.md` §18),
 //! `core`, `driver`, `backoff`, `error`, `state`.
 //!
 //! Guarantees: a call in flight when the connection drops fails with
@@ -53,7 +56,7 @@
 //! calls made while reconnecting wait for the connection (within their
 //! timeout, up to a bound); every subscription is renewed on reconnect,
 //! and every [`DurableSubscription`] resumes from its position with no gap
-//! and no duplicate; a consumer of a plain [`Subscription`] that falls
+//! and no duplicate; every [`Registration`] is registered again; a consumer of a plain [`Subscription`] that falls
 //! behind sees [`Event::Lagged`]; every
 //! buffer and queue has a named bound (`docs/sdk.md` lists them). See
 //! `docs/sdk.md`.
@@ -69,6 +72,7 @@ mod deliver;
 mod driver;
 mod durable;
 mod error;
+mod rpc;
 mod serve;
 mod state;
 mod subscription;
@@ -84,6 +88,10 @@ pub use durable::{
 };
 pub use error::{Cause, Error};
 pub use plexus_protocol::{self as protocol, RawValue};
+pub use rpc::{
+    CallOptions, Caller, DEFAULT_RPC_CONCURRENCY, Invocation, MAX_RPC_CONCURRENCY,
+    RPC_TIMEOUT_SLACK, RegisterOptions, Registration,
+};
 pub use state::{CloseStatus, ConnectionState};
 pub use subscription::{Event, Publication, Subscription};
 pub use sync::{

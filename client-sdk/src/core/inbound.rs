@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use plexus_protocol::methods::rpc::{Credit, CreditParams, Invoke, InvokeParams, RegisterResult};
 use plexus_protocol::methods::{
     AuthRefresh, AuthResult, Cancel, CancelParams, ClosingParams, PresenceSet, PresenceSetParams,
     ServerLimits,
@@ -16,12 +17,14 @@ use plexus_protocol::{
 use tracing::debug;
 
 use super::lifecycle::End;
+use super::rpc::Refused;
 use super::served::Admit;
 use super::{
     Action, CLOSE_REPLY_WAIT, CLOSING_GRACE, Core, Outcome, Pending, Phase, Refresh, policy,
 };
 use crate::deliver::Push;
 use crate::error::Error;
+use crate::rpc::Invocation;
 use crate::state::{CloseStatus, ConnectionState};
 
 impl Core {
@@ -73,10 +76,15 @@ impl Core {
                         self.on_server_cancel(p.id);
                     }
                 }
+                _ if n.method == Credit::NAME => {
+                    if let Ok(p) = n.params.decode::<CreditParams>() {
+                        self.rpc.credit(p.call, p.chunks);
+                    }
+                }
                 // Unknown notifications are ignored, as the spec requires.
                 _ => {}
             },
-            Frame::Request(r) => self.on_server_request(r),
+            Frame::Request(r) => self.on_server_request(now, r),
         }
     }
 
@@ -137,6 +145,23 @@ impl Core {
             Pending::Publish { seq, reply, .. } => {
                 reply.send(super::durable::publish_answer(seq, r.outcome));
             }
+            Pending::Register(local) => {
+                let outcome = match r.outcome {
+                    Ok(v) => v
+                        .decode::<RegisterResult>()
+                        .map(|r| r.registration)
+                        .map_err(|e| Error::decode("decode the rpc.register result", e)),
+                    Err(e) => Err(Error::Remote(e)),
+                };
+                let (unregister, retry) = self.rpc.answered(local, outcome);
+                if let Some(id) = unregister {
+                    self.unregister(id);
+                }
+                if retry {
+                    let at = now + super::rpc::RENEW_RETRY;
+                    self.rpc.retry_at = Some(self.rpc.retry_at.map_or(at, |t| t.min(at)));
+                }
+            }
             Pending::Background(method) => {
                 if method == AuthRefresh::NAME {
                     self.refresh = Refresh::Idle;
@@ -166,6 +191,11 @@ impl Core {
                             *next_seq += 1;
                             if c.fin {
                                 queue.finish(None);
+                            } else if queue.is_paced() && queue.is_full() {
+                                // Read nothing more until its consumer
+                                // makes room (the hub and the callee wait).
+                                self.paced_full.retain(|q| q.is_full());
+                                self.paced_full.push(queue.clone());
                             }
                             false
                         }
@@ -276,6 +306,7 @@ impl Core {
             self.subscribe(pattern, presence);
         }
         self.renew_durables();
+        self.renew_registrations();
         if let Some(info) = self.presence_info.clone() {
             self.enqueue(
                 PresenceSet::NAME,
@@ -315,9 +346,12 @@ impl Core {
         self.end(now, outcome, End::Linger(CLOSE_REPLY_WAIT));
     }
 
-    pub(super) fn on_server_request(&mut self, r: Request) {
+    pub(super) fn on_server_request(&mut self, now: Instant, r: Request) {
         if !matches!(self.phase, Phase::Connected { .. }) {
             return;
+        }
+        if r.method == Invoke::NAME {
+            return self.on_invoke(now, r);
         }
         match self.served.admit(r.id, &r.method) {
             Admit::NotServed => self.reply_error(
@@ -343,8 +377,60 @@ impl Core {
         }
     }
 
+    /// `rpc.invoke`: an invocation of one of this client's registrations.
+    fn on_invoke(&mut self, now: Instant, r: Request) {
+        let p = match r.params.decode::<InvokeParams<'_>>() {
+            Ok(p) => p,
+            Err(e) => {
+                return self.reply_error(
+                    r.id,
+                    WireError::new(ErrorCode::InvalidParams, format!("rpc.invoke params: {e}")),
+                );
+            }
+        };
+        let served = &mut self.served;
+        let admitted = self.rpc.admit(
+            p.registration,
+            || served.admit_invocation(r.id),
+            p.call,
+            p.window,
+        );
+        match admitted {
+            Err(Refused::Unknown) => self.reply_error(
+                r.id,
+                // The registration was just dropped: nobody serves it here.
+                WireError::new(ErrorCode::NoCallee, "the registration was withdrawn"),
+            ),
+            Err(Refused::Busy) => self.reply_error(
+                r.id,
+                WireError::new(
+                    ErrorCode::TooManyRequests,
+                    "the registration has max_concurrency invocations running",
+                ),
+            ),
+            Ok(None) => debug!(id = r.id, "the hub reused a request id in flight"),
+            Ok(Some((serial, admitted))) => {
+                let invocation = Invocation {
+                    procedure: p.procedure.to_owned(),
+                    params: RawValue::encode(&p.params).unwrap_or_default(),
+                    caller: p.caller,
+                    deadline: now + Duration::from_millis(p.deadline_ms),
+                    call: p.call,
+                    registration: p.registration,
+                };
+                self.actions.push_back(Action::Invoke {
+                    serial,
+                    handler: admitted.handler,
+                    invocation,
+                    credit: admitted.credit,
+                });
+            }
+        }
+    }
+
     pub(super) fn on_server_cancel(&mut self, id: u64) {
         if let Some(serial) = self.served.cancel(id) {
+            self.rpc.finished(serial);
             self.actions.push_back(Action::Abort(serial));
             // Exactly one terminal frame per request (§8).
             self.reply_error(

@@ -66,6 +66,8 @@ impl Core {
             self.actions.push_back(Action::AbortAllServed);
         }
         self.served.connection_lost();
+        self.rpc.connection_lost();
+        self.paced_full.clear();
         self.subs.connection_lost();
         if !matches!(self.refresh, Refresh::Idle) {
             self.actions.push_back(Action::AbandonRefresh);
@@ -139,6 +141,7 @@ impl Core {
         }
         self.subs.finish(&error);
         self.durable.finish(&error);
+        self.rpc.finish(&error);
         self.actions
             .push_back(Action::State(ConnectionState::Closed {
                 code,

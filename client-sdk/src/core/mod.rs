@@ -17,8 +17,9 @@
 //! Here: the types, the outputs and the inputs. `inbound` handles frames
 //! from the hub, `outbound` the window, queues and limits of what goes
 //! out, `lifecycle` attempts, ends, backoff and closing for good; the
-//! state it keeps is in `requests`, `subs` and `served`, the close-code
-//! rule in `policy`.
+//! state it keeps is in `requests`, `subs`, `served` and `rpc` (routed
+//! procedures registered here and their invocations), the close-code rule
+//! in `policy`.
 //!
 //! A connection goes through these phases:
 //!
@@ -34,6 +35,7 @@ mod lifecycle;
 mod outbound;
 mod policy;
 mod requests;
+mod rpc;
 mod served;
 mod subs;
 #[cfg(test)]
@@ -54,7 +56,7 @@ use plexus_protocol::{ErrorCode, NotificationMethod, RawValue, RpcMethod, WireEr
 use tracing::debug;
 
 use crate::backoff::Backoff;
-use crate::deliver::{Dropped, ReplyTx};
+use crate::deliver::{ChunkQueue, Credit, Dropped, ReplyTx};
 use crate::durable::{DurableQueue, PublishAck, PublishOptions, StreamPosition};
 use crate::error::{Cause, Error};
 use crate::state::{CloseStatus, ConnectionState};
@@ -64,8 +66,10 @@ use durable::{AfterDrop, Durables};
 use lifecycle::End;
 pub(crate) use requests::Pending;
 use requests::{Held, QueueFull, Requests};
+pub(crate) use rpc::RegSpec;
+use rpc::Rpc;
 use served::Served;
-pub(crate) use served::{Handler, Output};
+pub(crate) use served::{Handler, Output, RpcHandler};
 use subs::Subs;
 
 /// A session that lasted this long resets the backoff to its first step.
@@ -191,6 +195,19 @@ pub(crate) enum Command {
         /// The method name.
         method: String,
     },
+    /// Register a routed procedure (and again after every reconnect).
+    Register {
+        /// Its local id (from the counter of subscriptions).
+        local: u64,
+        /// What `rpc.register` is sent with.
+        spec: RegSpec,
+        /// Its handler.
+        handler: RpcHandler,
+        /// Its hub id on the current connection, for the handle.
+        status: tokio::sync::watch::Sender<Option<u64>>,
+        /// Answered once the hub registered (or refused) it the first time.
+        reply: ReplyTx<Result<(), Error>>,
+    },
 }
 
 /// A message read from the socket.
@@ -238,6 +255,18 @@ pub(crate) enum Action {
         handler: Handler,
         /// The hub's params.
         params: RawValue,
+    },
+    /// Run an invocation of a routed procedure; feed its outputs to
+    /// [`Core::handle_served`].
+    Invoke {
+        /// The request's local serial.
+        serial: u64,
+        /// Its handler.
+        handler: RpcHandler,
+        /// What the handler gets.
+        invocation: crate::rpc::Invocation,
+        /// Its credit, which the core grows on `rpc.credit`.
+        credit: Arc<Credit>,
     },
     /// Drop the running served request `serial` (the hub cancelled it).
     Abort(u64),
@@ -312,6 +341,11 @@ pub(crate) struct Core {
     /// When to send again the resumes refused with a retryable error.
     durable_retry: Option<Instant>,
     served: Served,
+    /// Routed procedures registered here, and their invocations.
+    rpc: Rpc,
+    /// Paced chunk queues (routed calls' progressive results) that were
+    /// full when last pushed to: the socket is not read while one is.
+    paced_full: Vec<Arc<ChunkQueue>>,
     presence_info: Option<RawValue>,
     refresh: Refresh,
     transmit: VecDeque<(Transmit, bool)>,
@@ -333,6 +367,8 @@ impl Core {
         let mut core = Core {
             requests: Requests::new(cfg.max_queued, cfg.max_in_flight),
             served: Served::new(cfg.max_served),
+            rpc: Rpc::default(),
+            paced_full: Vec::new(),
             durable: Durables::new(cfg.producer.clone(), cfg.first_seq),
             durable_retry: None,
             cfg,
@@ -401,6 +437,10 @@ impl Core {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let refresh = match (refresh, self.rpc.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match (phase, refresh) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -410,7 +450,9 @@ impl Core {
     /// Whether the task should read from the socket: false while the
     /// answers to the hub's requests fill [`MAX_QUEUED_REPLIES`].
     pub(crate) fn wants_read(&self) -> bool {
-        self.queued_replies < MAX_QUEUED_REPLIES && !self.durable.any_full()
+        self.queued_replies < MAX_QUEUED_REPLIES
+            && !self.durable.any_full()
+            && !self.paced_full.iter().any(|q| q.is_full())
     }
 
     /// Whether the task should take more commands: false while connected
@@ -551,6 +593,25 @@ impl Core {
             Command::Unserve { method } => {
                 self.served.unregister(&method);
             }
+            Command::Register {
+                local,
+                spec,
+                handler,
+                status,
+                reply,
+            } => {
+                if self.is_closed() {
+                    reply.send(Err(Error::Closed(
+                        self.final_code.and_then(CloseStatus::known),
+                    )));
+                    return;
+                }
+                self.rpc.add(local, spec, handler, status, reply);
+                if self.sendable() {
+                    self.renew_registrations();
+                    self.release();
+                }
+            }
         }
     }
 
@@ -580,6 +641,13 @@ impl Core {
                     && self.sendable()
                 {
                     self.unsubscribe(pattern);
+                }
+            }
+            Dropped::Registration(local) => {
+                if let Some(id) = self.rpc.dropped(local)
+                    && self.sendable()
+                {
+                    self.unregister(id);
                 }
             }
         }
@@ -715,6 +783,9 @@ impl Core {
         let Some((id, seq)) = self.served.route(serial, &output) else {
             return;
         };
+        if self.rpc.has_invocations() && !self.served.is_running(serial) {
+            self.rpc.finished(serial);
+        }
         let frame = match output {
             Output::Chunk { data, fin } => encode_chunk(id, seq, fin, &data),
             Output::Done(Ok(v)) => plexus_protocol::frame::encode_result(id, &v),
@@ -732,6 +803,7 @@ impl Core {
                 // request ends with an error instead (chunks sent before
                 // it stand, as §7.2 allows).
                 self.served.end(serial);
+                self.rpc.finished(serial);
                 encode_error(
                     id,
                     &WireError::new(
@@ -742,6 +814,7 @@ impl Core {
             }
             Err(_) => {
                 self.served.end(serial);
+                self.rpc.finished(serial);
                 encode_error(
                     id,
                     &WireError::new(ErrorCode::Internal, "the answer could not be encoded"),
@@ -761,6 +834,16 @@ impl Core {
             self.durable_retry = None;
             if self.sendable() {
                 self.renew_durables();
+                self.release();
+            }
+        }
+        if let Some(at) = self.rpc.retry_at
+            && at <= now
+        {
+            self.rpc.retry_at = None;
+            self.rpc.retry_refused();
+            if self.sendable() {
+                self.renew_registrations();
                 self.release();
             }
         }

@@ -3,6 +3,7 @@
 
 use minicbor::Encode;
 use plexus_protocol::frame::{encode_error, encode_notification, encode_request};
+use plexus_protocol::methods::rpc::{Register, Unregister, UnregisterParams};
 use plexus_protocol::methods::{Since, Subscribe, SubscribeParams, Unsubscribe, UnsubscribeParams};
 use plexus_protocol::{DecodeError, DecodeLimits, RpcMethod, WireError};
 use tracing::debug;
@@ -132,6 +133,23 @@ impl Core {
                 Err(e) => debug!(error = %e, "could not encode a durable subscribe"),
             }
         }
+    }
+
+    /// Queues the `rpc.register` of every registration waiting for this
+    /// connection; [`release`](Self::release) sends them.
+    pub(super) fn renew_registrations(&mut self) {
+        for (local, spec) in self.rpc.unsent() {
+            self.enqueue(Register::NAME, &spec.params(), Pending::Register(local));
+        }
+    }
+
+    /// Sends `rpc.unregister` for hub registration `id`.
+    pub(super) fn unregister(&mut self, id: u64) {
+        self.request(
+            Unregister::NAME,
+            &UnregisterParams::new(id),
+            Pending::Background(Unregister::NAME),
+        );
     }
 
     pub(super) fn unsubscribe(&mut self, pattern: String) {

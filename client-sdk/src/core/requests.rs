@@ -52,6 +52,9 @@ pub(crate) enum Pending {
         /// The caller.
         reply: ReplyTx<Result<PublishAck, Error>>,
     },
+    /// The `rpc.register` (first, or renewed) of the registration with
+    /// this local id.
+    Register(u64),
     /// A background request whose answer is only logged: `unsubscribe`,
     /// `auth.refresh`, the `presence.set` restored after a reconnect.
     Background(&'static str),
@@ -69,6 +72,7 @@ impl Pending {
             Pending::Publish { reply, .. } => reply.send(Err(err)),
             Pending::Subscribe(_)
             | Pending::Durable(_)
+            | Pending::Register(_)
             | Pending::Background(_)
             | Pending::Abandoned => {}
         }

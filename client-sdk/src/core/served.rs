@@ -21,6 +21,23 @@ pub(crate) type UnaryFn =
 pub(crate) type StreamFn =
     dyn Fn(RawValue) -> BoxStream<'static, Result<RawValue, WireError>> + Send + Sync;
 
+/// A routed procedure's unary handler: the invocation in, one result out.
+pub(crate) type InvokeUnaryFn =
+    dyn Fn(crate::rpc::Invocation) -> BoxFuture<'static, Result<RawValue, WireError>> + Send + Sync;
+
+/// A routed procedure's streaming handler: progressive results out.
+pub(crate) type InvokeStreamFn =
+    dyn Fn(crate::rpc::Invocation) -> BoxStream<'static, Result<RawValue, WireError>> + Send + Sync;
+
+/// What the application registered for a routed procedure.
+#[derive(Clone)]
+pub(crate) enum RpcHandler {
+    /// Answers with one response.
+    Unary(Arc<InvokeUnaryFn>),
+    /// Answers with progressive results (chunks, the last one final).
+    Stream(Arc<InvokeStreamFn>),
+}
+
 /// What the application registered for a method.
 #[derive(Clone)]
 pub(crate) enum Handler {
@@ -120,6 +137,25 @@ impl Served {
             serial,
             handler: handler.clone(),
         }
+    }
+
+    /// Admits request `id` as an invocation of a routed procedure: its
+    /// serial, or `None` for an id already running. Invocations are bounded
+    /// by their registrations' `max_concurrency`, not by `max`.
+    pub(crate) fn admit_invocation(&mut self, id: u64) -> Option<u64> {
+        if self.by_id.contains_key(&id) {
+            return None;
+        }
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.by_id.insert(id, serial);
+        self.running.insert(serial, Running { id, next_seq: 0 });
+        Some(serial)
+    }
+
+    /// Whether `serial` still runs.
+    pub(crate) fn is_running(&self, serial: u64) -> bool {
+        self.running.contains_key(&serial)
     }
 
     /// The hub withdrew request `id`: its serial, if it was running.

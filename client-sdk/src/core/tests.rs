@@ -1582,3 +1582,5 @@ mod durable_streams {
         assert!(matches!(ready(&mut ra), Some(Err(Error::Closed(_)))));
     }
 }
+
+mod rpc;
