@@ -22,7 +22,14 @@
 //!
 //! The example mints its own tokens with the hub's HMAC secret (claims
 //! `rpc_register` / `rpc_call`); pass `--token` instead to use one made
-//! elsewhere.
+//! elsewhere, e.g. by the hub's CLI with its development key:
+//!
+//! ```sh
+//! PLEXUS_TOKEN=$(cargo run -q -p plexus-server -- token --sub svc --rpc-register svc.resize) \
+//!     cargo run -p plexus-client --example resize -- serve
+//! PLEXUS_TOKEN=$(cargo run -q -p plexus-server -- token --sub app --rpc-call svc.resize) \
+//!     cargo run -p plexus-client --example resize -- call
+//! ```
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -48,6 +48,15 @@ enum Command {
         /// (repeatable).
         #[arg(long = "sync-write")]
         sync_write: Vec<String>,
+        /// A procedure pattern the user may register as a callee (repeatable).
+        #[arg(long = "rpc-register")]
+        rpc_register: Vec<String>,
+        /// A procedure pattern the user may call (repeatable).
+        #[arg(long = "rpc-call")]
+        rpc_call: Vec<String>,
+        /// Allow `rpc.list`.
+        #[arg(long = "rpc-admin")]
+        rpc_admin: bool,
         /// Lifetime, e.g. `1h`, `30m`.
         #[arg(long, default_value = "1h")]
         ttl: Dur,
@@ -84,6 +93,9 @@ fn main() -> ExitCode {
             presence,
             sync_read,
             sync_write,
+            rpc_register,
+            rpc_call,
+            rpc_admin,
             ttl,
         } => token(
             &config,
@@ -94,6 +106,9 @@ fn main() -> ExitCode {
                 presence,
                 sync_read,
                 sync_write,
+                rpc_register,
+                rpc_call,
+                rpc_admin,
                 ttl: ttl.0,
                 ..MintRequest::default()
             },

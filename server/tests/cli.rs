@@ -7,6 +7,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use plexus_protocol::methods::rpc::{CallParams, ListParams, RegisterParams};
 use plexus_protocol::methods::sync::{
     SyncInfoParams, SyncInfoResult, SyncOp, SyncPushParams, SyncPushResult, hlc,
 };
@@ -189,6 +190,43 @@ async fn serve_token_and_sigterm_end_to_end() {
         .decode()
         .unwrap();
     assert_eq!(info.position, 0);
+
+    // Routed-RPC grants from the command line.
+    let out = plexus()
+        .args([
+            "token",
+            "--sub",
+            "svc",
+            "--rpc-register",
+            "svc.>",
+            "--rpc-call",
+            "svc.resize",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (mut r, _) = Client::authed(addr, &token).await;
+    r.call("rpc.register", &RegisterParams::new("svc.resize"))
+        .await
+        .unwrap();
+    let forbidden = [
+        r.call("rpc.register", &RegisterParams::new("other.x"))
+            .await
+            .unwrap_err(),
+        r.call("rpc.call", &CallParams::new("svc.other"))
+            .await
+            .unwrap_err(),
+        r.call("rpc.list", &ListParams::default())
+            .await
+            .unwrap_err(),
+    ];
+    for err in forbidden {
+        assert_eq!(err.code, plexus_protocol::ErrorCode::Forbidden, "{err:?}");
+    }
 
     // SIGTERM: the client gets `closing` and 4008, the process exits 0.
     let pid = child.id().unwrap().to_string();

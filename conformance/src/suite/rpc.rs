@@ -365,6 +365,71 @@ pub(crate) fn cases() -> Vec<Case> {
             },
         ),
         Case::new(
+            "rpc.caller-leaves-mid-stream",
+            "25.5, 25.7",
+            "a caller that disconnects while its call streams withdraws the invocation at the callee",
+            |ctx| async move {
+                let (mut callee, mut caller) = pair(&ctx).await?;
+                let p = format!("{}.leaving", ctx.ns());
+                register(&mut callee, &p, None).await?;
+                let id = caller
+                    .request("rpc.call", &call_params(&p, None, None))
+                    .await?;
+                let (inv, _) = invocation(&mut callee).await?;
+                callee
+                    .send(&frame::chunk(inv, 0, false, &Value::Uint(1)))
+                    .await?;
+                caller
+                    .wait_for(WAIT, "the relayed chunk", |f| match f {
+                        Frame::Chunk { id: i, .. } if *i == id => Some(()),
+                        _ => None,
+                    })
+                    .await?;
+                drop(caller);
+                ensure_eq!(
+                    withdrawn(&mut callee).await?,
+                    inv,
+                    "the invocation withdrawn when its caller left"
+                );
+                Ok(())
+            },
+        ),
+        Case::new(
+            "rpc.unregister-in-flight",
+            "25.4, 25.2",
+            "a call in flight when its callee unregisters is still answered; later calls find no callee; the procedure may then be registered under another policy",
+            |ctx| async move {
+                let (mut callee, mut caller) = pair(&ctx).await?;
+                let p = format!("{}.draining", ctx.ns());
+                let reg = register(&mut callee, &p, Some("round_robin")).await?;
+                let id = caller
+                    .request("rpc.call", &call_params(&p, Some(Value::Uint(7)), None))
+                    .await?;
+                let (inv, _) = invocation(&mut callee).await?;
+                let params = Value::map([(0, Value::Uint(reg))]);
+                match call(&mut callee, "rpc.unregister", &params).await? {
+                    Ok(_) => {}
+                    Err(e) => fail!("rpc.unregister answered {} ({})", e.code, e.message),
+                }
+                callee
+                    .send(&frame::response_ok(inv, &Value::Uint(8)))
+                    .await?;
+                match caller.response(id, WAIT).await? {
+                    Ok(r) => ensure_eq!(r.value.as_u64(), Some(8), "the in-flight call's answer"),
+                    Err(e) => fail!("the in-flight call answered {} ({})", e.code, e.message),
+                }
+                refused(
+                    &mut caller,
+                    "rpc.call",
+                    &call_params(&p, None, None),
+                    "no_callee",
+                )
+                .await?;
+                register(&mut callee, &p, Some("random")).await?;
+                Ok(())
+            },
+        ),
+        Case::new(
             "rpc.list",
             "25.8, 25.1",
             "rpc.list needs rpc_admin and shows a registered procedure with its callee",

@@ -27,6 +27,12 @@ pub struct MintRequest {
     /// Record-sync spaces the user may push to and pull from
     /// (`sync_write`).
     pub sync_write: Vec<String>,
+    /// Procedures the user may register as a callee (`rpc_register`).
+    pub rpc_register: Vec<String>,
+    /// Procedures the user may call (`rpc_call`).
+    pub rpc_call: Vec<String>,
+    /// Whether the user may use `rpc.list` (`rpc_admin`).
+    pub rpc_admin: bool,
     /// Lifetime; `exp` is `iat` plus this, in whole seconds (at least one).
     pub ttl: Duration,
     /// `iss`, when set.
@@ -92,7 +98,9 @@ fn mint_at(secret: &[u8], alg: HmacAlg, req: &MintRequest, now: u64) -> Result<S
         presence: req.presence,
         sync_read: req.sync_read.clone(),
         sync_write: req.sync_write.clone(),
-        ..CapabilityClaim::default()
+        rpc_register: req.rpc_register.clone(),
+        rpc_call: req.rpc_call.clone(),
+        rpc_admin: req.rpc_admin,
     };
     capabilities.parse().map_err(|e| match e {
         CapabilityError::TooMany => MintError::TooManyPatterns,
