@@ -151,6 +151,9 @@ mod tests {
             presence: true,
             sync_read: vec!["team.*".into()],
             sync_write: vec!["user.carol.>".into()],
+            rpc_register: vec!["svc.>".into()],
+            rpc_call: vec!["svc.resize".into()],
+            rpc_admin: true,
             ttl: Duration::from_secs(120),
             issuer: Some("plexus-dev".into()),
             audience: Some("plexus".into()),
@@ -193,6 +196,10 @@ mod tests {
             assert!(p.caps.can_sync_write(&space("user.carol.notes")));
             assert!(p.caps.can_sync_read(&space("team.1")));
             assert!(!p.caps.can_sync_write(&space("team.1")));
+            assert!(p.caps.can_rpc_register(&space("svc.resize")));
+            assert!(p.caps.can_rpc_call(&space("svc.resize")));
+            assert!(!p.caps.can_rpc_call(&space("svc.other")));
+            assert!(p.caps.rpc_admin);
         }
     }
 
