@@ -47,9 +47,11 @@ pub struct Capabilities {
     /// Whether the client may list the hub's procedures (`rpc.list`, the
     /// `rpc_admin` field).
     pub rpc_admin: bool,
-    /// The token's top-level claims, which a callee may ask to have
-    /// disclosed about its callers (`disclose_caller`, decision R8).
-    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
+    /// The token's top-level claims as compact JSON text, which a callee
+    /// may ask to have disclosed about its callers (`disclose_caller`,
+    /// decision R8). Text, parsed only for a registration that asks: a
+    /// parsed map on every connection would cost it about 2 KiB.
+    pub claims: Option<Arc<str>>,
 }
 
 impl Capabilities {
@@ -66,7 +68,7 @@ impl Capabilities {
             rpc_register: all.clone(),
             rpc_call: all,
             rpc_admin: true,
-            claims: Arc::default(),
+            claims: None,
         }
     }
 

@@ -125,7 +125,7 @@ impl CapabilityClaim {
             rpc_register: parse_patterns("rpc_register", &self.rpc_register)?,
             rpc_call: parse_patterns("rpc_call", &self.rpc_call)?,
             rpc_admin: self.rpc_admin,
-            claims: std::sync::Arc::default(),
+            claims: None,
         })
     }
 }

@@ -164,8 +164,8 @@ impl Authenticator {
         // Kept for disclosure to callees (R8); the token is bounded by
         // MAX_TOKEN_LEN, so is this.
         let all_claims = match &data.claims {
-            serde_json::Value::Object(m) => m.clone(),
-            _ => serde_json::Map::new(),
+            serde_json::Value::Object(m) => serde_json::to_string(m).ok().map(Arc::from),
+            _ => None,
         };
         let claims = Claims::from_payload(data.claims)?;
         let now = std::time::SystemTime::now()
@@ -175,7 +175,7 @@ impl Authenticator {
             return Err(InvalidToken::ExpiryTooFar.into());
         }
         let mut caps = claims.capabilities()?;
-        caps.claims = Arc::new(all_claims);
+        caps.claims = all_claims;
         Ok(Principal {
             user: Arc::from(claims.sub),
             caps: Arc::new(caps),

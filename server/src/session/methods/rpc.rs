@@ -277,7 +277,7 @@ fn call(ctx: &mut Ctx<'_>, raw: &RawValue, mut sink: ChunkSink) -> Result<FlexRe
             // The waiter was dropped: the procedure lost its callees.
             Routed::Queued => rx.await.map_err(|_| RequestError::NoCallee)?,
         };
-        let claims = disclosed(&caller.claims, &a.disclose);
+        let claims = disclosed(caller.claims.as_deref(), &a.disclose);
         let invoke = InvokeParams::new(
             call,
             a.registration,
@@ -368,7 +368,7 @@ fn credit(callee: &Conn, call: CallId, chunks: u64) {
 
 struct CallerInfo {
     user: Arc<str>,
-    claims: Arc<serde_json::Map<String, serde_json::Value>>,
+    claims: Option<Arc<str>>,
 }
 
 fn caller(ctx: &Ctx<'_>) -> CallerInfo {
@@ -378,14 +378,15 @@ fn caller(ctx: &Ctx<'_>) -> CallerInfo {
     }
 }
 
-/// The claims `wanted` that the caller's token has, as CBOR (R8).
-fn disclosed(
-    claims: &serde_json::Map<String, serde_json::Value>,
-    wanted: &[Box<str>],
-) -> Option<BTreeMap<String, RawValue>> {
+/// The claims `wanted` that the caller's token has (`claims`: its claims
+/// as JSON text), as CBOR (R8).
+fn disclosed(claims: Option<&str>, wanted: &[Box<str>]) -> Option<BTreeMap<String, RawValue>> {
     if wanted.is_empty() {
         return None;
     }
+    let claims: serde_json::Map<String, serde_json::Value> = claims
+        .and_then(|c| serde_json::from_str(c).ok())
+        .unwrap_or_default();
     let mut out = BTreeMap::new();
     for name in wanted {
         if let Some(v) = claims.get(&**name) {
@@ -496,19 +497,26 @@ mod tests {
             serde_json::json!(["x", 1, -2, 1.5, true, null]),
         );
         m.insert("secret".into(), serde_json::json!("s"));
-        let got = disclosed(&m, &["email".into(), "roles".into(), "absent".into()]).unwrap();
+        let text = serde_json::to_string(&m).unwrap();
+        let got = disclosed(
+            Some(&text),
+            &["email".into(), "roles".into(), "absent".into()],
+        )
+        .unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got["email"].decode::<&str>().unwrap(), "a@b");
         assert!(!got.contains_key("secret"));
-        assert_eq!(disclosed(&m, &[]), None);
+        assert_eq!(disclosed(Some(&text), &[]), None);
+        assert_eq!(disclosed(None, &["email".into()]), Some(BTreeMap::new()));
         // Deep values are cut off rather than nesting past the frame limit.
         let mut deep = serde_json::json!(1);
         for _ in 0..40 {
             deep = serde_json::json!([deep]);
         }
         m.insert("deep".into(), deep);
+        let text = serde_json::to_string(&m).unwrap();
         assert!(
-            disclosed(&m, &["deep".into()])
+            disclosed(Some(&text), &["deep".into()])
                 .unwrap()
                 .contains_key("deep")
         );
