@@ -237,6 +237,17 @@ impl Client {
         let id = self.next_id();
         let frame = encode_request(id, method, params).map_err(Error::encode)?;
         let queue = Arc::new(ChunkQueue::new(self.inner.settings.stream_buffer));
+        self.open_stream(id, frame, queue).await
+    }
+
+    /// Sends request `frame` (with `id`) whose chunks go to `queue`, and
+    /// returns the stream of them.
+    pub(crate) async fn open_stream(
+        &self,
+        id: u64,
+        frame: Vec<u8>,
+        queue: Arc<ChunkQueue>,
+    ) -> Result<ChunkStream, Error> {
         self.send(Command::Call {
             id,
             frame: frame.into(),

@@ -549,22 +549,7 @@ impl Client {
             self.inner.settings.stream_buffer,
             self.inner.reaper.clone(),
         ));
-        self.send(Command::Call {
-            id,
-            frame: frame.into(),
-            pending: Pending::Stream {
-                queue: queue.clone(),
-                next_seq: 0,
-            },
-        })
-        .await?;
-        Ok(ChunkStream {
-            id,
-            queue,
-            reaper: self.inner.reaper.clone(),
-            _cmd: self.inner.cmd.clone(),
-            done: false,
-        })
+        self.open_stream(id, frame, queue).await
     }
 }
 

@@ -768,6 +768,12 @@ mod tests {
         assert_eq!(e.limits_for("user.a").max_records, 5);
         assert_eq!(e.limits_for("team.a.b").max_records, 50);
         assert_eq!(e.limits_for("team.a.b").max_bytes, 64 << 20);
+        // Record size and collections are lowered to what one frame holds
+        // (Y19, Y22); the default frame holds the defaults.
+        assert_eq!(e.max_collections, 1024);
+        let small = c.sync.engine(65536);
+        assert_eq!(small.max_collections, 339);
+        assert!(small.max_record_bytes < 65536);
         let shown = c.to_masked_toml();
         assert!(shown.contains("[sync]\nenabled = true"), "{shown}");
         assert!(shown.contains("max-records = 5"), "{shown}");

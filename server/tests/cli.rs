@@ -80,9 +80,9 @@ async fn serve_token_and_sigterm_end_to_end() {
         );
     }
 
-    let out = plexus()
-        .args([
-            "token",
+    let token = mint(
+        &data,
+        &[
             "--sub",
             "alice",
             "--sub-allow",
@@ -91,18 +91,9 @@ async fn serve_token_and_sigterm_end_to_end() {
             "chat.room1",
             "--ttl",
             "10m",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        ],
+    )
+    .await;
     assert_eq!(token.split('.').count(), 3);
 
     let (mut c, r) = Client::authed(addr, &token).await;
@@ -132,23 +123,18 @@ async fn serve_token_and_sigterm_end_to_end() {
 
     // Record-sync grants from the command line: `--sync-write` may push
     // and pull, `--sync-read` only pull; anything else is forbidden.
-    let out = plexus()
-        .args([
-            "token",
+    let token = mint(
+        &data,
+        &[
             "--sub",
             "alice",
             "--sync-read",
             "user.alice.>",
             "--sync-write",
             "user.alice.notes",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        ],
+    )
+    .await;
     let (mut s, _) = Client::authed(addr, &token).await;
     let push = |space: &str| {
         SyncPushParams::new(
@@ -192,23 +178,18 @@ async fn serve_token_and_sigterm_end_to_end() {
     assert_eq!(info.position, 0);
 
     // Routed-RPC grants from the command line.
-    let out = plexus()
-        .args([
-            "token",
+    let token = mint(
+        &data,
+        &[
             "--sub",
             "svc",
             "--rpc-register",
             "svc.>",
             "--rpc-call",
             "svc.resize",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        ],
+    )
+    .await;
     let (mut r, _) = Client::authed(addr, &token).await;
     r.call("rpc.register", &RegisterParams::new("svc.resize"))
         .await
@@ -485,4 +466,22 @@ async fn durable_streams_from_the_config_file_migrate_list_and_survive_sigterm()
             .contains("no database")
     );
     assert!(!empty.exists());
+}
+
+/// Mints a token with `plexus token ARGS --data-dir DATA`.
+async fn mint(data: &std::path::Path, args: &[&str]) -> String {
+    let out = plexus()
+        .arg("token")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }

@@ -8,29 +8,22 @@
 //! with its params, every answer of one read in one write (as the NATS
 //! responder does).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use futures_util::{SinkExt, StreamExt};
 use plexus_protocol::frame::encode_result;
 use plexus_protocol::methods::rpc::{InvokeParams, Policy, RegisterParams};
 use plexus_protocol::{DecodeLimits, Frame};
-use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::conn::{ConnError, Session, Ws, call, connect_with};
-use super::fanout::read_answers;
-use super::frames::{publish_window, rpc_payload};
-use crate::clock::{now_nanos, read_stamp, stamp};
+use super::frames::publish_window;
+use super::rpc::calls;
 use crate::procs::rpc_token;
 use crate::scenario::{RpcConfig, RpcResult};
-use crate::stats::Latency;
-use crate::window::Window;
 
 /// The procedure the callees register.
 pub const PROCEDURE: &str = "bench.echo";
 
-/// Most calls written in one batch before a flush.
+/// Most answers a callee writes in one batch before a flush.
 const MAX_BATCH: usize = 256;
 
 /// A callee: registers [`PROCEDURE`] (policy `least_pending`, so that
@@ -81,7 +74,6 @@ async fn answer(ws: Ws) {
 /// Runs `cfg.connections` callers with `cfg.in_flight` calls each through
 /// the hub at `url` to `callees` callees.
 pub async fn routed(url: &str, cfg: &RpcConfig, callees: usize) -> RpcResult {
-    let errors = Arc::new(AtomicU64::new(0));
     let callees = callees.max(1);
     let share = (cfg.connections * cfg.in_flight).div_ceil(callees) as u64;
     for i in 0..callees {
@@ -109,32 +101,12 @@ pub async fn routed(url: &str, cfg: &RpcConfig, callees: usize) -> RpcResult {
         .filter_map(|r| async move { r.ok() })
         .collect()
         .await;
-    let win = Window::after(cfg.warmup, cfg.duration);
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .map(|(ws, in_flight)| {
-            tokio::spawn(caller(ws, in_flight, cfg.payload, win, errors.clone()))
-        })
-        .collect();
-    let mut calls = 0;
-    let mut lat = Latency::new();
-    for t in tasks {
-        if let Ok((n, l)) = t.await {
-            calls += n;
-            lat.merge(&l);
-        }
-    }
-    RpcResult {
-        calls_per_sec: calls as f64 / win.secs(),
-        latency: lat.summary(),
-        errors: errors.load(Ordering::Relaxed),
-    }
+    calls(conns, cfg, call_frame).await
 }
 
 /// `[0, id, "rpc.call", {0: PROCEDURE, 1: h'…'}]`, written directly.
-fn call_frame(out: &mut Vec<u8>, id: u64, payload: &[u8]) {
-    out.clear();
-    let mut e = minicbor::Encoder::new(&mut *out);
+fn call_frame(id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut e = minicbor::Encoder::new(Vec::with_capacity(payload.len() + 32));
     // Encoding into a Vec cannot fail.
     let _ = e
         .array(4)
@@ -146,73 +118,7 @@ fn call_frame(out: &mut Vec<u8>, id: u64, payload: &[u8]) {
         .and_then(|e| e.str(PROCEDURE))
         .and_then(|e| e.u8(1))
         .and_then(|e| e.bytes(payload));
-}
-
-async fn caller(
-    ws: Ws,
-    in_flight: usize,
-    payload: usize,
-    win: Window,
-    errors: Arc<AtomicU64>,
-) -> (u64, Latency) {
-    let (mut tx, rx) = ws.split();
-    let permits = Arc::new(Semaphore::new(in_flight.max(1)));
-    let reader = tokio::spawn(read_answers(
-        rx,
-        permits.clone(),
-        win,
-        (0u64, Latency::new()),
-        {
-            let errors = errors.clone();
-            move |(n, lat): &mut (u64, Latency), frame: Result<Frame, _>, t: u64| match frame
-                .ok()
-                .as_ref()
-                .and_then(rpc_payload)
-                .and_then(read_stamp)
-            {
-                Some(sent) if win.contains(t) => {
-                    *n += 1;
-                    lat.record(t.saturating_sub(sent));
-                }
-                Some(_) => {}
-                None => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        },
-    ));
-    let mut buf = vec![0u8; payload.max(8)];
-    let mut frame = Vec::with_capacity(payload + 64);
-    let mut id = 100u64;
-    while !win.over(now_nanos()) {
-        let Ok(p) = permits.acquire().await else {
-            break;
-        };
-        p.forget();
-        let mut batch = 0;
-        loop {
-            id += 1;
-            batch += 1;
-            stamp(&mut buf);
-            call_frame(&mut frame, id, &buf);
-            if tx
-                .feed(Message::Binary(frame.clone().into()))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            match permits.try_acquire() {
-                Ok(p) if batch < MAX_BATCH => p.forget(),
-                _ => break,
-            }
-        }
-        if tx.flush().await.is_err() {
-            break;
-        }
-    }
-    let _ = tx.close().await;
-    reader.await.unwrap_or_default()
+    e.into_writer()
 }
 
 #[cfg(test)]
@@ -223,8 +129,7 @@ mod tests {
     #[test]
     fn the_hand_written_call_frame_is_the_protocol_crate_s() {
         let payload = [1u8, 2, 3];
-        let mut ours = Vec::new();
-        call_frame(&mut ours, 7, &payload);
+        let ours = call_frame(7, &payload);
         let bytes: &minicbor::bytes::ByteSlice = payload[..].into();
         let item = plexus_protocol::RawValue::encode(&bytes).unwrap();
         let theirs = plexus_protocol::frame::encode_request(

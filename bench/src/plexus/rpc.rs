@@ -26,7 +26,6 @@ const MAX_BATCH: usize = 256;
 /// the hub announces as `max_in_flight`). `authenticate` is false for the
 /// floor, which echoes without a session.
 pub async fn rpc(url: &str, cfg: &RpcConfig, authenticate: bool) -> RpcResult {
-    let errors = Arc::new(AtomicU64::new(0));
     let conns: Vec<(Ws, usize)> = futures_util::stream::iter(0..cfg.connections)
         .map(|i| {
             let url = url.to_owned();
@@ -44,11 +43,36 @@ pub async fn rpc(url: &str, cfg: &RpcConfig, authenticate: bool) -> RpcResult {
         .filter_map(|r| async move { r.ok() })
         .collect()
         .await;
+    calls(conns, cfg, ping_frame).await
+}
+
+/// `[0, id, "ping", h'…']`.
+fn ping_frame(id: u64, payload: &[u8]) -> Vec<u8> {
+    let bytes: &ByteSlice = payload.into();
+    encode_request(id, "ping", &bytes).unwrap_or_default()
+}
+
+/// Runs the callers on `conns` (each with its calls in flight) for the
+/// window of `cfg`, every call the frame `frame(id, stamped payload)`
+/// whose answer echoes the payload.
+pub(super) async fn calls(
+    conns: Vec<(Ws, usize)>,
+    cfg: &RpcConfig,
+    frame: fn(u64, &[u8]) -> Vec<u8>,
+) -> RpcResult {
+    let errors = Arc::new(AtomicU64::new(0));
     let win = Window::after(cfg.warmup, cfg.duration);
     let tasks: Vec<_> = conns
         .into_iter()
         .map(|(ws, in_flight)| {
-            tokio::spawn(rpc_conn(ws, in_flight, cfg.payload, win, errors.clone()))
+            tokio::spawn(rpc_conn(
+                ws,
+                in_flight,
+                cfg.payload,
+                win,
+                errors.clone(),
+                frame,
+            ))
         })
         .collect();
     let mut calls = 0;
@@ -72,6 +96,7 @@ async fn rpc_conn(
     payload: usize,
     win: Window,
     errors: Arc<AtomicU64>,
+    frame: fn(u64, &[u8]) -> Vec<u8>,
 ) -> (u64, Latency) {
     let (mut tx, rx) = ws.split();
     let permits = Arc::new(Semaphore::new(in_flight.max(1)));
@@ -111,9 +136,11 @@ async fn rpc_conn(
             id += 1;
             batch += 1;
             stamp(&mut buf);
-            let bytes: &ByteSlice = buf[..].into();
-            let frame = encode_request(id, "ping", &bytes).unwrap_or_default();
-            if tx.feed(Message::Binary(frame.into())).await.is_err() {
+            if tx
+                .feed(Message::Binary(frame(id, &buf).into()))
+                .await
+                .is_err()
+            {
                 break;
             }
             match permits.try_acquire() {

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use plexus_protocol::frame::encode_request;
 use plexus_protocol::methods::sync::{
     SyncChunk, SyncOp, SyncPullFinal, SyncPullParams, SyncPushParams, SyncPushResult,
@@ -23,7 +22,7 @@ use super::sync::{
     BoxError, COLLECTION, ClientRun, SPACE, SyncPullConfig, SyncPullRun, SyncPushConfig,
     SyncPushRun, sum_push_runs,
 };
-use crate::procs::{BENCH_SECRET, HubBinary, HubProcess};
+use crate::procs::{HubBinary, HubProcess};
 
 /// The hub's `[sync]` table: quotas that do not bind (a timed push run
 /// writes more than the default 100,000 records per space).
@@ -69,22 +68,10 @@ pub async fn start_sync_hub(
 
 /// A token for the bench hub that may push to and pull from every space.
 pub fn sync_token(sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 3600;
-    let claims = serde_json::json!({
-        "sub": sub,
-        "exp": exp,
-        "plexus": { "sub": [">"], "pub": [">"], "sync_write": [">"] },
-    });
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(BENCH_SECRET.as_bytes()),
+    crate::procs::token_with(
+        sub,
+        serde_json::json!({ "sub": [">"], "pub": [">"], "sync_write": [">"] }),
     )
-    .unwrap_or_default()
 }
 
 async fn session(url: &str, user: &str) -> Result<Ws, BoxError> {

@@ -160,17 +160,28 @@ impl Suite {
         self.slow_consumers(&mut sink).await?;
         self.preauth(&mut sink).await?;
         self.stalled(&mut sink).await?;
+        let baseline = self.baseline.as_ref().map(|b| b.path.display().to_string());
+        self.report(sink, baseline, "")
+    }
 
+    /// The report of what `sink` gathered, printed and written with
+    /// `suffix`.
+    fn report(
+        &self,
+        sink: Sink,
+        baseline_binary: Option<String>,
+        suffix: &str,
+    ) -> Result<Report, BoxError> {
         let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let report = Report {
             date,
             machine: Machine::detect(),
             rows: sink.rows,
             binary: self.current.path.display().to_string(),
-            baseline_binary: self.baseline.as_ref().map(|b| b.path.display().to_string()),
+            baseline_binary,
             raw: sink.raw.into(),
         };
-        write_report(&report, &self.out, "")?;
+        write_report(&report, &self.out, suffix)?;
         Ok(report)
     }
 
@@ -266,17 +277,7 @@ impl Suite {
     pub async fn run_routed(&self) -> Result<Report, BoxError> {
         let mut sink = Sink::default();
         self.routed(&mut sink).await?;
-        let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let report = Report {
-            date,
-            machine: Machine::detect(),
-            rows: sink.rows,
-            binary: self.current.path.display().to_string(),
-            baseline_binary: None,
-            raw: sink.raw.into(),
-        };
-        write_report(&report, &self.out, "-routed")?;
-        Ok(report)
+        self.report(sink, None, "-routed")
     }
 
     /// Routed RPC (issue 12), 128 B, beside NATS request/reply over

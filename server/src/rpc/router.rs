@@ -483,6 +483,17 @@ fn take_slot<E: Clone, W>(p: &mut Procedure<E, W>, i: usize) -> Assignment<E> {
 
 /// The callee `p`'s policy picks for a call with `key`, among those with
 /// room (decision R3); `None` when the one it must go to is full.
+/// The callee with room and the fewest calls in flight (ties: the
+/// earliest registered).
+fn least_pending<E>(callees: &[Callee<E>]) -> Option<usize> {
+    callees
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.in_flight < c.max_concurrency)
+        .min_by_key(|(_, c)| c.in_flight)
+        .map(|(i, _)| i)
+}
+
 fn pick<E, W>(p: &mut Procedure<E, W>, key: Option<&str>, rnd: u64) -> Option<usize> {
     let free = |c: &Callee<E>| c.in_flight < c.max_concurrency;
     let n = p.callees.len();
@@ -511,13 +522,7 @@ fn pick<E, W>(p: &mut Procedure<E, W>, key: Option<&str>, rnd: u64) -> Option<us
             let at = usize::try_from(rnd % len).unwrap_or(0);
             frees.get(at).copied()
         }
-        Policy::LeastPending => p
-            .callees
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| free(c))
-            .min_by_key(|(_, c)| c.in_flight)
-            .map(|(i, _)| i),
+        Policy::LeastPending => least_pending(&p.callees),
         Policy::Affinity => match key {
             // Rendezvous hashing: the callee with the highest score; a
             // callee that leaves moves only its own keys.
@@ -526,13 +531,7 @@ fn pick<E, W>(p: &mut Procedure<E, W>, key: Option<&str>, rnd: u64) -> Option<us
                 free(&p.callees[i]).then_some(i)
             }
             // No key: the least busy callee.
-            None => p
-                .callees
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| free(c))
-                .min_by_key(|(_, c)| c.in_flight)
-                .map(|(i, _)| i),
+            None => least_pending(&p.callees),
         },
         _ => None,
     }
