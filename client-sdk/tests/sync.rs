@@ -383,12 +383,14 @@ async fn random_offline_edits_from_three_replicas_converge() {
     hub.shutdown().await;
 }
 
-/// A TCP forwarder that can swallow the hub's answers (`mute`) and cut
-/// every connection (`cut`), to lose a push's answer after the hub applied
-/// it.
+/// A TCP forwarder that can swallow the hub's answers on the connections
+/// of one generation (`mute` holds that generation + 1; 0: none; a
+/// connection's generation is the number of cuts before it was accepted)
+/// and cut every connection (`cut`), to lose a push's answer after the hub
+/// applied it while the reconnected client is heard.
 struct LossyProxy {
     addr: std::net::SocketAddr,
-    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mute: std::sync::Arc<std::sync::atomic::AtomicU64>,
     cut: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -399,7 +401,7 @@ impl LossyProxy {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mute = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (cut, cuts) = tokio::sync::watch::channel(0u64);
         let m = mute.clone();
         let task = tokio::spawn(async move {
@@ -410,7 +412,7 @@ impl LossyProxy {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut hr, mut hw) = hub.into_split();
                 let (m, mut cuts) = (m.clone(), cuts.clone());
-                cuts.borrow_and_update();
+                let generation = *cuts.borrow_and_update();
                 tokio::spawn(async move {
                     let up = async {
                         let mut buf = vec![0u8; 16 * 1024];
@@ -423,7 +425,8 @@ impl LossyProxy {
                     let down = async {
                         let mut buf = vec![0u8; 16 * 1024];
                         while let Ok(n @ 1..) = hr.read(&mut buf).await {
-                            if !m.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                            let muted = m.load(Ordering::SeqCst) == generation + 1;
+                            if !muted && cw.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
                         }
@@ -470,7 +473,7 @@ async fn a_push_whose_answer_was_lost_is_resent_and_applied_once() {
             .unwrap();
 
         // The hub applies the push, its answer is swallowed.
-        proxy.mute.store(true, Ordering::SeqCst);
+        proxy.mute.store(*proxy.cut.borrow() + 1, Ordering::SeqCst);
         let push = {
             let space = space.clone();
             tokio::spawn(async move {
@@ -491,8 +494,8 @@ async fn a_push_whose_answer_was_lost_is_resent_and_applied_once() {
             );
             tokio::task::yield_now().await;
         }
-        // The connection drops; the client reconnects and sends it again.
-        proxy.mute.store(false, Ordering::SeqCst);
+        // The connection drops (its answers still swallowed, however late
+        // they come); the client reconnects and sends it again.
         proxy.cut.send_modify(|n| *n += 1);
         let ack = tokio::time::timeout(Duration::from_secs(15), push)
             .await
