@@ -64,6 +64,22 @@ impl RawValue {
         Ok(RawValue(Bytes::from(minicbor::to_vec(value)?)))
     }
 
+    /// Encodes a value with minicbor into a buffer of `capacity` bytes to
+    /// start with (no reallocation when the size is known roughly).
+    ///
+    /// ```
+    /// let v = plexus_protocol::RawValue::encode_sized(&[1u8, 2, 3], 16).unwrap();
+    /// assert_eq!(v.decode::<[u8; 3]>().unwrap(), [1, 2, 3]);
+    /// ```
+    pub fn encode_sized<T: Encode<()>>(
+        value: &T,
+        capacity: usize,
+    ) -> Result<Self, minicbor::encode::Error<std::convert::Infallible>> {
+        let mut buf = Vec::with_capacity(capacity);
+        minicbor::encode(value, &mut buf)?;
+        Ok(RawValue(Bytes::from(buf)))
+    }
+
     /// Decodes the value with minicbor.
     pub fn decode<'a, T: Decode<'a, ()>>(&'a self) -> Result<T, minicbor::decode::Error> {
         minicbor::decode(&self.0)
@@ -156,6 +172,13 @@ impl<'b, C> Decode<'b, C> for RawValue {
 pub struct RawRef<'b>(pub(crate) &'b [u8]);
 
 impl<'b> RawRef<'b> {
+    /// CBOR `null`.
+    ///
+    /// ```
+    /// assert_eq!(plexus_protocol::RawRef::NULL.as_bytes(), &[0xf6]);
+    /// ```
+    pub const NULL: RawRef<'static> = RawRef(NULL);
+
     /// The item's encoded bytes.
     pub fn as_bytes(&self) -> &'b [u8] {
         self.0

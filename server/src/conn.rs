@@ -55,10 +55,10 @@ pub enum Command {
         reply: tokio::sync::oneshot::Sender<Result<RawValue, crate::session::error::RequestError>>,
     },
     /// Invoke a routed call at this connection's client (an `rpc.invoke`
-    /// server request whose result may stream): its non-final chunks go
-    /// to `chunks` (bounded by the call's credit window: a chunk that
-    /// finds it full withdraws the request, [`InvokeEnd::Overrun`]), its
-    /// end to `done`.
+    /// server request whose result may stream). Its chunks (at most
+    /// `window` beyond the credit [`Command::Credit`] grants: more
+    /// withdraw the request, [`InvokeEnd::Overrun`]) and its end go to
+    /// `reply`, the caller's connection.
     Invoke {
         /// The hub's call id, which [`Command::Withdraw`] names.
         call: u64,
@@ -66,10 +66,18 @@ pub enum Command {
         params: RawValue,
         /// How long the client may take (the call's deadline, with slack).
         timeout: Duration,
-        /// The data of each non-final chunk, in order.
-        chunks: tokio::sync::mpsc::Sender<RawValue>,
-        /// How the invocation ended.
-        done: tokio::sync::oneshot::Sender<InvokeEnd>,
+        /// The chunk credit the invocation announced.
+        window: u64,
+        /// Where its chunks and its end go.
+        reply: ReplyTo,
+    },
+    /// The caller relayed `chunks` more chunks of call `call`: the callee
+    /// may send as many more (an `rpc.credit` notification tells it).
+    Credit {
+        /// The hub's call id.
+        call: u64,
+        /// Chunks granted.
+        chunks: u64,
     },
     /// Withdraw the invocation of call `call` (the caller cancelled, left
     /// or timed out): a `cancel` goes to the client.
@@ -77,6 +85,27 @@ pub enum Command {
         /// The hub's call id.
         call: u64,
     },
+    /// To a caller's connection: news of its routed call `call`, which
+    /// answers its request `id`.
+    Routed {
+        /// The caller's request.
+        id: u64,
+        /// The hub's call id.
+        call: u64,
+        /// What happened.
+        event: RoutedEvent,
+    },
+}
+
+/// What a caller's session hears of a routed call (decision R14).
+#[derive(Debug)]
+pub enum RoutedEvent {
+    /// The queued call has its callee now: invoke it.
+    Assigned(crate::rpc::Assignment<Arc<Conn>>),
+    /// A non-final chunk of the callee's, in order.
+    Chunk(RawValue),
+    /// How the invocation ended.
+    End(InvokeEnd),
 }
 
 /// How an invocation ([`Command::Invoke`]) ended.
@@ -97,6 +126,105 @@ pub enum InvokeEnd {
     /// The request could not be sent: the client has too many requests of
     /// the server's in flight, or the invocation exceeds `max-frame-size`.
     Refused(crate::session::error::RequestError),
+    /// The queued call's procedure lost its last callee before a slot
+    /// freed.
+    NoCallee,
+}
+
+/// The way back to a routed call's caller: its connection, its request
+/// and the hub's call id. Sending the end consumes it; dropping it
+/// unsent tells the caller [`InvokeEnd::Lost`] (the callee's session
+/// ended), or [`InvokeEnd::NoCallee`] for a queued call's waiter, so a
+/// call is never left unanswered.
+#[derive(Debug)]
+pub struct ReplyTo {
+    conn: Arc<Conn>,
+    id: u64,
+    call: u64,
+    /// What a drop reports.
+    dropped: Dropped,
+}
+
+/// What dropping a [`ReplyTo`] unsent reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    Lost,
+    NoCallee,
+    /// Answered or forgotten: nothing.
+    Nothing,
+}
+
+impl ReplyTo {
+    /// The way back to request `id` of `conn` for call `call`, reporting
+    /// [`InvokeEnd::Lost`] if dropped unanswered.
+    pub fn new(conn: Arc<Conn>, id: u64, call: u64) -> ReplyTo {
+        ReplyTo {
+            conn,
+            id,
+            call,
+            dropped: Dropped::Lost,
+        }
+    }
+
+    /// A queued call's waiter: reports [`InvokeEnd::NoCallee`] if dropped
+    /// before [`assigned`](ReplyTo::assigned).
+    pub fn waiter(conn: Arc<Conn>, id: u64, call: u64) -> ReplyTo {
+        ReplyTo {
+            conn,
+            id,
+            call,
+            dropped: Dropped::NoCallee,
+        }
+    }
+
+    /// The hub's call id.
+    pub fn call(&self) -> u64 {
+        self.call
+    }
+
+    fn send(&self, event: RoutedEvent) -> bool {
+        self.conn
+            .out
+            .routed(Command::Routed {
+                id: self.id,
+                call: self.call,
+                event,
+            })
+            .is_ok()
+    }
+
+    /// Passes on a chunk; false if the caller is gone.
+    pub fn chunk(&self, data: RawValue) -> bool {
+        self.send(RoutedEvent::Chunk(data))
+    }
+
+    /// Passes on the end.
+    pub fn end(mut self, end: InvokeEnd) {
+        self.dropped = Dropped::Nothing;
+        self.send(RoutedEvent::End(end));
+    }
+
+    /// Hands a queued call its callee; false if the caller is gone.
+    pub fn assigned(mut self, a: crate::rpc::Assignment<Arc<Conn>>) -> bool {
+        self.dropped = Dropped::Nothing;
+        self.send(RoutedEvent::Assigned(a))
+    }
+
+    /// Drops it without a word (the caller withdrew the call).
+    pub fn forget(mut self) {
+        self.dropped = Dropped::Nothing;
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        let end = match std::mem::replace(&mut self.dropped, Dropped::Nothing) {
+            Dropped::Lost => InvokeEnd::Lost,
+            Dropped::NoCallee => InvokeEnd::NoCallee,
+            Dropped::Nothing => return,
+        };
+        self.send(RoutedEvent::End(end));
+    }
 }
 
 /// One subscription of a connection.

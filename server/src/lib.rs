@@ -40,6 +40,7 @@ pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod hub;
+pub mod idmap;
 pub mod lag;
 pub mod logging;
 pub mod metrics;

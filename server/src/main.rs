@@ -10,6 +10,12 @@ use plexus_server::auth::{Authenticator, KeySource, MintRequest, mint_hs};
 use plexus_server::config::{self, Config, Dur, Settings};
 use plexus_server::{KeyOrigin, Server, ServerOptions};
 
+/// jemalloc rather than glibc's allocator: a routed call allocates on one
+/// worker and frees on another, and glibc's per-arena locks made that the
+/// hub's largest cost under load (decision H9, docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Plexus: a realtime hub speaking plexus.v1 over WebSocket.
 #[derive(Debug, Parser)]
 #[command(name = "plexus", version, about)]

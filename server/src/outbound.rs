@@ -201,6 +201,25 @@ impl Outbound {
         Ok(())
     }
 
+    /// Queues news of a routed call for its caller's session
+    /// ([`Command::Routed`]) and wakes it; gives it back only if the
+    /// connection is closing. Not counted against [`MAX_COMMANDS`]: such
+    /// news is bounded by construction — per call of the caller's in
+    /// flight (`max-in-flight`), one assignment, at most the call's chunk
+    /// window of chunks (the callee's session enforces the credit) and one
+    /// end (decision R14).
+    pub fn routed(&self, c: Command) -> Result<(), Command> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(c);
+        }
+        st.commands.push_back(c);
+        drop(st);
+        self.flags.fetch_or(ATTENTION, Ordering::Release);
+        self.driver.wake();
+        Ok(())
+    }
+
     /// Registers the driver's waker; call it before looking at the queue.
     pub fn register(&self, waker: &Waker) {
         self.driver.register(waker);
@@ -300,6 +319,15 @@ impl Outbound {
     /// always has room left.
     pub fn credit_limit(&self) -> usize {
         self.max_bytes / 2
+    }
+
+    /// Whether a frame of `len` bytes fits under
+    /// [`credit_limit`](Outbound::credit_limit) now (as
+    /// [`reserve`](Outbound::reserve) would find, without waiting); false
+    /// once closed.
+    pub fn has_room(&self, len: usize) -> bool {
+        let st = self.state.lock();
+        !st.closed && (st.bytes == 0 || st.bytes + cost(len) <= self.credit_limit())
     }
 
     /// Waits until a frame of `len` bytes fits under

@@ -4,7 +4,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`router`] | the sans-IO routing core: registrations, policies, slots, queues |
-//! | this one | [`Rpc`], the router behind a lock with the hub's bounds, and the hand-off of queued calls to their callers' tasks |
+//! | this one | [`Rpc`], the router behind a lock with the hub's bounds, and the hand-off of queued calls to their callers' sessions |
 //!
 //! The methods (`rpc.register`, `rpc.unregister`, `rpc.call`, `rpc.list`)
 //! are in `session::methods::rpc`; the invocation of a callee is a
@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
 
 use crate::config::RpcSettings;
-use crate::conn::Conn;
+use crate::conn::{Conn, ReplyTo};
 pub use router::{Assignment, CallId, Handoff, Limits, RegId, RouteError, Routed, Router};
 
-/// What wakes a queued call's task: its callee.
-pub type Waiter = oneshot::Sender<Assignment<Arc<Conn>>>;
+/// What tells a queued call's caller its callee (or, dropped,
+/// `no_callee`): the way back to the caller's session.
+pub type Waiter = ReplyTo;
 
 /// The hub's router.
 #[derive(Debug)]
@@ -100,11 +100,11 @@ impl Rpc {
         self.deliver(out);
     }
 
-    /// Wakes the callers of dispatched queued calls; a caller that is gone
-    /// gives its slot back at once.
+    /// Tells the callers of dispatched queued calls their callees; a
+    /// caller that is gone gives its slot back at once.
     fn deliver(&self, mut out: Vec<Handoff<Arc<Conn>, Waiter>>) {
         while let Some(h) = out.pop() {
-            if h.waiter.send(h.assignment).is_err() {
+            if !h.waiter.assigned(h.assignment) {
                 out.extend(self.with(|r| r.finish(h.call)));
             }
         }

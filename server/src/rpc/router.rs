@@ -8,11 +8,13 @@
 //! wakes the caller's task). Operations that free a slot return the queued
 //! calls they dispatched, as [`Handoff`]s the caller of the router delivers.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use plexus_protocol::methods::rpc::Policy;
 
 use crate::conn::ConnId;
+use crate::idmap::IdMap;
 
 /// A registration id (hub-wide, never reused).
 pub type RegId = u64;
@@ -60,7 +62,7 @@ pub struct Assignment<E> {
     /// How to reach the callee.
     pub endpoint: E,
     /// The claims the callee asked for.
-    pub disclose: Vec<Box<str>>,
+    pub disclose: Arc<[Box<str>]>,
 }
 
 /// A queued call dispatched because a slot freed: deliver `assignment` to
@@ -91,7 +93,7 @@ struct Callee<E> {
     endpoint: E,
     max_concurrency: usize,
     in_flight: usize,
-    disclose: Vec<Box<str>>,
+    disclose: Arc<[Box<str>]>,
 }
 
 #[derive(Debug)]
@@ -103,6 +105,8 @@ struct Queued<W> {
 
 #[derive(Debug)]
 struct Procedure<E, W> {
+    /// Its name, shared by its calls' states.
+    name: Arc<str>,
     policy: Policy,
     /// In registration order.
     callees: Vec<Callee<E>>,
@@ -119,9 +123,9 @@ struct RegInfo {
 /// Where a call stands.
 #[derive(Debug, Clone)]
 enum CallState {
-    Queued(Box<str>),
+    Queued(Arc<str>),
     /// In flight at a registration.
-    At(Box<str>, RegId),
+    At(Arc<str>, RegId),
 }
 
 /// One callee, as [`Router::snapshot`] shows it.
@@ -155,9 +159,9 @@ pub struct ProcedureView<E> {
 pub struct Router<E, W> {
     limits: Limits,
     procedures: BTreeMap<Box<str>, Procedure<E, W>>,
-    registrations: HashMap<RegId, RegInfo>,
-    per_conn: HashMap<ConnId, usize>,
-    calls: HashMap<CallId, CallState>,
+    registrations: IdMap<RegInfo>,
+    per_conn: IdMap<usize>,
+    calls: IdMap<CallState>,
     next_reg: RegId,
     next_call: CallId,
     rng: u64,
@@ -182,9 +186,9 @@ impl<E: Clone, W> Router<E, W> {
         Router {
             limits,
             procedures: BTreeMap::new(),
-            registrations: HashMap::new(),
-            per_conn: HashMap::new(),
-            calls: HashMap::new(),
+            registrations: IdMap::default(),
+            per_conn: IdMap::default(),
+            calls: IdMap::default(),
             next_reg: 1,
             next_call: 1,
             rng: seed | 1,
@@ -249,6 +253,7 @@ impl<E: Clone, W> Router<E, W> {
             .procedures
             .entry(procedure.into())
             .or_insert_with(|| Procedure {
+                name: procedure.into(),
                 policy,
                 callees: Vec::new(),
                 next: 0,
@@ -259,7 +264,7 @@ impl<E: Clone, W> Router<E, W> {
             endpoint,
             max_concurrency: max_concurrency.max(1),
             in_flight: 0,
-            disclose,
+            disclose: disclose.into(),
         });
         self.registrations.insert(
             reg,
@@ -336,13 +341,13 @@ impl<E: Clone, W> Router<E, W> {
     }
 
     /// Routes call `call` of `procedure`: dispatched now, queued with
-    /// `waiter`, or refused.
+    /// `waiter()` (made only when the call is queued), or refused.
     pub fn route(
         &mut self,
         call: CallId,
         procedure: &str,
         key: Option<&str>,
-        waiter: W,
+        waiter: impl FnOnce() -> W,
     ) -> Result<Routed<E>, RouteError> {
         let rnd = self.random();
         let p = self
@@ -357,7 +362,7 @@ impl<E: Clone, W> Router<E, W> {
         {
             let a = take_slot(p, i);
             self.calls
-                .insert(call, CallState::At(procedure.into(), a.registration));
+                .insert(call, CallState::At(p.name.clone(), a.registration));
             return Ok(Routed::Now(a));
         }
         if p.queue.len() >= self.limits.max_queue {
@@ -366,9 +371,9 @@ impl<E: Clone, W> Router<E, W> {
         p.queue.push_back(Queued {
             call,
             key: key.map(Into::into),
-            waiter,
+            waiter: waiter(),
         });
-        self.calls.insert(call, CallState::Queued(procedure.into()));
+        self.calls.insert(call, CallState::Queued(p.name.clone()));
         Ok(Routed::Queued)
     }
 
@@ -380,12 +385,12 @@ impl<E: Clone, W> Router<E, W> {
         match self.calls.remove(&call) {
             None => {}
             Some(CallState::Queued(proc_name)) => {
-                if let Some(p) = self.procedures.get_mut(&proc_name) {
+                if let Some(p) = self.procedures.get_mut(&*proc_name) {
                     p.queue.retain(|q| q.call != call);
                 }
             }
             Some(CallState::At(proc_name, reg)) => {
-                if let Some(p) = self.procedures.get_mut(&proc_name)
+                if let Some(p) = self.procedures.get_mut(&*proc_name)
                     && let Some(c) = p.callees.iter_mut().find(|c| c.reg == reg)
                 {
                     c.in_flight = c.in_flight.saturating_sub(1);
@@ -420,7 +425,7 @@ impl<E: Clone, W> Router<E, W> {
             let Some(q) = p.queue.remove(qi) else { return };
             let a = take_slot(p, i);
             self.calls
-                .insert(q.call, CallState::At(procedure.into(), a.registration));
+                .insert(q.call, CallState::At(p.name.clone(), a.registration));
             out.push(Handoff {
                 call: q.call,
                 waiter: q.waiter,

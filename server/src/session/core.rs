@@ -35,7 +35,7 @@
 //! | `tests` | the virtual-clock unit tests |
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,7 @@ use super::ratelimit::TokenBucket;
 use super::table::Kind;
 use crate::auth::Principal;
 use crate::hub::RegisterError;
+use crate::idmap::IdMap;
 
 mod auth;
 mod config;
@@ -83,6 +84,8 @@ enum Work {
 struct InFlight {
     bytes: usize,
     work: Work,
+    /// Its deadline, if the driver set one ([`Core::set_deadline`]).
+    deadline: Option<Instant>,
 }
 
 /// A request of the server's in flight on the client (P20).
@@ -136,13 +139,17 @@ pub struct Core {
     close_deadline: Option<Instant>,
     bucket: TokenBucket,
     strikes: u32,
-    inflight: HashMap<u64, InFlight>,
+    inflight: IdMap<InFlight>,
     inflight_bytes: usize,
     /// The id of the `auth.refresh` being verified.
     refreshing: Option<u64>,
     /// The synchronous request being run (between dispatch and reply).
     running: Option<u64>,
-    server_requests: HashMap<u64, ServerRequest>,
+    server_requests: IdMap<ServerRequest>,
+    /// The server requests' deadlines, earliest first.
+    server_deadlines: BTreeSet<(Instant, u64)>,
+    /// Deadlines of requests in flight ([`Core::set_deadline`]).
+    deadlines: BTreeSet<(Instant, u64)>,
     next_server_id: u64,
     discarded: usize,
     out: VecDeque<Output>,
@@ -165,11 +172,13 @@ impl Core {
             pong_overdue: false,
             close_deadline: None,
             strikes: 0,
-            inflight: HashMap::new(),
+            inflight: IdMap::default(),
             inflight_bytes: 0,
             refreshing: None,
             running: None,
-            server_requests: HashMap::new(),
+            server_requests: IdMap::default(),
+            server_deadlines: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
             next_server_id: 1,
             discarded: 0,
             out: VecDeque::new(),
@@ -230,7 +239,8 @@ impl Core {
             self.expires_at,
             self.expiring_at,
             Some(keepalive),
-            self.server_requests.values().map(|r| r.deadline).min(),
+            self.server_deadlines.first().map(|d| d.0),
+            self.deadlines.first().map(|d| d.0),
         ]
         .into_iter()
         .flatten()
@@ -273,7 +283,7 @@ impl Core {
                 None
             }
             Ok(Frame::Response(r)) => {
-                if self.server_requests.remove(&r.id).is_some() {
+                if self.take_server_request(r.id).is_some() {
                     let answer = match r.outcome {
                         Ok(v) => ClientAnswer::Result(v),
                         Err(e) => ClientAnswer::Error(Box::new(e)),
@@ -303,7 +313,7 @@ impl Core {
                 }
                 r.next_seq += 1;
                 if c.fin {
-                    self.server_requests.remove(&c.id);
+                    self.take_server_request(c.id);
                     self.out.push_back(Output::ClientAnswer {
                         id: c.id,
                         answer: ClientAnswer::Final(c.data),
@@ -425,6 +435,7 @@ impl Core {
                     InFlight {
                         bytes: len,
                         work: Work::Handler(kind),
+                        deadline: None,
                     },
                 );
                 self.inflight_bytes += len;
@@ -442,7 +453,33 @@ impl Core {
     fn finish_request(&mut self, id: u64) -> Option<InFlight> {
         let f = self.inflight.remove(&id)?;
         self.inflight_bytes = self.inflight_bytes.saturating_sub(f.bytes);
+        if let Some(at) = f.deadline {
+            self.deadlines.remove(&(at, id));
+        }
         Some(f)
+    }
+
+    /// Removes server request `id` and its deadline.
+    fn take_server_request(&mut self, id: u64) -> Option<ServerRequest> {
+        let r = self.server_requests.remove(&id)?;
+        self.server_deadlines.remove(&(r.deadline, id));
+        Some(r)
+    }
+
+    /// Gives request `id`, in flight, a deadline: at `at`,
+    /// [`handle_timeout`](Core::handle_timeout) emits [`Output::Expired`]
+    /// for it once (the request stays in flight until it is answered with
+    /// [`handle_reply`](Core::handle_reply)). A later call moves the
+    /// deadline. Returns whether `id` is in flight.
+    pub fn set_deadline(&mut self, id: u64, at: Instant) -> bool {
+        let Some(f) = self.inflight.get_mut(&id) else {
+            return false;
+        };
+        if let Some(old) = f.deadline.replace(at) {
+            self.deadlines.remove(&(old, id));
+        }
+        self.deadlines.insert((at, id));
+        true
     }
 
     /// The handler of dispatched request `id` finished: returns its
@@ -618,6 +655,7 @@ impl Core {
     }
 
     fn abandon_server_requests(&mut self) {
+        self.server_deadlines.clear();
         let mut ids: Vec<u64> = self.server_requests.drain().map(|(id, _)| id).collect();
         ids.sort_unstable();
         for id in ids {
@@ -709,13 +747,19 @@ impl Core {
             self.pong_due = Some(now + self.cfg.pong_timeout);
             self.next_ping = now + self.cfg.ping_interval;
         }
-        let expired: Vec<u64> = self
-            .server_requests
-            .iter()
-            .filter(|(_, r)| now >= r.deadline)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
+        while let Some(&(at, id)) = self.deadlines.first()
+            && at <= now
+        {
+            self.deadlines.pop_first();
+            if let Some(f) = self.inflight.get_mut(&id) {
+                f.deadline = None;
+                self.out.push_back(Output::Expired { id });
+            }
+        }
+        while let Some(&(at, id)) = self.server_deadlines.first()
+            && at <= now
+        {
+            self.server_deadlines.pop_first();
             self.server_requests.remove(&id);
             if let Ok(f) = encode_notification(Method::Cancel.name(), &CancelParams { id }) {
                 self.out.push_back(Output::Frame(Bytes::from(f)));
@@ -757,7 +801,7 @@ impl Core {
     /// Withdraws server request `id` (§8, from the server): a `cancel` is
     /// sent and any later answer ignored. Returns whether it was in flight.
     pub fn withdraw_server_request(&mut self, id: u64) -> bool {
-        if self.server_requests.remove(&id).is_none() {
+        if self.take_server_request(id).is_none() {
             return false;
         }
         if self.is_authenticated()
@@ -796,10 +840,12 @@ impl Core {
             ));
         }
         self.next_server_id += 1;
+        let deadline = now + timeout;
+        self.server_deadlines.insert((deadline, id));
         self.server_requests.insert(
             id,
             ServerRequest {
-                deadline: now + timeout,
+                deadline,
                 streams,
                 next_seq: 0,
             },

@@ -18,7 +18,7 @@
 //! means the socket is empty, and yields on its own every
 //! [`TURNS_PER_POLL`] turns.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -31,7 +31,9 @@ use bytes::Bytes;
 use futures_util::future::{AbortHandle, Abortable, BoxFuture};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use plexus_protocol::{CloseCode, RawValue, RpcMethod};
+use plexus_protocol::frame::encode_notification;
+use plexus_protocol::methods::rpc::{Credit, CreditParams};
+use plexus_protocol::{CloseCode, NotificationMethod, RawValue, RpcMethod};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
@@ -39,11 +41,13 @@ use super::context::Ctx;
 use super::core::{ClientAnswer, Completion, Core, Dispatch, Label, Output};
 use super::error::RequestError;
 use super::registry::{Answer, FlexReply, Handler, Registry, Reply, Terminal};
+use super::relay::{Env, Relay, RoutedStart};
 use super::stream::ChunkSink;
 use super::table::{FALLBACK, MethodIndex};
 use crate::auth::{AuthError, Principal};
-use crate::conn::{Command, Conn, InvokeEnd};
+use crate::conn::{Command, Conn, InvokeEnd, ReplyTo};
 use crate::hub::Hub;
+use crate::idmap::IdMap;
 use crate::lag::Mark;
 use crate::outbound::{BATCH_KEEP, cost};
 use crate::transport::link::{Inbound, Link, Outgoing, Sent};
@@ -93,8 +97,12 @@ impl Wake for ReadWake {
 /// A routed call invoked at this connection's client.
 struct Invocation {
     call: u64,
-    chunks: tokio::sync::mpsc::Sender<RawValue>,
-    done: oneshot::Sender<InvokeEnd>,
+    /// Where its chunks and its end go: the caller's session.
+    reply: ReplyTo,
+    /// Chunks the client may send: the window plus the credit granted.
+    allowance: u64,
+    /// Chunks it sent.
+    received: u64,
 }
 
 /// A finished handler future.
@@ -137,15 +145,18 @@ struct Driver<L> {
     link: L,
     /// Handler futures; created on first use, dropped when empty.
     tasks: Option<FuturesUnordered<BoxFuture<'static, Done>>>,
-    aborts: HashMap<u64, AbortHandle>,
+    aborts: IdMap<AbortHandle>,
     verify: Option<BoxFuture<'static, Result<Principal, AuthError>>>,
     verify_started: Option<Instant>,
     /// Server-initiated requests awaiting the client's answer.
-    calls: HashMap<u64, oneshot::Sender<Result<RawValue, RequestError>>>,
+    calls: IdMap<oneshot::Sender<Result<RawValue, RequestError>>>,
     /// Routed-RPC invocations at this client, by server request id.
-    invokes: HashMap<u64, Invocation>,
+    invokes: IdMap<Invocation>,
     /// Their server request ids, by the hub's call id.
-    invoke_ids: HashMap<u64, u64>,
+    invoke_ids: IdMap<u64>,
+    /// Routed calls this connection made, in flight (created on first
+    /// use).
+    relay: Option<Box<Relay>>,
     batch: VecDeque<Bytes>,
     /// A decaying maximum of recent batch lengths: the batch buffer is
     /// dropped only when it is far larger than recent bursts need.
@@ -190,12 +201,13 @@ pub(crate) async fn drive<L: Link>(hub: Arc<Hub>, conn: Arc<Conn>, link: L) {
         core,
         link,
         tasks: None,
-        aborts: HashMap::new(),
+        aborts: IdMap::default(),
         verify: None,
         verify_started: None,
-        calls: HashMap::new(),
-        invokes: HashMap::new(),
-        invoke_ids: HashMap::new(),
+        calls: IdMap::default(),
+        invokes: IdMap::default(),
+        invoke_ids: IdMap::default(),
+        relay: None,
         batch: VecDeque::new(),
         batch_peak: 0,
         unflushed: false,
@@ -225,6 +237,7 @@ pub(crate) async fn drive<L: Link>(hub: Arc<Hub>, conn: Arc<Conn>, link: L) {
     tokio::pin!(sleep);
     std::future::poll_fn(|cx| d.poll(cx, sleep.as_mut())).await;
     d.end_rpc();
+    d.end_calls();
     d.finish().await;
 }
 
@@ -261,6 +274,21 @@ impl<L: Link> Driver<L> {
             }
             self.drain_outputs(cx, now);
             self.poll_writes(cx, now);
+            if let Some(relay) = &mut self.relay
+                && relay.is_stalled()
+            {
+                let mut env = Env {
+                    hub: &self.hub,
+                    conn: &self.conn,
+                    core: &mut self.core,
+                    now,
+                };
+                relay.pump(&mut env);
+                // What it relayed is written in the next turn.
+                if !self.conn.out.is_empty() {
+                    cx.waker().wake_by_ref();
+                }
+            }
             if self.core.is_finished() {
                 return Poll::Ready(());
             }
@@ -329,8 +357,8 @@ impl<L: Link> Driver<L> {
                     call,
                     params,
                     timeout,
-                    chunks,
-                    done,
+                    window,
+                    reply,
                 } => match self.core.start_streamed_server_request(
                     now,
                     plexus_protocol::methods::rpc::Invoke::NAME,
@@ -339,22 +367,52 @@ impl<L: Link> Driver<L> {
                 ) {
                     Ok(id) => {
                         self.invoke_ids.insert(call, id);
-                        self.invokes.insert(id, Invocation { call, chunks, done });
+                        self.invokes.insert(
+                            id,
+                            Invocation {
+                                call,
+                                reply,
+                                allowance: window,
+                                received: 0,
+                            },
+                        );
                     }
                     Err(
                         e @ (RequestError::TooManyRequests(_) | RequestError::PayloadTooLarge(_)),
-                    ) => {
-                        let _ = done.send(InvokeEnd::Refused(e));
-                    }
-                    Err(_) => {
-                        let _ = done.send(InvokeEnd::Lost);
-                    }
+                    ) => reply.end(InvokeEnd::Refused(e)),
+                    Err(_) => reply.end(InvokeEnd::Lost),
                 },
+                Command::Credit { call, chunks } => {
+                    if let Some(inv) = self
+                        .invoke_ids
+                        .get(&call)
+                        .and_then(|id| self.invokes.get_mut(id))
+                    {
+                        inv.allowance = inv.allowance.saturating_add(chunks);
+                        if let Ok(f) =
+                            encode_notification(Credit::NAME, &CreditParams::new(call, chunks))
+                        {
+                            self.queue(Bytes::from(f));
+                        }
+                    }
+                }
                 Command::Withdraw { call } => {
                     if let Some(id) = self.invoke_ids.remove(&call) {
-                        self.invokes.remove(&id);
+                        if let Some(inv) = self.invokes.remove(&id) {
+                            inv.reply.forget();
+                        }
                         self.core.withdraw_server_request(id);
                     }
+                }
+                Command::Routed { id, call, event } => {
+                    let relay = self.relay.get_or_insert_with(Box::default);
+                    let mut env = Env {
+                        hub: &self.hub,
+                        conn: &self.conn,
+                        core: &mut self.core,
+                        now,
+                    };
+                    relay.event(&mut env, id, call, event);
                 }
             }
         }
@@ -449,6 +507,7 @@ impl<L: Link> Driver<L> {
         enum Started {
             Done(Result<Bytes, RequestError>),
             Future(Pending, Option<Arc<AtomicU64>>),
+            Routed(RoutedStart),
         }
         let started = if d.method == FALLBACK {
             match registry.fallback_handler() {
@@ -507,6 +566,13 @@ impl<L: Link> Driver<L> {
                         Err(_) => Started::Done(Err(RequestError::internal("handler panicked"))),
                     }
                 }
+                Some(Handler::Routed(f)) => {
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut ctx, &d.params))) {
+                        Ok(Ok(start)) => Started::Routed(start),
+                        Ok(Err(e)) => Started::Done(Err(e)),
+                        Err(_) => Started::Done(Err(RequestError::internal("handler panicked"))),
+                    }
+                }
                 None => Started::Done(Err(RequestError::MethodNotFound)),
             }
         };
@@ -532,6 +598,16 @@ impl<L: Link> Driver<L> {
                 }
             }
             Started::Future(fut, seq) => self.spawn(cx, now, d.id, d.method, fut, seq),
+            Started::Routed(start) => {
+                let relay = self.relay.get_or_insert_with(Box::default);
+                let mut env = Env {
+                    hub: &self.hub,
+                    conn: &self.conn,
+                    core: &mut self.core,
+                    now,
+                };
+                relay.start(&mut env, d.id, d.method, start);
+            }
         }
     }
 
@@ -687,6 +763,25 @@ impl<L: Link> Driver<L> {
                 Output::Abort { id } => {
                     if let Some(h) = self.aborts.get(&id) {
                         h.abort();
+                    } else if let Some(relay) = &mut self.relay {
+                        let mut env = Env {
+                            hub: &self.hub,
+                            conn: &self.conn,
+                            core: &mut self.core,
+                            now,
+                        };
+                        relay.cancel(&mut env, id);
+                    }
+                }
+                Output::Expired { id } => {
+                    if let Some(relay) = &mut self.relay {
+                        let mut env = Env {
+                            hub: &self.hub,
+                            conn: &self.conn,
+                            core: &mut self.core,
+                            now,
+                        };
+                        relay.expire(&mut env, id);
                     }
                 }
                 Output::Verify { token } => {
@@ -714,30 +809,32 @@ impl<L: Link> Driver<L> {
                 }
                 Output::Close { code, closing } => self.begin_close(code, closing),
                 Output::ClientChunk { id, data } => {
-                    if let Some(inv) = self.invokes.get(&id) {
-                        let overrun = match inv.chunks.try_send(data) {
-                            Ok(()) => None,
-                            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                                Some(InvokeEnd::Overrun)
-                            }
-                            // The caller is gone (its withdrawal follows).
-                            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                                Some(InvokeEnd::Lost)
-                            }
+                    if let Some(inv) = self.invokes.get_mut(&id) {
+                        // Past its credit: withdrawn, the call failed.
+                        let overrun = inv.received >= inv.allowance;
+                        // Passed on, or the caller is gone (its withdrawal
+                        // follows; nothing more is passed on).
+                        let gone = !overrun && {
+                            inv.received += 1;
+                            !inv.reply.chunk(data)
                         };
-                        if let Some(end) = overrun
+                        if (overrun || gone)
                             && let Some(inv) = self.invokes.remove(&id)
                         {
                             self.invoke_ids.remove(&inv.call);
                             self.core.withdraw_server_request(id);
-                            let _ = inv.done.send(end);
+                            if overrun {
+                                inv.reply.end(InvokeEnd::Overrun);
+                            } else {
+                                inv.reply.forget();
+                            }
                         }
                     }
                 }
                 Output::ClientAnswer { id, answer } => {
                     if let Some(inv) = self.invokes.remove(&id) {
                         self.invoke_ids.remove(&inv.call);
-                        let _ = inv.done.send(match answer {
+                        inv.reply.end(match answer {
                             ClientAnswer::Result(v) => InvokeEnd::Result(v),
                             ClientAnswer::Final(v) => InvokeEnd::Final(v),
                             ClientAnswer::Error(e) => InvokeEnd::Error(*e),
@@ -902,16 +999,18 @@ impl<L: Link> Driver<L> {
         // No command is accepted from here on; those queued are failed.
         self.conn.out.abort();
         self.hub.rpc.drop_conn(&self.conn);
-        for (_, inv) in self.invokes.drain() {
-            let _ = inv.done.send(InvokeEnd::Lost);
-        }
+        // Each unanswered invocation's reply reports `Lost` as it drops,
+        // those still queued as commands too.
+        self.invokes.clear();
         self.invoke_ids.clear();
-        if let Some(a) = self.conn.out.take_attention() {
-            for c in a.commands {
-                if let Command::Invoke { done, .. } = c {
-                    let _ = done.send(InvokeEnd::Lost);
-                }
-            }
+        drop(self.conn.out.take_attention());
+    }
+
+    /// The session is over: its own routed calls are withdrawn at their
+    /// callees and their slots freed.
+    fn end_calls(&mut self) {
+        if let Some(mut relay) = self.relay.take() {
+            relay.abandon(&self.hub);
         }
     }
 
@@ -950,8 +1049,11 @@ impl<L> Drop for Driver<L> {
         self.conn.out.abort();
         self.hub.broker.drop_conn(&self.conn);
         self.hub.rpc.drop_conn(&self.conn);
-        // Calls in flight here fail `callee_lost` now (their senders drop).
+        // Calls in flight here fail `callee_lost` now (their replies drop).
         self.invokes.clear();
+        if let Some(mut relay) = self.relay.take() {
+            relay.abandon(&self.hub);
+        }
         self.hub.connection_closed(&self.conn);
         tracing::debug!("connection ended");
     }

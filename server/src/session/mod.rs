@@ -4,11 +4,12 @@
 //! |---|---|
 //! | [`core`] | the sans-IO `Core`: every session rule, tested with a virtual clock |
 //! | `driver` | the one task per connection that owns the link and runs the core |
-//! | [`registry`] | the open, typed method registry (sync / async / streamed / fallback) |
+//! | [`registry`] | the open, typed method registry (sync / async / streamed / routed / fallback) |
 //! | [`table`] | the method table the core consults: names, kinds, metadata |
 //! | [`context`] | `Ctx`, what a handler sees |
 //! | [`error`] | `RequestError` and the one mapping to a wire error |
 //! | [`stream`] | `ChunkSink`, streamed replies with credit |
+//! | [`relay`] | the caller's side of routed calls: answers that come from the callee's connection, chunks relayed with credit |
 //! | [`ratelimit`] | the token bucket that judges the client, not the hub's lag |
 //! | [`methods`] | the handlers of the core methods (and `debug.*`) |
 //!
@@ -21,6 +22,7 @@ pub mod error;
 pub mod methods;
 pub mod ratelimit;
 pub mod registry;
+pub mod relay;
 pub mod stream;
 pub mod table;
 

@@ -110,6 +110,15 @@ impl Answer {
 /// What a flexible handler's future yields.
 pub type FlexReply = BoxFuture<'static, Result<Answer, RequestError>>;
 
+/// A routed handler (routed RPC's `rpc.call`): its synchronous part routes
+/// the request, which the callee's connection then answers through the
+/// session's relay (`session::relay`, decision R14).
+pub type RoutedFn = Box<
+    dyn Fn(&mut Ctx<'_>, &RawValue) -> Result<super::relay::RoutedStart, RequestError>
+        + Send
+        + Sync,
+>;
+
 /// A flexible handler: a streamed one that may answer with a plain
 /// response instead of a final chunk, and run work after its answer.
 pub type FlexFn = Box<
@@ -130,6 +139,8 @@ pub enum Handler {
     Streamed(StreamFn),
     /// See [`Registry::flexible`].
     Flexible(FlexFn),
+    /// See [`Registry::routed`].
+    Routed(RoutedFn),
 }
 
 impl fmt::Debug for Handler {
@@ -139,6 +150,7 @@ impl fmt::Debug for Handler {
             Handler::Async(_) => "Async",
             Handler::Streamed(_) => "Streamed",
             Handler::Flexible(_) => "Flexible",
+            Handler::Routed(_) => "Routed",
         })
     }
 }
@@ -177,7 +189,7 @@ impl Registry {
         let kind = match &handler {
             Handler::Sync(_) => Kind::Sync,
             Handler::Async(_) => Kind::Async,
-            Handler::Streamed(_) | Handler::Flexible(_) => Kind::Streamed,
+            Handler::Streamed(_) | Handler::Flexible(_) | Handler::Routed(_) => Kind::Streamed,
         };
         let i = usize::from(self.table.add(name, kind, meta));
         if i == self.handlers.len() {
@@ -293,6 +305,19 @@ impl Registry {
             + 'static,
     {
         self.add(name, meta, Handler::Flexible(Box::new(f)));
+    }
+
+    /// Registers a routed handler by name: its synchronous part (run before
+    /// the next frame is read) hands the request to the router, and
+    /// another connection's session answers it (see `session::relay`).
+    pub fn routed<F>(&mut self, name: &str, meta: Meta, f: F)
+    where
+        F: Fn(&mut Ctx<'_>, &RawValue) -> Result<super::relay::RoutedStart, RequestError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.add(name, meta, Handler::Routed(Box::new(f)));
     }
 
     /// Sends every name the table does not hold to `f`, as an asynchronous

@@ -26,7 +26,7 @@ fn callees(r: &mut R, policy: Policy, n: u64, conc: usize) -> Vec<RegId> {
 
 fn now(r: &mut R, key: Option<&str>) -> (CallId, ConnId) {
     let call = r.next_call_id();
-    match r.route(call, "svc.a", key, call).unwrap() {
+    match r.route(call, "svc.a", key, || call).unwrap() {
         Routed::Now(a) => (call, a.endpoint),
         Routed::Queued => panic!("queued"),
     }
@@ -163,12 +163,15 @@ fn queue_is_bounded_and_drains_in_order() {
     let mut queued = Vec::new();
     for _ in 0..LIMITS.max_queue {
         let call = r.next_call_id();
-        assert_eq!(r.route(call, "svc.a", None, call).unwrap(), Routed::Queued);
+        assert_eq!(
+            r.route(call, "svc.a", None, || call).unwrap(),
+            Routed::Queued
+        );
         queued.push(call);
     }
     let call = r.next_call_id();
     assert_eq!(
-        r.route(call, "svc.a", None, call),
+        r.route(call, "svc.a", None, || call),
         Err(RouteError::QueueFull)
     );
     // Each finished call hands its slot to the oldest queued one.
@@ -186,16 +189,16 @@ fn queue_is_bounded_and_drains_in_order() {
 #[test]
 fn nobody_registered_is_no_callee_and_a_vanished_callee_drops_the_queue() {
     let mut r = router();
-    assert_eq!(r.route(1, "svc.a", None, 1), Err(RouteError::NoCallee));
+    assert_eq!(r.route(1, "svc.a", None, || 1), Err(RouteError::NoCallee));
     callees(&mut r, Policy::Single, 1, 1);
     let (a, _) = now(&mut r, None);
     let q = r.next_call_id();
-    assert_eq!(r.route(q, "svc.a", None, q).unwrap(), Routed::Queued);
+    assert_eq!(r.route(q, "svc.a", None, || q).unwrap(), Routed::Queued);
     assert!(r.drop_conn(1).is_empty(), "the queued waiter is dropped");
     assert!(!r.has_callee("svc.a"));
     assert!(r.finish(a).is_empty());
     assert_eq!(r.calls(), 0);
-    assert_eq!(r.route(9, "svc.a", None, 9), Err(RouteError::NoCallee));
+    assert_eq!(r.route(9, "svc.a", None, || 9), Err(RouteError::NoCallee));
 }
 
 #[test]
@@ -222,8 +225,8 @@ fn a_cancelled_queued_call_leaves_the_queue() {
     callees(&mut r, Policy::RoundRobin, 1, 1);
     let (a, _) = now(&mut r, None);
     let (q1, q2) = (r.next_call_id(), r.next_call_id());
-    r.route(q1, "svc.a", None, q1).unwrap();
-    r.route(q2, "svc.a", None, q2).unwrap();
+    r.route(q1, "svc.a", None, || q1).unwrap();
+    r.route(q2, "svc.a", None, || q2).unwrap();
     assert!(r.finish(q1).is_empty());
     let h = r.finish(a);
     assert_eq!(h.len(), 1);
@@ -245,7 +248,10 @@ fn affinity_queues_per_callee() {
     let (k1, k2) = (by[&1].clone(), by[&2].clone());
     let (busy, _) = now(&mut r, Some(&k1));
     let q = r.next_call_id();
-    assert_eq!(r.route(q, "svc.a", Some(&k1), q).unwrap(), Routed::Queued);
+    assert_eq!(
+        r.route(q, "svc.a", Some(&k1), || q).unwrap(),
+        Routed::Queued
+    );
     // A call for the other callee does not wait behind it.
     let (_, c) = now(&mut r, Some(&k2));
     assert_eq!(c, 2);

@@ -65,6 +65,7 @@ impl Core {
             InFlight {
                 bytes: len,
                 work: Work::Auth,
+                deadline: None,
             },
         );
         self.inflight_bytes += len;
@@ -96,6 +97,7 @@ impl Core {
             InFlight {
                 bytes: len,
                 work: Work::Refresh,
+                deadline: None,
             },
         );
         self.inflight_bytes += len;

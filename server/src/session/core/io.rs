@@ -30,6 +30,13 @@ pub enum Output {
         /// The request.
         id: u64,
     },
+    /// The deadline given to request `id` with
+    /// [`Core::set_deadline`](super::Core::set_deadline) passed: answer it
+    /// (typically [`Completion::Error`]`(Timeout)`).
+    Expired {
+        /// The request.
+        id: u64,
+    },
     /// Verify this token without blocking, then call
     /// [`Core::handle_verified`](super::Core::handle_verified).
     Verify {

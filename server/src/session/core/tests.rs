@@ -1156,3 +1156,90 @@ fn a_streamed_server_request_passes_chunks_in_order_and_can_be_withdrawn() {
     let out = h.outputs();
     assert_eq!(out.len(), 1);
 }
+
+#[test]
+fn a_request_deadline_expires_once_and_goes_with_its_answer() {
+    let mut h = H::new(|_| {});
+    h.authed("alice", None);
+    let (a, d) = h.request("debug.sleep", &Empty {});
+    assert!(d.is_some());
+    let (b, _) = h.request("debug.sleep", &Empty {});
+    let (c, _) = h.request("debug.sleep", &Empty {});
+    let base = h.now - h.t0;
+    assert!(h.core.set_deadline(a, h.now + secs(5)));
+    assert!(h.core.set_deadline(b, h.now + secs(3)));
+    assert!(h.core.set_deadline(c, h.now + secs(4)));
+    // A later call moves the deadline; an id not in flight has none.
+    assert!(h.core.set_deadline(b, h.now + secs(7)));
+    assert!(!h.core.set_deadline(99, h.now + secs(1)));
+    h.outputs();
+    // c is answered before its deadline: its deadline goes with it.
+    assert_eq!(
+        h.reply(c, Completion::Result(Bytes::from_static(&[0xa0])))
+            .len(),
+        1
+    );
+    assert_eq!(h.core.next_timeout(), Some(h.t0 + base + secs(5)));
+    h.run_to(base + secs(6));
+    let out = h.outputs();
+    assert!(
+        matches!(&out[..], [Output::Expired { id }] if *id == a),
+        "{out:?}"
+    );
+    // Still in flight until answered; it does not expire twice.
+    assert_eq!(h.core.in_flight(), 2);
+    h.run_to(base + secs(8));
+    let out = h.outputs();
+    assert!(
+        matches!(&out[..], [Output::Expired { id }] if *id == b),
+        "{out:?}"
+    );
+    h.run_to(base + secs(60));
+    assert!(h.outputs().is_empty());
+    let frame = h.reply(a, Completion::Error(RequestError::Timeout));
+    let [Output::Frame(f)] = &frame[..] else {
+        panic!("{frame:?}")
+    };
+    assert_eq!(response(f, a).unwrap_err().code, ErrorCode::Timeout);
+    assert_eq!(h.core.in_flight(), 1);
+}
+
+#[test]
+fn server_request_deadlines_fire_in_order_and_leave_with_their_answers() {
+    let mut h = H::new(|_| {});
+    h.authed("alice", None);
+    h.outputs();
+    let base = h.now - h.t0;
+    let ids: Vec<u64> = [3, 1, 2]
+        .into_iter()
+        .map(|s| {
+            h.core
+                .start_server_request(h.now, "svc.x", &RawValue::null(), secs(s))
+                .unwrap()
+        })
+        .collect();
+    h.outputs();
+    // The one due first is answered: the next deadline is the next one's.
+    let answer = encode_result(ids[1], &Empty {}).unwrap();
+    assert!(h.frame(answer).is_none());
+    let out = h.outputs();
+    assert!(
+        matches!(&out[..], [Output::ClientAnswer { id, answer: ClientAnswer::Result(_) }] if *id == ids[1]),
+        "{out:?}"
+    );
+    assert_eq!(h.core.next_timeout(), Some(h.t0 + base + secs(2)));
+    h.run_to(base + secs(10));
+    let timed_out: Vec<u64> = h
+        .outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::ClientAnswer {
+                id,
+                answer: ClientAnswer::TimedOut,
+            } => Some(id),
+            Output::ClientAnswer { id, .. } => panic!("{id} answered"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timed_out, vec![ids[2], ids[0]]);
+}

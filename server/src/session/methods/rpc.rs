@@ -5,40 +5,35 @@
 //! - `rpc.register` / `rpc.unregister` / `rpc.list`: synchronous, the
 //!   router's lock held only for the change.
 //! - `rpc.call`: routed in its synchronous part (so `no_callee` and a full
-//!   queue are answered at once, R4), then a future that waits for its slot
-//!   if queued, invokes the callee with a
-//!   [`Command::Invoke`](crate::conn::Command::Invoke), relays the callee's
-//!   chunks with credit (R7) and its answer. The call's own deadline
-//!   bounds it all (R9); a [`CallGuard`] withdraws the invocation and
-//!   frees the slot however the future ends (answered, cancelled, timed
-//!   out, its caller gone).
+//!   queue are answered at once, R4); the session's relay
+//!   (`session::relay`, R14) then invokes the callee with a
+//!   [`Command::Invoke`](crate::conn::Command::Invoke) (at once, or when a
+//!   queued call gets its slot), relays the callee's chunks with credit
+//!   (R7) and answers with the callee's answer. The call's deadline is the
+//!   request's deadline in the session core (R9); the relay withdraws the
+//!   invocation and frees the slot however the call ends (answered,
+//!   cancelled, timed out, its caller gone).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use plexus_protocol::frame::encode_notification;
 use plexus_protocol::methods::Empty;
 use plexus_protocol::methods::rpc::{
-    CallParams, CalleeInfo, Caller, Credit, CreditParams, InvokeParams, List, ListParams,
-    ListResult, Policy, ProcedureInfo, Register, RegisterParams, RegisterResult, Unregister,
-    UnregisterParams,
+    CallParams, CalleeInfo, Caller, InvokeParams, List, ListParams, ListResult, Policy,
+    ProcedureInfo, Register, RegisterParams, RegisterResult, Unregister, UnregisterParams,
 };
 use plexus_protocol::topic::Topic;
-use plexus_protocol::{
-    Encoded, ErrorCode, NotificationMethod, RawRef, RawValue, RpcMethod, WireError, duration_ms,
-};
-use tokio::sync::{mpsc, oneshot};
+use plexus_protocol::{RawRef, RawValue, RpcMethod, duration_ms};
 
 use super::topic_error;
-use crate::conn::{Command, Conn, InvokeEnd};
-use crate::hub::Hub;
-use crate::rpc::{CallId, RouteError, Routed};
+use crate::conn::{Conn, ReplyTo};
+use crate::rpc::{Assignment, CallId, RouteError, Routed};
 use crate::session::context::Ctx;
 use crate::session::error::{RequestError, params};
-use crate::session::registry::{Answer, FlexReply, Meta, Registry};
-use crate::session::stream::ChunkSink;
+use crate::session::registry::{Meta, Registry};
+use crate::session::relay::{RoutedStart, Target};
 
 /// Longest claim name a registration may ask to be disclosed, in bytes.
 pub const MAX_CLAIM_NAME_LEN: usize = 64;
@@ -47,17 +42,13 @@ pub const MAX_CLAIM_NAME_LEN: usize = 64;
 /// `null`, so an invocation never nests past the frame depth limit.
 pub const MAX_CLAIM_DEPTH: usize = 8;
 
-/// How much longer than the call's deadline the callee's session waits for
-/// its answer: the call's own timer decides first (R9).
-pub const INVOKE_SLACK: Duration = Duration::from_secs(1);
-
 /// Registers the methods.
 pub fn register(r: &mut Registry) {
     r.sync::<Register, _>(Meta::default(), register_procedure);
     r.sync::<Unregister, _>(Meta::default(), unregister);
     r.sync::<List, _>(Meta::default(), list);
     // The call's own deadline bounds it, not `request-timeout`.
-    r.flexible(
+    r.routed(
         plexus_protocol::methods::rpc::Call::NAME,
         Meta::default().without_timeout(),
         call,
@@ -216,33 +207,13 @@ fn fit_page(
     }
 }
 
-/// Frees a call's slot and withdraws its invocation however the call's
-/// future ends (R6, R9, R10).
-struct CallGuard {
-    hub: Arc<Hub>,
-    call: CallId,
-    /// The callee, once invoked and until it answered.
-    invoked: Option<Arc<Conn>>,
-}
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        if let Some(callee) = self.invoked.take() {
-            // Best effort: a full command queue leaves it to the callee's
-            // own timer (the deadline plus INVOKE_SLACK).
-            let _ = callee.out.command(Command::Withdraw { call: self.call });
-        }
-        self.hub.rpc.finish(self.call);
-    }
-}
-
-fn call(ctx: &mut Ctx<'_>, raw: &RawValue, mut sink: ChunkSink) -> Result<FlexReply, RequestError> {
+fn call(ctx: &mut Ctx<'_>, raw: &RawValue) -> Result<RoutedStart, RequestError> {
     let p = params::<CallParams<'_>>(raw)?;
     let topic = procedure(ctx, p.procedure)?;
     if !ctx.caps().can_rpc_call(&topic) {
         return Err(RequestError::forbidden("call this procedure"));
     }
-    let hub = ctx.hub().clone();
+    let hub = ctx.hub();
     let settings = &hub.rpc.settings;
     let timeout = match p.timeout_ms {
         None => settings.default_timeout.0,
@@ -254,116 +225,88 @@ fn call(ctx: &mut Ctx<'_>, raw: &RawValue, mut sink: ChunkSink) -> Result<FlexRe
             format!("key is longer than {} bytes", settings.max_key_len).into(),
         ));
     }
-    let deadline = Instant::now() + timeout;
-    let (tx, rx) = oneshot::channel();
-    let routed = hub.rpc.with(|r| {
-        let call = r.next_call_id();
-        r.route(call, topic.as_str(), p.key, tx).map(|x| (call, x))
-    });
-    let (call, routed) = routed.map_err(route_error)?;
-    let guard = CallGuard {
-        hub: hub.clone(),
-        call,
-        invoked: None,
-    };
-    let args = Bytes::copy_from_slice(p.params.map_or(&[0xf6][..], |r| r.as_bytes()));
-    let caller = caller(ctx);
-    let name: Box<str> = topic.as_str().into();
+    let now = Instant::now();
+    let deadline = now + timeout;
     let window = settings.chunk_window;
-    let run = async move {
-        let mut guard = guard;
-        let a = match routed {
-            Routed::Now(a) => a,
-            // The waiter was dropped: the procedure lost its callees.
-            Routed::Queued => rx.await.map_err(|_| RequestError::NoCallee)?,
-        };
-        let claims = disclosed(caller.claims.as_deref(), &a.disclose);
-        let invoke = InvokeParams::new(
+    let (conn, id) = (ctx.conn(), ctx.request_id());
+    let (call, routed) = hub
+        .rpc
+        .with(|r| {
+            let call = r.next_call_id();
+            r.route(call, topic.as_str(), p.key, || {
+                ReplyTo::waiter(conn.clone(), id, call)
+            })
+            .map(|x| (call, x))
+        })
+        .map_err(route_error)?;
+    let caller = caller(ctx);
+    let args = p.params.unwrap_or(RawRef::NULL);
+    let target = match routed {
+        Routed::Now(a) => match invoke_params(
             call,
-            a.registration,
-            &name,
-            minicbor::decode::<RawRef<'_>>(&args)
-                .map_err(|_| RequestError::internal("call params"))?,
-            duration_ms(deadline.saturating_duration_since(Instant::now())),
-            Caller::new(&*caller.user).with_claims(claims),
+            &a,
+            topic.as_str(),
+            args,
+            &caller,
+            deadline,
+            now,
             window,
-        );
-        let params =
-            RawValue::encode(&invoke).map_err(|_| RequestError::internal("encode invoke"))?;
-        let (chunks_tx, mut chunks) = mpsc::channel(usize::try_from(window).unwrap_or(16));
-        let (done_tx, mut done) = oneshot::channel();
-        let cmd = Command::Invoke {
-            call,
-            params,
-            timeout: deadline.saturating_duration_since(Instant::now()) + INVOKE_SLACK,
-            chunks: chunks_tx,
-            done: done_tx,
-        };
-        if a.endpoint.out.command(cmd).is_err() {
-            return Err(RequestError::CalleeLost);
-        }
-        guard.invoked = Some(a.endpoint.clone());
-        let callee = a.endpoint;
-        // Credit goes back in batches of half the window.
-        let batch = (window / 2).max(1);
-        let mut relayed = 0u64;
-        let mut uncredited = 0u64;
-        let end = loop {
-            tokio::select! {
-                biased;
-                Some(data) = chunks.recv() => {
-                    sink.send(&Encoded(data.as_bytes())).await?;
-                    relayed += 1;
-                    uncredited += 1;
-                    if uncredited >= batch {
-                        credit(&callee, call, uncredited);
-                        uncredited = 0;
-                    }
-                }
-                end = &mut done => {
-                    // Chunks sent before the answer come first.
-                    while let Ok(data) = chunks.try_recv() {
-                        sink.send(&Encoded(data.as_bytes())).await?;
-                        relayed += 1;
-                    }
-                    break end;
-                }
+        ) {
+            Ok(params) => Target::Now {
+                callee: a.endpoint,
+                params,
+            },
+            Err(e) => {
+                hub.rpc.finish(call);
+                return Err(e);
             }
-        };
-        guard.invoked = None;
-        let end = end.unwrap_or(InvokeEnd::Lost);
-        let data = |v: RawValue| Bytes::copy_from_slice(v.as_bytes());
-        match end {
-            InvokeEnd::Result(v) if relayed == 0 => Ok(Answer::result(data(v))),
-            InvokeEnd::Result(v) | InvokeEnd::Final(v) => Ok(Answer::final_chunk(data(v))),
-            InvokeEnd::Error(e) => Err(RequestError::Peer(e)),
-            InvokeEnd::TimedOut => Err(RequestError::Timeout),
-            InvokeEnd::Lost => Err(RequestError::CalleeLost),
-            InvokeEnd::Refused(RequestError::PayloadTooLarge(_)) => Err(
-                RequestError::PayloadTooLarge("the invocation exceeds max_frame_size".into()),
-            ),
-            InvokeEnd::Refused(_) => Err(RequestError::TooManyRequests(
-                "the callee has too many calls in flight".into(),
-            )),
-            InvokeEnd::Overrun => Err(RequestError::Peer(WireError::new(
-                ErrorCode::Internal,
-                "the callee sent more chunks than its credit allowed",
-            ))),
+        },
+        Routed::Queued => {
+            // Kept until a slot frees: the params are copied out of the
+            // request frame.
+            let args = Bytes::copy_from_slice(args.as_bytes());
+            let name: Box<str> = topic.as_str().into();
+            Target::Queued(Box::new(move |a, now| {
+                let args = minicbor::decode::<RawRef<'_>>(&args)
+                    .map_err(|_| RequestError::internal("call params"))?;
+                invoke_params(call, a, &name, args, &caller, deadline, now, window)
+            }))
         }
     };
-    Ok(Box::pin(async move {
-        tokio::time::timeout_at(deadline.into(), run)
-            .await
-            .unwrap_or(Err(RequestError::Timeout))
-    }))
+    Ok(RoutedStart {
+        call,
+        deadline,
+        window,
+        target,
+    })
 }
 
-/// Sends `chunks` more credit for `call` to its callee.
-fn credit(callee: &Conn, call: CallId, chunks: u64) {
-    if let Ok(f) = encode_notification(Credit::NAME, &CreditParams::new(call, chunks)) {
-        // An overflow closes the callee as a slow consumer, as for any frame.
-        let _ = callee.out.push(Bytes::from(f));
-    }
+/// The `rpc.invoke` params of call `call` at callee `a`, at `now`.
+#[allow(clippy::too_many_arguments)]
+fn invoke_params(
+    call: CallId,
+    a: &Assignment<Arc<Conn>>,
+    procedure: &str,
+    args: RawRef<'_>,
+    caller: &CallerInfo,
+    deadline: Instant,
+    now: Instant,
+    window: u64,
+) -> Result<RawValue, RequestError> {
+    let claims = disclosed(caller.claims.as_deref(), &a.disclose);
+    let invoke = InvokeParams::new(
+        call,
+        a.registration,
+        procedure,
+        args,
+        duration_ms(deadline.saturating_duration_since(now)),
+        Caller::new(&*caller.user).with_claims(claims),
+        window,
+    );
+    // The params, the names and the caller, with room for the keys and
+    // the numbers.
+    let size = args.as_bytes().len() + procedure.len() + caller.user.len() + 64;
+    RawValue::encode_sized(&invoke, size).map_err(|_| RequestError::internal("encode invoke"))
 }
 
 struct CallerInfo {
