@@ -43,6 +43,7 @@
 pub mod close;
 pub mod error;
 pub mod frame;
+pub mod json;
 pub mod limits;
 pub mod method;
 pub mod methods;

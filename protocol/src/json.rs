@@ -1,0 +1,230 @@
+//! The JSON projection of CBOR values, used wherever a `plexus.v1` value
+//! meets JSON: HTTP bodies (`application/json`), SSE events in JSON mode,
+//! and the CLI's `--json` output. `docs/http.md` ("The JSON projection")
+//! is the normative description.
+//!
+//! JSON → CBOR is exact: `null`, booleans, strings, arrays and objects map
+//! to their CBOR kinds; a number that is an integer (no fraction, no
+//! exponent) becomes a CBOR integer, any other number a float.
+//!
+//! CBOR → JSON is lossy where JSON has no kind:
+//!
+//! | CBOR | JSON |
+//! |---|---|
+//! | byte string | string, base64url without padding |
+//! | tag *n*(v) | the projection of *v* (the tag is dropped) |
+//! | `undefined`, other simple values | `null` |
+//! | NaN, ±∞ | `null` |
+//! | map key that is not a text string | its JSON text (`1` → `"1"`) |
+//! | integer beyond ±2^64 (never produced by the hub) | refused |
+//!
+//! ```
+//! use plexus_protocol::{json, DecodeLimits};
+//! let v: serde_json::Value = serde_json::json!({"n": 1, "s": "x", "f": 1.5});
+//! let cbor = json::to_cbor(&v);
+//! assert_eq!(json::from_cbor(cbor.as_bytes(), &DecodeLimits::default()).unwrap(), v);
+//! ```
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use minicbor::data::Type;
+use minicbor::{Decoder, Encoder};
+use serde_json::{Map, Number, Value};
+
+use crate::{DecodeError, DecodeLimits, RawValue};
+
+/// Encodes a JSON value as one CBOR item.
+pub fn to_cbor(v: &Value) -> RawValue {
+    let mut buf = Vec::with_capacity(64);
+    let mut e = Encoder::new(&mut buf);
+    encode(&mut e, v);
+    RawValue::from_checked(buf.into())
+}
+
+fn encode(e: &mut Encoder<&mut Vec<u8>>, v: &Value) {
+    // Writing to a Vec cannot fail.
+    let _ = match v {
+        Value::Null => e.null().map(|_| ()),
+        Value::Bool(b) => e.bool(*b).map(|_| ()),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                e.u64(u).map(|_| ())
+            } else if let Some(i) = n.as_i64() {
+                e.i64(i).map(|_| ())
+            } else {
+                e.f64(n.as_f64().unwrap_or(f64::NAN)).map(|_| ())
+            }
+        }
+        Value::String(s) => e.str(s).map(|_| ()),
+        Value::Array(a) => {
+            let _ = e.array(a.len() as u64);
+            for x in a {
+                encode(e, x);
+            }
+            Ok(())
+        }
+        Value::Object(m) => {
+            let _ = e.map(m.len() as u64);
+            for (k, x) in m {
+                let _ = e.str(k);
+                encode(e, x);
+            }
+            Ok(())
+        }
+    };
+}
+
+/// Projects one well-formed CBOR item onto JSON, within `limits`' depth.
+pub fn from_cbor(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, DecodeError> {
+    // The well-formedness pass bounds the depth and checks lengths before
+    // the walk below allocates anything.
+    let raw = RawValue::from_bytes(bytes::Bytes::copy_from_slice(bytes), limits)?;
+    let mut d = Decoder::new(raw.as_bytes());
+    walk(&mut d).map_err(|_| DecodeError::Malformed {
+        offset: d.position(),
+        reason: "not projectable onto JSON",
+    })
+}
+
+/// Projects a [`RawValue`] (already checked well-formed) onto JSON.
+pub fn raw_to_json(raw: &RawValue) -> Value {
+    let mut d = Decoder::new(raw.as_bytes());
+    walk(&mut d).unwrap_or(Value::Null)
+}
+
+fn walk(d: &mut Decoder<'_>) -> Result<Value, minicbor::decode::Error> {
+    Ok(match d.datatype()? {
+        Type::Bool => Value::Bool(d.bool()?),
+        Type::Null | Type::Undefined | Type::Simple => {
+            d.skip()?;
+            Value::Null
+        }
+        Type::U8 | Type::U16 | Type::U32 | Type::U64 => Value::from(d.u64()?),
+        Type::I8 | Type::I16 | Type::I32 | Type::I64 => Value::from(d.i64()?),
+        Type::Int => {
+            let i: i128 = d.int()?.into();
+            match i64::try_from(i) {
+                Ok(x) => Value::from(x),
+                Err(_) => return Err(minicbor::decode::Error::message("integer out of range")),
+            }
+        }
+        t @ (Type::F16 | Type::F32 | Type::F64) => {
+            let f = match t {
+                Type::F16 => {
+                    let p = d.position();
+                    let b = d.input().get(p + 1..p + 3).unwrap_or(&[0, 0]);
+                    let h = u16::from_be_bytes([b[0], b[1]]);
+                    d.skip()?;
+                    half_to_f64(h)
+                }
+                Type::F32 => f64::from(d.f32()?),
+                _ => d.f64()?,
+            };
+            Number::from_f64(f).map_or(Value::Null, Value::Number)
+        }
+        Type::Bytes => Value::String(URL_SAFE_NO_PAD.encode(d.bytes()?)),
+        Type::String => Value::String(d.str()?.to_owned()),
+        Type::Array => {
+            let n = d.array()?.unwrap_or(0);
+            let mut a = Vec::with_capacity(n.min(1024) as usize);
+            for _ in 0..n {
+                a.push(walk(d)?);
+            }
+            Value::Array(a)
+        }
+        Type::Map => {
+            let n = d.map()?.unwrap_or(0);
+            let mut m = Map::new();
+            for _ in 0..n {
+                let k = match d.datatype()? {
+                    Type::String => d.str()?.to_owned(),
+                    _ => walk(d)?.to_string(),
+                };
+                m.insert(k, walk(d)?);
+            }
+            Value::Object(m)
+        }
+        Type::Tag => {
+            d.tag()?;
+            walk(d)?
+        }
+        _ => {
+            return Err(minicbor::decode::Error::message(
+                "indefinite or unknown item",
+            ));
+        }
+    })
+}
+
+/// IEEE 754 binary16 → f64 (RFC 8949 appendix D).
+fn half_to_f64(h: u16) -> f64 {
+    let exp = (h >> 10) & 0x1f;
+    let mant = f64::from(h & 0x3ff);
+    let v = match exp {
+        0 => mant * 2f64.powi(-24),
+        31 if mant == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        e => (mant + 1024.0) * 2f64.powi(i32::from(e) - 25),
+    };
+    if h & 0x8000 != 0 { -v } else { v }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round(v: Value) -> Value {
+        from_cbor(to_cbor(&v).as_bytes(), &DecodeLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn json_survives_a_round_trip_through_cbor() {
+        let v = json!({"a": [1, -2, 3.25, null, true, "é"], "b": {"c": u64::MAX}, "d": i64::MIN});
+        assert_eq!(round(v.clone()), v);
+    }
+
+    #[test]
+    fn integers_stay_integers_and_fractions_floats() {
+        // 1 → CBOR 0x01; 1.5 → a float (f64 0xfb...).
+        assert_eq!(to_cbor(&json!(1)).as_bytes(), &[0x01]);
+        assert_eq!(to_cbor(&json!(-1)).as_bytes(), &[0x20]);
+        assert_eq!(to_cbor(&json!(1.5)).as_bytes()[0], 0xfb);
+    }
+
+    #[test]
+    fn cbor_kinds_json_lacks_are_projected_as_documented() {
+        let l = DecodeLimits::default();
+        // h'0102ff' → base64url "AQL_"
+        assert_eq!(from_cbor(&[0x43, 1, 2, 0xff], &l).unwrap(), json!("AQL_"));
+        // 1(1700000000) → 1700000000
+        assert_eq!(
+            from_cbor(&[0xc1, 0x1a, 0x65, 0x53, 0xf1, 0x00], &l).unwrap(),
+            json!(1_700_000_000)
+        );
+        // undefined → null; NaN (f16 0x7e00) → null
+        assert_eq!(from_cbor(&[0xf7], &l).unwrap(), Value::Null);
+        assert_eq!(from_cbor(&[0xf9, 0x7e, 0x00], &l).unwrap(), Value::Null);
+        // 1.5 as f16 (0xf93e00) → 1.5
+        assert_eq!(from_cbor(&[0xf9, 0x3e, 0x00], &l).unwrap(), json!(1.5));
+        // {1: "x"} → {"1": "x"}
+        assert_eq!(
+            from_cbor(&[0xa1, 0x01, 0x61, b'x'], &l).unwrap(),
+            json!({"1": "x"})
+        );
+        // -2^64 is a CBOR integer that JSON numbers here cannot hold.
+        assert!(from_cbor(&[0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], &l).is_err());
+    }
+
+    #[test]
+    fn malformed_or_too_deep_input_is_refused_not_walked() {
+        let l = DecodeLimits::default();
+        assert!(from_cbor(&[0x82, 0x01], &l).is_err());
+        assert!(
+            from_cbor(&[0x9f, 0xff], &l).is_err(),
+            "indefinite lengths are refused"
+        );
+        let deep = vec![0x81; usize::from(l.effective_depth()) + 1];
+        assert!(from_cbor(&deep, &l).is_err());
+    }
+}
