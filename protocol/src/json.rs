@@ -41,7 +41,37 @@ pub fn to_cbor(v: &Value) -> RawValue {
     RawValue::from_checked(buf.into())
 }
 
+/// Encodes a JSON value as the params of a method: like [`to_cbor`], but
+/// an object key made of decimal digits only (`"0"`, `"17"`, at most 19
+/// digits, no leading zero) becomes that unsigned integer, so the
+/// integer-keyed maps of `plexus.v1` can be written in JSON (the reverse
+/// of the projection's `1` → `"1"`).
+///
+/// ```
+/// let v = serde_json::json!({"0": "chat.room1", "1": {"text": "hi"}});
+/// let raw = plexus_protocol::json::to_cbor_keyed(&v);
+/// assert_eq!(&raw.as_bytes()[..2], &[0xa2, 0x00]);
+/// ```
+pub fn to_cbor_keyed(v: &Value) -> RawValue {
+    let mut buf = Vec::with_capacity(64);
+    let mut e = Encoder::new(&mut buf);
+    encode_with(&mut e, v, true);
+    RawValue::from_checked(buf.into())
+}
+
+fn integer_key(k: &str) -> Option<u64> {
+    let ok = !k.is_empty()
+        && k.len() <= 19
+        && k.bytes().all(|b| b.is_ascii_digit())
+        && (k == "0" || !k.starts_with('0'));
+    ok.then(|| k.parse().ok()).flatten()
+}
+
 fn encode(e: &mut Encoder<&mut Vec<u8>>, v: &Value) {
+    encode_with(e, v, false);
+}
+
+fn encode_with(e: &mut Encoder<&mut Vec<u8>>, v: &Value, keyed: bool) {
     // Writing to a Vec cannot fail.
     let _ = match v {
         Value::Null => e.null().map(|_| ()),
@@ -59,15 +89,18 @@ fn encode(e: &mut Encoder<&mut Vec<u8>>, v: &Value) {
         Value::Array(a) => {
             let _ = e.array(a.len() as u64);
             for x in a {
-                encode(e, x);
+                encode_with(e, x, keyed);
             }
             Ok(())
         }
         Value::Object(m) => {
             let _ = e.map(m.len() as u64);
             for (k, x) in m {
-                let _ = e.str(k);
-                encode(e, x);
+                let _ = match integer_key(k).filter(|_| keyed) {
+                    Some(n) => e.u64(n).map(|_| ()),
+                    None => e.str(k).map(|_| ()),
+                };
+                encode_with(e, x, keyed);
             }
             Ok(())
         }
@@ -214,6 +247,33 @@ mod tests {
         );
         // -2^64 is a CBOR integer that JSON numbers here cannot hold.
         assert!(from_cbor(&[0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], &l).is_err());
+    }
+
+    #[test]
+    fn keyed_params_read_decimal_keys_as_integers_only() {
+        let v = json!({"0": {"1": true}, "01": 1, "x": 2, "-1": 3});
+        let raw = to_cbor_keyed(&v);
+        let back = from_cbor(raw.as_bytes(), &DecodeLimits::default()).unwrap();
+        // Integer keys project back to the same text: a round trip.
+        assert_eq!(back, v);
+        assert_eq!(
+            to_cbor_keyed(&json!({"0": {"1": true}})).as_bytes(),
+            &[0xa1, 0x00, 0xa1, 0x01, 0xf5],
+            "decimal keys became integers, nested ones too"
+        );
+        for text in ["01", "x", "-1", "18446744073709551616"] {
+            let raw = to_cbor_keyed(&json!({ text: 1 }));
+            assert_eq!(
+                raw.as_bytes()[1],
+                0x60 + u8::try_from(text.len()).unwrap(),
+                "{text} stays text"
+            );
+        }
+        // Plain to_cbor keeps every key text.
+        assert_eq!(
+            &to_cbor(&json!({"0": 1})).as_bytes()[..3],
+            &[0xa1, 0x61, b'0']
+        );
     }
 
     #[test]

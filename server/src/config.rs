@@ -80,11 +80,16 @@ macro_rules! settings {
             /// config` after the sync table.
             #[serde(skip)]
             pub rpc: RpcSettings,
+            /// The HTTP surface (`[http]`, API keys included): config file
+            /// only, shown by `plexus config` (secrets masked) after the rpc
+            /// table.
+            #[serde(skip)]
+            pub http: HttpSettings,
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Config { $( $field: $default, )* streams: Default::default(), sync: Default::default(), rpc: Default::default() }
+                Config { $( $field: $default, )* streams: Default::default(), sync: Default::default(), rpc: Default::default(), http: Default::default() }
             }
         }
 
@@ -98,6 +103,7 @@ macro_rules! settings {
                     streams: d.streams,
                     sync: d.sync,
                     rpc: d.rpc,
+                    http: d.http,
                 }
             }
 
@@ -107,6 +113,7 @@ macro_rules! settings {
                 c.streams = file.streams;
                 c.sync = file.sync;
                 c.rpc = file.rpc;
+                c.http = file.http;
                 c
             }
         }
@@ -275,6 +282,8 @@ pub struct FileConfig {
     pub sync: SyncSettings,
     /// `[rpc]`.
     pub rpc: RpcSettings,
+    /// `[http]`.
+    pub http: HttpSettings,
 }
 
 /// The config file's tables that are not flags.
@@ -304,6 +313,10 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         Some(v) => v.try_into().map_err(parse)?,
         None => RpcSettings::default(),
     };
+    let http: HttpSettings = match table.remove("http") {
+        Some(v) => v.try_into().map_err(parse)?,
+        None => HttpSettings::default(),
+    };
     let settings: Settings = toml::Value::Table(table).try_into().map_err(parse)?;
     let streams =
         crate::streams::StreamsConfig::from_toml(&rest.to_string()).map_err(|source| {
@@ -317,6 +330,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         streams,
         sync,
         rpc,
+        http,
     })
 }
 
@@ -436,6 +450,7 @@ impl Config {
         }
         problems.extend(self.sync.problems(self.max_frame_size));
         problems.extend(self.rpc.problems());
+        problems.extend(self.http.problems());
         if self.listen_backlog == 0 {
             problems.push("listen-backlog must be at least 1".to_owned());
         }
@@ -504,6 +519,7 @@ impl Config {
         out.push_str(&self.streams.to_toml());
         out.push_str(&self.sync.to_toml());
         out.push_str(&self.rpc.to_toml());
+        out.push_str(&self.http.to_masked_toml());
         out
     }
 }
@@ -1056,6 +1072,86 @@ impl RpcSettings {
         let mut t = toml::Table::new();
         if let Ok(v) = toml::Value::try_from(self) {
             t.insert("rpc".to_owned(), v);
+        }
+        format!("\n{}", toml::to_string(&t).unwrap_or_default())
+    }
+}
+
+/// The `[http]` table: the HTTP surface (issue 13, decisions W1–W12).
+/// Every key is optional; `docs/http.md` ("Settings") lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpSettings {
+    /// The server API's keys (`[[http.api-keys]]`); without any, `/v1/api`
+    /// answers 404 [default: none].
+    pub api_keys: Vec<crate::http::keys::ApiKeyConfig>,
+    /// Largest request body, in bytes; 0 means `max-frame-size` [default: 0].
+    pub max_body_bytes: usize,
+    /// Largest answer of a one-shot call or server API operation that
+    /// streams its result, in bytes of chunk data [default: 4194304].
+    pub max_answer_bytes: usize,
+    /// Operations in one `/v1/api/batch` [default: 100].
+    pub max_batch: usize,
+    /// Interval of the SSE keepalive comment [default: 15s].
+    pub sse_keepalive: Dur,
+    /// Topics one SSE stream may subscribe to [default: 16].
+    pub sse_max_topics: usize,
+    /// The secret SSE resume ids are signed with; empty means one derived
+    /// from `jwt-secret` or the development key, else a random one per
+    /// process (ids then do not survive a restart) [default: empty].
+    pub resume_secret: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            api_keys: Vec::new(),
+            max_body_bytes: 0,
+            max_answer_bytes: 4 << 20,
+            max_batch: 100,
+            sse_keepalive: Dur(Duration::from_secs(15)),
+            sse_max_topics: 16,
+            resume_secret: String::new(),
+        }
+    }
+}
+
+impl HttpSettings {
+    /// What is wrong with these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = crate::http::keys::ApiKeys::new(&self.api_keys) {
+            p.push(format!("[http] {e}"));
+        }
+        for (name, v) in [
+            ("max-answer-bytes", self.max_answer_bytes),
+            ("max-batch", self.max_batch),
+            ("sse-max-topics", self.sse_max_topics),
+        ] {
+            if v == 0 {
+                p.push(format!("[http] {name} must be at least 1"));
+            }
+        }
+        if self.sse_keepalive.0 < Duration::from_secs(1) {
+            p.push("[http] sse-keepalive must be at least 1s".to_owned());
+        }
+        p
+    }
+
+    /// The table as `plexus config` shows it, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        for k in &mut c.api_keys {
+            if k.secret.is_some() {
+                k.secret = Some("********".into());
+            }
+        }
+        if !c.resume_secret.is_empty() {
+            c.resume_secret = "********".into();
+        }
+        let mut t = toml::Table::new();
+        if let Ok(v) = toml::Value::try_from(&c) {
+            t.insert("http".to_owned(), v);
         }
         format!("\n{}", toml::to_string(&t).unwrap_or_default())
     }

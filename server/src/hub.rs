@@ -98,6 +98,8 @@ pub struct Hub {
     pub started: Instant,
     /// Renders `/metrics`, when the application installed a recorder.
     pub metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The HTTP surface's keys and resume-id key.
+    pub http: crate::http::HttpState,
     users: Mutex<HashMap<Arc<str>, UserConns>>,
     /// Every open connection, authenticated or not (for shutdown).
     conns: DashMap<ConnId, Arc<Conn>>,
@@ -152,6 +154,7 @@ impl Hub {
         let node = format!("{:08x}", rand::random::<u32>());
         let rpc = crate::rpc::Rpc::new(config.rpc.clone());
         Hub {
+            http: crate::http::HttpState::new(&config),
             metrics: Metrics::new(registry.table()),
             config,
             auth,
@@ -257,6 +260,27 @@ impl Hub {
             reason,
             retry_after_ms,
         });
+    }
+
+    /// Asks the connections of `user` (only `session`, when given) to close
+    /// with `code`; returns how many were asked (the server API's
+    /// `disconnect`).
+    pub fn disconnect(&self, user: &str, session: Option<&str>, code: CloseCode) -> usize {
+        let conns: Vec<Arc<Conn>> = {
+            let users = self.users.lock();
+            users.get(user).map_or_else(Vec::new, |u| {
+                u.conns
+                    .iter()
+                    .filter(|(_, _, c)| session.is_none_or(|s| &*c.session == s))
+                    .map(|(_, _, c)| c.clone())
+                    .collect()
+            })
+        };
+        for c in &conns {
+            let retry = (code == CloseCode::GoingAway).then(|| self.shutdown_hint());
+            self.close_conn(c, code, "disconnected by the server API".into(), retry);
+        }
+        conns.len()
     }
 
     /// The reconnect hint sent with 4008 on shutdown, in milliseconds.

@@ -39,6 +39,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod conn;
+pub mod http;
 pub mod hub;
 pub mod idmap;
 pub mod lag;

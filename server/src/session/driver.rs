@@ -147,6 +147,9 @@ struct Driver<L> {
     tasks: Option<FuturesUnordered<BoxFuture<'static, Done>>>,
     aborts: IdMap<AbortHandle>,
     verify: Option<BoxFuture<'static, Result<Principal, AuthError>>>,
+    /// The principal an in-process session (the HTTP surface) runs as: its
+    /// `auth` is answered with it instead of verifying the token it sends.
+    preauth: Option<Principal>,
     verify_started: Option<Instant>,
     /// Server-initiated requests awaiting the client's answer.
     calls: IdMap<oneshot::Sender<Result<RawValue, RequestError>>>,
@@ -186,7 +189,12 @@ struct Driver<L> {
 }
 
 /// Runs the session of `conn` over `link` until it ends.
-pub(crate) async fn drive<L: Link>(hub: Arc<Hub>, conn: Arc<Conn>, link: L) {
+pub(crate) async fn drive<L: Link>(
+    hub: Arc<Hub>,
+    conn: Arc<Conn>,
+    link: L,
+    preauth: Option<Principal>,
+) {
     let now = Instant::now();
     let core = Core::new(hub.core.clone(), conn.session.clone(), now);
     let lag_mark = hub.lag.mark(now);
@@ -203,6 +211,7 @@ pub(crate) async fn drive<L: Link>(hub: Arc<Hub>, conn: Arc<Conn>, link: L) {
         tasks: None,
         aborts: IdMap::default(),
         verify: None,
+        preauth,
         verify_started: None,
         calls: IdMap::default(),
         invokes: IdMap::default(),
@@ -789,7 +798,10 @@ impl<L: Link> Driver<L> {
                     // of every connection's task.
                     let auth = self.hub.auth.clone();
                     self.verify_started = Some(now);
-                    self.verify = Some(Box::pin(async move { auth.verify(&token).await }));
+                    self.verify = Some(match self.preauth.take() {
+                        Some(p) => Box::pin(std::future::ready(Ok(p))),
+                        None => Box::pin(async move { auth.verify(&token).await }),
+                    });
                 }
                 Output::Register { user, instance } => {
                     tracing::Span::current().record("user", &*user);

@@ -36,6 +36,19 @@ use crate::transport::link::Link;
 /// Runs a session over `link` until the connection ends. The connection is
 /// registered with the hub for as long as this runs.
 pub async fn run<L: Link>(hub: Arc<Hub>, link: L, peer: std::net::SocketAddr) {
+    run_as(hub, link, peer, None).await;
+}
+
+/// Runs a session whose `auth` is answered with `principal` (when given)
+/// instead of verifying the token it carries: the in-process sessions of
+/// the HTTP surface, authenticated by an API key (decision W2). Every
+/// other rule of the session applies unchanged.
+pub async fn run_as<L: Link>(
+    hub: Arc<Hub>,
+    link: L,
+    peer: std::net::SocketAddr,
+    principal: Option<crate::auth::Principal>,
+) {
     let conn = hub.new_conn();
     let span = tracing::info_span!(
         "conn",
@@ -46,7 +59,7 @@ pub async fn run<L: Link>(hub: Arc<Hub>, link: L, peer: std::net::SocketAddr) {
     );
     // Outside tokio's cooperative budget: a read that returns `Pending`
     // must mean the socket is empty (P19); the driver yields on its own.
-    tokio::task::unconstrained(driver::drive(hub, conn, link))
+    tokio::task::unconstrained(driver::drive(hub, conn, link, principal))
         .instrument(span)
         .await
 }

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -58,7 +58,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let hub = hub.clone();
-                async move { Ok::<_, Infallible>(route(req, hub, peer)) }
+                async move { Ok::<_, Infallible>(route(req, hub, peer).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -72,7 +72,19 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
     }
 }
 
-fn route(
+async fn route(
+    req: Request<Incoming>,
+    hub: Arc<Hub>,
+    peer: std::net::SocketAddr,
+) -> Response<crate::http::Body> {
+    let req = match crate::http::route(req, &hub, peer).await {
+        Ok(r) => return r,
+        Err(req) => req,
+    };
+    plain_route(req, hub, peer).map(|b| b.boxed_unsync())
+}
+
+fn plain_route(
     req: Request<Incoming>,
     hub: Arc<Hub>,
     peer: std::net::SocketAddr,
