@@ -1,6 +1,10 @@
 //! The `plexus` binary: `plexus serve` (the default), `plexus token`,
-//! `plexus config`, `plexus migrate`, `plexus streams`.
+//! `plexus config`, `plexus migrate`, `plexus streams`, and the client
+//! commands `plexus pub`, `sub`, `call`, `history`, `sync pull`,
+//! `rpc call` and `rpc serve` (module `cli`, docs/cli.md).
 #![forbid(unsafe_code)]
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +79,8 @@ enum Command {
     /// List the durable topics in the database: events, bytes, first and
     /// last offsets, epoch.
     Streams,
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +128,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::Migrate => with_runtime(migrate(config)),
         Command::Streams => with_runtime(list_streams(config)),
+        Command::Client(command) => cli::run(command, &config),
     }
 }
 
@@ -347,6 +354,8 @@ fn serve(config: Config) -> ExitCode {
     })
 }
 
+/// Resolves on Ctrl-C or SIGTERM (`serve`, and the client commands that
+/// run until stopped).
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
