@@ -4,15 +4,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use minicbor::bytes::ByteSlice;
-use plexus_protocol::Frame;
 use plexus_protocol::frame::encode_request;
-use tokio::sync::Semaphore;
+use plexus_protocol::{DecodeLimits, Frame};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::conn::{ConnError, Ws, connect, open};
-use super::fanout::read_answers;
+use super::conn::{ConnError, WAIT, Ws, connect, open};
 use super::frames::{publish_window, rpc_payload};
 use crate::clock::{now_nanos, read_stamp, stamp};
 use crate::scenario::{RpcConfig, RpcResult};
@@ -90,69 +88,82 @@ pub(super) async fn calls(
     }
 }
 
+/// One caller connection, one task (as the NATS requester is): it writes
+/// its first `in_flight` calls, then, for every answer, the next call;
+/// the answers already read are handled together and their calls written
+/// in one flush, and the read that waits carries the only timer.
 async fn rpc_conn(
-    ws: Ws,
+    mut ws: Ws,
     in_flight: usize,
     payload: usize,
     win: Window,
     errors: Arc<AtomicU64>,
     frame: fn(u64, &[u8]) -> Vec<u8>,
 ) -> (u64, Latency) {
-    let (mut tx, rx) = ws.split();
-    let permits = Arc::new(Semaphore::new(in_flight.max(1)));
-    let reader = tokio::spawn(read_answers(
-        rx,
-        permits.clone(),
-        win,
-        (0u64, Latency::new()),
-        {
-            let errors = errors.clone();
-            move |(n, lat): &mut (u64, Latency), frame: Result<Frame, _>, t: u64| match frame
-                .ok()
-                .as_ref()
-                .and_then(rpc_payload)
-                .and_then(read_stamp)
-            {
-                Some(sent) if win.contains(t) => {
-                    *n += 1;
-                    lat.record(t.saturating_sub(sent));
-                }
-                Some(_) => {}
-                None => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        },
-    ));
+    let limits = DecodeLimits::default();
     let mut buf = vec![0u8; payload.max(8)];
     let mut id = 100u64;
-    while !win.over(now_nanos()) {
-        let Ok(p) = permits.acquire().await else {
-            break;
-        };
-        p.forget();
-        let mut batch = 0;
-        loop {
+    let (mut n, mut lat) = (0u64, Latency::new());
+    'run: {
+        for _ in 0..in_flight.max(1) {
             id += 1;
-            batch += 1;
             stamp(&mut buf);
-            if tx
+            if ws
                 .feed(Message::Binary(frame(id, &buf).into()))
                 .await
                 .is_err()
             {
-                break;
-            }
-            match permits.try_acquire() {
-                Ok(p) if batch < MAX_BATCH => p.forget(),
-                _ => break,
+                break 'run;
             }
         }
-        if tx.flush().await.is_err() {
-            break;
+        loop {
+            if ws.flush().await.is_err() {
+                break 'run;
+            }
+            let mut next = match tokio::time::timeout(WAIT, ws.next()).await {
+                Ok(Some(Ok(m))) => Some(m),
+                _ => break 'run,
+            };
+            let mut batch = 0;
+            while let Some(msg) = next.take() {
+                if let Message::Binary(b) = msg {
+                    let t = now_nanos();
+                    match Frame::decode(b, &limits)
+                        .ok()
+                        .as_ref()
+                        .and_then(rpc_payload)
+                        .and_then(read_stamp)
+                    {
+                        Some(sent) if win.contains(t) => {
+                            n += 1;
+                            lat.record(t.saturating_sub(sent));
+                        }
+                        Some(_) => {}
+                        None => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if win.over(t) {
+                        break 'run;
+                    }
+                    id += 1;
+                    stamp(&mut buf);
+                    if ws
+                        .feed(Message::Binary(frame(id, &buf).into()))
+                        .await
+                        .is_err()
+                    {
+                        break 'run;
+                    }
+                    batch += 1;
+                }
+                if batch < MAX_BATCH {
+                    // Whatever else is already read, without waiting.
+                    next = ws.next().now_or_never().flatten().and_then(Result::ok);
+                }
+            }
         }
     }
-    let _ = tx.close().await;
-    // The reader ends at the window's end.
-    reader.await.unwrap_or_default()
+    let _ = tokio::time::timeout(WAIT, ws.close(None)).await;
+    (n, lat)
 }
