@@ -66,6 +66,26 @@ fn post(h: &TestHub, path: &str, key: Option<&str>, body: &Value) -> Request<Ful
     b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }
 
+/// Publishes `data` on `orders.s` with the orders key.
+async fn publish_s(h: &TestHub, data: i64) {
+    let (s, r) = api(
+        h,
+        ORDERS_KEY,
+        "publish",
+        json!({"topic": "orders.s", "data": data}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+}
+
+/// `GET url` with `Last-Event-ID: last`.
+fn resume(url: &str, last: &str) -> Request<Full<Bytes>> {
+    Request::get(url)
+        .header("last-event-id", last)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
 async fn api(h: &TestHub, key: &str, op: &str, body: Value) -> (u16, Value) {
     send(&http(), post(h, &format!("/v1/api/{op}"), Some(key), &body)).await
 }
@@ -485,13 +505,7 @@ async fn sse_resumes_with_last_event_id_without_gap_or_duplicate() {
     let db = TestDb::sqlite();
     let h = hub(&db).await;
     for i in 1..=3 {
-        api(
-            &h,
-            ORDERS_KEY,
-            "publish",
-            json!({"topic": "orders.s", "data": i}),
-        )
-        .await;
+        publish_s(&h, i).await;
     }
     let url = format!(
         "http://{}/v1/sse?topic=orders.s&token={}",
@@ -506,20 +520,8 @@ async fn sse_resumes_with_last_event_id_without_gap_or_duplicate() {
     let mut buf = String::new();
     // Live from now on: the three earlier events are not replayed without
     // an id.
-    api(
-        &h,
-        ORDERS_KEY,
-        "publish",
-        json!({"topic": "orders.s", "data": 4}),
-    )
-    .await;
-    api(
-        &h,
-        ORDERS_KEY,
-        "publish",
-        json!({"topic": "orders.s", "data": 5}),
-    )
-    .await;
+    publish_s(&h, 4).await;
+    publish_s(&h, 5).await;
     let got = sse_events(&mut r, 2, &mut buf).await;
     assert_eq!(got[0].1["data"], 4);
     assert_eq!(got[1].1["offset"], 5);
@@ -527,28 +529,13 @@ async fn sse_resumes_with_last_event_id_without_gap_or_duplicate() {
     drop(r);
     // Missed while away.
     for i in 6..=8 {
-        api(
-            &h,
-            ORDERS_KEY,
-            "publish",
-            json!({"topic": "orders.s", "data": i}),
-        )
-        .await;
+        publish_s(&h, i).await;
     }
-    let req = Request::get(&url)
-        .header("last-event-id", &last)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = resume(&url, &last);
     let mut r = c.request(req).await.unwrap();
     assert_eq!(r.status(), 200);
     let mut buf = String::new();
-    api(
-        &h,
-        ORDERS_KEY,
-        "publish",
-        json!({"topic": "orders.s", "data": 9}),
-    )
-    .await;
+    publish_s(&h, 9).await;
     let got = sse_events(&mut r, 4, &mut buf).await;
     let data: Vec<i64> = got
         .iter()
@@ -556,20 +543,14 @@ async fn sse_resumes_with_last_event_id_without_gap_or_duplicate() {
         .collect();
     assert_eq!(data, [6, 7, 8, 9], "no gap, no duplicate");
     // A forged or foreign id is refused.
-    let forged = Request::get(&url)
-        .header("last-event-id", format!("{last}x"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let forged = resume(&url, &format!("{last}x"));
     assert_eq!(c.request(forged).await.unwrap().status(), 400);
     let other = format!(
         "http://{}/v1/sse?topic=orders.t&token={}",
         h.addr(),
         token("alice")
     );
-    let foreign = Request::get(&other)
-        .header("last-event-id", &last)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let foreign = resume(&other, &last);
     assert_eq!(c.request(foreign).await.unwrap().status(), 400);
     // No token, a forbidden topic.
     let anon = format!("http://{}/v1/sse?topic=orders.s", h.addr());

@@ -88,6 +88,13 @@ pub(super) async fn calls(
     }
 }
 
+/// The next call's message: a fresh id and the send time in `buf`.
+fn next_call(id: &mut u64, buf: &mut [u8], frame: fn(u64, &[u8]) -> Vec<u8>) -> Message {
+    *id += 1;
+    stamp(buf);
+    Message::Binary(frame(*id, buf).into())
+}
+
 /// One caller connection, one task (as the NATS requester is): it writes
 /// its first `in_flight` calls, then, for every answer, the next call;
 /// the answers already read are handled together and their calls written
@@ -106,13 +113,7 @@ async fn rpc_conn(
     let (mut n, mut lat) = (0u64, Latency::new());
     'run: {
         for _ in 0..in_flight.max(1) {
-            id += 1;
-            stamp(&mut buf);
-            if ws
-                .feed(Message::Binary(frame(id, &buf).into()))
-                .await
-                .is_err()
-            {
+            if ws.feed(next_call(&mut id, &mut buf, frame)).await.is_err() {
                 break 'run;
             }
         }
@@ -146,13 +147,7 @@ async fn rpc_conn(
                     if win.over(t) {
                         break 'run;
                     }
-                    id += 1;
-                    stamp(&mut buf);
-                    if ws
-                        .feed(Message::Binary(frame(id, &buf).into()))
-                        .await
-                        .is_err()
-                    {
+                    if ws.feed(next_call(&mut id, &mut buf, frame)).await.is_err() {
                         break 'run;
                     }
                     batch += 1;
