@@ -563,3 +563,201 @@ async fn sse_resumes_with_last_event_id_without_gap_or_duplicate() {
     let denied = format!("http://{}/v1/sse?topic=orders.s&token={narrow}", h.addr());
     assert_eq!(c.get(denied.parse().unwrap()).await.unwrap().status(), 403);
 }
+
+#[tokio::test]
+async fn the_server_api_and_one_shot_rpc_reach_a_registered_callee() {
+    let db = TestDb::sqlite();
+    let h = TestHub::start_durable(&db, streams_config(&["orders.>"]), |c| {
+        let mut k = key("svc", ORDERS_KEY, &["call"], &[]);
+        k.procedures = vec!["svc.*".into()];
+        c.http.api_keys = vec![k];
+    })
+    .await;
+    let mut callee = claims("svc", &[], &[], false);
+    callee["plexus"]["rpc_register"] = json!(["svc.>"]);
+    let callee = sign(&callee, jsonwebtoken::Algorithm::HS256, SECRET);
+    let client = plexus_client::Client::builder(h.url())
+        .token(callee)
+        .connect()
+        .await
+        .unwrap();
+    let _echo = client
+        .register("svc.echo", |inv: plexus_client::Invocation| async move {
+            Ok::<_, plexus_protocol::WireError>(inv.params)
+        })
+        .await
+        .unwrap();
+    let _count = client
+        .register_stream(
+            "svc.count",
+            plexus_client::RegisterOptions::new(),
+            |_inv: plexus_client::Invocation| {
+                futures_util::stream::iter((1..=3u32).map(Ok::<_, plexus_protocol::WireError>))
+            },
+        )
+        .await
+        .unwrap();
+    // Through the server API, as the key's principal.
+    let (s, r) = api(
+        &h,
+        ORDERS_KEY,
+        "call",
+        json!({"procedure": "svc.echo", "params": {"w": 64}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r, json!({"result": {"w": 64}, "streamed": false}));
+    let (s, r) = api(&h, ORDERS_KEY, "call", json!({"procedure": "svc.count"})).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r, json!({"result": [1, 2, 3], "streamed": true}));
+    let (s, r) = api(&h, ORDERS_KEY, "call", json!({"procedure": "other.echo"})).await;
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "outside the key's procedures"
+    );
+    // One-shot, with a user's token.
+    let mut caller = claims("carol", &[], &[], false);
+    caller["plexus"]["rpc_call"] = json!(["svc.>"]);
+    let caller = sign(&caller, jsonwebtoken::Algorithm::HS256, SECRET);
+    let c = http();
+    let (s, r) = send(
+        &c,
+        post(
+            &h,
+            "/v1/rpc/svc.echo",
+            Some(&caller),
+            &json!({"0": "keys stay text"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        r,
+        json!({"0": "keys stay text"}),
+        "a procedure's params are not re-keyed"
+    );
+    let (s, r) = send(
+        &c,
+        post(
+            &h,
+            "/v1/rpc/svc.count?timeout_ms=5000",
+            Some(&caller),
+            &json!(null),
+        ),
+    )
+    .await;
+    assert_eq!((s, r), (200, json!([1, 2, 3])));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn an_sse_stream_ends_with_the_close_reason_and_speaks_cbor_when_asked() {
+    let db = TestDb::sqlite();
+    let h = hub(&db).await;
+    let c = http();
+    let url = format!(
+        "http://{}/v1/sse?topic=orders.z&format=cbor&token={}",
+        h.addr(),
+        token("dave")
+    );
+    let mut r = c.get(url.parse().unwrap()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, _) = api(
+        &h,
+        ORDERS_KEY,
+        "publish",
+        json!({"topic": "orders.z", "data": "z"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let mut text = String::new();
+    // The CBOR form: base64 of the `event` params map.
+    let data = loop {
+        let f = tokio::time::timeout(Duration::from_secs(10), r.body_mut().frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&f.into_data().unwrap()).unwrap());
+        if let Some(line) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
+            break line.to_owned();
+        }
+    };
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
+    let ev: plexus_protocol::methods::EventParams<'_> = minicbor::decode(&raw).unwrap();
+    assert_eq!((ev.topic, ev.offset), ("orders.z", Some(1)));
+    assert_eq!(ev.data.as_bytes(), &[0x61, b'z']);
+    // The hub ends the session: the last event says why, then the body ends.
+    let (_, d) = api(
+        &h,
+        ORDERS_KEY,
+        "disconnect",
+        json!({"user": "dave", "code": 4008}),
+    )
+    .await;
+    assert_eq!(d["disconnected"], 1);
+    let mut rest = String::new();
+    while let Some(f) = tokio::time::timeout(Duration::from_secs(10), r.body_mut().frame())
+        .await
+        .unwrap()
+    {
+        rest.push_str(std::str::from_utf8(&f.unwrap().into_data().unwrap()).unwrap());
+    }
+    assert!(rest.contains("event: closing\n"), "{rest}");
+    assert!(
+        rest.ends_with("event: close\ndata: {\"code\":4008,\"reason\":\"going_away\"}\n\n"),
+        "{rest}"
+    );
+}
+
+#[tokio::test]
+async fn an_sse_reader_that_stalls_meets_the_slow_consumer_rule() {
+    let db = TestDb::sqlite();
+    let h = TestHub::start_durable(&db, streams_config(&["orders.>"]), |c| {
+        c.http.api_keys = vec![key("orders", ORDERS_KEY, &["*"], &["orders.*"])];
+        c.max_payload = 16 * 1024;
+        c.rate_per_sec = 1_000_000;
+        c.rate_burst = 1_000_000;
+        c.max_frame_size = 32 * 1024;
+        c.max_outbound_bytes = 64 * 1024;
+    })
+    .await;
+    let c = http();
+    let url = format!(
+        "http://{}/v1/sse?topic=flood&token={}",
+        h.addr(),
+        token("erin")
+    );
+    let mut r = c.get(url.parse().unwrap()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Publish far more than every buffer between the hub and this reader
+    // holds, without reading.
+    let (mut publisher, _) = Client::authed(h.addr(), &token("pub")).await;
+    let blob = minicbor::bytes::ByteVec::from(vec![7u8; 8 * 1024]);
+    let raw = plexus_protocol::RawValue::encode(&blob).unwrap();
+    for _ in 0..8000 {
+        let p = plexus_protocol::methods::PublishParams::new("flood", raw.as_raw_ref());
+        publisher.call("publish", &p).await.unwrap();
+        if h.hub().open_connections() < 2 {
+            break;
+        }
+    }
+    // Now read: what was buffered, then the close reason.
+    let mut rest = Vec::new();
+    while let Some(f) = tokio::time::timeout(Duration::from_secs(20), r.body_mut().frame())
+        .await
+        .unwrap()
+    {
+        rest.extend_from_slice(&f.unwrap().into_data().unwrap());
+    }
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(
+        rest.ends_with("event: close\ndata: {\"code\":4006,\"reason\":\"slow_consumer\"}\n\n"),
+        "{}",
+        &rest[rest.len().saturating_sub(300)..]
+    );
+}

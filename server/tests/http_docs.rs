@@ -25,7 +25,11 @@ fn examples(page: &str) -> Vec<(String, Value)> {
     }
     for w in blocks.windows(2) {
         if w[0].0 == "sh" && w[0].1.starts_with("curl ") {
-            assert_eq!(w[1].0, "json", "every curl example shows its answer: {}", w[0].1);
+            assert_eq!(
+                w[1].0, "json",
+                "every curl example shows its answer: {}",
+                w[0].1
+            );
             let expected = serde_json::from_str(&w[1].1).expect("the shown answer is JSON");
             out.push((w[0].1.clone(), expected));
         }
@@ -59,10 +63,14 @@ fn containment_is_strict_enough_to_fail() {
 
 #[tokio::test]
 async fn every_curl_example_of_the_http_page_answers_as_shown() {
-    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/http.md"))
-        .unwrap();
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/http.md")).unwrap();
     let examples = examples(&page);
-    assert!(examples.len() >= 12, "the page's examples were found: {}", examples.len());
+    assert!(
+        examples.len() >= 12,
+        "the page's examples were found: {}",
+        examples.len()
+    );
     let db = TestDb::sqlite();
     let h = TestHub::start_durable(&db, streams_config(&["orders.>"]), |c| {
         c.http.api_keys = vec![ApiKeyConfig {
@@ -90,9 +98,20 @@ async fn every_curl_example_of_the_http_page_answers_as_shown() {
             .output()
             .await
             .expect("sh runs");
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-        let actual: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{cmd}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
-        assert!(contains(&actual, &shown), "{cmd}\n answered {actual}\n the page shows {shown}");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let actual: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{cmd}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        assert!(
+            contains(&actual, &shown),
+            "{cmd}\n answered {actual}\n the page shows {shown}"
+        );
     }
 }

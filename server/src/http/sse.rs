@@ -202,11 +202,36 @@ pub(super) async fn handle(
         *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         return r;
     }
+    // Cross-origin pages may read the stream (an `EventSource` sends no
+    // credentials but the token it was given); with `allowed-origins` set,
+    // only those origins, as for WebSocket upgrades (P16).
+    let origins = hub.config.origins();
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allow = match &origin {
+        None => None,
+        Some(_) if origins.is_empty() => Some(HeaderValue::from_static("*")),
+        Some(o)
+            if o.to_str()
+                .is_ok_and(|o| crate::transport::upgrade::origin_allowed(o, &origins)) =>
+        {
+            Some(o.clone())
+        }
+        Some(_) => {
+            return body::error(
+                Format::Json,
+                &WireError::new(ErrorCode::Forbidden, "origin not allowed"),
+            );
+        }
+    };
     let p = params(&req);
     match open(hub, peer, p).await {
         Ok(body) => {
             let mut r = Response::new(body);
             let h = r.headers_mut();
+            if let Some(a) = allow {
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, a);
+                h.insert(header::VARY, HeaderValue::from_static("Origin"));
+            }
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),

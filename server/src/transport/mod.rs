@@ -15,7 +15,7 @@
 
 mod http;
 pub mod link;
-mod upgrade;
+pub(crate) mod upgrade;
 pub mod ws;
 
 pub use http::{listen, serve};
