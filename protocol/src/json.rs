@@ -59,6 +59,70 @@ pub fn to_cbor_keyed(v: &Value) -> RawValue {
     RawValue::from_checked(buf.into())
 }
 
+/// Re-keys a CBOR item like [`to_cbor_keyed`]: text map keys made of
+/// decimal digits become unsigned integers, at every depth; every other
+/// item (byte strings and tags included) is copied unchanged. For params
+/// that arrive as a document's field, in JSON or CBOR alike.
+///
+/// ```
+/// use plexus_protocol::{json, DecodeLimits, RawValue};
+/// // {"0": h'01'} → {0: h'01'}
+/// let v = RawValue::from_bytes(vec![0xa1, 0x61, b'0', 0x41, 0x01].into(), &DecodeLimits::default()).unwrap();
+/// assert_eq!(json::rekey(&v).as_bytes(), &[0xa1, 0x00, 0x41, 0x01]);
+/// ```
+pub fn rekey(raw: &RawValue) -> RawValue {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut d = Decoder::new(raw.as_bytes());
+    if rekey_item(&mut d, &mut out).is_err() {
+        return raw.clone();
+    }
+    RawValue::from_checked(out.into())
+}
+
+fn rekey_item(d: &mut Decoder<'_>, out: &mut Vec<u8>) -> Result<(), minicbor::decode::Error> {
+    match d.datatype()? {
+        Type::Array => {
+            let n = d.array()?.unwrap_or(0);
+            let _ = Encoder::new(&mut *out).array(n);
+            for _ in 0..n {
+                rekey_item(d, out)?;
+            }
+        }
+        Type::Map => {
+            let n = d.map()?.unwrap_or(0);
+            let _ = Encoder::new(&mut *out).map(n);
+            for _ in 0..n {
+                let start = d.position();
+                match d.datatype()? {
+                    Type::String => {
+                        let k = d.str()?;
+                        match integer_key(k) {
+                            Some(i) => {
+                                let _ = Encoder::new(&mut *out).u64(i);
+                            }
+                            None => out.extend_from_slice(&d.input()[start..d.position()]),
+                        }
+                    }
+                    _ => rekey_item(d, out)?,
+                }
+                rekey_item(d, out)?;
+            }
+        }
+        Type::Tag => {
+            let start = d.position();
+            d.tag()?;
+            out.extend_from_slice(&d.input()[start..d.position()]);
+            rekey_item(d, out)?;
+        }
+        _ => {
+            let start = d.position();
+            d.skip()?;
+            out.extend_from_slice(&d.input()[start..d.position()]);
+        }
+    }
+    Ok(())
+}
+
 fn integer_key(k: &str) -> Option<u64> {
     let ok = !k.is_empty()
         && k.len() <= 19
@@ -273,6 +337,23 @@ mod tests {
         assert_eq!(
             &to_cbor(&json!({"0": 1})).as_bytes()[..3],
             &[0xa1, 0x61, b'0']
+        );
+    }
+
+    #[test]
+    fn rekey_keeps_bytes_and_tags_and_rekeys_at_every_depth() {
+        let l = DecodeLimits::default();
+        // {"1": [1(h'ff'), {"02": "x", "3": null}]}
+        let input = [
+            0xa1, 0x61, b'1', 0x82, 0xc1, 0x41, 0xff, 0xa2, 0x62, b'0', b'2', 0x61, b'x', 0x61,
+            b'3', 0xf6,
+        ];
+        let raw = RawValue::from_bytes(input.to_vec().into(), &l).unwrap();
+        assert_eq!(
+            rekey(&raw).as_bytes(),
+            &[
+                0xa1, 0x01, 0x82, 0xc1, 0x41, 0xff, 0xa2, 0x62, b'0', b'2', 0x61, b'x', 0x03, 0xf6
+            ]
         );
     }
 

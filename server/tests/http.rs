@@ -761,3 +761,94 @@ async fn an_sse_reader_that_stalls_meets_the_slow_consumer_rule() {
         &rest[rest.len().saturating_sub(300)..]
     );
 }
+
+#[tokio::test]
+async fn sync_on_behalf_of_a_user_stays_within_the_keys_spaces() {
+    use plexus_protocol::methods::sync::{SyncOp, SyncPullParams, SyncPushParams, hlc};
+    let db = TestDb::sqlite();
+    let h = TestHub::start(|c| {
+        db.apply(c);
+        let mut k = key("sync", ORDERS_KEY, &["sync"], &[]);
+        k.spaces = vec!["team.>".into()];
+        c.http.api_keys = vec![k];
+    })
+    .await;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let push = SyncPushParams::new(
+        "team.a",
+        "backend",
+        1,
+        hlc(u64::try_from(ms).unwrap(), 0),
+        vec![SyncOp::put("notes", "n1", b"hello".to_vec())],
+    );
+    // A put carries bytes: a CBOR body.
+    let cbor_body = |user: &str, params: &[u8]| {
+        let params: ciborium::Value = ciborium::from_reader(params).unwrap();
+        let doc = ciborium::Value::Map(vec![
+            ("user".into(), user.into()),
+            ("params".into(), params),
+        ]);
+        let mut b = Vec::new();
+        ciborium::into_writer(&doc, &mut b).unwrap();
+        Request::post(format!("http://{}/v1/api/sync/push", h.addr()))
+            .header("content-type", "application/cbor")
+            .header("accept", "application/json")
+            .header("authorization", format!("Bearer {ORDERS_KEY}"))
+            .body(Full::new(Bytes::from(b)))
+            .unwrap()
+    };
+    let c = http();
+    let (s, r) = send(&c, cbor_body("bob", &minicbor::to_vec(&push).unwrap())).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["streamed"], false);
+    assert_eq!(r["result"]["0"], 1, "position 1");
+    // A pull in JSON, integer keys as decimal strings; the record's value
+    // comes back as base64url.
+    let pull = plexus_protocol::json::from_cbor(
+        &minicbor::to_vec(SyncPullParams::new("team.a")).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let (s, r) = api(
+        &h,
+        ORDERS_KEY,
+        "sync/pull",
+        json!({"user": "bob", "params": pull}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["streamed"], true);
+    assert!(
+        r["result"].to_string().contains("aGVsbG8"),
+        "hello, base64url: {r}"
+    );
+    // Outside the key's spaces: refused, nothing applied.
+    let other = SyncPushParams::new(
+        "user.bob",
+        "backend",
+        1,
+        hlc(u64::try_from(ms).unwrap(), 1),
+        vec![SyncOp::put("notes", "n1", b"x".to_vec())],
+    );
+    let (s, r) = send(&c, cbor_body("bob", &minicbor::to_vec(&other).unwrap())).await;
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{r}"
+    );
+    let (s, r) = api(
+        &h,
+        ORDERS_KEY,
+        "sync/push",
+        json!({"user": "", "params": {}}),
+    )
+    .await;
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (400, Some("invalid_params")),
+        "{r}"
+    );
+}

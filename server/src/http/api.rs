@@ -897,20 +897,15 @@ impl OpCx {
     }
 
     async fn sync(&mut self, method: &str, r: SyncReq) -> Result<SyncResp, WireError> {
-        // The params' integer keys, written in JSON as decimal strings.
-        let p = match plexus_protocol::json::from_cbor(r.params.0.as_bytes(), &Default::default()) {
-            Ok(j) if r.params.0.as_bytes().first().is_some_and(|b| b >> 5 == 5) => {
-                // A map: re-key it (a CBOR body that already used integer
-                // keys projects to the same text and comes back unchanged).
-                plexus_protocol::json::to_cbor_keyed(&j)
-            }
-            _ => {
-                return Err(WireError::new(
-                    ErrorCode::InvalidParams,
-                    "params must be a map",
-                ));
-            }
-        };
+        // The params' integer keys, written in JSON as decimal strings
+        // (a CBOR body may use either); byte strings stay bytes.
+        if r.params.0.as_bytes().first().is_none_or(|b| b >> 5 != 5) {
+            return Err(WireError::new(
+                ErrorCode::InvalidParams,
+                "params must be a map",
+            ));
+        }
+        let p = plexus_protocol::json::rekey(&r.params.0);
         let mut s = LocalSession::open(
             &self.hub,
             self.peer,
