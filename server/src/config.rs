@@ -854,6 +854,35 @@ mod tests {
     }
 
     #[test]
+    fn http_keys_are_read_from_the_file_checked_and_masked() {
+        let text = "[http]\nresume-secret = \"resume-hunter2\"\n\
+                    [[http.api-keys]]\nname = \"orders\"\nsecret = \"a-secret-of-24-characters!\"\n\
+                    operations = [\"publish\"]\ntopics = [\"orders.*\"]\n";
+        let f = parse_file(Path::new("x.toml"), text).unwrap();
+        let c = Config::resolve_file(Settings::default(), f);
+        c.validate().unwrap();
+        assert_eq!(c.http.api_keys[0].name, "orders");
+        let shown = c.to_masked_toml();
+        assert!(
+            !shown.contains("a-secret-of") && !shown.contains("resume-hunter2"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("[[http.api-keys]]") && shown.contains("orders"),
+            "{shown}"
+        );
+        // A key that cannot work stops the hub with a message naming it.
+        let bad = "[[http.api-keys]]\nname = \"short\"\nsecret = \"x\"\noperations = [\"*\"]\n";
+        let c = Config::resolve_file(
+            Settings::default(),
+            parse_file(Path::new("x.toml"), bad).unwrap(),
+        );
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("short") && e.contains("24"), "{e}");
+        assert!(parse_file(Path::new("x.toml"), "[http]\nno-such = 1\n").is_err());
+    }
+
+    #[test]
     fn the_defaults_are_valid_and_every_rule_names_its_settings() {
         Config::default().validate().unwrap();
         // The issue's case: a 2048-byte frame, 1900 bytes of payload.
