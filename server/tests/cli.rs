@@ -4,6 +4,8 @@
 //! drains connections with `closing` and 4008.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod bin_support;
+use bin_support::plexus;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,21 +16,6 @@ use plexus_protocol::methods::sync::{
 use plexus_protocol::methods::{PublishParams, PublishResult, SubscribeParams};
 use plexus_testkit::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_plexus");
-
-fn plexus() -> Command {
-    let mut c = Command::new(BIN);
-    // The test must not inherit settings from the environment.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PLEXUS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("RUST_LOG", "warn");
-    c
-}
 
 #[tokio::test]
 async fn serve_token_and_sigterm_end_to_end() {

@@ -8,6 +8,8 @@
 //! prints (`subscribed to …`, `serving …`) or for its exit, never sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod bin_support;
+use bin_support::{BIN, plexus};
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -17,23 +19,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_plexus");
-
 /// The longest any step waits (a debug build on a loaded machine).
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The `plexus` binary with no `PLEXUS_*` setting from the environment.
-fn plexus() -> Command {
-    let mut c = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PLEXUS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("RUST_LOG", "warn");
-    c.kill_on_drop(true);
-    c
-}
 
 /// A running `plexus serve` with a durable namespace `orders.>` and record
 /// sync on; killed when dropped.

@@ -66,6 +66,16 @@ fn post(h: &TestHub, path: &str, key: Option<&str>, body: &Value) -> Request<Ful
     b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }
 
+/// Runs `op` with `key` and asserts it is refused with `status` and `code`.
+async fn refused(h: &TestHub, key: &str, op: &str, body: Value, status: u16, code: &str) {
+    let (s, r) = api(h, key, op, body).await;
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{op}: {r}"
+    );
+}
+
 /// Publishes `data` on `orders.s` with the orders key.
 async fn publish_s(h: &TestHub, data: i64) {
     let (s, r) = api(
@@ -114,14 +124,15 @@ async fn the_server_api_publishes_reads_and_keeps_to_each_keys_scope() {
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["offset"], 1);
     // expected_offset that does not fit: conflict, nothing stored.
-    let (s, r) = api(
+    refused(
         &h,
         ORDERS_KEY,
         "publish",
         json!({"topic": "orders.1", "data": 2, "expected_offset": 7}),
+        409,
+        "conflict",
     )
     .await;
-    assert_eq!((s, r["error"]["code"].as_str()), (409, Some("conflict")));
     // History shows exactly one event, its payload projected to JSON.
     let (s, r) = api(&h, ORDERS_KEY, "history", json!({"topic": "orders.1"})).await;
     assert_eq!(s, 200, "{r}");
@@ -130,30 +141,24 @@ async fn the_server_api_publishes_reads_and_keeps_to_each_keys_scope() {
     assert_eq!(r["last"], 1);
     // Scope: the orders key cannot publish to users.*, the reader key cannot
     // publish at all, and neither applies anything.
-    let (s, r) = api(
+    refused(
         &h,
         ORDERS_KEY,
         "publish",
         json!({"topic": "users.1", "data": 1}),
+        403,
+        "forbidden",
     )
     .await;
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{r}"
-    );
-    let (s, r) = api(
+    refused(
         &h,
         READER_KEY,
         "publish",
         json!({"topic": "users.1", "data": 1}),
+        403,
+        "forbidden",
     )
     .await;
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{r}"
-    );
     let (s, r) = api(&h, READER_KEY, "history", json!({"topic": "users.1"})).await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["last"], 0, "nothing was published to users.1");
@@ -165,12 +170,15 @@ async fn the_server_api_publishes_reads_and_keeps_to_each_keys_scope() {
     );
     let (s, _) = send(&http(), post(&h, "/v1/api/history", None, &json!({}))).await;
     assert_eq!(s, 401);
-    let (s, r) = api(&h, ORDERS_KEY, "publish", json!({"topic": "orders.1"})).await;
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (400, Some("invalid_params")),
-        "{r}"
-    );
+    refused(
+        &h,
+        ORDERS_KEY,
+        "publish",
+        json!({"topic": "orders.1"}),
+        400,
+        "invalid_params",
+    )
+    .await;
     let (s, r) = api(
         &h,
         ORDERS_KEY,
@@ -179,11 +187,7 @@ async fn the_server_api_publishes_reads_and_keeps_to_each_keys_scope() {
     )
     .await;
     assert_eq!(s, 400, "unknown fields are refused: {r}");
-    let (s, r) = api(&h, ORDERS_KEY, "nope", json!({})).await;
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (404, Some("method_not_found"))
-    );
+    refused(&h, ORDERS_KEY, "nope", json!({}), 404, "method_not_found").await;
     // Broadcast: one outcome per topic.
     let (s, r) = api(
         &h,
@@ -610,12 +614,15 @@ async fn the_server_api_and_one_shot_rpc_reach_a_registered_callee() {
     let (s, r) = api(&h, ORDERS_KEY, "call", json!({"procedure": "svc.count"})).await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r, json!({"result": [1, 2, 3], "streamed": true}));
-    let (s, r) = api(&h, ORDERS_KEY, "call", json!({"procedure": "other.echo"})).await;
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "outside the key's procedures"
-    );
+    refused(
+        &h,
+        ORDERS_KEY,
+        "call",
+        json!({"procedure": "other.echo"}),
+        403,
+        "forbidden",
+    )
+    .await;
     // One-shot, with a user's token.
     let mut caller = claims("carol", &[], &[], false);
     caller["plexus"]["rpc_call"] = json!(["svc.>"]);
@@ -839,16 +846,13 @@ async fn sync_on_behalf_of_a_user_stays_within_the_keys_spaces() {
         (403, Some("forbidden")),
         "{r}"
     );
-    let (s, r) = api(
+    refused(
         &h,
         ORDERS_KEY,
         "sync/push",
         json!({"user": "", "params": {}}),
+        400,
+        "invalid_params",
     )
     .await;
-    assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (400, Some("invalid_params")),
-        "{r}"
-    );
 }
