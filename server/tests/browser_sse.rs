@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use plexus_server::http::keys::ApiKeyConfig;
 use plexus_testkit::*;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -156,15 +155,7 @@ async fn a_browser_event_source_resumes_exactly_across_a_drop_and_a_reload() {
     }
     let db = TestDb::sqlite();
     let h = TestHub::start_durable(&db, streams_config(&["orders.>"]), |c| {
-        c.http.api_keys = vec![ApiKeyConfig {
-            name: "browser".into(),
-            secret_sha256: Some(plexus_server::http::keys::digest_hex(KEY)),
-            secret: None,
-            operations: vec!["*".into()],
-            topics: vec!["orders.*".into()],
-            spaces: vec![],
-            procedures: vec![],
-        }];
+        c.http.api_keys = vec![api_key("browser", KEY, &["*"], &["orders.*"])];
     })
     .await;
     for n in 1..=3 {

@@ -12,30 +12,17 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use plexus_server::http::keys::ApiKeyConfig;
 use plexus_testkit::*;
 use serde_json::{Value, json};
 
 const ORDERS_KEY: &str = "orders-backend-key-0123456789abcdef";
 const READER_KEY: &str = "users-reader-key-0123456789abcdef";
 
-fn key(name: &str, secret: &str, ops: &[&str], topics: &[&str]) -> ApiKeyConfig {
-    ApiKeyConfig {
-        name: name.into(),
-        secret_sha256: Some(plexus_server::http::keys::digest_hex(secret)),
-        secret: None,
-        operations: ops.iter().map(|s| s.to_string()).collect(),
-        topics: topics.iter().map(|s| s.to_string()).collect(),
-        spaces: vec![],
-        procedures: vec![],
-    }
-}
-
 async fn hub(db: &TestDb) -> TestHub {
     TestHub::start_durable(db, streams_config(&["orders.>", "users.>"]), |c| {
         c.http.api_keys = vec![
-            key("orders", ORDERS_KEY, &["*"], &["orders.*"]),
-            key("reader", READER_KEY, &["history", "presence"], &["users.>"]),
+            api_key("orders", ORDERS_KEY, &["*"], &["orders.*"]),
+            api_key("reader", READER_KEY, &["history", "presence"], &["users.>"]),
         ];
     })
     .await
@@ -572,7 +559,7 @@ async fn sse_resumes_with_last_event_id_without_gap_or_duplicate() {
 async fn the_server_api_and_one_shot_rpc_reach_a_registered_callee() {
     let db = TestDb::sqlite();
     let h = TestHub::start_durable(&db, streams_config(&["orders.>"]), |c| {
-        let mut k = key("svc", ORDERS_KEY, &["call"], &[]);
+        let mut k = api_key("svc", ORDERS_KEY, &["call"], &[]);
         k.procedures = vec!["svc.*".into()];
         c.http.api_keys = vec![k];
     })
@@ -725,7 +712,7 @@ async fn an_sse_stream_ends_with_the_close_reason_and_speaks_cbor_when_asked() {
 async fn an_sse_reader_that_stalls_meets_the_slow_consumer_rule() {
     let db = TestDb::sqlite();
     let h = TestHub::start_durable(&db, streams_config(&["orders.>"]), |c| {
-        c.http.api_keys = vec![key("orders", ORDERS_KEY, &["*"], &["orders.*"])];
+        c.http.api_keys = vec![api_key("orders", ORDERS_KEY, &["*"], &["orders.*"])];
         c.max_payload = 16 * 1024;
         c.rate_per_sec = 1_000_000;
         c.rate_burst = 1_000_000;
@@ -775,7 +762,7 @@ async fn sync_on_behalf_of_a_user_stays_within_the_keys_spaces() {
     let db = TestDb::sqlite();
     let h = TestHub::start(|c| {
         db.apply(c);
-        let mut k = key("sync", ORDERS_KEY, &["sync"], &[]);
+        let mut k = api_key("sync", ORDERS_KEY, &["sync"], &[]);
         k.spaces = vec!["team.>".into()];
         c.http.api_keys = vec![k];
     })

@@ -3,7 +3,6 @@
 //! page cannot go stale.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use plexus_server::http::keys::ApiKeyConfig;
 use plexus_testkit::*;
 use serde_json::Value;
 
@@ -73,14 +72,10 @@ async fn every_curl_example_of_the_http_page_answers_as_shown() {
     );
     let db = TestDb::sqlite();
     let h = TestHub::start_durable(&db, streams_config(&["orders.>"]), |c| {
-        c.http.api_keys = vec![ApiKeyConfig {
-            name: "orders".into(),
-            secret_sha256: Some(plexus_server::http::keys::digest_hex(KEY)),
-            secret: None,
-            operations: vec!["*".into()],
-            topics: vec!["orders.*".into()],
-            spaces: vec![],
-            procedures: vec!["svc.>".into()],
+        c.http.api_keys = vec![{
+            let mut k = api_key("orders", KEY, &["*"], &["orders.*"]);
+            k.procedures = vec!["svc.>".into()];
+            k
         }];
     })
     .await;

@@ -144,3 +144,22 @@ impl Drop for TestHub {
         }
     }
 }
+
+/// An `[[http.api-keys]]` entry named `name` for `secret` (stored as its
+/// digest), allowed `operations` on `topics`.
+pub fn api_key(
+    name: &str,
+    secret: &str,
+    operations: &[&str],
+    topics: &[&str],
+) -> plexus_server::http::keys::ApiKeyConfig {
+    plexus_server::http::keys::ApiKeyConfig {
+        name: name.into(),
+        secret_sha256: Some(plexus_server::http::keys::digest_hex(secret)),
+        secret: None,
+        operations: operations.iter().map(|s| s.to_string()).collect(),
+        topics: topics.iter().map(|s| s.to_string()).collect(),
+        spaces: vec![],
+        procedures: vec![],
+    }
+}

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use client::{Client, Ended};
 pub use durable::{TestDb, streams_config};
-pub use hub::{TestHub, auth_settings, metrics_handle, test_config};
+pub use hub::{TestHub, api_key, auth_settings, metrics_handle, test_config};
 pub use raw::{CloseReport, RawSocket, WsFrame};
 pub use token::{SECRET, alg_none, claims, now, sign, token, token_expiring_in};
 
