@@ -6,7 +6,10 @@
 # suite` (e.g. `--quick`, `--baseline-plexus /path/to/old/plexus`; see
 # docs/benchmarks.md). `bench/run.sh --routed-only` runs only the routed-RPC
 # scenarios (issue 12) beside NATS request/reply, writing
-# bench/results/<date>-routed.*.
+# bench/results/<date>-routed.*. `bench/run.sh --http-only` runs only the
+# HTTP surface's scenarios (issue 13: server API publishes and batches over
+# HTTP/1.1, SSE fan-out, each beside the hub's WebSocket figure), writing
+# bench/results/<date>-http.*; it needs no nats-server.
 #
 # `bench/run.sh --durable [ARGS]` runs the durable-streams suite instead
 # (`plexus-bench durable ARGS`, a few minutes): Plexus on SQLite and
@@ -45,7 +48,10 @@ if $sync; then
   exec target/release/plexus-bench sync "$@"
 fi
 
-if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+http_only=false
+case " $* " in *" --http-only "*) http_only=true ;; esac
+
+if ! $http_only && ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
   echo "bench: nats-server is missing; installing Debian's package" >&2
   apt-get install -y nats-server || { echo "bench: run 'apt-get update && apt-get install nats-server'" >&2; exit 1; }
 fi

@@ -13,6 +13,11 @@
 //! a durable topic, Plexus on SQLite and PostgreSQL beside NATS JetStream
 //! on file storage at equal durability.
 //!
+//! The HTTP surface's group ([`suite::HttpSuite`], `plexus-bench http`)
+//! measures the server API's publishes and batches over HTTP/1.1
+//! keep-alive and SSE fan-out, each beside the hub's own WebSocket figure
+//! of the same shape in the same run.
+//!
 //! Latency is measured from a timestamp the sender writes into each payload
 //! (nanoseconds since the load generator started), read by the receiver in
 //! the same process.

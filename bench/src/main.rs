@@ -24,7 +24,7 @@ use plexus_bench::scenario::{
     ConnectionsConfig, DurablePublishConfig, FanoutConfig, PreauthConfig, Rate, RpcConfig,
     StalledConfig, StormConfig,
 };
-use plexus_bench::suite::{BoxError, DurableSuite, Suite};
+use plexus_bench::suite::{BoxError, DurableSuite, HttpSuite, Suite};
 use plexus_bench::{echo, nats, plexus};
 
 #[derive(Parser)]
@@ -94,6 +94,47 @@ enum Command {
         /// `<date>-routed.json` and `.md`.
         #[arg(long)]
         routed_only: bool,
+        /// Run only the HTTP surface's scenarios (issue 13), writing
+        /// `<date>-http.json` and `.md`.
+        #[arg(long, conflicts_with = "routed_only")]
+        http_only: bool,
+    },
+    /// The HTTP surface (issue 13): server API publishes over HTTP/1.1
+    /// keep-alive (one per request, and batches) and SSE fan-out, each
+    /// beside the hub's WebSocket figure of the same shape, alternated
+    /// per round.
+    Http {
+        /// Shorter windows (a smoke test).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write `<date>-http.json` and `.md`.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// Rounds of every comparison [default: 3].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Concurrent clients of the publish comparisons.
+        #[arg(long, default_value_t = plexus_bench::suite::http::CLIENTS)]
+        clients: usize,
+        /// Publishes per batch request (at most the hub's `[http] max-batch`).
+        #[arg(long, default_value_t = plexus_bench::suite::http::BATCH)]
+        batch: usize,
+        /// SSE streams (and WebSocket subscribers) of the fan-out.
+        #[arg(long, default_value_t = plexus_bench::suite::http::SUBSCRIBERS)]
+        subscribers: usize,
+        /// The fan-out's fixed rate, publishes/s [default: a fifth of the
+        /// slower saturated publish rate of the same run].
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Warm-up of every timed run [default: 2s; --quick: 500ms].
+        #[arg(long)]
+        warmup: Option<humantime::Duration>,
+        /// Measured window of every timed run [default: 5s; --quick: 2s].
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
+        /// Run only these parts (repeatable) [default: all].
+        #[arg(long, value_enum)]
+        only: Vec<plexus_bench::suite::http::Part>,
     },
     /// The durable-streams suite: durable publish throughput (1, 16, 64
     /// publishers), catch-up and latency on a durable topic, Plexus on
@@ -671,6 +712,33 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             };
             suite.run().await?;
         }
+        Command::Http {
+            quick,
+            out,
+            rounds,
+            clients,
+            batch,
+            subscribers,
+            rate,
+            warmup,
+            duration,
+            only,
+        } => {
+            let suite = HttpSuite {
+                quick,
+                hub_args,
+                rounds,
+                clients,
+                batch,
+                subscribers,
+                rate,
+                warmup: warmup.map(Into::into),
+                duration: duration.map(Into::into),
+                only,
+                ..HttpSuite::new(hub_binary(cli.plexus)?, out)
+            };
+            suite.run().await?;
+        }
         Command::Suite {
             quick,
             out,
@@ -681,6 +749,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             baseline_plexus,
             rounds,
             routed_only,
+            http_only,
         } => {
             let suite = Suite {
                 quick,
@@ -698,6 +767,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             };
             if routed_only {
                 suite.run_routed().await?;
+            } else if http_only {
+                suite.http_suite().run().await?;
             } else {
                 suite.run().await?;
             }

@@ -104,6 +104,70 @@ pub struct RpcResult {
     pub errors: u64,
 }
 
+/// The publish-rate scenario of the HTTP surface (issue 13) and the
+/// WebSocket publishers beside it: C clients, each on its own connection,
+/// each with one request in flight.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishLoadConfig {
+    /// Clients, one connection each (HTTP/1.1 keep-alive or WebSocket).
+    pub clients: usize,
+    /// Payload bytes of each publish.
+    pub payload: usize,
+    /// Publishes per request: 1 is one `POST /v1/api/publish` (or one
+    /// `publish` frame); more is one `POST /v1/api/batch` of that many
+    /// (or that many `publish` frames written together, all answers
+    /// awaited before the next burst).
+    pub batch: usize,
+    /// HTTP batches: `"parallel": true`.
+    pub parallel: bool,
+    /// Warm-up before measuring.
+    #[serde(with = "humantime_serde_lite")]
+    pub warmup: Duration,
+    /// Measured duration.
+    #[serde(with = "humantime_serde_lite")]
+    pub duration: Duration,
+}
+
+impl PublishLoadConfig {
+    /// The topic client `j` publishes on (no subscribers, not durable).
+    pub fn topic(&self, j: usize) -> String {
+        format!("bench.t{j}")
+    }
+}
+
+/// What a publish-rate run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PublishLoadResult {
+    /// Requests (HTTP requests, or WebSocket bursts) answered per second
+    /// in the measured window.
+    pub requests_per_sec: f64,
+    /// Publishes answered with success per second (requests × the
+    /// publishes each carried that succeeded).
+    pub publishes_per_sec: f64,
+    /// Per request: from writing it to reading its whole answer (for a
+    /// WebSocket burst, its last answer).
+    pub latency: Summary,
+    /// Publishes per request actually used (a WebSocket burst is capped
+    /// by the hub's `max_in_flight`).
+    pub batch: usize,
+    /// Failed requests or operations, broken connections (should be 0).
+    pub errors: u64,
+}
+
+/// What an SSE fan-out run measured: the fan-out figures, and how the
+/// hub ended streams during the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SseFanoutResult {
+    /// Delivered/s, latency, publish rate, as for the WebSocket fan-out
+    /// (`errors` counts streams that failed to open, broke or were
+    /// closed).
+    #[serde(flatten)]
+    pub fanout: FanoutResult,
+    /// Streams that ended with a final `event: close`, by its code (e.g.
+    /// 4006 for a slow consumer).
+    pub closed: std::collections::BTreeMap<u16, usize>,
+}
+
 /// The idle-connections scenario.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionsConfig {

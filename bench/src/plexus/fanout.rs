@@ -8,9 +8,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use plexus_protocol::{DecodeLimits, Frame};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::conn::{Session, WAIT, Ws, connect_many};
+use super::conn::{ConnError, Session, WAIT, Ws, connect_many};
 use super::frames::{event_payload, publish_frame, publish_window};
 use crate::clock::{now_nanos, read_stamp};
 use crate::procs::HubProcess;
@@ -182,31 +183,17 @@ async fn publish(ws: Ws, p: Publisher, window: usize, errors: Arc<AtomicU64>) ->
     acks.await.unwrap_or(0)
 }
 
-/// Runs the fan-out scenario against a running hub.
-///
-/// A saturating publisher keeps `window` publishes in flight, but never
-/// more than the hub announced (`max_in_flight`, `max_in_flight_bytes`);
-/// the window used is reported.
-pub async fn fanout(hub: &HubProcess, cfg: &FanoutConfig) -> FanoutResult {
-    let url = hub.url();
-    let errors = Arc::new(AtomicU64::new(0));
-    let subs = connect_many(&url, &[], cfg.subscribers, 64, |i| Some(cfg.topic(i))).await;
-    let mut stalled: Vec<Ws> = connect_many(&url, &[], cfg.stalled, 16, |i| Some(cfg.topic(i)))
-        .await
-        .into_iter()
-        .filter_map(|s| s.ok().map(|s| s.ws))
-        .collect();
-    let pubs = connect_many(&url, &[], cfg.publishers, 16, |_| None).await;
-    let win = Window::after(cfg.warmup, cfg.duration);
-    let mut readers = Vec::new();
-    for s in subs {
-        match s {
-            Ok(s) => readers.push(tokio::spawn(subscriber(s.ws, win, errors.clone()))),
-            Err(_) => {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
+/// Starts a publisher on each connection of `pubs` (publisher j on
+/// `cfg.topic(j)`) at `cfg.rate` for the window `win`. Returns the tasks,
+/// each yielding the acknowledgements it counted in the window, and the
+/// smallest window used when saturating; a connection that failed counts
+/// as an error.
+pub(super) fn spawn_publishers(
+    pubs: Vec<Result<Session, ConnError>>,
+    cfg: &FanoutConfig,
+    win: Window,
+    errors: &Arc<AtomicU64>,
+) -> (Vec<JoinHandle<u64>>, Option<usize>) {
     let per_sec = match cfg.rate {
         Rate::Fixed { per_sec } => per_sec as f64 / cfg.publishers.max(1) as f64,
         Rate::Saturate { .. } => 0.0,
@@ -237,6 +224,35 @@ pub async fn fanout(hub: &HubProcess, cfg: &FanoutConfig) -> FanoutResult {
         };
         writers.push(tokio::spawn(publish(ws, publisher, window, errors.clone())));
     }
+    (writers, used_window)
+}
+
+/// Runs the fan-out scenario against a running hub.
+///
+/// A saturating publisher keeps `window` publishes in flight, but never
+/// more than the hub announced (`max_in_flight`, `max_in_flight_bytes`);
+/// the window used is reported.
+pub async fn fanout(hub: &HubProcess, cfg: &FanoutConfig) -> FanoutResult {
+    let url = hub.url();
+    let errors = Arc::new(AtomicU64::new(0));
+    let subs = connect_many(&url, &[], cfg.subscribers, 64, |i| Some(cfg.topic(i))).await;
+    let mut stalled: Vec<Ws> = connect_many(&url, &[], cfg.stalled, 16, |i| Some(cfg.topic(i)))
+        .await
+        .into_iter()
+        .filter_map(|s| s.ok().map(|s| s.ws))
+        .collect();
+    let pubs = connect_many(&url, &[], cfg.publishers, 16, |_| None).await;
+    let win = Window::after(cfg.warmup, cfg.duration);
+    let mut readers = Vec::new();
+    for s in subs {
+        match s {
+            Ok(s) => readers.push(tokio::spawn(subscriber(s.ws, win, errors.clone()))),
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let (writers, used_window) = spawn_publishers(pubs, cfg, win, &errors);
     let mut published = 0;
     for w in writers {
         published += w.await.unwrap_or(0);

@@ -10,15 +10,21 @@
 //! - [`mod@durable`]: durable streams (publish after commit, catch-up).
 //! - [`mod@preauth`], [`mod@stalled`]: the hub's memory bounds, measured as
 //!   RSS.
+//! - [`mod@http`], [`mod@sse`]: the HTTP surface (server API publish and
+//!   batch over HTTP/1.1 keep-alive, SSE fan-out), with [`mod@publish`]'s
+//!   WebSocket publishers of the same shape beside them.
 
 pub mod conn;
 pub mod connections;
 pub mod durable;
 pub mod fanout;
 pub mod frames;
+pub mod http;
 pub mod preauth;
+pub mod publish;
 pub mod routed;
 pub mod rpc;
+pub mod sse;
 pub mod stalled;
 pub mod storm;
 pub mod sync;
@@ -30,8 +36,11 @@ pub use conn::{
 };
 pub use connections::connections;
 pub use fanout::{close_codes, fanout};
+pub use http::{api_publish, start_http};
 pub use preauth::{PREAUTH_HUB_ARGS, preauth};
+pub use publish::ws_publish;
 pub use routed::routed;
 pub use rpc::rpc;
+pub use sse::sse_fanout;
 pub use stalled::{stalled, stalled_hub_args};
 pub use storm::{LISTEN_BACKLOG, reconnect_storm, storm_hub_args};

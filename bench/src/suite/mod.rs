@@ -6,11 +6,13 @@
 //! before/after figures come from the same run.
 
 pub mod durable;
+pub mod http;
 mod rounds;
 mod rows;
 pub mod sync;
 
 pub use durable::DurableSuite;
+pub use http::HttpSuite;
 pub use sync::SyncSuite;
 
 use std::future::Future;
@@ -155,6 +157,7 @@ impl Suite {
         self.fanout(&mut sink).await?;
         self.rpc(&mut sink).await?;
         self.routed(&mut sink).await?;
+        self.http_suite().measure(&mut sink).await?;
         self.connections(&mut sink).await?;
         self.storm(&mut sink).await?;
         self.slow_consumers(&mut sink).await?;
@@ -271,6 +274,17 @@ impl Suite {
             serde_json::json!({ "config": cfg, "plexus": p, "baseline_plexus": b, "floor": f, "nats": n }),
         );
         Ok(())
+    }
+
+    /// The HTTP surface's group (issue 13) with this suite's hub, flags,
+    /// rounds and windows.
+    pub fn http_suite(&self) -> HttpSuite {
+        HttpSuite {
+            quick: self.quick,
+            hub_args: self.hub_args.clone(),
+            rounds: self.rounds,
+            ..HttpSuite::new(self.current.clone(), self.out.clone())
+        }
     }
 
     /// Runs only the routed-RPC scenarios and writes `<date>-routed.*`.
