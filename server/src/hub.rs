@@ -297,6 +297,8 @@ impl Hub {
     /// connection gets `closing` and 4008 with the retry hint.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+        // Idle HTTP sessions end at once: their pipes close.
+        self.http.clear_pool();
         let hint = self.shutdown_hint();
         for c in self.conns.iter() {
             self.close_conn(

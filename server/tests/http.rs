@@ -843,3 +843,39 @@ async fn sync_on_behalf_of_a_user_stays_within_the_keys_spaces() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn api_sessions_are_reused_and_a_closed_one_is_replaced_transparently() {
+    let db = TestDb::sqlite();
+    let h = hub(&db).await;
+    for n in 0..5 {
+        let (s, r) = api(
+            &h,
+            ORDERS_KEY,
+            "publish",
+            json!({"topic": "orders.p", "data": n}),
+        )
+        .await;
+        assert_eq!(s, 200, "{r}");
+    }
+    // Requests one after the other share one pooled session.
+    assert_eq!(h.hub().open_connections(), 1);
+    // The hub closes it while it is idle: the next request runs on a new
+    // one, and nothing is lost or doubled.
+    assert_eq!(
+        h.hub()
+            .disconnect("api:orders", None, plexus_protocol::CloseCode::GoingAway),
+        1
+    );
+    let (s, r) = api(
+        &h,
+        ORDERS_KEY,
+        "publish",
+        json!({"topic": "orders.p", "data": 5}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["offset"], 6);
+    let (_, r) = api(&h, ORDERS_KEY, "history", json!({"topic": "orders.p"})).await;
+    assert_eq!(r["last"], 6);
+}

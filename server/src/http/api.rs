@@ -22,7 +22,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::body::{self, ErrorBody, ErrorDoc, Format};
 use super::keys::{ApiKey, Op};
-use super::local::{Answer, LocalSession, Who};
+use super::local::{Answer, LocalError, LocalSession, Who};
 use super::payload::Payload;
 use super::{Body, full};
 use crate::hub::Hub;
@@ -589,9 +589,7 @@ pub(super) async fn handle(
         Parsed::One(op) => cx.run(op).await.map(|r| body::encode(out, &r)),
         Parsed::Batch(b) => cx.batch(b).await.map(|r| body::encode(out, &r)),
     };
-    if let Some(s) = cx.session.take() {
-        s.close().await;
-    }
+    cx.finish().await;
     match result {
         Ok(bytes) => {
             let mut r = Response::new(full(bytes));
@@ -741,13 +739,10 @@ fn answer_doc(a: Answer) -> (Payload, bool) {
 impl OpCx {
     async fn session(&mut self) -> Result<&mut LocalSession, WireError> {
         if self.session.is_none() {
-            let s = LocalSession::open(
-                &self.hub,
-                self.peer,
-                Who::Principal(self.key.principal.clone()),
-            )
-            .await
-            .map_err(|e| e.to_wire())?;
+            let s = match self.hub.http.take_session(&self.key.name) {
+                Some(s) => s,
+                None => self.open().await?,
+            };
             self.session = Some(s);
         }
         self.session
@@ -755,13 +750,36 @@ impl OpCx {
             .ok_or_else(|| WireError::new(ErrorCode::Internal, "no session"))
     }
 
+    async fn open(&self) -> Result<LocalSession, WireError> {
+        LocalSession::open(
+            &self.hub,
+            self.peer,
+            Who::Principal(self.key.principal.clone()),
+        )
+        .await
+        .map_err(|e| e.to_wire())
+    }
+
     async fn call(&mut self, method: &str, p: &RawValue) -> Result<Answer, WireError> {
         let max = self.hub.config.http.max_answer_bytes;
-        self.session()
-            .await?
-            .call(method, p, max)
-            .await
-            .map_err(|e| e.to_wire())
+        match self.session().await?.call(method, p, max).await {
+            // A pooled session the hub closed while it was idle (keepalive):
+            // the request was not run; once more on a new session.
+            Err(LocalError::Closed(_)) => {
+                let mut s = self.open().await?;
+                let r = s.call(method, p, max).await;
+                self.session = Some(s);
+                r.map_err(|e| e.to_wire())
+            }
+            r => r.map_err(|e| e.to_wire()),
+        }
+    }
+
+    /// Ends the request: its session goes back to the key's pool.
+    async fn finish(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.hub.http.give_session(&self.key.name, s).await;
+        }
     }
 
     async fn publish(&mut self, r: &PublishReq) -> Result<PublishResp, WireError> {
@@ -986,9 +1004,7 @@ impl OpCx {
                     };
                     async move {
                         let r = cx.run(op).await;
-                        if let Some(s) = cx.session.take() {
-                            s.close().await;
-                        }
+                        cx.finish().await;
                         r.into()
                     }
                 })

@@ -115,7 +115,11 @@ impl LocalSession {
             Who::Principal(p) => (String::new(), Some(p)),
         };
         tokio::spawn(crate::session::run_as(hub.clone(), link, peer, principal));
+        // tungstenite's default 128 KiB read buffer is zeroed on every read:
+        // most of an API publish's cost before this (bench profile).
         let config = WebSocketConfig::default()
+            .read_buffer_size(PIPE_BYTES.min(16 * 1024))
+            .write_buffer_size(0)
             .max_message_size(Some(hub.config.max_frame_size.saturating_add(1024)))
             .max_frame_size(Some(hub.config.max_frame_size.saturating_add(1024)));
         let ws = WebSocketStream::from_raw_socket(ours, Role::Client, Some(config)).await;

@@ -51,7 +51,16 @@ pub struct HttpState {
     pub keys: keys::ApiKeys,
     /// The key SSE resume ids are signed with.
     resume_key: [u8; 32],
+    /// Idle in-process sessions of API keys, by key name, reused by later
+    /// requests (at most [`POOL_PER_KEY`] per key).
+    pool: parking_lot::Mutex<std::collections::HashMap<String, Vec<local::LocalSession>>>,
+    /// Set by [`clear_pool`](Self::clear_pool): nothing is pooled any more.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
+
+/// Idle sessions kept per API key: they count against the key's
+/// `max-connections-per-user`.
+pub const POOL_PER_KEY: usize = 16;
 
 impl HttpState {
     /// Prepares the keys (already validated by [`Config::validate`]; a key
@@ -61,6 +70,46 @@ impl HttpState {
         HttpState {
             keys,
             resume_key: resume_key(config),
+            pool: Default::default(),
+            shutting_down: Default::default(),
+        }
+    }
+
+    /// Drops every pooled session (shutdown): each pipe closes, so each
+    /// session ends without waiting for a closing handshake.
+    pub fn clear_pool(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let sessions: Vec<_> = self.pool.lock().drain().collect();
+        drop(sessions);
+    }
+
+    /// An idle session of key `name`, if one is pooled.
+    pub fn take_session(&self, name: &str) -> Option<local::LocalSession> {
+        self.pool.lock().get_mut(name).and_then(Vec::pop)
+    }
+
+    /// Returns a session to key `name`'s pool, or closes it when the pool
+    /// is full.
+    pub async fn give_session(&self, name: &str, s: local::LocalSession) {
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return s.close().await;
+        }
+        let spare = {
+            let mut pool = self.pool.lock();
+            let v = pool.entry(name.to_owned()).or_default();
+            if v.len() < POOL_PER_KEY {
+                v.push(s);
+                None
+            } else {
+                Some(s)
+            }
+        };
+        if let Some(s) = spare {
+            s.close().await;
         }
     }
 

@@ -145,6 +145,16 @@ fn tag(key: &[u8; 32], body: &[u8]) -> [u8; TAG_LEN] {
     out
 }
 
+/// An event's JSON form (`data` as its JSON projection).
+#[derive(serde::Serialize)]
+struct EventJson<'a> {
+    topic: &'a str,
+    data: super::payload::Payload,
+    from: Option<&'a str>,
+    offset: Option<u64>,
+    position: Option<u64>,
+}
+
 /// One subscription of the stream.
 #[derive(Debug)]
 struct Sub {
@@ -454,14 +464,14 @@ impl SseStream {
             *mark = pos;
         }
         let data = match self.format {
-            Format::Json => serde_json::json!({
-                "topic": e.topic,
-                "data": plexus_protocol::json::raw_to_json(&raw.slice_ref(e.data)),
-                "from": e.from,
-                "offset": e.offset,
-                "position": e.position,
+            Format::Json => serde_json::to_string(&EventJson {
+                topic: e.topic,
+                data: super::payload::Payload(raw.slice_ref(e.data)),
+                from: e.from,
+                offset: e.offset,
+                position: e.position,
             })
-            .to_string(),
+            .unwrap_or_default(),
             Format::Cbor => STANDARD.encode(raw.as_bytes()),
         };
         Some(Bytes::from(format!(
