@@ -188,6 +188,46 @@ async fn publish(ws: Ws, p: Publisher, window: usize, errors: Arc<AtomicU64>) ->
 /// each yielding the acknowledgements it counted in the window, and the
 /// smallest window used when saturating; a connection that failed counts
 /// as an error.
+/// Spawns `read` for every subscriber that connected; one error for each
+/// that did not.
+pub(super) fn spawn_readers<S, E, F, Fut>(
+    subs: Vec<Result<S, E>>,
+    errors: &AtomicU64,
+    mut read: F,
+) -> Vec<tokio::task::JoinHandle<Fut::Output>>
+where
+    F: FnMut(S) -> Fut,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let mut readers = Vec::with_capacity(subs.len());
+    for s in subs {
+        match s {
+            Ok(s) => readers.push(tokio::spawn(read(s))),
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    readers
+}
+
+/// Runs the publishers to the window's end: events published, and the
+/// publish window they used.
+pub(super) async fn publish_all(
+    pubs: Vec<Result<Session, ConnError>>,
+    cfg: &FanoutConfig,
+    win: Window,
+    errors: &Arc<AtomicU64>,
+) -> (u64, Option<usize>) {
+    let (writers, used_window) = spawn_publishers(pubs, cfg, win, errors);
+    let mut published = 0;
+    for w in writers {
+        published += w.await.unwrap_or(0);
+    }
+    (published, used_window)
+}
+
 pub(super) fn spawn_publishers(
     pubs: Vec<Result<Session, ConnError>>,
     cfg: &FanoutConfig,
@@ -243,20 +283,8 @@ pub async fn fanout(hub: &HubProcess, cfg: &FanoutConfig) -> FanoutResult {
         .collect();
     let pubs = connect_many(&url, &[], cfg.publishers, 16, |_| None).await;
     let win = Window::after(cfg.warmup, cfg.duration);
-    let mut readers = Vec::new();
-    for s in subs {
-        match s {
-            Ok(s) => readers.push(tokio::spawn(subscriber(s.ws, win, errors.clone()))),
-            Err(_) => {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    let (writers, used_window) = spawn_publishers(pubs, cfg, win, &errors);
-    let mut published = 0;
-    for w in writers {
-        published += w.await.unwrap_or(0);
-    }
+    let readers = spawn_readers(subs, &errors, |s| subscriber(s.ws, win, errors.clone()));
+    let (published, used_window) = publish_all(pubs, cfg, win, &errors).await;
     let mut delivered = 0;
     let mut lat = Latency::new();
     for r in readers {

@@ -24,10 +24,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::conn::WAIT;
+use super::publish::{Counts, gather};
 use crate::clock::now_nanos;
 use crate::procs::{HubBinary, HubProcess};
 use crate::scenario::{PublishLoadConfig, PublishLoadResult};
-use crate::stats::Latency;
 use crate::suite::BoxError;
 use crate::window::Window;
 
@@ -169,14 +169,6 @@ pub fn batch_ok(answer: &[u8]) -> Option<(usize, usize)> {
     Some((ok, results.len()))
 }
 
-/// What one client did in the window.
-#[derive(Debug, Default)]
-struct Counts {
-    requests: u64,
-    publishes: u64,
-    latency: Latency,
-}
-
 /// One client: requests back to back on its connection until the window
 /// is over.
 async fn api_client(
@@ -277,21 +269,7 @@ pub async fn api_publish(addr: SocketAddr, cfg: &PublishLoadConfig) -> PublishLo
             ))
         })
         .collect();
-    let mut all = Counts::default();
-    for t in tasks {
-        if let Ok(c) = t.await {
-            all.requests += c.requests;
-            all.publishes += c.publishes;
-            all.latency.merge(&c.latency);
-        }
-    }
-    PublishLoadResult {
-        requests_per_sec: all.requests as f64 / win.secs(),
-        publishes_per_sec: all.publishes as f64 / win.secs(),
-        latency: all.latency.summary(),
-        batch: ops,
-        errors: errors.load(Ordering::Relaxed),
-    }
+    gather(tasks, win, ops, &errors).await
 }
 
 #[cfg(test)]

@@ -21,12 +21,38 @@ use crate::scenario::{PublishLoadConfig, PublishLoadResult};
 use crate::stats::Latency;
 use crate::window::Window;
 
-/// What one publisher did in the window.
+/// What one load client did in the window: requests (HTTP requests or
+/// WebSocket bursts) answered, publishes in them, and their latency.
 #[derive(Debug, Default)]
-struct Counts {
-    bursts: u64,
-    publishes: u64,
-    latency: Latency,
+pub(super) struct Counts {
+    pub(super) requests: u64,
+    pub(super) publishes: u64,
+    pub(super) latency: Latency,
+}
+
+/// Adds up the clients' counts over the window `win`; `batch` publishes
+/// per request.
+pub(super) async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Counts>>,
+    win: Window,
+    batch: usize,
+    errors: &AtomicU64,
+) -> PublishLoadResult {
+    let mut all = Counts::default();
+    for t in tasks {
+        if let Ok(c) = t.await {
+            all.requests += c.requests;
+            all.publishes += c.publishes;
+            all.latency.merge(&c.latency);
+        }
+    }
+    PublishLoadResult {
+        requests_per_sec: all.requests as f64 / win.secs(),
+        publishes_per_sec: all.publishes as f64 / win.secs(),
+        latency: all.latency.summary(),
+        batch,
+        errors: errors.load(Ordering::Relaxed),
+    }
 }
 
 /// One publisher: bursts of `burst` publishes on `topic` until the window
@@ -79,7 +105,7 @@ async fn bursts(
         }
         let t = now_nanos();
         if win.contains(t) {
-            c.bursts += 1;
+            c.requests += 1;
             c.publishes += ok;
             c.latency.record(t.saturating_sub(t0));
         }
@@ -114,19 +140,5 @@ pub async fn ws_publish(url: &str, cfg: &PublishLoadConfig) -> PublishLoadResult
             errors.clone(),
         )));
     }
-    let mut all = Counts::default();
-    for t in tasks {
-        if let Ok(c) = t.await {
-            all.bursts += c.bursts;
-            all.publishes += c.publishes;
-            all.latency.merge(&c.latency);
-        }
-    }
-    PublishLoadResult {
-        requests_per_sec: all.bursts as f64 / win.secs(),
-        publishes_per_sec: all.publishes as f64 / win.secs(),
-        latency: all.latency.summary(),
-        batch: used,
-        errors: errors.load(Ordering::Relaxed),
-    }
+    gather(tasks, win, used, &errors).await
 }

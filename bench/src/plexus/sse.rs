@@ -27,7 +27,7 @@ use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
 use hyper::{Request, StatusCode};
 
 use super::conn::{WAIT, connect_many};
-use super::fanout::spawn_publishers;
+use super::fanout::{publish_all, spawn_readers};
 use super::http::{HttpConn, HttpError, http_connect};
 use crate::clock::{now_nanos, read_stamp};
 use crate::procs::token;
@@ -300,20 +300,8 @@ pub async fn sse_fanout(addr: SocketAddr, cfg: &FanoutConfig) -> SseFanoutResult
     let url = format!("ws://{addr}/v1/ws");
     let pubs = connect_many(&url, &[], cfg.publishers, 16, |_| None).await;
     let win = Window::after(cfg.warmup, cfg.duration);
-    let mut readers = Vec::new();
-    for s in streams {
-        match s {
-            Ok(s) => readers.push(tokio::spawn(read_stream(s, win))),
-            Err(_) => {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    let (writers, used_window) = spawn_publishers(pubs, cfg, win, &errors);
-    let mut published = 0;
-    for w in writers {
-        published += w.await.unwrap_or(0);
-    }
+    let readers = spawn_readers(streams, &errors, |s| read_stream(s, win));
+    let (published, used_window) = publish_all(pubs, cfg, win, &errors).await;
     let (mut delivered, mut lat, mut closed) = (0, Latency::new(), BTreeMap::new());
     let mut stream_errors = 0;
     for r in readers {
