@@ -879,3 +879,53 @@ async fn api_sessions_are_reused_and_a_closed_one_is_replaced_transparently() {
     let (_, r) = api(&h, ORDERS_KEY, "history", json!({"topic": "orders.p"})).await;
     assert_eq!(r["last"], 6);
 }
+
+#[tokio::test]
+async fn the_http_limits_the_docs_name_are_enforced() {
+    let db = TestDb::sqlite();
+    let h = TestHub::start_durable(&db, streams_config(&["orders.>"]), |c| {
+        let mut k = api_key("svc", ORDERS_KEY, &["call"], &[]);
+        k.procedures = vec!["svc.*".into()];
+        c.http.api_keys = vec![k];
+        c.http.max_answer_bytes = 2;
+        c.http.sse_max_topics = 2;
+    })
+    .await;
+    // sse-max-topics: 1 to 2 topic parameters here.
+    let c = http();
+    let base = format!("http://{}/v1/sse?token={}", h.addr(), token("gina"));
+    let none = c.get(base.parse().unwrap()).await.unwrap();
+    assert_eq!(none.status(), 400);
+    let three = format!("{base}&topic=a&topic=b&topic=c");
+    assert_eq!(c.get(three.parse().unwrap()).await.unwrap().status(), 400);
+    let two = format!("{base}&topic=a&topic=b");
+    assert_eq!(c.get(two.parse().unwrap()).await.unwrap().status(), 200);
+    // max-answer-bytes: a streamed answer of 3 one-byte chunks is too large.
+    let mut callee = claims("svc", &[], &[], false);
+    callee["plexus"]["rpc_register"] = json!(["svc.>"]);
+    let client = plexus_client::Client::builder(h.url())
+        .token(sign(&callee, jsonwebtoken::Algorithm::HS256, SECRET))
+        .connect()
+        .await
+        .unwrap();
+    let _count = client
+        .register_stream(
+            "svc.count",
+            plexus_client::RegisterOptions::new(),
+            |_inv: plexus_client::Invocation| {
+                futures_util::stream::iter((1..=3u32).map(Ok::<_, plexus_protocol::WireError>))
+            },
+        )
+        .await
+        .unwrap();
+    refused(
+        &h,
+        ORDERS_KEY,
+        "call",
+        json!({"procedure": "svc.count"}),
+        413,
+        "payload_too_large",
+    )
+    .await;
+    client.close().await;
+}

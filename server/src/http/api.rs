@@ -13,7 +13,8 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use minicbor::Encoder;
 use plexus_protocol::methods::{
-    EventParams, HistoryLatestResult, HistoryResult, PresenceGetResult, PublishResult,
+    Direction, EventParams, HistoryLatestParams, HistoryLatestResult, HistoryParams, HistoryResult,
+    PresenceGetParams, PresenceGetResult, PublishParams, PublishResult,
 };
 use plexus_protocol::topic::{MAX_TOPIC_LEN, Pattern};
 use plexus_protocol::{CloseCode, ErrorCode, RawValue, WireError};
@@ -663,35 +664,9 @@ fn op_of(op: &BatchOp) -> Op {
     }
 }
 
-/// A field of a protocol params map.
-enum F<'a> {
-    Str(&'a str),
-    U64(u64),
-    Raw(&'a RawValue),
-}
-
-/// Encodes an integer-keyed params map, absent fields left out.
-fn params(fields: &[(u64, Option<F<'_>>)]) -> RawValue {
-    let mut buf = Vec::with_capacity(64);
-    let mut e = Encoder::new(&mut buf);
-    let n = fields.iter().filter(|(_, f)| f.is_some()).count();
-    let _ = e.map(n as u64);
-    for (k, f) in fields {
-        let Some(f) = f else { continue };
-        let _ = e.u64(*k);
-        match f {
-            F::Str(s) => {
-                let _ = e.str(s);
-            }
-            F::U64(u) => {
-                let _ = e.u64(*u);
-            }
-            F::Raw(r) => e.writer_mut().extend_from_slice(r.as_bytes()),
-        }
-    }
-    // The fields are well-formed items: the map is too.
-    RawValue::from_bytes(buf.into(), &plexus_protocol::DecodeLimits::default())
-        .unwrap_or_else(|_| RawValue::null())
+/// Encodes a method's typed params.
+fn encode<T: minicbor::Encode<()>>(p: &T) -> Result<RawValue, WireError> {
+    RawValue::encode(p).map_err(|_| WireError::new(ErrorCode::Internal, "cannot encode the params"))
 }
 
 fn bad_result() -> WireError {
@@ -783,12 +758,14 @@ impl OpCx {
     }
 
     async fn publish(&mut self, r: &PublishReq) -> Result<PublishResp, WireError> {
-        let p = params(&[
-            (0, Some(F::Str(&r.topic))),
-            (1, Some(F::Raw(&r.data.0))),
-            (5, r.idempotency_key.as_deref().map(F::Str)),
-            (6, r.expected_offset.map(F::U64)),
-        ]);
+        let mut p = PublishParams::new(&r.topic, r.data.0.as_raw_ref());
+        if let Some(k) = r.idempotency_key.as_deref() {
+            p = p.with_key(k);
+        }
+        if let Some(o) = r.expected_offset {
+            p = p.with_expected_offset(o);
+        }
+        let p = encode(&p)?;
         let v = value(self.call("publish", &p).await?)?;
         let res: PublishResult = v.decode().map_err(|_| bad_result())?;
         Ok(PublishResp {
@@ -827,12 +804,17 @@ impl OpCx {
                 OpResult::Broadcast(BroadcastResp { results })
             }
             BatchOp::History(r) => {
-                let p = params(&[
-                    (0, Some(F::Str(&r.topic))),
-                    (1, r.from.map(F::U64)),
-                    (2, r.direction.as_deref().map(F::Str)),
-                    (3, r.limit.map(F::U64)),
-                ]);
+                let mut p = HistoryParams::new(&r.topic);
+                if let Some(f) = r.from {
+                    p = p.with_from(f);
+                }
+                if let Some(d) = r.direction.as_deref() {
+                    p = p.with_direction(Direction::from_text(d));
+                }
+                if let Some(l) = r.limit {
+                    p = p.with_limit(l);
+                }
+                let p = encode(&p)?;
                 let v = value(self.call("history", &p).await?)?;
                 let h: HistoryResult = v.decode().map_err(|_| bad_result())?;
                 OpResult::History(HistoryResp {
@@ -844,11 +826,14 @@ impl OpCx {
                 })
             }
             BatchOp::Latest(r) => {
-                let p = params(&[
-                    (0, Some(F::Str(&r.pattern))),
-                    (1, r.after.as_deref().map(F::Str)),
-                    (2, r.limit.map(F::U64)),
-                ]);
+                let mut p = HistoryLatestParams::new(&r.pattern);
+                if let Some(a) = r.after.as_deref() {
+                    p = p.with_after(a);
+                }
+                if let Some(l) = r.limit {
+                    p = p.with_limit(l);
+                }
+                let p = encode(&p)?;
                 let v = value(self.call("history.latest", &p).await?)?;
                 let h: HistoryLatestResult = v.decode().map_err(|_| bad_result())?;
                 OpResult::Latest(LatestResp {
@@ -857,11 +842,11 @@ impl OpCx {
                 })
             }
             BatchOp::Presence(r) => {
-                let p = params(&[
-                    (0, Some(F::Str(&r.topic))),
-                    (1, r.cursor.map(F::U64)),
-                    (2, r.limit.map(F::U64)),
-                ]);
+                let p = encode(&PresenceGetParams {
+                    topic: &r.topic,
+                    cursor: r.cursor,
+                    limit: r.limit,
+                })?;
                 let v = value(self.call("presence.get", &p).await?)?;
                 let g: PresenceGetResult = v.decode().map_err(|_| bad_result())?;
                 OpResult::Presence(PresenceResp {
@@ -901,12 +886,12 @@ impl OpCx {
             BatchOp::SyncPush(r) => OpResult::Sync(self.sync("sync.push", r).await?),
             BatchOp::SyncPull(r) => OpResult::Sync(self.sync("sync.pull", r).await?),
             BatchOp::Call(r) => {
-                let p = params(&[
-                    (0, Some(F::Str(&r.procedure))),
-                    (1, r.params.as_ref().map(|p| F::Raw(&p.0))),
-                    (2, r.timeout_ms.map(F::U64)),
-                    (3, r.key.as_deref().map(F::Str)),
-                ]);
+                let p = super::rpc::call_params(
+                    &r.procedure,
+                    r.params.as_ref().map(|p| &p.0),
+                    r.timeout_ms,
+                    r.key.as_deref(),
+                )?;
                 let (result, streamed) = answer_doc(self.call("rpc.call", &p).await?);
                 OpResult::Call(CallResp { result, streamed })
             }

@@ -34,13 +34,11 @@ pub const SESSION_METHODS: &[&str] = &[
     "cancel",
 ];
 
-/// One value of the query string, percent-decoding not needed for the
-/// numbers and procedure keys it carries (`+` and `%` are refused).
-pub fn query<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
-    })
+/// The first value of query parameter `name`, percent-decoded.
+pub fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
+    form_urlencoded::parse(req.uri().query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 pub(super) async fn handle(
@@ -101,7 +99,7 @@ async fn run(
         })?),
         None => None,
     };
-    let key = query(&req, "key").map(str::to_owned);
+    let key = query(&req, "key");
     let max = body_limit(hub);
     let bytes = body::read(req, max).await?;
     let params = body::parse_value(fmt, bytes, hub_method)?;
@@ -112,23 +110,33 @@ async fn run(
         s.call(method, &params.0, hub.config.http.max_answer_bytes)
             .await
     } else {
-        let mut p = CallParams::new(method);
-        if !params.0.is_null() {
-            p = p.with_params(params.0.as_raw_ref());
-        }
-        if let Some(t) = timeout_ms {
-            p = p.with_timeout_ms(t);
-        }
-        if let Some(k) = key.as_deref() {
-            p = p.with_key(k);
-        }
-        let raw = RawValue::encode(&p)
-            .map_err(|_| WireError::new(ErrorCode::Internal, "cannot encode the call"))?;
+        let params = (!params.0.is_null()).then_some(&params.0);
+        let raw = call_params(method, params, timeout_ms, key.as_deref())?;
         s.call("rpc.call", &raw, hub.config.http.max_answer_bytes)
             .await
     };
     s.close().await;
     answer.map_err(|e| e.to_wire())
+}
+
+/// The encoded params of `rpc.call` (shared by the server API's `call`).
+pub(super) fn call_params(
+    procedure: &str,
+    params: Option<&RawValue>,
+    timeout_ms: Option<u64>,
+    key: Option<&str>,
+) -> Result<RawValue, WireError> {
+    let mut p = CallParams::new(procedure);
+    if let Some(v) = params {
+        p = p.with_params(v.as_raw_ref());
+    }
+    if let Some(t) = timeout_ms {
+        p = p.with_timeout_ms(t);
+    }
+    if let Some(k) = key {
+        p = p.with_key(k);
+    }
+    RawValue::encode(&p).map_err(|_| WireError::new(ErrorCode::Internal, "cannot encode the call"))
 }
 
 /// The largest request body: `[http] max-body-bytes`, or `max-frame-size`.

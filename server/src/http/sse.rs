@@ -28,7 +28,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use minicbor::{Decoder, Encoder};
 use plexus_protocol::frame::{Chunk, Notification, Response as WireResponse};
-use plexus_protocol::methods::{EventParams, ResumeFinal, SubscribeResult};
+use plexus_protocol::methods::{EventParams, ResumeFinal, Since, SubscribeParams, SubscribeResult};
 use plexus_protocol::topic::{MAX_TOPIC_LEN, Pattern};
 use plexus_protocol::{ErrorCode, Frame, RawValue, WireError};
 use sha2::Sha256;
@@ -356,23 +356,16 @@ impl SseStream {
         out: &mut Vec<Bytes>,
     ) -> Result<(), WireError> {
         for i in 0..self.subs.len() {
-            let mut m = Vec::new();
-            let mut e = Encoder::new(&mut m);
             let sub = &self.subs[i];
-            let since = sub.mark.clone();
-            let _ = e.map(if since.is_some() { 2 } else { 1 });
-            let _ = e.u8(0).and_then(|e| e.str(&self.topics[i]));
-            if let Some((epoch, pos)) = &since {
-                let k = if sub.exact { 1 } else { 2 };
-                let _ = e
-                    .u8(2)
-                    .and_then(|e| e.map(2))
-                    .and_then(|e| e.u8(0))
-                    .and_then(|e| e.str(epoch))
-                    .and_then(|e| e.u8(k))
-                    .and_then(|e| e.u64(*pos));
+            let mut p = SubscribeParams::new(&self.topics[i]);
+            if let Some((epoch, pos)) = &sub.mark {
+                p = p.with_since(if sub.exact {
+                    Since::offset(Some(epoch), *pos)
+                } else {
+                    Since::position(Some(epoch), *pos)
+                });
             }
-            let raw = RawValue::from_bytes(m.into(), &Default::default())
+            let raw = RawValue::encode(&p)
                 .map_err(|_| WireError::new(ErrorCode::Internal, "cannot encode subscribe"))?;
             let id = s.send("subscribe", &raw).await.map_err(|e| e.to_wire())?;
             loop {
