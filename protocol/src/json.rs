@@ -1,7 +1,8 @@
 //! The JSON projection of CBOR values, used wherever a `plexus.v1` value
 //! meets JSON: HTTP bodies (`application/json`), SSE events in JSON mode,
-//! and the CLI's `--json` output. `docs/http.md` ("The JSON projection")
-//! is the normative description.
+//! and the CLI's `--json` output. `docs/protocol.md` Appendix D is the
+//! normative description, with vectors that `tests/json_projection.rs`
+//! checks against this module.
 //!
 //! JSON → CBOR is exact: `null`, booleans, strings, arrays and objects map
 //! to their CBOR kinds; a number that is an integer (no fraction, no
