@@ -208,6 +208,18 @@ settings! {
     no_migrate: bool = false, "no-migrate", "PLEXUS_NO_MIGRATE";
     /// Read connections of the database pool (catch-up, history) [default: 4].
     database_read_connections: u32 = 4, "database-read-connections", "PLEXUS_DATABASE_READ_CONNECTIONS";
+    /// Cluster mode: the NATS server that carries traffic between the hubs of one cluster (`nats://host:port`); empty runs one hub alone. Needs a PostgreSQL `--database-url` shared by every node (docs/cluster.md) [default: empty].
+    cluster: String = String::new(), "cluster", "PLEXUS_CLUSTER";
+    /// Cluster mode: this node's id, unique in the cluster and the prefix of its session ids (1 to 8 of `a-z0-9_-`); empty picks a random one on every start [default: empty].
+    node_id: String = String::new(), "node-id", "PLEXUS_NODE_ID";
+    /// Cluster mode: the first token of every NATS subject the cluster uses, so that several clusters can share one NATS server [default: plexus].
+    cluster_prefix: String = "plexus".to_owned(), "cluster-prefix", "PLEXUS_CLUSTER_PREFIX";
+    /// Cluster mode: how often a node says it is alive (in PostgreSQL) [default: 1s].
+    cluster_heartbeat: Dur = Dur(Duration::from_secs(1)), "cluster-heartbeat", "PLEXUS_CLUSTER_HEARTBEAT";
+    /// Cluster mode: a node not heard of for this long counts as dead: its presence entries are removed (at least three heartbeats) [default: 5s].
+    cluster_node_expiry: Dur = Dur(Duration::from_secs(5)), "cluster-node-expiry", "PLEXUS_CLUSTER_NODE_EXPIRY";
+    /// Cluster mode: most messages waiting to go out to NATS; past it plain events for other nodes are dropped (counted in plexus_cluster_dropped_total) and durable ones are left to the other nodes' gap filling [default: 65536].
+    cluster_outbound_queue: usize = 65536, "cluster-outbound-queue", "PLEXUS_CLUSTER_OUTBOUND_QUEUE";
     /// Serve the `debug.*` methods (tests only; only builds with the debug-methods feature or debug builds have them) [default: false].
     debug_methods: bool = false, "debug-methods", "PLEXUS_DEBUG_METHODS";
 }
@@ -431,6 +443,17 @@ impl Config {
         if let Err(e) = self.store_options().backend() {
             problems.push(format!("database-url: {e}"));
         }
+        if !self.cluster.is_empty() {
+            problems.extend(self.cluster_problems());
+        }
+        if self.node_id.len() > 8
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            problems.push("node-id must be 1 to 8 of a-z, 0-9, _ and -".to_owned());
+        }
         if let Err(e) = self.streams.validate() {
             problems.push(e.to_string());
         }
@@ -465,6 +488,44 @@ impl Config {
         } else {
             Err(SettingsError { problems })
         }
+    }
+
+    /// Whether this hub runs in cluster mode (`--cluster`).
+    pub fn clustered(&self) -> bool {
+        !self.cluster.is_empty()
+    }
+
+    fn cluster_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(self.cluster.starts_with("nats://") || self.cluster.starts_with("tls://")) {
+            p.push("cluster must be a nats:// (or tls://) URL".to_owned());
+        }
+        if !matches!(
+            self.store_options().backend(),
+            Ok(crate::storage::Backend::Postgres)
+        ) {
+            p.push("cluster needs a postgres:// database-url shared by every node".to_owned());
+        }
+        if self.cluster_prefix.is_empty()
+            || !self
+                .cluster_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            p.push("cluster-prefix must be one token of A-Z, a-z, 0-9, _ and -".to_owned());
+        }
+        if self.cluster_heartbeat.0.is_zero()
+            || self.cluster_node_expiry.0 < self.cluster_heartbeat.0 * 3
+        {
+            p.push(
+                "cluster-node-expiry must be at least three cluster-heartbeat (which is not 0)"
+                    .to_owned(),
+            );
+        }
+        if self.cluster_outbound_queue == 0 {
+            p.push("cluster-outbound-queue must be at least 1".to_owned());
+        }
+        p
     }
 
     /// The database options: `--database-url`, or the SQLite file in the
@@ -513,6 +574,9 @@ impl Config {
         }
         if !c.database_url.is_empty() {
             c.database_url = mask_url(&c.database_url);
+        }
+        if !c.cluster.is_empty() {
+            c.cluster = mask_url(&c.cluster);
         }
         let mut out =
             toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
@@ -714,6 +778,36 @@ pub fn mask_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_mode_needs_nats_and_a_shared_postgres() {
+        let mut c = Config {
+            cluster: "nats://127.0.0.1:4222".into(),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("cluster needs a postgres://"), "{e}");
+        c.database_url = "postgres://u:pw@db/plexus".into();
+        c.validate().unwrap();
+        assert!(c.clustered());
+        c.cluster = "redis://x".into();
+        c.node_id = "Node-1".into();
+        c.cluster_node_expiry = Dur(Duration::from_secs(2));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("nats://"), "{e}");
+        assert!(e.contains("node-id"), "{e}");
+        assert!(e.contains("cluster-node-expiry"), "{e}");
+        let shown = Config {
+            cluster: "nats://u:secret@n:4222".into(),
+            database_url: "postgres://db/p".into(),
+            ..Config::default()
+        }
+        .to_masked_toml();
+        assert!(
+            shown.contains("cluster = \"nats://u:********@n:4222\""),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn the_rpc_table_is_read_and_checked() {

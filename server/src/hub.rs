@@ -100,6 +100,8 @@ pub struct Hub {
     pub metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The HTTP surface's keys and resume-id key.
     pub http: crate::http::HttpState,
+    /// Cluster mode: this node's link to the others (set once, at start).
+    pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     users: Mutex<HashMap<Arc<str>, UserConns>>,
     /// Every open connection, authenticated or not (for shutdown).
     conns: DashMap<ConnId, Arc<Conn>>,
@@ -151,7 +153,11 @@ impl Hub {
         let registry =
             crate::session::methods::registry_with(&config, streams.is_some(), sync.is_some());
         let core = Arc::new(core_config(&config, &registry, limits));
-        let node = format!("{:08x}", rand::random::<u32>());
+        let node = if config.node_id.is_empty() {
+            format!("{:08x}", rand::random::<u32>())
+        } else {
+            config.node_id.clone()
+        };
         let rpc = crate::rpc::Rpc::new(config.rpc.clone());
         Hub {
             http: crate::http::HttpState::new(&config),
@@ -173,6 +179,7 @@ impl Hub {
             open: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             node,
+            cluster: std::sync::OnceLock::new(),
             shutdown: watch::channel(false).0,
         }
     }
@@ -206,6 +213,12 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// This hub's node id: the prefix of its session ids, and its id in a
+    /// cluster (`--node-id`, or random).
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Open connections, authenticated or not.

@@ -37,6 +37,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod http;
@@ -100,6 +101,9 @@ pub enum StartError {
     /// The durable streams could not start on the database.
     #[error("cannot start the durable streams: {0}")]
     Streams(#[from] streams::OpenError),
+    /// Cluster mode could not start.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
     /// Record sync could not start on the database.
     #[error("cannot start record sync on the database {url}: {source}")]
     Sync {
@@ -254,6 +258,17 @@ impl Server {
             sync,
         ));
         hub.lag.spawn_ticker();
+        if hub.config.clustered() {
+            let c = cluster::Cluster::start(
+                &hub.config,
+                hub.node().into(),
+                hub.broker.clone(),
+                hub.streams.clone(),
+                hub.shutdown_signal(),
+            )
+            .await?;
+            let _ = hub.cluster.set(c);
+        }
         if let Some(engine) = &hub.sync {
             spawn_sweeper(engine.clone(), hub.shutdown_signal());
         }
@@ -320,6 +335,9 @@ pub async fn open_streams(
         return Ok(None);
     }
     let options = config.store_options();
+    let mut streams_config = config.streams.clone();
+    // Cluster mode: other nodes write the same database.
+    streams_config.storage.shared = config.clustered();
     let store = storage::open(&options)
         .await
         .map_err(|source| StartError::Storage {
@@ -327,13 +345,8 @@ pub async fn open_streams(
             source,
         })?;
     let sink: Arc<dyn streams::FanOut> = Arc::new(hub::BrokerFanOut::new(broker.clone()));
-    let s = streams::Streams::open(
-        store,
-        config.streams.clone(),
-        sink,
-        Arc::new(streams::SystemClock),
-    )
-    .await?;
+    let s =
+        streams::Streams::open(store, streams_config, sink, Arc::new(streams::SystemClock)).await?;
     Ok(Some(s))
 }
 
@@ -341,6 +354,11 @@ pub async fn open_streams(
 /// on by default, on the same database as the durable streams).
 pub async fn open_sync(config: &Config) -> Result<Option<sync::SyncEngine>, StartError> {
     if !config.sync.enabled {
+        return Ok(None);
+    }
+    if config.clustered() {
+        // Its engine caches what only one writer may (docs/cluster.md).
+        tracing::warn!("record sync is not served in cluster mode");
         return Ok(None);
     }
     let err = |source| StartError::Sync {

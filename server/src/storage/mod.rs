@@ -49,6 +49,10 @@ pub enum StorageError {
     /// timeout (SQLite).
     #[error("database busy: {0}")]
     Busy(Arc<str>),
+    /// The operation needs a database shared by several hubs (cluster
+    /// mode), which this backend is not.
+    #[error("this database cannot be shared by several hubs (cluster mode needs PostgreSQL)")]
+    SharedUnsupported,
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(Arc<str>),
@@ -597,6 +601,35 @@ pub trait StoreWriter: Send {
 
     /// Deletes every idempotency key of `topic`.
     fn delete_topic_keys(&mut self, topic: i64) -> StoreFuture<'_, u64>;
+
+    /// Cluster mode: loads the topics named (like
+    /// [`StoreWriter::load_topics`]) and locks their rows until the
+    /// transaction ends, in id order (so that nodes never lock two topics
+    /// in opposite orders). Only PostgreSQL implements it.
+    fn lock_topics<'a>(&'a mut self, names: &'a [Arc<str>]) -> StoreFuture<'a, Vec<TopicRow>> {
+        let _ = names;
+        Box::pin(async { Err(StorageError::SharedUnsupported) })
+    }
+
+    /// Cluster mode: [`StoreWriter::load_topics_by_id`], locking the rows.
+    fn lock_topics_by_id<'a>(&'a mut self, ids: &'a [i64]) -> StoreFuture<'a, Vec<TopicRow>> {
+        let _ = ids;
+        Box::pin(async { Err(StorageError::SharedUnsupported) })
+    }
+
+    /// Cluster mode: takes the transaction-scoped lock on creating topics
+    /// and producers, then returns the greatest ids in use (as
+    /// [`StoreWriter::max_ids`]): new rows get ids above them.
+    fn lock_ids(&mut self) -> StoreFuture<'_, (i64, i64)> {
+        Box::pin(async { Err(StorageError::SharedUnsupported) })
+    }
+
+    /// Cluster mode: locks the namespaces' rows (in id order) and returns
+    /// each one's last position.
+    fn lock_namespaces<'a>(&'a mut self, ids: &'a [i64]) -> StoreFuture<'a, Vec<(i64, u64)>> {
+        let _ = ids;
+        Box::pin(async { Err(StorageError::SharedUnsupported) })
+    }
 
     /// Ids of topics of `ns` above `after` holding more than `max_events`
     /// events or more than `max_bytes` bytes, at most `limit`.

@@ -30,6 +30,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/post
 /// Default `application_name` of the writing connection.
 pub const WRITER_APPLICATION_NAME: &str = "plexus-writer";
 
+/// The advisory lock (transaction-scoped) that cluster nodes take to
+/// create topics and producers: ids come from `max(id)`, so two nodes must
+/// not pick them at once. An arbitrary constant ("plexus" in ASCII).
+const CREATE_LOCK: i64 = 0x0000_706c_6578_7573;
+
 const TOPIC_COLS: &str =
     "id, ns, name, epoch, first_offset, last_offset, last_position, bytes, pruned_position";
 const OLD_COLS: &str = "topic, off, position, ts, size::int8, producer, seq";
@@ -361,6 +366,38 @@ pub struct PgWriter {
     conn: PgConnection,
 }
 
+/// Which topic rows to load.
+enum TopicKey<'a> {
+    Names(&'a [Arc<str>]),
+    Ids(&'a [i64]),
+}
+
+/// Locks loaded rows until the transaction ends, in id order (cluster
+/// mode: nodes never lock two topics in opposite orders).
+const LOCK_ROWS: &str = " ORDER BY id FOR UPDATE";
+
+impl PgWriter {
+    /// The topic rows `key` names, `then` appended to the query.
+    async fn topics_by(
+        &mut self,
+        key: TopicKey<'_>,
+        then: &str,
+    ) -> Result<Vec<TopicRow>, StorageError> {
+        let column = match key {
+            TopicKey::Names(_) => "name",
+            TopicKey::Ids(_) => "id",
+        };
+        let sql = format!("SELECT {TOPIC_COLS} FROM topics WHERE {column} = ANY($1){then}");
+        let q = sqlx::query(&sql);
+        let q = match key {
+            TopicKey::Names(n) => q.bind(n.iter().map(|n| &**n).collect::<Vec<&str>>()),
+            TopicKey::Ids(ids) => q.bind(ids),
+        };
+        let rows = q.fetch_all(&mut self.conn).await?;
+        rows.iter().map(topic_row).collect()
+    }
+}
+
 impl StoreWriter for PgWriter {
     fn begin(&mut self, flush: Flush) -> StoreFuture<'_, ()> {
         Box::pin(async move {
@@ -437,25 +474,42 @@ impl StoreWriter for PgWriter {
     }
 
     fn load_topics<'a>(&'a mut self, names: &'a [Arc<str>]) -> StoreFuture<'a, Vec<TopicRow>> {
-        Box::pin(async move {
-            let names: Vec<&str> = names.iter().map(|n| &**n).collect();
-            let sql = format!("SELECT {TOPIC_COLS} FROM topics WHERE name = ANY($1)");
-            let rows = sqlx::query(&sql)
-                .bind(names)
-                .fetch_all(&mut self.conn)
-                .await?;
-            rows.iter().map(topic_row).collect()
-        })
+        Box::pin(self.topics_by(TopicKey::Names(names), ""))
     }
 
     fn load_topics_by_id<'a>(&'a mut self, ids: &'a [i64]) -> StoreFuture<'a, Vec<TopicRow>> {
+        Box::pin(self.topics_by(TopicKey::Ids(ids), ""))
+    }
+
+    fn lock_topics<'a>(&'a mut self, names: &'a [Arc<str>]) -> StoreFuture<'a, Vec<TopicRow>> {
+        Box::pin(self.topics_by(TopicKey::Names(names), LOCK_ROWS))
+    }
+
+    fn lock_topics_by_id<'a>(&'a mut self, ids: &'a [i64]) -> StoreFuture<'a, Vec<TopicRow>> {
+        Box::pin(self.topics_by(TopicKey::Ids(ids), LOCK_ROWS))
+    }
+
+    fn lock_ids(&mut self) -> StoreFuture<'_, (i64, i64)> {
         Box::pin(async move {
-            let sql = format!("SELECT {TOPIC_COLS} FROM topics WHERE id = ANY($1)");
-            let rows = sqlx::query(&sql)
-                .bind(ids)
-                .fetch_all(&mut self.conn)
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CREATE_LOCK)
+                .execute(&mut self.conn)
                 .await?;
-            rows.iter().map(topic_row).collect()
+            self.max_ids().await
+        })
+    }
+
+    fn lock_namespaces<'a>(&'a mut self, ids: &'a [i64]) -> StoreFuture<'a, Vec<(i64, u64)>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, last_position FROM namespaces WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            )
+            .bind(ids)
+            .fetch_all(&mut self.conn)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, u(r.try_get(1)?, "last_position")?)))
+                .collect()
         })
     }
 

@@ -163,6 +163,13 @@ pub struct WriterConfig {
     pub seam_buffer_bytes: usize,
     /// Most rows one catch-up or history query reads.
     pub catchup_page: u32,
+    /// Other processes write the same database (cluster mode, set by the
+    /// hub, never by the config file): every transaction locks and
+    /// reloads the rows it changes instead of trusting the writer's cache,
+    /// and the fan-out sequences each topic's events (gaps filled from
+    /// storage, repeats dropped).
+    #[serde(skip)]
+    pub shared: bool,
 }
 
 impl Default for WriterConfig {
@@ -180,6 +187,7 @@ impl Default for WriterConfig {
             seam_buffer_events: DEFAULT_SEAM_BUFFER_EVENTS,
             seam_buffer_bytes: DEFAULT_SEAM_BUFFER_BYTES,
             catchup_page: DEFAULT_CATCHUP_PAGE,
+            shared: false,
         }
     }
 }

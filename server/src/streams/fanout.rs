@@ -31,6 +31,92 @@ pub trait FanOut: Send + Sync + 'static {
     fn deliver(&self, event: &LiveEvent) -> u64;
 }
 
+/// Where a cluster node sends the events it committed, and learns which
+/// durable topics and patterns resumes here are listening to (cluster
+/// mode; see `crate::cluster`).
+pub trait Relay: Send + Sync + 'static {
+    /// `event` was committed by this node and fanned out here: carry it to
+    /// the other nodes. Called from the fan-out task: must not block.
+    fn committed(&self, event: &LiveEvent);
+    /// A resume started (`on`) or stopped listening to `filter` (a topic or
+    /// a pattern) before its live subscription exists.
+    fn listening(&self, filter: &str, on: bool);
+}
+
+/// What the sequencer says of an event (cluster mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seq {
+    /// The next one of its topic (or the first seen here): deliver it.
+    Next,
+    /// Delivered here already (it came by two paths): drop it.
+    Repeat,
+    /// Events after `after` and before it are missing: read them from
+    /// storage first.
+    Gap {
+        /// The last offset delivered here.
+        after: u64,
+    },
+}
+
+/// Per topic, the last offset this node delivered (cluster mode): events
+/// from this node's writer and from other nodes meet here, and each
+/// topic's live stream stays in order, without gaps or repeats. Bounded:
+/// past `cap` topics it forgets the least recently delivered ones that no
+/// resume is tapping (a forgotten topic starts again at its next event).
+#[derive(Debug, Default)]
+struct Sequencer {
+    last: HashMap<Arc<str>, (u64, u64)>,
+    cap: usize,
+    tick: u64,
+}
+
+impl Sequencer {
+    fn check(&self, topic: &str, offset: u64) -> Seq {
+        match self.last.get(topic) {
+            None => Seq::Next,
+            Some(&(l, _)) if offset <= l => Seq::Repeat,
+            Some(&(l, _)) if offset == l + 1 => Seq::Next,
+            Some(&(l, _)) => Seq::Gap { after: l },
+        }
+    }
+
+    fn advance(
+        &mut self,
+        topic: &Arc<str>,
+        offset: u64,
+        tapped: &HashMap<Arc<str>, Vec<Arc<Tap>>>,
+    ) {
+        self.tick += 1;
+        let tick = self.tick;
+        match self.last.get_mut(topic) {
+            Some(e) => *e = (e.0.max(offset), tick),
+            None => {
+                if self.last.len() >= self.cap.max(1) {
+                    self.evict(tapped);
+                }
+                self.last.insert(topic.clone(), (offset, tick));
+            }
+        }
+    }
+
+    /// Forgets the oldest eighth of the untapped topics.
+    fn evict(&mut self, tapped: &HashMap<Arc<str>, Vec<Arc<Tap>>>) {
+        let mut ticks: Vec<u64> = self
+            .last
+            .iter()
+            .filter(|(t, _)| !tapped.contains_key(*t))
+            .map(|(_, v)| v.1)
+            .collect();
+        if ticks.is_empty() {
+            return;
+        }
+        let n = (ticks.len() / 8).max(1);
+        let (_, nth, _) = ticks.select_nth_unstable(n - 1);
+        let cut = *nth;
+        self.last.retain(|t, v| v.1 > cut || tapped.contains_key(t));
+    }
+}
+
 /// A [`FanOut`] that delivers to nobody.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoFanOut;
@@ -54,6 +140,16 @@ pub(crate) enum TapFilter {
     Topic(Arc<str>),
     /// The events of a namespace whose topic matches.
     Pattern(i64, Pattern),
+}
+
+impl TapFilter {
+    /// The topic or pattern.
+    fn as_str(&self) -> &str {
+        match self {
+            TapFilter::Topic(t) => t,
+            TapFilter::Pattern(_, p) => p.as_str(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +231,8 @@ struct Taps {
     count: usize,
     /// The last position fanned out, per namespace.
     fanned: HashMap<i64, u64>,
+    /// Cluster mode: each topic's last delivered offset.
+    seq: Option<Sequencer>,
 }
 
 /// The longest a resume waits for the fan-out to deliver what storage gave
@@ -187,6 +285,8 @@ impl Taps {
 pub(crate) struct Fanout {
     taps: Mutex<Taps>,
     sink: Arc<dyn FanOut>,
+    /// Cluster mode: where this node's committed events go.
+    pub(crate) relay: std::sync::OnceLock<Arc<dyn Relay>>,
     /// Woken after every delivered batch.
     delivered: tokio::sync::Notify,
 }
@@ -202,18 +302,69 @@ impl std::fmt::Debug for Fanout {
 impl Fanout {
     /// A fan-out into `sink`; `positions`: each namespace's last position
     /// in the database (everything up to it counts as fanned out).
+    /// `sequence` (cluster mode): keep each topic's live stream in order
+    /// for up to that many topics (0: off).
     pub(crate) fn new(
         sink: Arc<dyn FanOut>,
         positions: impl IntoIterator<Item = (i64, u64)>,
+        sequence: usize,
     ) -> Fanout {
         Fanout {
             taps: Mutex::new(Taps {
                 fanned: positions.into_iter().collect(),
+                seq: (sequence > 0).then(|| Sequencer {
+                    cap: sequence,
+                    ..Sequencer::default()
+                }),
                 ..Taps::default()
             }),
             sink,
+            relay: std::sync::OnceLock::new(),
             delivered: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Cluster mode: what the sequencer says of `event` (always
+    /// [`Seq::Next`] on a single node).
+    pub(crate) fn check(&self, topic: &str, offset: u64) -> Seq {
+        self.taps
+            .lock()
+            .seq
+            .as_ref()
+            .map_or(Seq::Next, |s| s.check(topic, offset))
+    }
+
+    /// Cluster mode: the last offset of `topic` delivered here, if known.
+    pub(crate) fn last_delivered(&self, topic: &str) -> Option<u64> {
+        self.taps
+            .lock()
+            .seq
+            .as_ref()
+            .and_then(|s| s.last.get(topic).map(|v| v.0))
+    }
+
+    /// Cluster mode: records that everything of `topic` up to `offset` counts
+    /// as delivered here (a resume read it from storage and no event of
+    /// the topic was delivered here yet).
+    pub(crate) fn assume_delivered(&self, topic: &Arc<str>, offset: u64) {
+        let mut taps = self.taps.lock();
+        let Taps { seq, by_topic, .. } = &mut *taps;
+        if let Some(s) = seq
+            && !s.last.contains_key(topic)
+        {
+            s.advance(topic, offset, by_topic);
+        }
+    }
+
+    /// Topics the sequencer tracks (for the sweep after a link outage).
+    pub(crate) fn sequenced_topics(&self, max: usize) -> Vec<(Arc<str>, u64)> {
+        self.taps.lock().seq.as_ref().map_or_else(Vec::new, |s| {
+            s.last
+                .iter()
+                .take(max)
+                .map(|(t, v)| (t.clone(), v.0))
+                .collect()
+        })
     }
 
     /// Delivers a committed batch, in order; pushes one count per event.
@@ -221,12 +372,23 @@ impl Fanout {
         {
             let mut taps = self.taps.lock();
             for e in events {
+                if let Some(s) = &taps.seq {
+                    // Sequenced by the caller; a repeat is dropped here.
+                    if s.check(&e.topic, e.offset) == Seq::Repeat {
+                        delivered.push(0);
+                        continue;
+                    }
+                }
                 if taps.count > 0 {
                     taps.offer(e);
                 }
                 delivered.push(self.sink.deliver(e));
                 let f = taps.fanned.entry(e.namespace).or_insert(0);
                 *f = (*f).max(e.position);
+                let Taps { seq, by_topic, .. } = &mut *taps;
+                if let Some(s) = seq {
+                    s.advance(&e.topic, e.offset, by_topic);
+                }
             }
         }
         if !events.is_empty() {
@@ -261,6 +423,9 @@ impl Fanout {
     }
 
     pub(crate) fn register(&self, tap: &Arc<Tap>) {
+        if let Some(r) = self.relay.get() {
+            r.listening(tap.filter.as_str(), true);
+        }
         let mut taps = self.taps.lock();
         let list = match &tap.filter {
             TapFilter::Topic(t) => taps.by_topic.entry(t.clone()).or_default(),
@@ -272,6 +437,9 @@ impl Fanout {
 
     pub(crate) fn unregister(&self, tap: &Arc<Tap>) {
         self.taps.lock().remove(tap);
+        if let Some(r) = self.relay.get() {
+            r.listening(tap.filter.as_str(), false);
+        }
     }
 
     /// Under the fan-out lock: if `tap` did not overflow, removes it and
@@ -292,7 +460,12 @@ impl Fanout {
             std::mem::take(&mut s.events)
         };
         taps.remove(tap);
-        Some(f(pending.into()))
+        let r = f(pending.into());
+        drop(taps);
+        if let Some(relay) = self.relay.get() {
+            relay.listening(tap.filter.as_str(), false);
+        }
+        Some(r)
     }
 
     /// Clears an overflowed tap so that it collects again (the caller then
@@ -308,5 +481,81 @@ impl Fanout {
     /// Taps registered (tests and metrics).
     pub(crate) fn tap_count(&self) -> usize {
         self.taps.lock().count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn ev(topic: &str, offset: u64) -> LiveEvent {
+        LiveEvent {
+            topic: topic.into(),
+            namespace: 1,
+            offset,
+            position: offset,
+            frame: bytes::Bytes::from_static(b"f"),
+            body_at: 0,
+            skip: None,
+        }
+    }
+
+    fn counting() -> (Arc<AtomicU64>, Arc<dyn FanOut>) {
+        let n = Arc::new(AtomicU64::new(0));
+        let m = n.clone();
+        let sink = move |_: &LiveEvent| {
+            m.fetch_add(1, Ordering::Relaxed);
+            1
+        };
+        (n, Arc::new(sink))
+    }
+
+    #[test]
+    fn the_sequencer_drops_repeats_and_reports_gaps() {
+        let (n, sink) = counting();
+        let f = Fanout::new(sink, [], 16);
+        assert_eq!(f.check("t", 5), Seq::Next, "the first one seen");
+        let mut d = Vec::new();
+        f.deliver(&[ev("t", 5), ev("t", 6)], &mut d);
+        assert_eq!(d, vec![1, 1]);
+        assert_eq!(f.check("t", 6), Seq::Repeat);
+        assert_eq!(f.check("t", 7), Seq::Next);
+        assert_eq!(f.check("t", 9), Seq::Gap { after: 6 });
+        d.clear();
+        f.deliver(&[ev("t", 6), ev("t", 4)], &mut d);
+        assert_eq!(d, vec![0, 0], "repeats are not delivered");
+        assert_eq!(n.load(Ordering::Relaxed), 2);
+        assert_eq!(f.last_delivered("t"), Some(6));
+        f.assume_delivered(&"t".into(), 100);
+        assert_eq!(f.last_delivered("t"), Some(6), "only for an unknown topic");
+        f.assume_delivered(&"u".into(), 100);
+        assert_eq!(f.check("u", 101), Seq::Next);
+    }
+
+    #[test]
+    fn the_sequencer_is_bounded_but_keeps_tapped_topics() {
+        let (_, sink) = counting();
+        let f = Fanout::new(sink, [], 4);
+        let tap = Tap::new(TapFilter::Topic("kept".into()), 8, 1 << 20);
+        f.register(&tap);
+        let mut d = Vec::new();
+        f.deliver(&[ev("kept", 1)], &mut d);
+        for i in 0..100 {
+            f.deliver(&[ev(&format!("t{i}"), 1)], &mut d);
+        }
+        assert!(f.sequenced_topics(usize::MAX).len() <= 4);
+        assert_eq!(f.last_delivered("kept"), Some(1), "a tapped topic stays");
+        assert_eq!(f.last_delivered("t99"), Some(1), "the newest stays");
+    }
+
+    #[test]
+    fn without_sequencing_every_event_is_delivered() {
+        let (n, sink) = counting();
+        let f = Fanout::new(sink, [], 0);
+        let mut d = Vec::new();
+        f.deliver(&[ev("t", 2), ev("t", 2), ev("t", 1)], &mut d);
+        assert_eq!(n.load(Ordering::Relaxed), 3);
+        assert_eq!(f.check("t", 1), Seq::Next);
     }
 }

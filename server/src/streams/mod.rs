@@ -61,7 +61,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{NamespaceConfig, StreamsConfig, WriterConfig};
 pub use error::{ConflictDetails, OVERLOADED_RETRY_AFTER_MS, STORAGE_RETRY_AFTER_MS, StreamError};
 pub use event::{EventList, LiveEvent, derived_epoch, encode_frame, frame_from_body, list_len};
-pub use fanout::{FanOut, NoFanOut};
+pub use fanout::{FanOut, NoFanOut, Relay};
 pub use history::{DEFAULT_HISTORY_LIMIT, HistoryPage, HistoryQuery, LatestPage, MAX_HISTORY_PAGE};
 pub use resume::{NotLive, Resume, ResumeFrom, ResumeSummary};
 
@@ -364,6 +364,9 @@ pub(crate) struct Shared {
     stats: Stats,
     /// Payload bytes of the publishes in the writer's queue.
     queued_bytes: AtomicUsize,
+    /// The fan-out task's queue (weak: the writer's sender is the one that
+    /// ends it).
+    fan_tx: mpsc::WeakSender<writer::FanMsg>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -383,6 +386,24 @@ impl Shared {
 
     fn namespace_by_id(&self, id: i64) -> Option<&Namespace> {
         self.namespaces.iter().find(|n| n.id == id)
+    }
+
+    /// Cluster mode: waits until the fan-out has delivered `topic` up to
+    /// `offset` here (reading storage if it is behind).
+    async fn catch_up(&self, topic: Arc<str>, offset: u64) {
+        let Some(tx) = self.fan_tx.upgrade() else {
+            return;
+        };
+        let (done, wait) = oneshot::channel();
+        let msg = writer::FanMsg::CatchUp {
+            topic,
+            offset,
+            done: Some(done),
+        };
+        if tx.send(msg).await.is_ok() {
+            drop(tx);
+            let _ = tokio::time::timeout(fanout::FANOUT_WAIT, wait).await;
+        }
     }
 }
 
@@ -454,13 +475,22 @@ impl Streams {
             store,
             config: config.storage.clone(),
             namespaces,
-            fanout: fanout::Fanout::new(sink, fanned),
+            fanout: fanout::Fanout::new(
+                sink,
+                fanned,
+                if config.storage.shared {
+                    config.storage.topic_cache
+                } else {
+                    0
+                },
+            ),
             clock,
             stats: Stats::default(),
             queued_bytes: AtomicUsize::new(0),
+            fan_tx: fan_tx.downgrade(),
         });
         let positions = rows.iter().map(|r| r.last_position).collect();
-        let w = writer::Writer::new(shared.clone(), conn, positions, ids, fan_tx);
+        let w = writer::Writer::new(shared.clone(), conn, positions, ids, fan_tx.clone());
         let t1 = tokio::spawn(w.run(rx));
         let t2 = tokio::spawn(writer::run_fanout(shared.clone(), fan_rx));
         Ok(Streams {
@@ -468,6 +498,35 @@ impl Streams {
             tx,
             tasks: Arc::new(Mutex::new(vec![t1, t2])),
         })
+    }
+
+    /// Cluster mode: sends what this node commits to `relay` (once; a
+    /// second relay is ignored).
+    pub fn set_relay(&self, relay: Arc<dyn Relay>) {
+        let _ = self.shared.fanout.relay.set(relay);
+    }
+
+    /// Cluster mode: delivers events another node committed, in order with
+    /// this node's own (a repeat is dropped, a gap filled from storage).
+    /// Waits while the fan-out queue is full; `false` once the streams
+    /// layer has closed.
+    pub async fn deliver_remote(&self, events: Vec<LiveEvent>) -> bool {
+        match self.shared.fan_tx.upgrade() {
+            Some(tx) => tx.send(writer::FanMsg::Remote(events)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Cluster mode: makes sure `topic` is delivered here up to `offset`
+    /// (read from storage if this node is behind), and waits for it.
+    pub async fn catch_up(&self, topic: Arc<str>, offset: u64) {
+        self.shared.catch_up(topic, offset).await;
+    }
+
+    /// Cluster mode: the durable topics this node sequences, with the last
+    /// offset it delivered of each (at most `max`).
+    pub fn sequenced_topics(&self, max: usize) -> Vec<(Arc<str>, u64)> {
+        self.shared.fanout.sequenced_topics(max)
     }
 
     /// The configured namespaces.

@@ -372,6 +372,17 @@ impl Resume {
 
     /// Waits until the fan-out has delivered everything up to the cursor.
     async fn wait_fanned(&self) {
+        if self.shared.config.shared {
+            // Cluster mode: this node delivers the topic up to the cursor
+            // (from storage if another node's events are still on their
+            // way). A pattern's seam is not waited for: its topics are
+            // sequenced one by one, so a repeat at the seam is possible
+            // (docs/cluster.md).
+            if let Target::Topic { name, .. } = &self.target {
+                self.shared.catch_up(name.clone(), self.cursor).await;
+            }
+            return;
+        }
         let (ns, position) = self.seam_position();
         self.shared.fanout.wait_fanned(ns, position).await;
     }
@@ -679,6 +690,21 @@ impl Resume {
         }
         self.page.clear();
         let by_position = matches!(self.target, Target::Pattern { .. });
+        if self.shared.config.shared
+            && !by_position
+            && self
+                .live
+                .iter()
+                .find(|e| e.offset > self.cursor)
+                .is_some_and(|e| e.offset > self.cursor + 1)
+        {
+            // Cluster mode: the tap started after a gap (events of another
+            // node still on their way when it was registered): read
+            // storage again from the cursor.
+            self.shared.fanout.rearm(&tap);
+            self.phase = Phase::AfterTap;
+            return false;
+        }
         for e in &self.live {
             let fresh = if by_position {
                 e.position > self.cursor

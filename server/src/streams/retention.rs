@@ -115,6 +115,8 @@ impl RetentionState {
 /// What one slice deletes from one topic.
 #[derive(Debug, Default)]
 struct Cut {
+    /// The lowest offset cut.
+    first: u64,
     up_to: u64,
     count: u64,
     bytes: u64,
@@ -124,6 +126,11 @@ struct Cut {
 
 impl Cut {
     fn add(&mut self, e: &OldEvent) {
+        self.first = if self.count == 0 {
+            e.offset
+        } else {
+            self.first.min(e.offset)
+        };
         self.up_to = self.up_to.max(e.offset);
         self.count += 1;
         self.bytes += e.size;
@@ -356,6 +363,23 @@ impl Writer {
         &mut self,
         cuts: Vec<(TopicRow, Cut)>,
     ) -> Result<Vec<TopicRow>, StorageError> {
+        let shared = self.shared.config.shared;
+        let c = self.conn().await?;
+        c.begin(Flush::Committed).await?;
+        let cuts = if shared {
+            // Cluster mode: the rows as they are now, locked; a cut another
+            // node made meanwhile is skipped.
+            let ids: Vec<i64> = cuts.iter().map(|(t, _)| t.id).collect();
+            let fresh = c.lock_topics_by_id(&ids).await?;
+            cuts.into_iter()
+                .filter_map(|(old, cut)| {
+                    let t = fresh.iter().find(|f| f.id == old.id)?;
+                    (t.first_offset <= cut.first).then(|| (t.clone(), cut))
+                })
+                .collect()
+        } else {
+            cuts
+        };
         let mut set = WriteSet::default();
         let mut pruned: Vec<(i64, u64)> = Vec::new();
         for (t, cut) in &cuts {
@@ -367,7 +391,6 @@ impl Writer {
             pruned.extend(cut.producers.iter().map(|(p, s)| (*p, *s)));
         }
         let c = self.conn().await?;
-        c.begin(Flush::Committed).await?;
         for (t, cut) in &cuts {
             c.delete_events(t.id, cut.up_to).await?;
         }

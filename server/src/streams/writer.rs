@@ -73,42 +73,192 @@ pub(crate) struct Committed {
     pub(crate) durability: Durability,
 }
 
+/// What the fan-out task is given, in order.
+#[derive(Debug)]
+pub(crate) enum FanMsg {
+    /// A batch this node's writer committed.
+    Local(Committed),
+    /// Events other nodes committed (cluster mode).
+    Remote(Vec<LiveEvent>),
+    /// Deliver `topic` up to `offset` from storage if it is behind, then
+    /// answer (cluster mode: a resume's seam, a sweep after an outage).
+    CatchUp {
+        topic: Arc<str>,
+        offset: u64,
+        done: Option<oneshot::Sender<()>>,
+    },
+}
+
 /// The fan-out task: delivers each committed batch in order, then answers.
-pub(crate) async fn run_fanout(shared: Arc<Shared>, mut rx: mpsc::Receiver<Committed>) {
+/// In cluster mode every event first goes through the sequencer: a repeat
+/// is dropped, a gap is filled from storage before the event.
+pub(crate) async fn run_fanout(shared: Arc<Shared>, mut rx: mpsc::Receiver<FanMsg>) {
     let mut delivered = Vec::new();
-    while let Some(c) = rx.recv().await {
+    let sequenced = shared.config.shared;
+    while let Some(msg) = rx.recv().await {
         delivered.clear();
-        shared.fanout.deliver(&c.live, &mut delivered);
-        for (reply, answer) in c.replies {
-            let r = match answer {
-                Answer::Stored { index, epoch } => {
-                    let e = &c.live[index];
-                    Ok(PublishOutcome {
-                        delivered: delivered.get(index).copied().unwrap_or(0),
-                        offset: Some(e.offset),
-                        position: Some(e.position),
-                        epoch,
-                        durability: c.durability.clone(),
-                        duplicate: false,
-                    })
+        let c = match msg {
+            FanMsg::Local(c) => c,
+            FanMsg::Remote(events) => {
+                deliver_sequenced(&shared, &events, &mut delivered).await;
+                continue;
+            }
+            FanMsg::CatchUp {
+                topic,
+                offset,
+                done,
+            } => {
+                catch_up(&shared, &topic, offset).await;
+                if let Some(d) = done {
+                    let _ = d.send(());
                 }
-                Answer::Duplicate {
-                    offset,
-                    position,
-                    epoch,
-                } => Ok(PublishOutcome {
-                    delivered: 0,
-                    offset,
-                    position,
+                continue;
+            }
+        };
+        if sequenced {
+            deliver_sequenced(&shared, &c.live, &mut delivered).await;
+            if let Some(r) = shared.fanout.relay.get() {
+                for e in &c.live {
+                    r.committed(e);
+                }
+            }
+        } else {
+            shared.fanout.deliver(&c.live, &mut delivered);
+        }
+        answer(c, &delivered);
+    }
+}
+
+fn answer(c: Committed, delivered: &[u64]) {
+    for (reply, answer) in c.replies {
+        let r = match answer {
+            Answer::Stored { index, epoch } => {
+                let e = &c.live[index];
+                Ok(PublishOutcome {
+                    delivered: delivered.get(index).copied().unwrap_or(0),
+                    offset: Some(e.offset),
+                    position: Some(e.position),
                     epoch,
                     durability: c.durability.clone(),
-                    duplicate: true,
-                }),
-                Answer::Failed(e) => Err(e),
-            };
-            // The caller may have gone (cancelled): nothing to do.
-            let _ = reply.send(r);
+                    duplicate: false,
+                })
+            }
+            Answer::Duplicate {
+                offset,
+                position,
+                epoch,
+            } => Ok(PublishOutcome {
+                delivered: 0,
+                offset,
+                position,
+                epoch,
+                durability: c.durability.clone(),
+                duplicate: true,
+            }),
+            Answer::Failed(e) => Err(e),
+        };
+        // The caller may have gone (cancelled): nothing to do.
+        let _ = reply.send(r);
+    }
+}
+
+/// Most attempts at filling one gap from storage before the event is
+/// delivered anyway (the database is down: better late subscribers that
+/// resume than a stalled fan-out).
+const GAP_FILL_ATTEMPTS: u32 = 3;
+
+/// Cluster mode: delivers `events` in order per topic, one count each
+/// (0 for a repeat), filling gaps from storage first.
+async fn deliver_sequenced(shared: &Shared, events: &[LiveEvent], delivered: &mut Vec<u64>) {
+    for e in events {
+        if let super::fanout::Seq::Gap { after } = shared.fanout.check(&e.topic, e.offset) {
+            fill(shared, &e.topic, e.namespace, after, e.offset - 1).await;
         }
+        let mut one = Vec::with_capacity(1);
+        shared.fanout.deliver(std::slice::from_ref(e), &mut one);
+        delivered.push(one.first().copied().unwrap_or(0));
+    }
+}
+
+/// Cluster mode: delivers `topic` from storage up to `offset` if this node
+/// is behind; if it never delivered the topic, only records `offset`.
+async fn catch_up(shared: &Shared, topic: &Arc<str>, offset: u64) {
+    match shared.fanout.last_delivered(topic) {
+        None => shared.fanout.assume_delivered(topic, offset),
+        Some(l) if l < offset => {
+            let ns = shared
+                .namespace_index(topic)
+                .map_or(0, |i| shared.namespaces[i].id);
+            fill(shared, topic, ns, l, offset).await;
+        }
+        Some(_) => {}
+    }
+}
+
+/// Reads `topic`'s events `after+1 ..= until` from storage and delivers
+/// them (the sequencer drops any that arrive meanwhile by the other path).
+async fn fill(shared: &Shared, topic: &Arc<str>, ns: i64, after: u64, until: u64) {
+    let mut from = after + 1;
+    let mut attempts = 0;
+    let mut page = crate::storage::EventPage::default();
+    let mut filled = 0u64;
+    while from <= until {
+        let read = async {
+            let Some(t) = shared.store.topic(topic).await? else {
+                return Ok::<bool, StorageError>(false);
+            };
+            page.clear();
+            shared
+                .store
+                .read_topic(
+                    crate::storage::TopicRead {
+                        topic: t.id,
+                        from,
+                        until,
+                        order: crate::storage::Order::Forward,
+                        limit: shared.config.catchup_page,
+                        max_bytes: shared.config.seam_buffer_bytes,
+                    },
+                    &mut page,
+                )
+                .await?;
+            Ok(true)
+        };
+        match read.await {
+            Ok(true) if !page.is_empty() => {
+                let live: Vec<LiveEvent> = page
+                    .iter()
+                    .map(|(m, body)| LiveEvent {
+                        topic: topic.clone(),
+                        namespace: ns,
+                        offset: m.offset,
+                        position: m.position,
+                        frame: super::event::frame_from_body(body),
+                        body_at: super::event::frame_from_body(&[]).len(),
+                        skip: None,
+                    })
+                    .collect();
+                from = live.last().map_or(until + 1, |e| e.offset + 1);
+                filled += live.len() as u64;
+                let mut d = Vec::with_capacity(live.len());
+                shared.fanout.deliver(&live, &mut d);
+            }
+            // Retention removed them, or the topic was reset: nothing to
+            // fill.
+            Ok(_) => break,
+            Err(e) => {
+                attempts += 1;
+                if attempts >= GAP_FILL_ATTEMPTS {
+                    tracing::warn!(error = %e, "cannot fill a gap of a durable topic from storage");
+                    metrics::counter!("plexus_cluster_gap_fill_failures_total").increment(1);
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempts)).await;
+            }
+        }
+    }
+    if filled > 0 {
+        metrics::counter!("plexus_cluster_gap_filled_events_total").increment(filled);
     }
 }
 
@@ -179,7 +329,7 @@ pub(crate) struct Writer {
     pub(crate) last_topic_id: i64,
     pub(crate) last_producer_id: i64,
     pub(crate) retention: RetentionState,
-    fan_tx: mpsc::Sender<Committed>,
+    fan_tx: mpsc::Sender<FanMsg>,
     set: WriteSet,
 }
 
@@ -189,7 +339,7 @@ impl Writer {
         conn: Box<dyn StoreWriter>,
         positions: Vec<u64>,
         (last_topic_id, last_producer_id): (i64, i64),
-        fan_tx: mpsc::Sender<Committed>,
+        fan_tx: mpsc::Sender<FanMsg>,
     ) -> Writer {
         let c = &shared.config;
         let now = shared.clock.now_ms();
@@ -428,7 +578,7 @@ impl Writer {
         };
         // The fan-out task only stops after the writer: a send can fail
         // only during shutdown, when nobody waits for the answers.
-        let _ = self.fan_tx.send(committed).await;
+        let _ = self.fan_tx.send(FanMsg::Local(committed)).await;
     }
 
     async fn plan_and_write(
@@ -440,7 +590,11 @@ impl Writer {
         let now = self.shared.clock.now_ms();
         self.conn().await?.begin(flush).await?;
         async {
-            self.load_missing(jobs).await?;
+            if self.shared.config.shared {
+                self.lock_batch(jobs).await?;
+            } else {
+                self.load_missing(jobs).await?;
+            }
             let plan = self.plan(jobs, now, set).await?;
             let c = self.conn().await?;
             if !set.is_empty() {
@@ -450,6 +604,75 @@ impl Writer {
             Ok(plan)
         }
         .await
+    }
+
+    /// Cluster mode, inside the batch's transaction: forgets the cache
+    /// (other nodes write too), locks and loads the batch's topics, takes
+    /// the creation lock if the batch creates a topic or a producer (and
+    /// refreshes the greatest ids under it), and locks the namespaces whose
+    /// positions the batch assigns. Topics are locked in id order, then the
+    /// creation lock, then namespaces: a deadlock between two nodes is
+    /// still possible when both create topics, and PostgreSQL then fails
+    /// one batch (its publishes are answered `unavailable`, retryable).
+    async fn lock_batch(&mut self, jobs: &[PublishJob]) -> Result<(), StorageError> {
+        self.topics.clear();
+        self.topic_ids.clear();
+        self.producers.clear();
+        self.producer_ids.clear();
+        let mut names: Vec<Arc<str>> = Vec::new();
+        let mut ns_ids: Vec<i64> = Vec::new();
+        for j in jobs {
+            if !names.contains(&j.req.topic) {
+                names.push(j.req.topic.clone());
+            }
+            let id = self.shared.namespaces[j.ns].id;
+            if !ns_ids.contains(&id) {
+                ns_ids.push(id);
+            }
+        }
+        let rows = self.conn().await?.lock_topics(&names).await?;
+        for r in rows {
+            self.cache_topic(r);
+        }
+        let mut creates = names.iter().any(|n| self.topics.get(n).is_none());
+        if !creates {
+            self.load_missing(jobs).await?;
+            creates = jobs.iter().any(|j| {
+                j.req.producer.as_ref().is_some_and(|(p, _)| {
+                    self.topics
+                        .get(&j.req.topic)
+                        .is_some_and(|t| self.producers.get(&(t.id, p.clone())).is_none())
+                })
+            });
+        }
+        if creates {
+            let (t, p) = self.conn().await?.lock_ids().await?;
+            self.last_topic_id = t;
+            self.last_producer_id = p;
+            // Another node may have created some meanwhile.
+            let missing: Vec<Arc<str>> = names
+                .iter()
+                .filter(|n| self.topics.get(n).is_none())
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                let rows = self.conn().await?.lock_topics(&missing).await?;
+                for r in rows {
+                    self.cache_topic(r);
+                }
+            }
+            self.producers.clear();
+            self.producer_ids.clear();
+            self.load_missing(jobs).await?;
+        }
+        ns_ids.sort_unstable();
+        let positions = self.conn().await?.lock_namespaces(&ns_ids).await?;
+        for (id, p) in positions {
+            if let Some(i) = self.shared.namespaces.iter().position(|n| n.id == id) {
+                self.ns[i].last_position = p;
+            }
+        }
+        Ok(())
     }
 
     /// Loads into the cache the topics and producers the batch names that
@@ -757,9 +980,26 @@ impl Writer {
 
     async fn reset_topic(&mut self, topic: Arc<str>, nsi: usize) -> Result<Arc<str>, StreamError> {
         let r = async {
+            let shared = self.shared.config.shared;
+            if shared {
+                self.topics.clear();
+                self.topic_ids.clear();
+                self.producers.clear();
+                self.producer_ids.clear();
+            }
             let c = self.conn().await?;
             c.begin(Flush::Fsynced).await?;
-            let rows = c.load_topics(std::slice::from_ref(&topic)).await?;
+            let mut rows = if shared {
+                c.lock_topics(std::slice::from_ref(&topic)).await?
+            } else {
+                c.load_topics(std::slice::from_ref(&topic)).await?
+            };
+            if shared && rows.is_empty() {
+                let (t, p) = c.lock_ids().await?;
+                rows = c.lock_topics(std::slice::from_ref(&topic)).await?;
+                self.last_topic_id = t;
+                self.last_producer_id = p;
+            }
             let epoch: Arc<str> = super::event::random_epoch().into();
             let row = match rows.into_iter().next() {
                 Some(mut t) => {

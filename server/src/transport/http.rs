@@ -114,19 +114,33 @@ fn plain_route(
 }
 
 fn health(hub: &Hub) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({
-        "status": if hub.is_shutting_down() { "draining" } else { "ok" },
+    let cluster = hub.cluster.get();
+    // A node that lost NATS or PostgreSQL cannot serve as part of the
+    // cluster: the load balancer should send clients elsewhere.
+    let degraded = cluster.is_some_and(|c| !c.link_up() || !c.database_up());
+    let status = if hub.is_shutting_down() {
+        "draining"
+    } else if degraded {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let mut body = serde_json::json!({
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": hub.started.elapsed().as_secs(),
         "connections": hub.open_connections(),
         "topics": hub.broker.matcher.topic_count(),
     });
+    if let Some(c) = cluster {
+        body["cluster"] = c.health();
+    }
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if hub.is_shutting_down() {
+    if hub.is_shutting_down() || degraded {
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
     r

@@ -111,6 +111,14 @@ pub(super) fn publish(
     } else {
         Some(ctx.conn().id)
     };
+    if let Some(c) = ctx.hub().cluster.get()
+        && !c.publish_plain(p.topic, &frame)
+    {
+        return Err(RequestError::Unavailable {
+            message: "the cluster link is down".into(),
+            retry_after_ms: Some(crate::cluster::LINK_RETRY_AFTER_MS),
+        });
+    }
     let fan = ctx.broker().publish(p.topic, &frame, skip);
     let m = ctx.metrics();
     m.publishes.increment(1);

@@ -1,0 +1,141 @@
+//! What travels between nodes over NATS: subjects derived from topics, and
+//! the small binary envelope around an event's frame.
+//!
+//! A topic `a.b` is published on `PREFIX.e.a.b`; a subscription pattern
+//! `a.*` or `a.>` is a NATS subscription to `PREFIX.e.a.*` or `PREFIX.e.a.>`:
+//! Plexus patterns and NATS subjects have the same tokens and wildcards, so
+//! the mapping is one to one and NATS does the matching.
+//!
+//! The payload is one kind byte, then for a durable event its offset,
+//! position and namespace id (big-endian, 8 bytes each), then the `event`
+//! notification frame exactly as local subscribers get it (encoded once, on
+//! the publishing node).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The kind byte of a plain (not durable) event.
+pub const KIND_PLAIN: u8 = 0;
+/// The kind byte of a committed durable event.
+pub const KIND_DURABLE: u8 = 1;
+/// Bytes before the frame of a durable event.
+pub const DURABLE_HEADER: usize = 1 + 8 + 8 + 8;
+
+/// The NATS subject of `topic` (or of a subscription pattern).
+///
+/// ```
+/// assert_eq!(plexus_server::cluster::wire::subject("plexus", "chat.*"), "plexus.e.chat.*");
+/// ```
+pub fn subject(prefix: &str, topic: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 3 + topic.len());
+    s.push_str(prefix);
+    s.push_str(".e.");
+    s.push_str(topic);
+    s
+}
+
+/// The topic a subject of the cluster names, if it is one.
+pub fn topic_of<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
+    subject
+        .strip_prefix(prefix)?
+        .strip_prefix(".e.")
+        .filter(|t| !t.is_empty())
+}
+
+/// The payload of a plain event.
+pub fn plain(frame: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + frame.len());
+    b.put_u8(KIND_PLAIN);
+    b.put_slice(frame);
+    b.freeze()
+}
+
+/// The payload of a committed durable event.
+pub fn durable(offset: u64, position: u64, namespace: i64, frame: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(DURABLE_HEADER + frame.len());
+    b.put_u8(KIND_DURABLE);
+    b.put_u64(offset);
+    b.put_u64(position);
+    b.put_i64(namespace);
+    b.put_slice(frame);
+    b.freeze()
+}
+
+/// A payload, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A plain event's frame.
+    Plain(Bytes),
+    /// A durable event.
+    Durable {
+        /// Its offset in its topic.
+        offset: u64,
+        /// Its position in its namespace.
+        position: u64,
+        /// Its namespace's id.
+        namespace: i64,
+        /// Its frame.
+        frame: Bytes,
+    },
+}
+
+/// Decodes a payload; `None` if it is not one this version sends (another
+/// version's node, or not a node at all: ignored and counted).
+pub fn decode(payload: &Bytes) -> Option<Payload> {
+    match *payload.first()? {
+        KIND_PLAIN if payload.len() > 1 => Some(Payload::Plain(payload.slice(1..))),
+        KIND_DURABLE if payload.len() > DURABLE_HEADER => {
+            let n = |at: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&payload[at..at + 8]);
+                b
+            };
+            let offset = u64::from_be_bytes(n(1));
+            if offset == 0 {
+                return None;
+            }
+            Some(Payload::Durable {
+                offset,
+                position: u64::from_be_bytes(n(9)),
+                namespace: i64::from_be_bytes(n(17)),
+                frame: payload.slice(DURABLE_HEADER..),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_map_topics_and_patterns_one_to_one() {
+        assert_eq!(subject("p", "a.b"), "p.e.a.b");
+        assert_eq!(subject("p", "a.>"), "p.e.a.>");
+        assert_eq!(topic_of("p", "p.e.a.b"), Some("a.b"));
+        assert_eq!(topic_of("p", "q.e.a.b"), None);
+        assert_eq!(topic_of("p", "p.e."), None);
+        assert_eq!(topic_of("p", "px.e.a"), None);
+    }
+
+    #[test]
+    fn payloads_round_trip_and_garbage_is_refused() {
+        let f = Bytes::from_static(b"\x83\x02eevent");
+        assert_eq!(decode(&plain(&f)), Some(Payload::Plain(f.clone())));
+        assert_eq!(
+            decode(&durable(7, 9, 3, &f)),
+            Some(Payload::Durable {
+                offset: 7,
+                position: 9,
+                namespace: 3,
+                frame: f.clone()
+            })
+        );
+        assert_eq!(decode(&Bytes::new()), None);
+        assert_eq!(decode(&Bytes::from_static(&[KIND_PLAIN])), None);
+        assert_eq!(decode(&Bytes::from_static(&[9, 1, 2])), None);
+        let short = durable(7, 9, 3, &f).slice(..DURABLE_HEADER);
+        assert_eq!(decode(&short), None);
+        assert_eq!(decode(&durable(0, 9, 3, &f)), None, "offsets start at 1");
+    }
+}

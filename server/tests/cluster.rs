@@ -1,0 +1,531 @@
+//! Cluster mode against real processes: three `plexus` nodes on
+//! 127.0.0.1–3, one PostgreSQL database (fresh per test, on
+//! `PLEXUS_TEST_POSTGRES_URL`) and one NATS server (a private
+//! `nats-server` per test, so that it can be restarted and its monitoring
+//! port read; run when `PLEXUS_TEST_NATS_URL` is set, which says NATS is
+//! installed here). SDK clients subscribe and publish on different nodes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod bin_support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bin_support::plexus;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use plexus_client::{Client, ClientBuilder, DurableEvent, DurableSubscription, StartAt};
+use plexus_testkit::TestDb;
+use plexus_testkit::token::{SECRET, token};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const NATS_ENV: &str = "PLEXUS_TEST_NATS_URL";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private NATS server.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    monitor: u16,
+}
+
+impl Nats {
+    async fn start() -> Nats {
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            monitor: free_port(),
+        };
+        n.spawn().await;
+        n
+    }
+
+    async fn spawn(&mut self) {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-m")
+            .arg(self.monitor.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server runs");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "nats-server up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `/connz?subs=1`: the connections, by name.
+    async fn connz(&self) -> Value {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.monitor).parse().unwrap();
+        get_json(addr, "/connz?subs=1").await.1
+    }
+}
+
+/// An HTTP GET over a plain socket: status and JSON body.
+async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("null");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+struct Node {
+    id: String,
+    child: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    async fn health(&self) -> (u16, Value) {
+        get_json(self.addr, "/health").await
+    }
+
+    async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.unwrap();
+        }
+    }
+}
+
+struct TestCluster {
+    nodes: Vec<Node>,
+    nats: Nats,
+    _db: TestDb,
+    _config: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Three nodes, or `None` (printed) when PostgreSQL or NATS is not set.
+    async fn start() -> Option<TestCluster> {
+        if std::env::var(NATS_ENV).map_or(true, |v| v.is_empty()) {
+            println!("cluster: skipped ({NATS_ENV} not set)");
+            return None;
+        }
+        let Some(db) = TestDb::postgres().await else {
+            println!("cluster: skipped (PLEXUS_TEST_POSTGRES_URL not set)");
+            return None;
+        };
+        let nats = Nats::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("plexus.toml");
+        std::fs::write(&config, "[[streams]]\npattern = \"orders.>\"\n").unwrap();
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            nodes.push(start_node(i, &db, &nats.url(), &config, dir.path()).await);
+        }
+        let c = TestCluster {
+            nodes,
+            nats,
+            _db: db,
+            _config: dir,
+        };
+        for n in &c.nodes {
+            wait_for(|| async {
+                let (_, h) = n.health().await;
+                h["cluster"]["link"] == "up"
+                    && h["cluster"]["nodes"].as_array().map_or(0, Vec::len) == 3
+            })
+            .await;
+        }
+        Some(c)
+    }
+
+    /// Waits until NATS lists `want` subscriptions of node `id` on
+    /// `subject`.
+    async fn wait_subscribed(&self, id: &str, subject: &str) {
+        wait_for(|| async {
+            let connz = self.nats.connz().await;
+            conn_of(&connz, id).is_some_and(|c| {
+                c["subscriptions_list"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .any(|x| x.as_str().is_some_and(|x| x.ends_with(subject)))
+                })
+            })
+        })
+        .await;
+    }
+}
+
+fn conn_of<'a>(connz: &'a Value, id: &str) -> Option<&'a Value> {
+    connz["connections"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == format!("plexus-{id}").as_str())
+}
+
+async fn start_node(
+    i: u8,
+    db: &TestDb,
+    nats: &str,
+    config: &std::path::Path,
+    dir: &std::path::Path,
+) -> Node {
+    let id = format!("n{i}");
+    let data = dir.join(&id);
+    let mut child = plexus()
+        .args(["serve", "--listen", &format!("127.0.0.{i}:0"), "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "--database-url",
+            db.url(),
+            "--cluster",
+            nats,
+            "--node-id",
+            &id,
+        ])
+        .args([
+            "--cluster-heartbeat",
+            "200ms",
+            "--cluster-node-expiry",
+            "1s",
+        ])
+        .arg("--jwt-secret")
+        .arg(std::str::from_utf8(SECRET).unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    while addr.is_none() {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the node prints its address")
+            .unwrap()
+            .expect("the node runs");
+        if let Some(rest) = line.split("ws://").nth(1) {
+            addr = rest.split('/').next().and_then(|a| a.parse().ok());
+        }
+    }
+    // Keep reading so the node never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Node {
+        id,
+        child: Some(child),
+        addr: addr.unwrap(),
+    }
+}
+
+async fn wait_for<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition in time");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn client(url: String, user: &str) -> Client {
+    ClientBuilder::new(url)
+        .token(token(user))
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Reads `n` messages; returns (offset, data) in arrival order.
+async fn messages(sub: &mut DurableSubscription, n: usize) -> Vec<(u64, String)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let e = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} events in time", out.len()))
+            .expect("not ended");
+        if let DurableEvent::Message(m) = e {
+            out.push((m.offset, m.data.decode::<String>().unwrap()));
+        }
+    }
+    out
+}
+
+/// Publishes `p-I` on `topic` for each I of `range`, one after the other.
+async fn publish_range(publisher: &Client, topic: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        publisher
+            .publish_durable(topic, &format!("p-{i}"))
+            .await
+            .unwrap();
+    }
+}
+
+/// Every offset once, from 1, in order; each publisher's events in its
+/// order.
+fn assert_exact(got: &[(u64, String)], publishers: &[&str], each: usize) {
+    let offsets: Vec<u64> = got.iter().map(|g| g.0).collect();
+    let want: Vec<u64> = (1..=(publishers.len() * each) as u64).collect();
+    assert_eq!(offsets, want, "every offset once, in order");
+    for p in publishers {
+        let seq: Vec<usize> = got
+            .iter()
+            .filter_map(|(_, d)| d.strip_prefix(&format!("{p}-")))
+            .map(|i| i.parse().unwrap())
+            .collect();
+        assert_eq!(seq, (0..each).collect::<Vec<_>>(), "{p}'s events in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_events_reach_every_node_exactly_once_in_order() {
+    let Some(c) = TestCluster::start().await else {
+        return;
+    };
+    const EACH: usize = 150;
+    let mut subs = Vec::new();
+    let mut clients = Vec::new();
+    for n in &c.nodes {
+        let cl = client(n.url(), &format!("reader-{}", n.id)).await;
+        subs.push(
+            cl.subscribe_durable_from("orders.a", StartAt::Beginning)
+                .await
+                .unwrap(),
+        );
+        clients.push(cl);
+    }
+    // Concurrent publishers on two different nodes.
+    let pubs: Vec<_> = [("p1", 0usize), ("p2", 1)]
+        .into_iter()
+        .map(|(name, node)| {
+            let url = c.nodes[node].url();
+            tokio::spawn(async move {
+                let cl = client(url, name).await;
+                for i in 0..EACH {
+                    cl.publish_durable("orders.a", &format!("{name}-{i}"))
+                        .await
+                        .unwrap();
+                }
+                cl.close().await;
+            })
+        })
+        .collect();
+    for p in pubs {
+        p.await.unwrap();
+    }
+    for sub in &mut subs {
+        let got = messages(sub, 2 * EACH).await;
+        assert_exact(&got, &["p1", "p2"], EACH);
+    }
+    // Node 3 has no publisher: the events came over NATS (not only from
+    // the database sweeps).
+    let (_, h) = c.nodes[2].health().await;
+    let received = h["cluster"]["received"].as_u64().unwrap();
+    assert!(
+        received >= 2 * EACH as u64,
+        "node 3 received {received} over NATS"
+    );
+    // A subscriber that joins later, on the third node, resumes from the
+    // start and gets the same sequence.
+    let late = client(c.nodes[2].url(), "late").await;
+    let mut sub = late
+        .subscribe_durable_from("orders.a", StartAt::Beginning)
+        .await
+        .unwrap();
+    assert_exact(&messages(&mut sub, 2 * EACH).await, &["p1", "p2"], EACH);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_events_cross_nodes_only_where_someone_listens() {
+    let Some(c) = TestCluster::start().await else {
+        return;
+    };
+    let reader = client(c.nodes[2].url(), "reader").await;
+    let mut sub = reader.subscribe("chat.x").await.unwrap();
+    let wild = client(c.nodes[2].url(), "wild").await;
+    let mut wsub = wild.subscribe("chat.*").await.unwrap();
+    c.wait_subscribed("n3", "e.chat.x").await;
+    c.wait_subscribed("n3", "e.chat.*").await;
+    let before = c.nats.connz().await;
+    let out_before =
+        |id: &str| conn_of(&before, id).map_or(0, |c| c["out_msgs"].as_u64().unwrap_or(0));
+    let (n2_before, n3_before) = (out_before("n2"), out_before("n3"));
+
+    let publisher = client(c.nodes[0].url(), "pub").await;
+    for i in 0..100u32 {
+        publisher.publish("chat.x", &i).await.unwrap();
+    }
+    for i in 0..100u32 {
+        assert_eq!(plain(&mut sub).await, i, "in order, once");
+        assert_eq!(plain(&mut wsub).await, i, "the pattern too, once");
+    }
+    // Node 3 got the traffic once per event although two of its
+    // subscriptions match (NATS sends it once per subscription; the node
+    // delivers it once); node 2, where nobody listens, got none of it.
+    let after = c.nats.connz().await;
+    let out_after =
+        |id: &str| conn_of(&after, id).map_or(0, |c| c["out_msgs"].as_u64().unwrap_or(0));
+    assert!(
+        out_after("n3") - n3_before >= 100,
+        "node 3 received the events"
+    );
+    assert_eq!(out_after("n2"), n2_before, "node 2 received nothing");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "no duplicate"
+    );
+
+    // When node 3's last subscriber leaves, so does its subscription.
+    drop(sub);
+    drop(wsub);
+    reader.close().await;
+    wild.close().await;
+    wait_for(|| async {
+        let connz = c.nats.connz().await;
+        conn_of(&connz, "n3").is_some_and(|c| {
+            c["subscriptions_list"].as_array().is_none_or(|s| {
+                !s.iter()
+                    .any(|x| x.as_str().is_some_and(|x| x.contains(".e.chat")))
+            })
+        })
+    })
+    .await;
+}
+
+async fn plain(sub: &mut plexus_client::Subscription) -> u32 {
+    match tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        plexus_client::Event::Message(m) => m.data.decode::<u32>().unwrap(),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// A TCP balancer: each new connection goes to the first backend listed.
+async fn balancer(backends: Arc<Mutex<Vec<SocketAddr>>>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            let to = backends.lock().first().copied();
+            tokio::spawn(async move {
+                let Some(to) = to else { return };
+                if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_clients_resume_on_another_with_no_gap_and_no_duplicate() {
+    let Some(mut c) = TestCluster::start().await else {
+        return;
+    };
+    let backends = Arc::new(Mutex::new(vec![c.nodes[0].addr, c.nodes[1].addr]));
+    let lb = balancer(backends.clone()).await;
+    let reader = client(format!("ws://{lb}/v1/ws"), "reader").await;
+    let mut sub = reader
+        .subscribe_durable_from("orders.k", StartAt::Beginning)
+        .await
+        .unwrap();
+    let publisher = client(c.nodes[2].url(), "pub").await;
+    publish_range(&publisher, "orders.k", 0..50).await;
+    let mut got = messages(&mut sub, 50).await;
+    c.nodes[0].kill9().await;
+    backends.lock().remove(0);
+    publish_range(&publisher, "orders.k", 50..100).await;
+    got.extend(messages(&mut sub, 50).await);
+    assert_exact(&got, &["p"], 100);
+    // The dead node leaves the others' view within its expiry.
+    wait_for(|| async {
+        let (_, h) = c.nodes[1].health().await;
+        h["cluster"]["nodes"].as_array().map_or(0, Vec::len) == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_heals_after_nats_restarts_and_loses_nothing_acknowledged() {
+    let Some(mut c) = TestCluster::start().await else {
+        return;
+    };
+    let reader = client(c.nodes[2].url(), "reader").await;
+    let mut sub = reader
+        .subscribe_durable_from("orders.r", StartAt::Beginning)
+        .await
+        .unwrap();
+    let publisher = client(c.nodes[0].url(), "pub").await;
+    publish_range(&publisher, "orders.r", 0..30).await;
+    let mut got = messages(&mut sub, 30).await;
+
+    c.nats.kill().await;
+    wait_for(|| async {
+        let (status, h) = c.nodes[0].health().await;
+        status == 503 && h["status"] == "degraded" && h["cluster"]["link"] == "down"
+    })
+    .await;
+    // A plain publish the other nodes cannot get is refused, retryably.
+    let e = publisher.publish("chat.y", &1u8).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&plexus_client::protocol::ErrorCode::Unavailable),
+        "{e:?}"
+    );
+    // Durable publishes are committed in PostgreSQL meanwhile.
+    publish_range(&publisher, "orders.r", 30..60).await;
+    c.nats.spawn().await;
+    for n in &c.nodes {
+        wait_for(|| async { n.health().await.1["cluster"]["link"] == "up" }).await;
+    }
+    got.extend(messages(&mut sub, 30).await);
+    publish_range(&publisher, "orders.r", 60..80).await;
+    got.extend(messages(&mut sub, 20).await);
+    assert_exact(&got, &["p"], 80);
+}
