@@ -529,3 +529,84 @@ async fn the_cluster_heals_after_nats_restarts_and_loses_nothing_acknowledged() 
     got.extend(messages(&mut sub, 20).await);
     assert_exact(&got, &["p"], 80);
 }
+
+/// The `presence.get` pages of `topic` on `c`, `limit` members at a time.
+async fn presence_pages(
+    c: &Client,
+    topic: &str,
+    limit: u64,
+    mut cursor: Option<u64>,
+) -> (Vec<String>, Option<u64>) {
+    use plexus_client::protocol::methods::{PresenceGet, PresenceGetParams};
+    let page = c
+        .request::<PresenceGet>(&PresenceGetParams {
+            topic,
+            cursor: cursor.take(),
+            limit: Some(limit),
+        })
+        .await
+        .unwrap();
+    (
+        page.members.into_iter().map(|m| m.user).collect(),
+        page.next,
+    )
+}
+
+async fn presence_event(sub: &mut plexus_client::Subscription) -> (bool, String) {
+    loop {
+        match tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            plexus_client::Event::Join(m) => return (true, m.user),
+            plexus_client::Event::Leave(m) => return (false, m.user),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_cluster_wide_pages_across_nodes_and_expires_a_dead_node() {
+    let Some(mut c) = TestCluster::start().await else {
+        return;
+    };
+    let alice = client(c.nodes[0].url(), "alice").await;
+    let mut a_sub = alice.subscribe_presence("room.1").await.unwrap();
+    c.wait_subscribed("n1", "p.room.1").await;
+    let bob = client(c.nodes[1].url(), "bob").await;
+    let _b_sub = bob.subscribe_presence("room.1").await.unwrap();
+    // Alice, on node 1, hears that bob joined on node 2.
+    assert_eq!(presence_event(&mut a_sub).await, (true, "bob".to_owned()));
+
+    // Carol, on node 3 where nobody is present, lists both, a page at a
+    // time; the cursor node 3 gave works on node 1.
+    let carol = client(c.nodes[2].url(), "carol").await;
+    let dave = client(c.nodes[0].url(), "dave").await;
+    wait_for(|| async { carol.presence_get("room.1").await.unwrap().len() == 2 }).await;
+    let (first, next) = presence_pages(&carol, "room.1", 1, None).await;
+    assert_eq!(first.len(), 1);
+    let next = next.expect("a second page");
+    let (second, last) = presence_pages(&dave, "room.1", 1, Some(next)).await;
+    assert_eq!(last, None, "two members, two pages");
+    let mut both = [first, second].concat();
+    both.sort();
+    assert_eq!(both, ["alice", "bob"]);
+
+    // Bob's node dies: alice hears him leave within the expiry, and the
+    // listing converges.
+    let killed = std::time::Instant::now();
+    c.nodes[1].kill9().await;
+    assert_eq!(presence_event(&mut a_sub).await, (false, "bob".to_owned()));
+    let converged = killed.elapsed();
+    assert!(converged < Duration::from_secs(10), "{converged:?}");
+    let users: Vec<String> = carol
+        .presence_get("room.1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.user)
+        .collect();
+    assert_eq!(users, ["alice"]);
+    println!("presence converged {converged:?} after the kill (expiry 1s)");
+}

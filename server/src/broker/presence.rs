@@ -17,10 +17,35 @@ use plexus_protocol::methods::{Member, PresenceJoin, PresenceLeave, PresenceNoti
 
 use crate::conn::{Conn, ConnId};
 
+/// Told of every presence change on this hub (cluster mode carries them to
+/// the other nodes). Called with the topic's members locked, so the
+/// changes of one topic arrive in order: an implementation must not block
+/// and must not call back into the broker.
+pub trait PresenceListener: Send + Sync {
+    /// `conn` joined `topic` (`first`: nobody else here was present);
+    /// `frame` is the `presence.join` notice.
+    fn joined(&self, topic: &str, conn: &Conn, frame: &Bytes, first: bool);
+    /// `conn` left `topic` (`last`: nobody here is present any more);
+    /// `frame` is the `presence.leave` notice.
+    fn left(&self, topic: &str, conn: &Conn, frame: &Bytes, last: bool);
+    /// `conn` changed its info on `topic`; `frame` is the `presence.join`
+    /// notice that says so.
+    fn info_changed(&self, topic: &str, conn: &Conn, frame: &Bytes);
+}
+
 /// Presence of every topic.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Presence {
     topics: DashMap<Box<str>, BTreeMap<ConnId, Arc<Conn>>>,
+    listener: std::sync::OnceLock<Arc<dyn PresenceListener>>,
+}
+
+impl std::fmt::Debug for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presence")
+            .field("topics", &self.topics.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The member record of a connection.
@@ -45,6 +70,12 @@ fn notice(method: &str, topic: &str, member: Member) -> Option<Bytes> {
 }
 
 impl Presence {
+    /// Tells `listener` of every change from now on (once; a second
+    /// listener is ignored).
+    pub fn set_listener(&self, listener: Arc<dyn PresenceListener>) {
+        let _ = self.listener.set(listener);
+    }
+
     /// Adds `conn` to `topic` and tells the other members. Returns false if
     /// it was already present.
     pub fn join(&self, topic: &str, conn: &Arc<Conn>) -> bool {
@@ -56,9 +87,49 @@ impl Presence {
             for other in members.values() {
                 other.out.push(frame.clone());
             }
+            if let Some(l) = self.listener.get() {
+                l.joined(topic, conn, &frame, members.is_empty());
+            }
         }
         members.insert(conn.id, conn.clone());
         true
+    }
+
+    /// Queues a notice that came from another node for every member of
+    /// `topic` here.
+    pub fn broadcast(&self, topic: &str, frame: &Bytes) -> usize {
+        self.topics.get(topic).map_or(0, |members| {
+            for m in members.values() {
+                m.out.push(frame.clone());
+            }
+            members.len()
+        })
+    }
+
+    /// Every membership here, as (topic, connection): bounded by the
+    /// connections' subscriptions (cluster mode writes them again after
+    /// the node was taken for dead).
+    pub fn all_members(&self) -> Vec<(Box<str>, Arc<Conn>)> {
+        let mut out = Vec::new();
+        for e in self.topics.iter() {
+            for c in e.value().values() {
+                out.push((e.key().clone(), c.clone()));
+            }
+        }
+        out
+    }
+
+    /// The members of `topic` here from connection `from` on, at most
+    /// `limit`, with their connection ids (cluster paging merges them with
+    /// the other nodes').
+    pub fn members_from(&self, topic: &str, from: ConnId, limit: usize) -> Vec<(ConnId, Member)> {
+        self.topics.get(topic).map_or_else(Vec::new, |members| {
+            members
+                .range(from..)
+                .take(limit)
+                .map(|(id, c)| (*id, member_of(c, true)))
+                .collect()
+        })
     }
 
     /// Removes `conn` from `topic` and tells the remaining members.
@@ -66,12 +137,16 @@ impl Presence {
         let removed = match self.topics.get_mut(topic) {
             Some(mut members) => {
                 let removed = members.remove(&conn.id).is_some();
+                let listener = self.listener.get();
                 if removed
-                    && !members.is_empty()
+                    && (!members.is_empty() || listener.is_some())
                     && let Some(frame) = notice(PresenceLeave::NAME, topic, member_of(conn, false))
                 {
                     for other in members.values() {
                         other.out.push(frame.clone());
+                    }
+                    if let Some(l) = listener {
+                        l.left(topic, conn, &frame, members.is_empty());
                     }
                 }
                 removed
@@ -89,6 +164,9 @@ impl Presence {
         {
             for other in members.values().filter(|m| m.id != conn.id) {
                 other.out.push(frame.clone());
+            }
+            if let Some(l) = self.listener.get() {
+                l.info_changed(topic, conn, &frame);
             }
         }
     }

@@ -59,7 +59,7 @@ impl Interest {
     }
 
     /// Whether a message on `topic` that arrived through the subscription
-    /// to `via` is delivered (no subscription before it matches it too).
+    /// with interest key `via` is delivered (no subscription before it matches it too).
     pub fn delivers(&self, via: &str, topic: &str) -> bool {
         self.shadows
             .read()
@@ -67,9 +67,11 @@ impl Interest {
             .is_none_or(|before| !before.iter().any(|q| q.matches_str(topic)))
     }
 
-    /// Recomputes the shadows for the subscribed set `subscribed`.
+    /// Recomputes the shadows for the subscribed set `subscribed` (interest
+    /// keys: only the events' ones, `e.PATTERN`, can overlap).
     pub(crate) fn set_subscribed<'a>(&self, subscribed: impl Iterator<Item = &'a str>) {
         let mut pats: Vec<Pattern> = subscribed
+            .filter_map(|s| s.strip_prefix("e."))
             .filter_map(|s| Pattern::parse(s, MAX_TOPIC_LEN).ok())
             .collect();
         pats.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -81,7 +83,7 @@ impl Interest {
                 .cloned()
                 .collect();
             if !before.is_empty() {
-                shadows.insert(p.as_str().into(), before);
+                shadows.insert(super::wire::events_key(p.as_str()).into(), before);
             }
         }
         *self.shadows.write() = shadows;
@@ -91,7 +93,7 @@ impl Interest {
 impl InterestListener for Interest {
     fn interest_changed(&self, pattern: &Pattern, interest: Change) {
         self.change(
-            pattern.as_str(),
+            &super::wire::events_key(pattern.as_str()),
             match interest {
                 Change::First => 1,
                 Change::Last => -1,
@@ -177,14 +179,18 @@ mod tests {
     #[test]
     fn overlapping_subscriptions_deliver_once() {
         let i = Interest::default();
-        i.set_subscribed(["chat.a", "chat.*", "news.>", "chat.>"].into_iter());
+        i.set_subscribed(["e.chat.a", "e.chat.*", "e.news.>", "e.chat.>", "p.chat.a"].into_iter());
         // Byte order: chat.* < chat.> < chat.a.
-        assert!(i.delivers("chat.*", "chat.a"));
-        assert!(!i.delivers("chat.>", "chat.a"), "chat.* is before it");
-        assert!(i.delivers("chat.>", "chat.a.b"), "chat.* does not match");
-        assert!(!i.delivers("chat.a", "chat.a"));
-        assert!(i.delivers("news.>", "news.x"));
-        i.set_subscribed(["chat.a"].into_iter());
-        assert!(i.delivers("chat.a", "chat.a"));
+        assert!(i.delivers("e.chat.*", "chat.a"));
+        assert!(!i.delivers("e.chat.>", "chat.a"), "chat.* is before it");
+        assert!(i.delivers("e.chat.>", "chat.a.b"), "chat.* does not match");
+        assert!(!i.delivers("e.chat.a", "chat.a"));
+        assert!(i.delivers("e.news.>", "news.x"));
+        assert!(
+            i.delivers("p.chat.a", "chat.a"),
+            "presence never overlaps events"
+        );
+        i.set_subscribed(["e.chat.a"].into_iter());
+        assert!(i.delivers("e.chat.a", "chat.a"));
     }
 }

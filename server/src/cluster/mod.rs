@@ -23,6 +23,7 @@
 
 pub mod interest;
 pub mod nodes;
+pub mod presence;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -97,6 +98,7 @@ struct Inner {
     seen: Mutex<Vec<NodeSeen>>,
     sweep: Notify,
     body_at: usize,
+    presence: Arc<presence::ClusterPresence>,
 }
 
 /// A node of a cluster: its NATS link and its view of the others.
@@ -166,13 +168,57 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::Nats(e.to_string()))?;
         let (out_tx, out_rx) = mpsc::channel(config.cluster_outbound_queue);
+        let nodes = nodes::Nodes::connect(
+            &config.database_url,
+            &node,
+            &config.listen.to_string(),
+            config.cluster_node_expiry.0,
+        )?;
+        let interest = Arc::new(Interest::default());
+        let notify = {
+            let (out, interest, prefix) = (
+                out_tx.clone(),
+                interest.clone(),
+                config.cluster_prefix.clone(),
+            );
+            move |topic: &str, frame: &Bytes, on: Option<bool>| {
+                let key = wire::presence_key(topic);
+                if on == Some(true) {
+                    interest.change(&key, 1);
+                }
+                if out
+                    .try_send((wire::key_subject(&prefix, &key), wire::presence(frame)))
+                    .is_err()
+                {
+                    metrics::counter!("plexus_cluster_dropped_total").increment(1);
+                }
+                if on == Some(false) {
+                    interest.change(&key, -1);
+                }
+            }
+        };
+        let (presence, presence_rx) =
+            presence::ClusterPresence::new(node.clone(), nodes.pool().clone(), Box::new(notify));
+        // What an earlier run of this node left in the presence table.
+        match tokio::time::timeout(
+            config.cluster_node_expiry.0,
+            presence.expire(&[], true, &|t, f| {
+                broker.presence.broadcast(t, f);
+            }),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot clear this node's old presence"),
+            Err(_) => tracing::warn!("the cluster database did not answer in time"),
+        }
         let inner = Arc::new(Inner {
             node: node.clone(),
             prefix: config.cluster_prefix.clone(),
             client: client.clone(),
             broker: broker.clone(),
             streams: streams.clone(),
-            interest: Arc::new(Interest::default()),
+            interest,
             up: AtomicBool::new(false),
             db_up: AtomicBool::new(false),
             out: out_tx,
@@ -181,14 +227,11 @@ impl Cluster {
             seen: Mutex::new(Vec::new()),
             sweep: Notify::new(),
             body_at: crate::streams::frame_from_body(&[]).len(),
+            presence: presence.clone(),
         });
-        let nodes = nodes::Nodes::connect(
-            &config.database_url,
-            &node,
-            &config.listen.to_string(),
-            config.cluster_node_expiry.0,
-        )?;
         broker.add_interest_listener(inner.interest.clone());
+        broker.presence.set_listener(presence.clone());
+        tokio::spawn(presence::run_writer(presence, presence_rx));
         let cluster = Cluster { inner };
         if let Some(s) = &streams {
             s.set_relay(Arc::new(cluster.clone()));
@@ -259,6 +302,28 @@ impl Cluster {
         }
     }
 
+    /// A page of the members of `topic` on every alive node from `cursor`,
+    /// at most `limit` and about `max_bytes`: `presence.get` in cluster
+    /// mode. Fails when the database cannot be read.
+    pub async fn presence_page(
+        &self,
+        topic: &str,
+        cursor: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<plexus_protocol::methods::Member>, Option<u64>), StorageError> {
+        let p = &self.inner.presence;
+        let alive: Vec<String> = self.nodes_seen().into_iter().map(|n| n.id).collect();
+        let remote = p.remote_page(topic, cursor, limit + 1, &alive).await?;
+        let local = presence::local_from(p.tag, cursor).map_or_else(Vec::new, |from| {
+            self.inner
+                .broker
+                .presence
+                .members_from(topic, from, limit + 1)
+        });
+        Ok(presence::merge_page(p.tag, local, remote, limit, max_bytes))
+    }
+
     /// The cluster part of `/health`.
     pub fn health(&self) -> serde_json::Value {
         let s = &self.inner.stats;
@@ -271,6 +336,7 @@ impl Cluster {
             "sent": s.sent.load(Ordering::Relaxed),
             "received": s.received.load(Ordering::Relaxed),
             "dropped": s.dropped.load(Ordering::Relaxed),
+            "presence_dropped": self.inner.presence.dropped.load(Ordering::Relaxed),
             "disconnects": s.disconnects.load(Ordering::Relaxed),
         })
     }
@@ -285,7 +351,9 @@ impl Relay for Cluster {
     }
 
     fn listening(&self, filter: &str, on: bool) {
-        self.inner.interest.change(filter, if on { 1 } else { -1 });
+        self.inner
+            .interest
+            .change(&wire::events_key(filter), if on { 1 } else { -1 });
     }
 }
 
@@ -340,7 +408,7 @@ async fn run_interest(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         inner.interest.set_subscribed(counts.wanted());
         let mut fresh = Vec::new();
         for p in round.subscribe {
-            let subject = wire::subject(&inner.prefix, &p);
+            let subject = wire::key_subject(&inner.prefix, &p);
             match inner.client.subscribe(subject).await {
                 Ok(sub) => {
                     let h = tokio::spawn(read(inner.clone(), p.clone(), sub));
@@ -390,7 +458,7 @@ async fn read(inner: Arc<Inner>, via: Box<str>, mut sub: async_nats::Subscriber)
 fn handle(inner: &Inner, via: &str, m: async_nats::Message, batch: &mut Vec<LiveEvent>) {
     inner.stats.received.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("plexus_cluster_received_total").increment(1);
-    let Some(topic) = wire::topic_of(&inner.prefix, m.subject.as_str()) else {
+    let Some((kind, topic)) = wire::parse(&inner.prefix, m.subject.as_str()) else {
         inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -398,7 +466,10 @@ fn handle(inner: &Inner, via: &str, m: async_nats::Message, batch: &mut Vec<Live
         return;
     }
     match wire::decode(&m.payload) {
-        Some(wire::Payload::Plain(frame)) => {
+        Some(wire::Payload::Presence(frame)) if kind == b'p' => {
+            inner.broker.presence.broadcast(topic, &frame);
+        }
+        Some(wire::Payload::Plain(frame)) if kind == b'e' => {
             let fan = inner.broker.publish(topic, &frame, None);
             metrics::counter!("plexus_deliveries_total").increment(fan.delivered);
         }
@@ -407,7 +478,7 @@ fn handle(inner: &Inner, via: &str, m: async_nats::Message, batch: &mut Vec<Live
             position,
             namespace,
             frame,
-        }) => {
+        }) if kind == b'e' => {
             if inner.streams.is_some() && frame.len() > inner.body_at {
                 batch.push(LiveEvent {
                     topic: topic.into(),
@@ -420,7 +491,7 @@ fn handle(inner: &Inner, via: &str, m: async_nats::Message, batch: &mut Vec<Live
                 });
             }
         }
-        None => {
+        _ => {
             inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -475,12 +546,31 @@ async fn run_heartbeat(
             _ = shutdown.wait_for(|s| *s) => break,
         }
         match nodes.beat().await {
-            Ok(seen) => {
+            Ok((seen, silent)) => {
+                if silent {
+                    // Taken for dead meanwhile: its members were removed.
+                    tracing::warn!(node = %inner.node, "this node was silent past its expiry: writing its presence again");
+                    for (topic, conn) in inner.broker.presence.all_members() {
+                        inner.presence.rewrite(&topic, &conn);
+                    }
+                }
                 if !inner.db_up.swap(true, Ordering::AcqRel) {
                     tracing::info!(node = %inner.node, "cluster database up");
                 }
                 metrics::gauge!("plexus_cluster_nodes").set(seen.len() as f64);
+                let alive: Vec<String> = seen.iter().map(|n| n.id.clone()).collect();
                 *inner.seen.lock() = seen;
+                // The members of nodes that died leave.
+                let broker = inner.broker.clone();
+                if let Err(e) = inner
+                    .presence
+                    .expire(&alive, false, &|t, f| {
+                        broker.presence.broadcast(t, f);
+                    })
+                    .await
+                {
+                    tracing::debug!(error = %e, "cannot expire presence");
+                }
             }
             Err(e) => {
                 if inner.db_up.swap(false, Ordering::AcqRel) {

@@ -54,9 +54,25 @@ impl Nodes {
         })
     }
 
+    /// The pool (shared with the presence table).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Writes this node's heartbeat and returns the nodes alive (this one
-    /// included), by id.
-    pub async fn beat(&self) -> Result<Vec<NodeSeen>, StorageError> {
+    /// included), by id, and whether this node had been silent for longer
+    /// than the expiry (the others took it for dead and removed its
+    /// presence: it writes it again).
+    pub async fn beat(&self) -> Result<(Vec<NodeSeen>, bool), StorageError> {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let silent: Option<bool> = sqlx::query_scalar(
+            "SELECT now() - seen_at > make_interval(secs => $2::int8 / 1000.0) \
+             FROM cluster_nodes WHERE id = $1",
+        )
+        .bind(&self.id)
+        .bind(ms(self.expiry))
+        .fetch_optional(&self.pool)
+        .await?;
         sqlx::query(
             "INSERT INTO cluster_nodes (id, listen, started_at, seen_at) \
              VALUES ($1, $2, now(), now()) \
@@ -66,7 +82,6 @@ impl Nodes {
         .bind(&self.listen)
         .execute(&self.pool)
         .await?;
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         sqlx::query(
             "DELETE FROM cluster_nodes WHERE seen_at < now() - make_interval(secs => $1::int8 / 1000.0)",
         )
@@ -80,7 +95,8 @@ impl Nodes {
         .bind(ms(self.expiry))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        let seen = rows
+            .iter()
             .map(|r| {
                 Ok(NodeSeen {
                     id: r.try_get(0)?,
@@ -88,7 +104,8 @@ impl Nodes {
                     age_ms: u64::try_from(r.try_get::<i64, _>(2)?).unwrap_or(0),
                 })
             })
-            .collect()
+            .collect::<Result<_, StorageError>>()?;
+        Ok((seen, silent == Some(true)))
     }
 
     /// Removes this node's row (a clean shutdown: the others need not wait

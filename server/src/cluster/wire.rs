@@ -17,6 +17,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const KIND_PLAIN: u8 = 0;
 /// The kind byte of a committed durable event.
 pub const KIND_DURABLE: u8 = 1;
+/// The kind byte of a presence notice (`presence.join` / `presence.leave`).
+pub const KIND_PRESENCE: u8 = 2;
 /// Bytes before the frame of a durable event.
 pub const DURABLE_HEADER: usize = 1 + 8 + 8 + 8;
 
@@ -33,12 +35,45 @@ pub fn subject(prefix: &str, topic: &str) -> String {
     s
 }
 
+/// The interest key of a subscription pattern's events (`e.PATTERN`): the
+/// subject without the prefix.
+pub fn events_key(pattern: &str) -> String {
+    format!("e.{pattern}")
+}
+
+/// The interest key of a topic's presence notices (`p.TOPIC`).
+pub fn presence_key(topic: &str) -> String {
+    format!("p.{topic}")
+}
+
+/// The subject of an interest key.
+pub fn key_subject(prefix: &str, key: &str) -> String {
+    format!("{prefix}.{key}")
+}
+
 /// The topic a subject of the cluster names, if it is one.
 pub fn topic_of<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
-    subject
-        .strip_prefix(prefix)?
-        .strip_prefix(".e.")
-        .filter(|t| !t.is_empty())
+    parse(prefix, subject).map(|(_, t)| t)
+}
+
+/// The kind (`b'e'` events, `b'p'` presence) and topic of a subject of the
+/// cluster.
+pub fn parse<'a>(prefix: &str, subject: &'a str) -> Option<(u8, &'a str)> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (kind, topic) = rest.split_once('.')?;
+    match kind {
+        "e" if !topic.is_empty() => Some((b'e', topic)),
+        "p" if !topic.is_empty() => Some((b'p', topic)),
+        _ => None,
+    }
+}
+
+/// The payload of a presence notice.
+pub fn presence(frame: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + frame.len());
+    b.put_u8(KIND_PRESENCE);
+    b.put_slice(frame);
+    b.freeze()
 }
 
 /// The payload of a plain event.
@@ -65,6 +100,8 @@ pub fn durable(offset: u64, position: u64, namespace: i64, frame: &[u8]) -> Byte
 pub enum Payload {
     /// A plain event's frame.
     Plain(Bytes),
+    /// A presence notice's frame.
+    Presence(Bytes),
     /// A durable event.
     Durable {
         /// Its offset in its topic.
@@ -83,6 +120,7 @@ pub enum Payload {
 pub fn decode(payload: &Bytes) -> Option<Payload> {
     match *payload.first()? {
         KIND_PLAIN if payload.len() > 1 => Some(Payload::Plain(payload.slice(1..))),
+        KIND_PRESENCE if payload.len() > 1 => Some(Payload::Presence(payload.slice(1..))),
         KIND_DURABLE if payload.len() > DURABLE_HEADER => {
             let n = |at: usize| {
                 let mut b = [0u8; 8];
@@ -116,6 +154,10 @@ mod tests {
         assert_eq!(topic_of("p", "q.e.a.b"), None);
         assert_eq!(topic_of("p", "p.e."), None);
         assert_eq!(topic_of("p", "px.e.a"), None);
+        assert_eq!(parse("p", "p.p.room"), Some((b'p', "room")));
+        assert_eq!(parse("p", "p.x.room"), None);
+        assert_eq!(key_subject("p", &presence_key("r")), "p.p.r");
+        assert_eq!(key_subject("p", &events_key("r.*")), subject("p", "r.*"));
     }
 
     #[test]
@@ -131,6 +173,7 @@ mod tests {
                 frame: f.clone()
             })
         );
+        assert_eq!(decode(&presence(&f)), Some(Payload::Presence(f.clone())));
         assert_eq!(decode(&Bytes::new()), None);
         assert_eq!(decode(&Bytes::from_static(&[KIND_PLAIN])), None);
         assert_eq!(decode(&Bytes::from_static(&[9, 1, 2])), None);

@@ -47,6 +47,9 @@ pub fn registry_with(config: &Config, durable: bool, sync: bool) -> Registry {
         streams::register(&mut r);
     }
     presence::register(&mut r);
+    if config.clustered() {
+        presence::register_clustered(&mut r);
+    }
     rpc::register(&mut r);
     if sync {
         sync::register(&mut r);
@@ -55,8 +58,6 @@ pub fn registry_with(config: &Config, durable: bool, sync: bool) -> Registry {
     if config.debug_methods {
         debug::register(&mut r);
     }
-    #[cfg(not(any(debug_assertions, feature = "debug-methods")))]
-    let _ = config;
     r
 }
 

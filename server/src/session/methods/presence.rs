@@ -24,7 +24,17 @@ pub fn register(r: &mut Registry) {
     r.sync::<PresenceSet, _>(Meta::default(), set);
 }
 
-fn get(ctx: &mut Ctx<'_>, p: PresenceGetParams<'_>) -> Result<PresenceGetResult, RequestError> {
+/// Cluster mode: `presence.get` lists the members of every node (it reads
+/// the cluster's presence table, so it is asynchronous).
+pub fn register_clustered(r: &mut Registry) {
+    r.asynchronous::<PresenceGet, _>(Meta::default(), get_clustered);
+}
+
+/// The checked topic, page size and byte budget of a `presence.get`.
+fn get_bounds(
+    ctx: &mut Ctx<'_>,
+    p: &PresenceGetParams<'_>,
+) -> Result<(usize, usize), RequestError> {
     let topic =
         Topic::parse(p.topic, ctx.config().max_topic_len).map_err(|e| topic_error("topic", e))?;
     if !ctx.caps().can_read_presence(&topic) {
@@ -41,11 +51,41 @@ fn get(ctx: &mut Ctx<'_>, p: PresenceGetParams<'_>) -> Result<PresenceGetResult,
         .config()
         .max_frame_size
         .saturating_sub(RESPONSE_OVERHEAD);
+    Ok((limit, budget))
+}
+
+fn get(ctx: &mut Ctx<'_>, p: PresenceGetParams<'_>) -> Result<PresenceGetResult, RequestError> {
+    let (limit, budget) = get_bounds(ctx, &p)?;
     let (members, next) = ctx
         .broker()
         .presence
         .page(p.topic, p.cursor.unwrap_or(0), limit, budget);
     Ok(PresenceGetResult { members, next })
+}
+
+fn get_clustered(
+    ctx: &mut Ctx<'_>,
+    p: PresenceGetParams<'_>,
+) -> Result<
+    futures_util::future::BoxFuture<'static, Result<PresenceGetResult, RequestError>>,
+    RequestError,
+> {
+    let (limit, budget) = get_bounds(ctx, &p)?;
+    let Some(cluster) = ctx.hub().cluster.get().cloned() else {
+        return Ok(Box::pin(std::future::ready(get(ctx, p))));
+    };
+    let topic = p.topic.to_owned();
+    let cursor = p.cursor.unwrap_or(0);
+    Ok(Box::pin(async move {
+        let (members, next) = cluster
+            .presence_page(&topic, cursor, limit, budget)
+            .await
+            .map_err(|_| RequestError::Unavailable {
+                message: "the cluster database is unavailable".into(),
+                retry_after_ms: Some(crate::cluster::LINK_RETRY_AFTER_MS),
+            })?;
+        Ok(PresenceGetResult { members, next })
+    }))
 }
 
 fn set(ctx: &mut Ctx<'_>, p: PresenceSetParams<'_>) -> Result<Empty, RequestError> {
