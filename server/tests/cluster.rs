@@ -25,6 +25,8 @@ use tokio::process::{Child, Command};
 
 const NATS_ENV: &str = "PLEXUS_TEST_NATS_URL";
 const WAIT: Duration = Duration::from_secs(20);
+/// The server-API key every node of a test cluster accepts. Test use only.
+const API_KEY: &str = "cluster-test-api-key-0123456789";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -156,7 +158,14 @@ impl TestCluster {
         let nats = Nats::start().await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("plexus.toml");
-        std::fs::write(&config, "[[streams]]\npattern = \"orders.>\"\n").unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[[streams]]\npattern = \"orders.>\"\n\n[[http.api-keys]]\nname = \"ops\"\n\
+                 secret = \"{API_KEY}\"\noperations = [\"*\"]\ntopics = [\">\"]\n"
+            ),
+        )
+        .unwrap();
         let mut nodes = Vec::new();
         for i in 1..=3 {
             nodes.push(start_node(i, &db, &nats.url(), &config, dir.path()).await);
@@ -609,4 +618,170 @@ async fn presence_is_cluster_wide_pages_across_nodes_and_expires_a_dead_node() {
         .collect();
     assert_eq!(users, ["alice"]);
     println!("presence converged {converged:?} after the kill (expiry 1s)");
+}
+
+/// A POST of a JSON body with the API key: status and JSON answer.
+async fn api(addr: SocketAddr, op: &str, body: &Value) -> (u16, Value) {
+    let body = body.to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/api/{op} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("null");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Opens an SSE stream on `addr` for `topics`; returns its lines.
+async fn sse(
+    addr: SocketAddr,
+    topics: &[&str],
+    user: &str,
+) -> tokio::io::Lines<BufReader<tokio::net::TcpStream>> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let q: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
+    s.write_all(
+        format!(
+            "GET /v1/sse?{}&token={} HTTP/1.0\r\nHost: x\r\n\r\n",
+            q.join("&"),
+            token(user)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    BufReader::new(s).lines()
+}
+
+/// The next `event` data line's JSON of an SSE stream.
+async fn sse_event(lines: &mut tokio::io::Lines<BufReader<tokio::net::TcpStream>>) -> Value {
+    let mut is_event = false;
+    loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the stream goes on");
+        if line == "event: event" {
+            is_event = true;
+        } else if let Some(d) = line.strip_prefix("data: ")
+            && is_event
+        {
+            return serde_json::from_str(d).unwrap();
+        } else if line.is_empty() {
+            is_event = false;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_api_and_sse_work_on_any_node() {
+    let Some(c) = TestCluster::start().await else {
+        return;
+    };
+    // An SSE stream on node 3, an SDK subscriber on node 2.
+    let mut stream = sse(c.nodes[2].addr, &["orders.h", "news.h"], "viewer").await;
+    let reader = client(c.nodes[1].url(), "reader").await;
+    let mut sub = reader.subscribe("news.h").await.unwrap();
+    c.wait_subscribed("n3", "e.news.h").await;
+    c.wait_subscribed("n2", "e.news.h").await;
+    // The server API on node 1 publishes on both.
+    let (status, r) = api(
+        c.nodes[0].addr,
+        "publish",
+        &serde_json::json!({"topic": "orders.h", "data": "stored"}),
+    )
+    .await;
+    assert_eq!((status, r["offset"].as_u64()), (200, Some(1)), "{r}");
+    let (status, _) = api(
+        c.nodes[0].addr,
+        "publish",
+        &serde_json::json!({"topic": "news.h", "data": 7}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let e = sse_event(&mut stream).await;
+    assert_eq!(
+        (
+            e["topic"].as_str(),
+            e["offset"].as_u64(),
+            e["data"].as_str()
+        ),
+        (Some("orders.h"), Some(1), Some("stored")),
+        "{e}"
+    );
+    let e = sse_event(&mut stream).await;
+    assert_eq!(
+        (e["topic"].as_str(), e["data"].as_u64()),
+        (Some("news.h"), Some(7)),
+        "{e}"
+    );
+    assert_eq!(plain(&mut sub).await, 7);
+    // History and presence answer on another node than the publisher's.
+    let (status, h) = api(
+        c.nodes[1].addr,
+        "history",
+        &serde_json::json!({"topic": "orders.h"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{h}");
+    assert!(h.to_string().contains("stored"), "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_s_clients_move_with_nothing_lost() {
+    let Some(mut c) = TestCluster::start().await else {
+        return;
+    };
+    let backends = Arc::new(Mutex::new(vec![c.nodes[0].addr, c.nodes[1].addr]));
+    let lb = balancer(backends.clone()).await;
+    let reader = client(format!("ws://{lb}/v1/ws"), "reader").await;
+    let mut sub = reader
+        .subscribe_durable_from("orders.d", StartAt::Beginning)
+        .await
+        .unwrap();
+    let publisher = client(c.nodes[2].url(), "pub").await;
+    publish_range(&publisher, "orders.d", 0..40).await;
+    let mut got = messages(&mut sub, 40).await;
+    // Drain node 1 (SIGTERM): `closing` 4008, then the client reconnects
+    // through the balancer to node 2.
+    backends.lock().remove(0);
+    let pid = c.nodes[0].child.as_ref().and_then(Child::id).unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(term.success());
+    let mut drained = c.nodes[0].child.take().unwrap();
+    let status = tokio::time::timeout(WAIT, drained.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "a drained node exits cleanly: {status}");
+    publish_range(&publisher, "orders.d", 40..80).await;
+    got.extend(messages(&mut sub, 40).await);
+    assert_exact(&got, &["p"], 80);
+    // A drained node leaves the view at once (it deletes its row).
+    wait_for(|| async {
+        c.nodes[1].health().await.1["cluster"]["nodes"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
+    })
+    .await;
 }
