@@ -66,7 +66,19 @@ pub enum RegisterError {
 
 #[derive(Debug, Default)]
 struct UserConns {
-    conns: Vec<(ConnId, Option<Box<str>>, Arc<Conn>)>,
+    /// Each connection with its instance id and when it registered (Unix
+    /// milliseconds: instance claims of other nodes are compared by it).
+    conns: Vec<UserConn>,
+}
+
+/// A connection of a user: its id, instance id, handle, and registration
+/// time (Unix ms).
+type UserConn = (ConnId, Option<Box<str>>, Arc<Conn>, u64);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Shared state of one hub.
@@ -207,7 +219,7 @@ impl Hub {
         if let Some(user) = conn.user_arc() {
             let mut users = self.users.lock();
             if let Some(entry) = users.get_mut(user) {
-                entry.conns.retain(|(id, _, _)| *id != conn.id);
+                entry.conns.retain(|(id, _, _, _)| *id != conn.id);
                 if entry.conns.is_empty() {
                     users.remove(user);
                 }
@@ -238,16 +250,22 @@ impl Hub {
             let pos = entry
                 .conns
                 .iter()
-                .position(|(_, i, _)| i.as_deref() == Some(inst))?;
+                .position(|(_, i, _, _)| i.as_deref() == Some(inst))?;
             Some(entry.conns.swap_remove(pos).2)
         });
         if replaced.is_none() && entry.conns.len() >= self.config.max_connections_per_user {
             return Err(RegisterError::TooManyConnections);
         }
+        let at = unix_ms();
         entry
             .conns
-            .push((conn.id, instance.map(Into::into), conn.clone()));
+            .push((conn.id, instance.map(Into::into), conn.clone(), at));
         drop(users);
+        // Cluster mode: a connection of this instance on another node is
+        // replaced too.
+        if let (Some(inst), Some(c)) = (instance, self.cluster.get()) {
+            c.claim_instance(user.as_ref(), inst, &conn.session, at);
+        }
         if let Some(old) = replaced {
             self.close_conn(
                 &old,
@@ -257,6 +275,35 @@ impl Hub {
             );
         }
         Ok(())
+    }
+
+    /// Cluster mode: another node registered `session` of `user` as
+    /// `instance` at `at` (Unix ms). A connection here with that instance
+    /// that registered earlier (ties: the smaller session id) is replaced
+    /// (`closing`, 4009), as if it had registered here. Returns whether
+    /// one was.
+    pub fn instance_claimed(&self, user: &str, instance: &str, session: &str, at: u64) -> bool {
+        let old = {
+            let mut users = self.users.lock();
+            let Some(entry) = users.get_mut(user) else {
+                return false;
+            };
+            let Some(pos) = entry.conns.iter().position(|(_, i, c, t)| {
+                i.as_deref() == Some(instance)
+                    && &*c.session != session
+                    && (*t, &*c.session) < (at, session)
+            }) else {
+                return false;
+            };
+            entry.conns.swap_remove(pos).2
+        };
+        self.close_conn(
+            &old,
+            CloseCode::SessionReplaced,
+            "replaced by a newer connection".into(),
+            None,
+        );
+        true
     }
 
     /// Asks a connection's session to close with `code` (it sends `closing`
@@ -284,8 +331,8 @@ impl Hub {
             users.get(user).map_or_else(Vec::new, |u| {
                 u.conns
                     .iter()
-                    .filter(|(_, _, c)| session.is_none_or(|s| &*c.session == s))
-                    .map(|(_, _, c)| c.clone())
+                    .filter(|(_, _, c, _)| session.is_none_or(|s| &*c.session == s))
+                    .map(|(_, _, c, _)| c.clone())
                     .collect()
             })
         };

@@ -267,6 +267,12 @@ impl Server {
                 hub.shutdown_signal(),
             )
             .await?;
+            let weak = Arc::downgrade(&hub);
+            c.on_claim(Box::new(move |claim| {
+                if let Some(h) = weak.upgrade() {
+                    h.instance_claimed(&claim.user, &claim.instance, &claim.session, claim.at);
+                }
+            }));
             let _ = hub.cluster.set(c);
         }
         if let Some(engine) = &hub.sync {

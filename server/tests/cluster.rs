@@ -785,3 +785,51 @@ async fn a_drained_node_s_clients_move_with_nothing_lost() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_reconnecting_on_another_node_replaces_the_old_connection() {
+    let Some(c) = TestCluster::start().await else {
+        return;
+    };
+    let connect = |node: usize| {
+        ClientBuilder::new(c.nodes[node].url())
+            .token(token("alice"))
+            .instance("phone")
+            .connect()
+    };
+    let old = connect(0).await.unwrap();
+    c.wait_subscribed("n1", "c.instance").await;
+    c.wait_subscribed("n2", "c.instance").await;
+    let mut state = old.state();
+    let new = connect(1).await.unwrap();
+    // The connection on node 1 is replaced: 4009, and it stays closed.
+    let closed = tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| matches!(s, plexus_client::ConnectionState::Closed { .. })),
+    )
+    .await
+    .expect("replaced in time")
+    .unwrap()
+    .clone();
+    match closed {
+        plexus_client::ConnectionState::Closed {
+            code: Some(code), ..
+        } => assert_eq!(code.as_u16(), 4009),
+        other => panic!("{other:?}"),
+    }
+    // The newer one is untouched.
+    new.publish("chat.z", &1u8).await.unwrap();
+    // Another instance of the same user is not affected.
+    let tablet = ClientBuilder::new(c.nodes[2].url())
+        .token(token("alice"))
+        .instance("tablet")
+        .connect()
+        .await
+        .unwrap();
+    tablet.publish("chat.z", &2u8).await.unwrap();
+    new.publish("chat.z", &3u8).await.unwrap();
+    assert_eq!(
+        *new.state().borrow(),
+        plexus_client::ConnectionState::Connected
+    );
+}

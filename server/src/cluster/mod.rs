@@ -81,6 +81,9 @@ pub struct LinkStats {
     pub disconnects: AtomicU64,
 }
 
+/// What another node's instance claim does here.
+pub type ClaimHandler = Box<dyn Fn(&wire::Claim) + Send + Sync>;
+
 /// What the shared parts of the node hold.
 struct Inner {
     node: Arc<str>,
@@ -99,6 +102,8 @@ struct Inner {
     sweep: Notify,
     body_at: usize,
     presence: Arc<presence::ClusterPresence>,
+    /// What to do with another node's instance claim (set by the hub).
+    on_claim: std::sync::OnceLock<ClaimHandler>,
 }
 
 /// A node of a cluster: its NATS link and its view of the others.
@@ -228,7 +233,10 @@ impl Cluster {
             sweep: Notify::new(),
             body_at: crate::streams::frame_from_body(&[]).len(),
             presence: presence.clone(),
+            on_claim: std::sync::OnceLock::new(),
         });
+        // Every node hears every instance claim.
+        inner.interest.change(wire::CONTROL_KEY, 1);
         broker.add_interest_listener(inner.interest.clone());
         broker.presence.set_listener(presence.clone());
         tokio::spawn(presence::run_writer(presence, presence_rx));
@@ -300,6 +308,21 @@ impl Cluster {
             self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("plexus_cluster_dropped_total").increment(1);
         }
+    }
+
+    /// Tells the other nodes that `session` of `user` registered as
+    /// `instance` at `at` (Unix ms): their older connection of that
+    /// instance is replaced with 4009.
+    pub fn claim_instance(&self, user: &str, instance: &str, session: &str, at: u64) {
+        self.send(
+            wire::key_subject(&self.inner.prefix, wire::CONTROL_KEY),
+            wire::claim(user, instance, session, at),
+        );
+    }
+
+    /// Sets what another node's instance claim does here (once).
+    pub fn on_claim(&self, f: ClaimHandler) {
+        let _ = self.inner.on_claim.set(f);
     }
 
     /// A page of the members of `topic` on every alive node from `cursor`,
@@ -468,6 +491,11 @@ fn handle(inner: &Inner, via: &str, m: async_nats::Message, batch: &mut Vec<Live
     match wire::decode(&m.payload) {
         Some(wire::Payload::Presence(frame)) if kind == b'p' => {
             inner.broker.presence.broadcast(topic, &frame);
+        }
+        Some(wire::Payload::Claim(c)) if kind == b'c' => {
+            if let Some(f) = inner.on_claim.get() {
+                f(&c);
+            }
         }
         Some(wire::Payload::Plain(frame)) if kind == b'e' => {
             let fan = inner.broker.publish(topic, &frame, None);

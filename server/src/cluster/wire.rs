@@ -19,6 +19,10 @@ pub const KIND_PLAIN: u8 = 0;
 pub const KIND_DURABLE: u8 = 1;
 /// The kind byte of a presence notice (`presence.join` / `presence.leave`).
 pub const KIND_PRESENCE: u8 = 2;
+/// The kind byte of an instance claim (4009 across nodes).
+pub const KIND_CLAIM: u8 = 3;
+/// The interest key of the cluster's control messages (every node, always).
+pub const CONTROL_KEY: &str = "c.instance";
 /// Bytes before the frame of a durable event.
 pub const DURABLE_HEADER: usize = 1 + 8 + 8 + 8;
 
@@ -64,6 +68,7 @@ pub fn parse<'a>(prefix: &str, subject: &'a str) -> Option<(u8, &'a str)> {
     match kind {
         "e" if !topic.is_empty() => Some((b'e', topic)),
         "p" if !topic.is_empty() => Some((b'p', topic)),
+        "c" if !topic.is_empty() => Some((b'c', topic)),
         _ => None,
     }
 }
@@ -95,6 +100,52 @@ pub fn durable(offset: u64, position: u64, namespace: i64, frame: &[u8]) -> Byte
     b.freeze()
 }
 
+/// The payload of an instance claim: `session` of `user` registered as
+/// `instance` at `at` (Unix ms). Each string is a big-endian u16 length
+/// then its bytes (all three are bounded well below 64 KiB).
+pub fn claim(user: &str, instance: &str, session: &str, at: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + 8 + 6 + user.len() + instance.len() + session.len());
+    b.put_u8(KIND_CLAIM);
+    b.put_u64(at);
+    for s in [user, instance, session] {
+        b.put_u16(u16::try_from(s.len()).unwrap_or(u16::MAX));
+        b.put_slice(&s.as_bytes()[..s.len().min(usize::from(u16::MAX))]);
+    }
+    b.freeze()
+}
+
+/// An instance claim, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The user.
+    pub user: String,
+    /// The instance id.
+    pub instance: String,
+    /// The new connection's session.
+    pub session: String,
+    /// When it registered (Unix ms).
+    pub at: u64,
+}
+
+fn decode_claim(p: &[u8]) -> Option<Claim> {
+    let mut at = [0u8; 8];
+    at.copy_from_slice(p.get(..8)?);
+    let mut rest = &p[8..];
+    let mut take = || {
+        let n = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+        let s = std::str::from_utf8(rest.get(2..2 + n)?).ok()?.to_owned();
+        rest = &rest[2 + n..];
+        Some(s)
+    };
+    let (user, instance, session) = (take()?, take()?, take()?);
+    Some(Claim {
+        user,
+        instance,
+        session,
+        at: u64::from_be_bytes(at),
+    })
+}
+
 /// A payload, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
@@ -102,6 +153,8 @@ pub enum Payload {
     Plain(Bytes),
     /// A presence notice's frame.
     Presence(Bytes),
+    /// An instance claim.
+    Claim(Claim),
     /// A durable event.
     Durable {
         /// Its offset in its topic.
@@ -121,6 +174,7 @@ pub fn decode(payload: &Bytes) -> Option<Payload> {
     match *payload.first()? {
         KIND_PLAIN if payload.len() > 1 => Some(Payload::Plain(payload.slice(1..))),
         KIND_PRESENCE if payload.len() > 1 => Some(Payload::Presence(payload.slice(1..))),
+        KIND_CLAIM => decode_claim(&payload[1..]).map(Payload::Claim),
         KIND_DURABLE if payload.len() > DURABLE_HEADER => {
             let n = |at: usize| {
                 let mut b = [0u8; 8];
@@ -174,6 +228,17 @@ mod tests {
             })
         );
         assert_eq!(decode(&presence(&f)), Some(Payload::Presence(f.clone())));
+        let c = claim("alice", "phone", "n1-2a", 77);
+        assert_eq!(
+            decode(&c),
+            Some(Payload::Claim(Claim {
+                user: "alice".into(),
+                instance: "phone".into(),
+                session: "n1-2a".into(),
+                at: 77
+            }))
+        );
+        assert_eq!(decode(&c.slice(..c.len() - 1)), None, "truncated");
         assert_eq!(decode(&Bytes::new()), None);
         assert_eq!(decode(&Bytes::from_static(&[KIND_PLAIN])), None);
         assert_eq!(decode(&Bytes::from_static(&[9, 1, 2])), None);
