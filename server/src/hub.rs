@@ -217,6 +217,11 @@ impl Hub {
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.metrics.connections.decrement(1.0);
         if let Some(user) = conn.user_arc() {
+            // Cluster mode: its row goes (a no-op if it never registered,
+            // or was replaced and removed from the map already).
+            if let Some(c) = self.cluster.get() {
+                c.connection_closed(conn);
+            }
             let mut users = self.users.lock();
             if let Some(entry) = users.get_mut(user) {
                 entry.conns.retain(|(id, _, _, _)| *id != conn.id);
@@ -241,6 +246,17 @@ impl Hub {
     /// Registers an authenticated connection under its user. A connection
     /// with the same `instance` is replaced: it gets `closing` and 4009.
     pub fn register(&self, conn: &Arc<Conn>, instance: Option<&str>) -> Result<(), RegisterError> {
+        self.register_with(conn, instance, 0)
+    }
+
+    /// [`Hub::register`], counting `remote` connections of the user on the
+    /// other nodes of a cluster against `max_connections_per_user`.
+    pub fn register_with(
+        &self,
+        conn: &Arc<Conn>,
+        instance: Option<&str>,
+        remote: usize,
+    ) -> Result<(), RegisterError> {
         let Some(user) = conn.user_arc() else {
             return Ok(());
         };
@@ -253,7 +269,8 @@ impl Hub {
                 .position(|(_, i, _, _)| i.as_deref() == Some(inst))?;
             Some(entry.conns.swap_remove(pos).2)
         });
-        if replaced.is_none() && entry.conns.len() >= self.config.max_connections_per_user {
+        if replaced.is_none() && entry.conns.len() + remote >= self.config.max_connections_per_user
+        {
             return Err(RegisterError::TooManyConnections);
         }
         let at = unix_ms();
@@ -263,8 +280,11 @@ impl Hub {
         drop(users);
         // Cluster mode: a connection of this instance on another node is
         // replaced too.
-        if let (Some(inst), Some(c)) = (instance, self.cluster.get()) {
-            c.claim_instance(user.as_ref(), inst, &conn.session, at);
+        if let Some(c) = self.cluster.get() {
+            c.connection_opened(conn);
+            if let Some(inst) = instance {
+                c.claim_instance(user.as_ref(), inst, &conn.session, at);
+            }
         }
         if let Some(old) = replaced {
             self.close_conn(

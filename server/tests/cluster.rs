@@ -140,7 +140,7 @@ impl Node {
 struct TestCluster {
     nodes: Vec<Node>,
     nats: Nats,
-    _db: TestDb,
+    db: TestDb,
     _config: tempfile::TempDir,
 }
 
@@ -161,7 +161,7 @@ impl TestCluster {
         std::fs::write(
             &config,
             format!(
-                "[[streams]]\npattern = \"orders.>\"\n\n[[http.api-keys]]\nname = \"ops\"\n\
+                "max-connections-per-user = 3\n\n[[streams]]\npattern = \"orders.>\"\n\n[[http.api-keys]]\nname = \"ops\"\n\
                  secret = \"{API_KEY}\"\noperations = [\"*\"]\ntopics = [\">\"]\n"
             ),
         )
@@ -173,7 +173,7 @@ impl TestCluster {
         let c = TestCluster {
             nodes,
             nats,
-            _db: db,
+            db,
             _config: dir,
         };
         for n in &c.nodes {
@@ -900,4 +900,41 @@ async fn idempotent_publishes_hold_across_nodes() {
             "stored twice: {e:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_connection_limit_counts_every_node() {
+    let Some(c) = TestCluster::start().await else {
+        return;
+    };
+    // max-connections-per-user is 3: one connection on each node...
+    let mut held = Vec::new();
+    for n in &c.nodes {
+        held.push(client(n.url(), "lim").await);
+    }
+    let count = || async {
+        use sqlx::Connection;
+        let mut db = sqlx::PgConnection::connect(c.db.url()).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM cluster_conns WHERE usr = 'lim'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        n
+    };
+    wait_for(|| async { count().await == 3 }).await;
+    // ...and a fourth, on any node, is refused.
+    let e = ClientBuilder::new(c.nodes[0].url())
+        .token(token("lim"))
+        .connect()
+        .await
+        .map(|_| ())
+        .expect_err("a fourth connection is refused");
+    assert!(
+        format!("{e:?}").contains("4004 (too_many_connections)"),
+        "{e:?}"
+    );
+    // One ends: its row goes, and a new one is let in.
+    held.pop().unwrap().close().await;
+    wait_for(|| async { count().await == 2 }).await;
+    held.push(client(c.nodes[1].url(), "lim").await);
 }

@@ -310,6 +310,31 @@ impl Cluster {
         }
     }
 
+    /// The connections of `user` on the other alive nodes (the per-user
+    /// limit is cluster-wide). 0 when the database cannot say: a database
+    /// outage does not lock users out (each node still applies the limit
+    /// to its own connections).
+    pub async fn remote_connections(&self, user: &str) -> usize {
+        let alive: Vec<String> = self.nodes_seen().into_iter().map(|n| n.id).collect();
+        match self.inner.presence.remote_connections(user, &alive).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot count a user's connections on other nodes");
+                0
+            }
+        }
+    }
+
+    /// An authenticated connection registered here.
+    pub fn connection_opened(&self, conn: &crate::conn::Conn) {
+        self.inner.presence.connection(conn, true);
+    }
+
+    /// A connection here ended.
+    pub fn connection_closed(&self, conn: &crate::conn::Conn) {
+        self.inner.presence.connection(conn, false);
+    }
+
     /// Tells the other nodes that `session` of `user` registered as
     /// `instance` at `at` (Unix ms): their older connection of that
     /// instance is replaced with 4009.

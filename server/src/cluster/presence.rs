@@ -83,6 +83,15 @@ pub(crate) enum Change {
         key: u64,
         info: Option<Bytes>,
     },
+    /// An authenticated connection here (the per-user limit).
+    ConnOpen {
+        session: Arc<str>,
+        user: Box<str>,
+    },
+    /// It ended.
+    ConnClose {
+        session: Arc<str>,
+    },
 }
 
 /// The presence side of a node: the listener the broker calls and the
@@ -182,6 +191,10 @@ impl ClusterPresence {
         local: &(dyn Fn(&str, &Bytes) + Sync),
     ) -> Result<u64, StorageError> {
         let rows = if own {
+            sqlx::query("DELETE FROM cluster_conns WHERE node = $1")
+                .bind(&*self.node)
+                .execute(&self.pool)
+                .await?;
             sqlx::query(
                 "DELETE FROM cluster_presence WHERE node = $1 RETURNING topic, session, usr",
             )
@@ -189,6 +202,10 @@ impl ClusterPresence {
             .fetch_all(&self.pool)
             .await?
         } else {
+            sqlx::query("DELETE FROM cluster_conns WHERE node <> ALL($1)")
+                .bind(alive)
+                .execute(&self.pool)
+                .await?;
             sqlx::query(
                 "DELETE FROM cluster_presence WHERE node <> ALL($1) RETURNING topic, session, usr",
             )
@@ -221,6 +238,38 @@ impl ClusterPresence {
 }
 
 impl ClusterPresence {
+    /// Records an authenticated connection here (or, `open` false, its
+    /// end) for the per-user limit of the other nodes.
+    pub(crate) fn connection(&self, conn: &Conn, open: bool) {
+        self.write(if open {
+            Change::ConnOpen {
+                session: conn.session.clone(),
+                user: conn.user().into(),
+            }
+        } else {
+            Change::ConnClose {
+                session: conn.session.clone(),
+            }
+        });
+    }
+
+    /// The connections of `user` on the other alive nodes.
+    pub async fn remote_connections(
+        &self,
+        user: &str,
+        alive: &[String],
+    ) -> Result<usize, StorageError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM cluster_conns WHERE usr = $1 AND node <> $2 AND node = ANY($3)",
+        )
+        .bind(user)
+        .bind(&*self.node)
+        .bind(alive)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// Writes `conn`'s membership of `topic` to the table again.
     pub(crate) fn rewrite(&self, topic: &str, conn: &Conn) {
         self.write(Change::Join {
@@ -321,6 +370,23 @@ async fn apply(p: &ClusterPresence, batch: &[Change]) -> Result<(), StorageError
                 sqlx::query("DELETE FROM cluster_presence WHERE topic = $1 AND key = $2")
                     .bind(&**topic)
                     .bind(key(*k))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Change::ConnOpen { session, user } => {
+                sqlx::query(
+                    "INSERT INTO cluster_conns (session, node, usr) VALUES ($1, $2, $3) \
+                     ON CONFLICT (session) DO UPDATE SET node = excluded.node, usr = excluded.usr",
+                )
+                .bind(&**session)
+                .bind(&*p.node)
+                .bind(&**user)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Change::ConnClose { session } => {
+                sqlx::query("DELETE FROM cluster_conns WHERE session = $1")
+                    .bind(&**session)
                     .execute(&mut *tx)
                     .await?;
             }

@@ -147,6 +147,9 @@ struct Driver<L> {
     tasks: Option<FuturesUnordered<BoxFuture<'static, Done>>>,
     aborts: IdMap<AbortHandle>,
     verify: Option<BoxFuture<'static, Result<Principal, AuthError>>>,
+    /// Cluster mode: the count of the user's connections on the other
+    /// nodes, then the registration (with the instance id) it is for.
+    registering: Option<(BoxFuture<'static, usize>, Option<String>)>,
     /// The principal an in-process session (the HTTP surface) runs as: its
     /// `auth` is answered with it instead of verifying the token it sends.
     preauth: Option<Principal>,
@@ -211,6 +214,7 @@ pub(crate) async fn drive<L: Link>(
         tasks: None,
         aborts: IdMap::default(),
         verify: None,
+        registering: None,
         preauth,
         verify_started: None,
         calls: IdMap::default(),
@@ -264,6 +268,7 @@ impl<L: Link> Driver<L> {
                 && !self.read_wake.readable.load(Ordering::Acquire)
                 && self.tasks.is_none()
                 && self.verify.is_none()
+                && self.registering.is_none()
                 && !sleep.is_elapsed()
                 && self.close == CloseStage::Open;
             let now = if quiet {
@@ -689,6 +694,16 @@ impl<L: Link> Driver<L> {
             self.core.handle_verified(now, SystemTime::now(), r);
             progress = true;
         }
+        if let Some((f, _)) = &mut self.registering
+            && let Poll::Ready(remote) = f.as_mut().poll(cx)
+        {
+            let instance = self.registering.take().and_then(|(_, i)| i);
+            let r = self
+                .hub
+                .register_with(&self.conn, instance.as_deref(), remote);
+            self.core.handle_registered(now, r);
+            progress = true;
+        }
         let Some(tasks) = &mut self.tasks else {
             return progress;
         };
@@ -805,9 +820,18 @@ impl<L: Link> Driver<L> {
                 }
                 Output::Register { user, instance } => {
                     tracing::Span::current().record("user", &*user);
-                    self.conn.set_user(user);
-                    let r = self.hub.register(&self.conn, instance.as_deref());
-                    self.core.handle_registered(now, r);
+                    self.conn.set_user(user.clone());
+                    if let Some(c) = self.hub.cluster.get().cloned() {
+                        // Cluster mode: the per-user limit counts the other
+                        // nodes' connections too (one database read).
+                        let count = async move { c.remote_connections(&user).await };
+                        self.registering = Some((Box::pin(count), instance));
+                        // Polled (and its waker registered) in the next turn.
+                        cx.waker().wake_by_ref();
+                    } else {
+                        let r = self.hub.register(&self.conn, instance.as_deref());
+                        self.core.handle_registered(now, r);
+                    }
                 }
                 Output::RaiseFrameLimit { max_frame_size } => {
                     self.link.set_max_message_size(max_frame_size);
@@ -885,6 +909,7 @@ impl<L: Link> Driver<L> {
             h.abort();
         }
         self.verify = None;
+        self.registering = None;
         self.close = CloseStage::Draining(code);
         // A closing callee takes no new calls (R5).
         self.hub.rpc.drop_conn(&self.conn);
@@ -1031,6 +1056,7 @@ impl<L: Link> Driver<L> {
     async fn finish(&mut self) {
         self.tasks = None;
         self.verify = None;
+        self.registering = None;
         let link = &mut self.link;
         let _ = tokio::time::timeout(
             FINAL_FLUSH_TIMEOUT,
