@@ -149,7 +149,8 @@ struct Driver<L> {
     verify: Option<BoxFuture<'static, Result<Principal, AuthError>>>,
     /// Cluster mode: the count of the user's connections on the other
     /// nodes, then the registration (with the instance id) it is for.
-    registering: Option<(BoxFuture<'static, usize>, Option<String>)>,
+    /// Boxed: rare, and not part of every connection's task.
+    registering: Option<Box<(BoxFuture<'static, usize>, Option<String>)>>,
     /// The principal an in-process session (the HTTP surface) runs as: its
     /// `auth` is answered with it instead of verifying the token it sends.
     preauth: Option<Principal>,
@@ -694,10 +695,10 @@ impl<L: Link> Driver<L> {
             self.core.handle_verified(now, SystemTime::now(), r);
             progress = true;
         }
-        if let Some((f, _)) = &mut self.registering
-            && let Poll::Ready(remote) = f.as_mut().poll(cx)
+        if let Some(r) = &mut self.registering
+            && let Poll::Ready(remote) = r.0.as_mut().poll(cx)
         {
-            let instance = self.registering.take().and_then(|(_, i)| i);
+            let instance = self.registering.take().and_then(|r| r.1);
             let r = self
                 .hub
                 .register_with(&self.conn, instance.as_deref(), remote);
@@ -825,7 +826,7 @@ impl<L: Link> Driver<L> {
                         // Cluster mode: the per-user limit counts the other
                         // nodes' connections too (one database read).
                         let count = async move { c.remote_connections(&user).await };
-                        self.registering = Some((Box::pin(count), instance));
+                        self.registering = Some(Box::new((Box::pin(count), instance)));
                         // Polled (and its waker registered) in the next turn.
                         cx.waker().wake_by_ref();
                     } else {
