@@ -259,6 +259,16 @@ impl Server {
         ));
         hub.lag.spawn_ticker();
         if hub.config.clustered() {
+            // The cluster's tables, also when no `[[streams]]` namespace
+            // opened the database (migrations are idempotent).
+            if !hub.config.no_migrate {
+                storage::migrate(&hub.config.store_options())
+                    .await
+                    .map_err(|source| StartError::Storage {
+                        url: hub.config.database_display(),
+                        source,
+                    })?;
+            }
             let c = cluster::Cluster::start(
                 &hub.config,
                 hub.node().into(),

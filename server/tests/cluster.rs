@@ -922,3 +922,41 @@ async fn the_per_user_connection_limit_counts_every_node() {
     wait_for(|| async { count().await == 2 }).await;
     held.push(client(c.nodes[1].url(), "lim").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_durable_namespaces_forms_and_fans_out() {
+    if std::env::var(NATS_ENV).map_or(true, |v| v.is_empty()) {
+        println!("cluster: skipped ({NATS_ENV} not set)");
+        return;
+    }
+    let Some(db) = TestDb::postgres().await else {
+        println!("cluster: skipped (PLEXUS_TEST_POSTGRES_URL not set)");
+        return;
+    };
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plain.toml");
+    std::fs::write(&config, "max-connections-per-user = 3\n").unwrap();
+    let mut nodes = Vec::new();
+    for i in 1..=2 {
+        nodes.push(start_node(i, &db, &nats.url(), &config, dir.path()).await);
+    }
+    for n in &nodes {
+        wait_for(|| async {
+            let (status, h) = n.health().await;
+            status == 200 && h["cluster"]["nodes"].as_array().map_or(0, Vec::len) == 2
+        })
+        .await;
+    }
+    let reader = client(nodes[1].url(), "reader").await;
+    let mut sub = reader.subscribe("chat.p").await.unwrap();
+    wait_for(|| async {
+        let connz = nats.connz().await;
+        conn_of(&connz, "n2")
+            .is_some_and(|c| c["subscriptions_list"].to_string().contains("e.chat.p"))
+    })
+    .await;
+    let publisher = client(nodes[0].url(), "pub").await;
+    publisher.publish("chat.p", &5u32).await.unwrap();
+    assert_eq!(plain(&mut sub).await, 5);
+}
