@@ -24,17 +24,28 @@
 # in-process and of the hub over WebSocket, on SQLite and on PostgreSQL (the
 # same PLEXUS_BENCH_POSTGRES_URL, a fresh database per run), writing
 # bench/results/<date>-sync.*. It needs no nats-server.
-# Loopback only; every run ends by itself.
+# `bench/run.sh --cluster [ARGS]` runs the cluster-mode group (issue 14;
+# `plexus-bench cluster ARGS`, about two minutes): the fan-out spread over
+# three nodes (a private nats-server, a fresh database on the same
+# PLEXUS_BENCH_POSTGRES_URL) beside a cluster of one node and the hub
+# alone, plain and durable topics, with the hubs' CPU seconds per 100,000
+# deliveries, writing bench/results/<date>-cluster.*.
+# Loopback only; every run ends by itself. The binaries are built into and
+# run from $CARGO_TARGET_DIR/release (default target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 durable=false
 sync=false
+cluster=false
 if [ "${1:-}" = "--durable" ]; then
   durable=true
   shift
 elif [ "${1:-}" = "--sync" ]; then
   sync=true
+  shift
+elif [ "${1:-}" = "--cluster" ]; then
+  cluster=true
   shift
 fi
 
@@ -45,7 +56,21 @@ if $sync; then
   fi
   export PLEXUS_BENCH_POSTGRES_URL="${PLEXUS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
   cargo build --release -p plexus-server -p plexus-bench
-  exec target/release/plexus-bench sync "$@"
+  exec "${CARGO_TARGET_DIR:-target}/release/plexus-bench" sync "$@"
+fi
+
+if $cluster; then
+  if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+    echo "bench: nats-server is missing; installing Debian's package" >&2
+    apt-get install -y nats-server || { echo "bench: run 'apt-get update && apt-get install nats-server'" >&2; exit 1; }
+  fi
+  if ! command -v psql >/dev/null; then
+    echo "bench: psql is missing; installing Debian's postgresql-client" >&2
+    apt-get install -y postgresql-client || { echo "bench: run 'apt-get update && apt-get install postgresql-client'" >&2; exit 1; }
+  fi
+  export PLEXUS_BENCH_POSTGRES_URL="${PLEXUS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+  cargo build --release -p plexus-server -p plexus-bench
+  exec "${CARGO_TARGET_DIR:-target}/release/plexus-bench" cluster "$@"
 fi
 
 http_only=false
@@ -79,6 +104,6 @@ fi
 cargo build --release -p plexus-server -p plexus-bench
 # The hub and the load generator raise their own soft limits to the hard one.
 if $durable; then
-  exec target/release/plexus-bench durable "$@"
+  exec "${CARGO_TARGET_DIR:-target}/release/plexus-bench" durable "$@"
 fi
-exec target/release/plexus-bench suite "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/plexus-bench" suite "$@"

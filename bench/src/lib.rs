@@ -18,6 +18,11 @@
 //! keep-alive and SSE fan-out, each beside the hub's own WebSocket figure
 //! of the same shape in the same run.
 //!
+//! The cluster-mode group ([`suite::ClusterSuite`], `plexus-bench
+//! cluster`) spreads the fan-out over a cluster of nodes (one NATS server,
+//! one PostgreSQL database) beside the same fan-out on one node, and
+//! reports the hubs' CPU time per 100,000 deliveries ([`cpu`]).
+//!
 //! Latency is measured from a timestamp the sender writes into each payload
 //! (nanoseconds since the load generator started), read by the receiver in
 //! the same process.
@@ -31,6 +36,7 @@
 )]
 
 pub mod clock;
+pub mod cpu;
 pub mod echo;
 pub mod nats;
 pub mod net;

@@ -24,7 +24,7 @@ use plexus_bench::scenario::{
     ConnectionsConfig, DurablePublishConfig, FanoutConfig, PreauthConfig, Rate, RpcConfig,
     StalledConfig, StormConfig,
 };
-use plexus_bench::suite::{BoxError, DurableSuite, HttpSuite, Suite};
+use plexus_bench::suite::{BoxError, ClusterSuite, DurableSuite, HttpSuite, Suite};
 use plexus_bench::{echo, nats, plexus};
 
 #[derive(Parser)]
@@ -197,6 +197,56 @@ enum Command {
         /// when the hub binary is found].
         #[arg(long, value_enum)]
         only: Vec<plexus_bench::suite::sync::Layer>,
+    },
+    /// Cluster mode (issue 14): the fan-out spread over a cluster of
+    /// nodes (one private nats-server, one fresh PostgreSQL database;
+    /// publisher on node 1, subscribers round-robin over the nodes) beside
+    /// a cluster of one node and the hub alone, on a plain and a durable
+    /// topic, saturating and at a fixed rate: delivered/s, delivery
+    /// latency and CPU seconds per 100,000 deliveries.
+    Cluster {
+        /// Shorter windows (a smoke test).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write `<date>-cluster.json` and `.md`.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// PostgreSQL server to create each run's database on (with
+        /// `psql`).
+        #[arg(
+            long,
+            env = "PLEXUS_BENCH_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/test"
+        )]
+        postgres_url: String,
+        /// Rounds [default: 1].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Nodes of the cluster.
+        #[arg(long, default_value_t = plexus_bench::suite::cluster::NODES)]
+        nodes: usize,
+        /// Subscribers per node (every setup has nodes × this many).
+        #[arg(long, default_value_t = plexus_bench::suite::cluster::SUBSCRIBERS_PER_NODE)]
+        subscribers_per_node: usize,
+        /// Payload bytes (at least 8: the timestamp).
+        #[arg(long, default_value_t = plexus_bench::suite::cluster::PAYLOAD)]
+        payload: usize,
+        /// Publishes in flight when saturating.
+        #[arg(long, default_value_t = plexus_bench::suite::FANOUT_WINDOW)]
+        window: usize,
+        /// The fixed rate, publishes/s [default: a tenth of the slowest
+        /// saturated publish rate of the same run].
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Warm-up of every run [default: 1s; --quick: 300ms].
+        #[arg(long)]
+        warmup: Option<humantime::Duration>,
+        /// Measured window of every run [default: 3s; --quick: 1s].
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
+        /// Only these topic kinds (repeatable) [default: plain and durable].
+        #[arg(long, value_enum)]
+        only: Vec<plexus_bench::plexus::cluster::TopicKind>,
     },
     /// One durable publish run (P publishers, each publish acknowledged
     /// after it was stored): Plexus on a hub it starts with a durable
@@ -709,6 +759,36 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 },
                 hub_args,
                 layers: only,
+            };
+            suite.run().await?;
+        }
+        Command::Cluster {
+            quick,
+            out,
+            postgres_url,
+            rounds,
+            nodes,
+            subscribers_per_node,
+            payload,
+            window,
+            rate,
+            warmup,
+            duration,
+            only,
+        } => {
+            let suite = ClusterSuite {
+                quick,
+                hub_args,
+                rounds,
+                nodes: nodes.max(1),
+                subscribers_per_node: subscribers_per_node.max(1),
+                payload,
+                window,
+                rate,
+                warmup: warmup.map(Into::into),
+                duration: duration.map(Into::into),
+                only,
+                ..ClusterSuite::new(hub_binary(cli.plexus)?, out, postgres_url)
             };
             suite.run().await?;
         }

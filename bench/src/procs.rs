@@ -138,26 +138,26 @@ impl HubBinary {
     /// per-user cap; every other setting at the hub's own default) plus
     /// `extra` flags.
     pub async fn start(&self, extra: &[String]) -> Result<HubProcess, ProcError> {
+        self.start_on("127.0.0.1:0", extra).await
+    }
+
+    /// [`start`](Self::start), listening on `listen` (e.g. `127.0.0.2:0`
+    /// for the second node of a cluster).
+    pub async fn start_on(&self, listen: &str, extra: &[String]) -> Result<HubProcess, ProcError> {
         let dir = tempfile::tempdir().map_err(|source| ProcError::Io {
             what: "tempdir".into(),
             source,
         })?;
         let mut cmd = Command::new(&self.path);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            BENCH_SECRET,
-        ])
-        .args(["--rate-per-sec", "100000000", "--rate-burst", "100000000"])
-        .args(["--max-connections-per-user", "1000000"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
+        cmd.args(["serve", "--listen", listen, "--jwt-secret", BENCH_SECRET])
+            .args(["--rate-per-sec", "100000000", "--rate-burst", "100000000"])
+            .args(["--max-connections-per-user", "1000000"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|source| ProcError::Io {
             what: format!("spawning {}", self.path.display()),
             source,

@@ -43,6 +43,11 @@ impl Window {
     pub fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_nanos(self.end.saturating_sub(now_nanos()))
     }
+
+    /// The start (the end of the warm-up) as a tokio deadline.
+    pub fn start_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_nanos(self.start.saturating_sub(now_nanos()))
+    }
 }
 
 fn nanos(d: Duration) -> u64 {

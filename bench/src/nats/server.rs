@@ -168,6 +168,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The server's resident set size in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         crate::procs::rss_kib(self.child.id()?)

@@ -157,6 +157,39 @@ impl PgDatabase {
             url,
         })
     }
+
+    /// The database's name (`plexus_bench_<pid>_<n>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The URL of the server's own database it was created from.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+/// The process ids of the PostgreSQL backends connected now to database
+/// `name` (from `pg_stat_activity`, read with `psql` on `base`), e.g. to
+/// sample their CPU time; empty if `psql` fails.
+pub async fn backend_pids(base: &str, name: &str) -> Vec<u32> {
+    let sql = format!(
+        "SELECT pid FROM pg_stat_activity WHERE datname = '{}'",
+        name.replace('\'', "''")
+    );
+    let out = tokio::process::Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-d", base, "-c", &sql])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 impl Drop for PgDatabase {

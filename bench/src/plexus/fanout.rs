@@ -11,10 +11,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::conn::{ConnError, Session, WAIT, Ws, connect_many};
+use super::conn::{ConnError, Session, WAIT, Ws, connect_many, connect_with};
 use super::frames::{event_payload, publish_frame, publish_window};
 use crate::clock::{now_nanos, read_stamp};
-use crate::procs::HubProcess;
+use crate::procs::{HubProcess, token};
 use crate::scenario::{FanoutConfig, FanoutResult, Rate};
 use crate::stats::Latency;
 use crate::window::Window;
@@ -274,35 +274,102 @@ pub(super) fn spawn_publishers(
 /// the window used is reported.
 pub async fn fanout(hub: &HubProcess, cfg: &FanoutConfig) -> FanoutResult {
     let url = hub.url();
-    let errors = Arc::new(AtomicU64::new(0));
-    let subs = connect_many(&url, &[], cfg.subscribers, 64, |i| Some(cfg.topic(i))).await;
-    let mut stalled: Vec<Ws> = connect_many(&url, &[], cfg.stalled, 16, |i| Some(cfg.topic(i)))
+    fanout_spread(&url, std::slice::from_ref(&url), cfg, |_| ())
         .await
-        .into_iter()
-        .filter_map(|s| s.ok().map(|s| s.ws))
-        .collect();
-    let pubs = connect_many(&url, &[], cfg.publishers, 16, |_| None).await;
+        .fanout
+}
+
+/// What [`fanout_spread`] measured: the fan-out's figures, the share of
+/// each subscriber URL, and what the probe returned.
+#[derive(Debug)]
+pub struct SpreadResult<T> {
+    /// The figures over every subscriber.
+    pub fanout: FanoutResult,
+    /// Events delivered in the window to the subscribers of each URL, in
+    /// the order of the URLs given.
+    pub delivered_by_url: Vec<u64>,
+    /// What `probe` returned.
+    pub probe: T,
+}
+
+/// The fan-out scenario with its clients spread over several hubs (the
+/// nodes of a cluster): the publishers on `publisher_url`, subscriber `i`
+/// (and stalled subscriber `i`) on `subscriber_urls[i % len]`. With one
+/// URL for both it is [`fanout()`]. `probe` is called with the measured
+/// window as soon as it is fixed, before any publish (e.g. to spawn a task
+/// sampling the hubs' CPU time at its start and end).
+pub async fn fanout_spread<T>(
+    publisher_url: &str,
+    subscriber_urls: &[String],
+    cfg: &FanoutConfig,
+    probe: impl FnOnce(Window) -> T,
+) -> SpreadResult<T> {
+    let errors = Arc::new(AtomicU64::new(0));
+    let subs = connect_spread(subscriber_urls, cfg.subscribers, 64, |i| Some(cfg.topic(i))).await;
+    let mut stalled: Vec<Ws> =
+        connect_spread(subscriber_urls, cfg.stalled, 16, |i| Some(cfg.topic(i)))
+            .await
+            .into_iter()
+            .filter_map(|s| s.ok().map(|s| s.ws))
+            .collect();
+    let pubs = connect_many(publisher_url, &[], cfg.publishers, 16, |_| None).await;
     let win = Window::after(cfg.warmup, cfg.duration);
+    let probe = probe(win);
+    let urls = subscriber_urls.len().max(1);
     let readers = spawn_readers(subs, &errors, |s| subscriber(s.ws, win, errors.clone()));
     let (published, used_window) = publish_all(pubs, cfg, win, &errors).await;
     let mut delivered = 0;
+    let mut delivered_by_url = vec![0; urls];
     let mut lat = Latency::new();
-    for r in readers {
+    // Readers are in subscriber order (a subscriber that failed to connect
+    // has none and was counted as an error), so they are matched to their
+    // URL only when every subscriber connected.
+    let all_connected = readers.len() == cfg.subscribers;
+    for (i, r) in readers.into_iter().enumerate() {
         if let Ok((n, l)) = r.await {
             delivered += n;
+            if all_connected {
+                delivered_by_url[i % urls] += n;
+            }
             lat.merge(&l);
         }
     }
     let stalled_closed = close_codes(&mut stalled, Duration::from_secs(5)).await;
-    FanoutResult {
-        published_per_sec: published as f64 / win.secs(),
-        delivered_per_sec: delivered as f64 / win.secs(),
-        latency: lat.summary(),
-        window: used_window,
-        stalled_closed,
-        errors: errors.load(Ordering::Relaxed),
-        histogram: lat,
+    SpreadResult {
+        fanout: FanoutResult {
+            published_per_sec: published as f64 / win.secs(),
+            delivered_per_sec: delivered as f64 / win.secs(),
+            latency: lat.summary(),
+            window: used_window,
+            stalled_closed,
+            errors: errors.load(Ordering::Relaxed),
+            histogram: lat,
+        },
+        delivered_by_url,
+        probe,
     }
+}
+
+/// Opens `n` subscriber connections (user `u<i>`), `concurrency` at a
+/// time, connection `i` to `urls[i % len]` subscribing to `topic(i)`.
+async fn connect_spread(
+    urls: &[String],
+    n: usize,
+    concurrency: usize,
+    topic: impl Fn(usize) -> Option<String>,
+) -> Vec<Result<Session, ConnError>> {
+    if urls.is_empty() {
+        return (0..n).map(|_| Err(ConnError::NoAnswer)).collect();
+    }
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let t = topic(i);
+            let url = &urls[i % urls.len()];
+            async move { connect_with(url, None, &token(&format!("u{i}")), t.as_deref()).await }
+        })
+        .buffered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
 }
 
 /// Reads what each connection had queued (all in parallel, for at most

@@ -8,12 +8,16 @@
 //!   head-to-head scenarios (the reconnect storm's harness is
 //!   [`crate::storm`]).
 //! - [`mod@durable`]: durable streams (publish after commit, catch-up).
+//! - [`mod@cluster`]: cluster mode (issue 14): nodes on one NATS server
+//!   and one PostgreSQL database, the fan-out spread over them, and the
+//!   CPU time it cost.
 //! - [`mod@preauth`], [`mod@stalled`]: the hub's memory bounds, measured as
 //!   RSS.
 //! - [`mod@http`], [`mod@sse`]: the HTTP surface (server API publish and
 //!   batch over HTTP/1.1 keep-alive, SSE fan-out), with [`mod@publish`]'s
 //!   WebSocket publishers of the same shape beside them.
 
+pub mod cluster;
 pub mod conn;
 pub mod connections;
 pub mod durable;
@@ -35,7 +39,7 @@ pub use conn::{
     open_from,
 };
 pub use connections::connections;
-pub use fanout::{close_codes, fanout};
+pub use fanout::{SpreadResult, close_codes, fanout, fanout_spread};
 pub use http::{api_publish, start_http};
 pub use preauth::{PREAUTH_HUB_ARGS, preauth};
 pub use publish::ws_publish;

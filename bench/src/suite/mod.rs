@@ -5,12 +5,14 @@
 //! repeated against it in the same round, right after the current one, so
 //! before/after figures come from the same run.
 
+pub mod cluster;
 pub mod durable;
 pub mod http;
 mod rounds;
 mod rows;
 pub mod sync;
 
+pub use cluster::ClusterSuite;
 pub use durable::DurableSuite;
 pub use http::HttpSuite;
 pub use sync::SyncSuite;
@@ -83,7 +85,17 @@ pub(crate) fn write_report(
     out: &std::path::Path,
     suffix: &str,
 ) -> Result<(), BoxError> {
-    let md = report.markdown();
+    write_report_with(report, out, suffix, "")
+}
+
+/// [`write_report`] with `extra` (markdown) after the report's table.
+pub(crate) fn write_report_with(
+    report: &Report,
+    out: &std::path::Path,
+    suffix: &str,
+    extra: &str,
+) -> Result<(), BoxError> {
+    let md = format!("{}{extra}", report.markdown());
     println!("{md}");
     std::fs::create_dir_all(out)?;
     let stem = format!("{}{suffix}", report.date.replace(':', "-"));
