@@ -35,6 +35,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Installs Debian's package of a missing tool, or says how to.
+need_psql() {
+  if ! command -v psql >/dev/null; then
+    echo "bench: psql is missing; installing Debian's postgresql-client" >&2
+    apt-get install -y postgresql-client || { echo "bench: run 'apt-get update && apt-get install postgresql-client'" >&2; exit 1; }
+  fi
+}
+need_nats() {
+  if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+    echo "bench: nats-server is missing; installing Debian's package" >&2
+    apt-get install -y nats-server || { echo "bench: run 'apt-get update && apt-get install nats-server'" >&2; exit 1; }
+  fi
+}
+
 durable=false
 sync=false
 cluster=false
@@ -50,24 +64,15 @@ elif [ "${1:-}" = "--cluster" ]; then
 fi
 
 if $sync; then
-  if ! command -v psql >/dev/null; then
-    echo "bench: psql is missing; installing Debian's postgresql-client" >&2
-    apt-get install -y postgresql-client || { echo "bench: run 'apt-get update && apt-get install postgresql-client'" >&2; exit 1; }
-  fi
+  need_psql
   export PLEXUS_BENCH_POSTGRES_URL="${PLEXUS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
   cargo build --release -p plexus-server -p plexus-bench
   exec "${CARGO_TARGET_DIR:-target}/release/plexus-bench" sync "$@"
 fi
 
 if $cluster; then
-  if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
-    echo "bench: nats-server is missing; installing Debian's package" >&2
-    apt-get install -y nats-server || { echo "bench: run 'apt-get update && apt-get install nats-server'" >&2; exit 1; }
-  fi
-  if ! command -v psql >/dev/null; then
-    echo "bench: psql is missing; installing Debian's postgresql-client" >&2
-    apt-get install -y postgresql-client || { echo "bench: run 'apt-get update && apt-get install postgresql-client'" >&2; exit 1; }
-  fi
+  need_nats
+  need_psql
   export PLEXUS_BENCH_POSTGRES_URL="${PLEXUS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
   cargo build --release -p plexus-server -p plexus-bench
   exec "${CARGO_TARGET_DIR:-target}/release/plexus-bench" cluster "$@"
@@ -94,10 +99,7 @@ if $durable; then
     fi
     export PLEXUS_BENCH_JETSTREAM_SERVER="$PWD/$js"
   fi
-  if ! command -v psql >/dev/null; then
-    echo "bench: psql is missing; installing Debian's postgresql-client" >&2
-    apt-get install -y postgresql-client || { echo "bench: run 'apt-get update && apt-get install postgresql-client'" >&2; exit 1; }
-  fi
+  need_psql
   export PLEXUS_BENCH_POSTGRES_URL="${PLEXUS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 fi
 

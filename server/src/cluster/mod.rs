@@ -282,6 +282,16 @@ impl Cluster {
         self.inner.seen.lock().clone()
     }
 
+    /// The ids of the nodes seen alive at the last heartbeat.
+    fn alive_ids(&self) -> Vec<String> {
+        self.inner
+            .seen
+            .lock()
+            .iter()
+            .map(|n| n.id.clone())
+            .collect()
+    }
+
     /// The link's counters.
     pub fn stats(&self) -> &LinkStats {
         &self.inner.stats
@@ -315,7 +325,7 @@ impl Cluster {
     /// outage does not lock users out (each node still applies the limit
     /// to its own connections).
     pub async fn remote_connections(&self, user: &str) -> usize {
-        let alive: Vec<String> = self.nodes_seen().into_iter().map(|n| n.id).collect();
+        let alive = self.alive_ids();
         match self.inner.presence.remote_connections(user, &alive).await {
             Ok(n) => n,
             Err(e) => {
@@ -361,7 +371,7 @@ impl Cluster {
         max_bytes: usize,
     ) -> Result<(Vec<plexus_protocol::methods::Member>, Option<u64>), StorageError> {
         let p = &self.inner.presence;
-        let alive: Vec<String> = self.nodes_seen().into_iter().map(|n| n.id).collect();
+        let alive = self.alive_ids();
         let remote = p.remote_page(topic, cursor, limit + 1, &alive).await?;
         let local = presence::local_from(p.tag, cursor).map_or_else(Vec::new, |from| {
             self.inner
