@@ -101,7 +101,7 @@ pub enum Command {
 #[derive(Debug)]
 pub enum RoutedEvent {
     /// The queued call has its callee now: invoke it.
-    Assigned(crate::rpc::Assignment<Arc<Conn>>),
+    Assigned(crate::rpc::Assignment<crate::rpc::Endpoint>),
     /// A non-final chunk of the callee's, in order.
     Chunk(RawValue),
     /// How the invocation ended.
@@ -138,11 +138,28 @@ pub enum InvokeEnd {
 /// call is never left unanswered.
 #[derive(Debug)]
 pub struct ReplyTo {
-    conn: Arc<Conn>,
+    back: Back,
     id: u64,
     call: u64,
     /// What a drop reports.
     dropped: Dropped,
+}
+
+/// Where a [`ReplyTo`] leads.
+#[derive(Debug)]
+enum Back {
+    /// The caller's connection, here.
+    Conn(Arc<Conn>),
+    /// A caller on another node, through the cluster's RPC link.
+    Remote(Arc<dyn Backward>),
+}
+
+/// What carries a routed call's news back to its caller on another node
+/// (the cluster's RPC link).
+pub trait Backward: Send + Sync + std::fmt::Debug {
+    /// Passes on `event` of the call the caller's node knows as `id`
+    /// (its call id), here call `call`; false if it cannot.
+    fn back(&self, id: u64, call: u64, event: RoutedEvent) -> bool;
 }
 
 /// What dropping a [`ReplyTo`] unsent reports.
@@ -159,7 +176,7 @@ impl ReplyTo {
     /// [`InvokeEnd::Lost`] if dropped unanswered.
     pub fn new(conn: Arc<Conn>, id: u64, call: u64) -> ReplyTo {
         ReplyTo {
-            conn,
+            back: Back::Conn(conn),
             id,
             call,
             dropped: Dropped::Lost,
@@ -170,10 +187,22 @@ impl ReplyTo {
     /// before [`assigned`](ReplyTo::assigned).
     pub fn waiter(conn: Arc<Conn>, id: u64, call: u64) -> ReplyTo {
         ReplyTo {
-            conn,
+            back: Back::Conn(conn),
             id,
             call,
             dropped: Dropped::NoCallee,
+        }
+    }
+
+    /// The way back to a caller on another node, whose node knows the
+    /// call as `id`, here call `call`; reports [`InvokeEnd::Lost`] if
+    /// dropped unanswered.
+    pub fn remote(link: Arc<dyn Backward>, id: u64, call: u64) -> ReplyTo {
+        ReplyTo {
+            back: Back::Remote(link),
+            id,
+            call,
+            dropped: Dropped::Lost,
         }
     }
 
@@ -183,14 +212,17 @@ impl ReplyTo {
     }
 
     fn send(&self, event: RoutedEvent) -> bool {
-        self.conn
-            .out
-            .routed(Command::Routed {
-                id: self.id,
-                call: self.call,
-                event,
-            })
-            .is_ok()
+        match &self.back {
+            Back::Conn(conn) => conn
+                .out
+                .routed(Command::Routed {
+                    id: self.id,
+                    call: self.call,
+                    event,
+                })
+                .is_ok(),
+            Back::Remote(link) => link.back(self.id, self.call, event),
+        }
     }
 
     /// Passes on a chunk; false if the caller is gone.
@@ -205,7 +237,7 @@ impl ReplyTo {
     }
 
     /// Hands a queued call its callee; false if the caller is gone.
-    pub fn assigned(mut self, a: crate::rpc::Assignment<Arc<Conn>>) -> bool {
+    pub fn assigned(mut self, a: crate::rpc::Assignment<crate::rpc::Endpoint>) -> bool {
         self.dropped = Dropped::Nothing;
         self.send(RoutedEvent::Assigned(a))
     }

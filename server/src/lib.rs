@@ -283,6 +283,7 @@ impl Server {
                     h.instance_claimed(&claim.user, &claim.instance, &claim.session, claim.at);
                 }
             }));
+            c.start_rpc(hub.clone()).await?;
             let _ = hub.cluster.set(c);
         }
         if let Some(engine) = &hub.sync {

@@ -960,3 +960,257 @@ async fn a_cluster_without_durable_namespaces_forms_and_fans_out() {
     publisher.publish("chat.p", &5u32).await.unwrap();
     assert_eq!(plain(&mut sub).await, 5);
 }
+
+/// A client of `user` on `url` that may register, call and list every
+/// procedure.
+async fn rpc_client(url: String, user: &str) -> Client {
+    let mut claims = plexus_testkit::token::claims(user, &[">"], &[">"], true);
+    claims["plexus"]["rpc_register"] = serde_json::json!([">"]);
+    claims["plexus"]["rpc_call"] = serde_json::json!([">"]);
+    claims["plexus"]["rpc_admin"] = serde_json::json!(true);
+    let token = plexus_testkit::token::sign(&claims, jsonwebtoken::Algorithm::HS256, SECRET);
+    ClientBuilder::new(url)
+        .token(token)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The error code of a failed routed call.
+fn rpc_code(r: Result<plexus_client::RawValue, plexus_client::Error>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .code()
+            .map_or_else(|| format!("{e}"), |c| c.as_str().to_owned()),
+    }
+}
+
+/// Says who served: `node:caller`.
+async fn echo_on(
+    c: &Client,
+    procedure: &str,
+    node: &'static str,
+    policy: plexus_client::protocol::methods::rpc::Policy,
+) -> Result<plexus_client::Registration, plexus_client::Error> {
+    c.register_with(
+        procedure,
+        plexus_client::RegisterOptions::new().policy(policy),
+        move |inv: plexus_client::Invocation| async move {
+            Ok::<_, plexus_client::protocol::WireError>(format!("{node}:{}", inv.caller.sub))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_calls_cross_nodes_with_the_policy_streams_timeouts_and_conflicts() {
+    use plexus_client::protocol::methods::rpc::Policy;
+    let Some(c) = TestCluster::start().await else {
+        return;
+    };
+    let svc2 = rpc_client(c.nodes[1].url(), "svc2").await;
+    let svc3 = rpc_client(c.nodes[2].url(), "svc3").await;
+    let caller = rpc_client(c.nodes[0].url(), "carol").await;
+    // Nobody anywhere: answered at once.
+    assert_eq!(
+        rpc_code(caller.rpc_call("svc.echo", &()).await),
+        "no_callee"
+    );
+
+    let r2 = echo_on(&svc2, "svc.echo", "n2", Policy::RoundRobin)
+        .await
+        .unwrap();
+    let _r3 = echo_on(&svc3, "svc.echo", "n3", Policy::RoundRobin)
+        .await
+        .unwrap();
+    wait_for(|| async { caller_sees(&caller, "svc.echo").await == 2 }).await;
+    // Round robin over both remote callees, and the caller attested.
+    let mut served = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..20 {
+        let v = caller.rpc_call("svc.echo", &()).await.unwrap();
+        *served.entry(v.decode::<String>().unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        served.into_iter().collect::<Vec<_>>(),
+        [("n2:carol".to_owned(), 10), ("n3:carol".to_owned(), 10)]
+    );
+
+    // The policy is the cluster's: another one is a conflict on any node,
+    // and so is a second callee of a `single` procedure.
+    let local = rpc_client(c.nodes[0].url(), "svc1").await;
+    let e = echo_on(&local, "svc.echo", "n1", Policy::Random)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.as_str()), Some("conflict"));
+    let _one = echo_on(&svc2, "svc.one", "n2", Policy::Single)
+        .await
+        .unwrap();
+    let e = echo_on(&svc3, "svc.one", "n3", Policy::Single)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.as_str()), Some("conflict"));
+
+    // Progressive results cross nodes with credit: more chunks than the
+    // window, in order.
+    let _count = svc3
+        .register_stream(
+            "svc.count",
+            plexus_client::RegisterOptions::new(),
+            |inv: plexus_client::Invocation| {
+                let n: u32 = inv.decode().unwrap_or(3);
+                futures_util::stream::iter((1..=n).map(Ok::<_, plexus_client::protocol::WireError>))
+            },
+        )
+        .await
+        .unwrap();
+    wait_for(|| async { caller_sees(&caller, "svc.count").await == 1 }).await;
+    let mut s = caller
+        .rpc_call_stream("svc.count", &200u32, &plexus_client::CallOptions::new())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = tokio::time::timeout(WAIT, s.next()).await.unwrap() {
+        got.push(item.unwrap().decode::<u32>().unwrap());
+    }
+    assert_eq!(got, (1..=200).collect::<Vec<_>>());
+
+    // The hub's deadline holds across nodes, and interrupts the callee.
+    let (dropped_tx, mut dropped_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _hang = svc2
+        .register("svc.hang", move |_inv: plexus_client::Invocation| {
+            let guard = DropSignal(dropped_tx.clone());
+            async move {
+                let _g = guard;
+                std::future::pending::<()>().await;
+                Ok::<u32, plexus_client::protocol::WireError>(0)
+            }
+        })
+        .await
+        .unwrap();
+    wait_for(|| async { caller_sees(&caller, "svc.hang").await == 1 }).await;
+    let opts = plexus_client::CallOptions::new().timeout(Duration::from_millis(300));
+    assert_eq!(
+        rpc_code(caller.rpc_call_with("svc.hang", &(), &opts).await),
+        "timeout"
+    );
+    tokio::time::timeout(WAIT, dropped_rx.recv())
+        .await
+        .expect("the callee is interrupted")
+        .unwrap();
+    // Cancelling (dropping the call) interrupts it too.
+    let call = caller.rpc_call("svc.hang", &());
+    let _ = tokio::time::timeout(Duration::from_millis(300), call).await;
+    tokio::time::timeout(WAIT, dropped_rx.recv())
+        .await
+        .expect("the cancelled callee is interrupted")
+        .unwrap();
+
+    // An unregistered callee leaves every node's directory.
+    drop(r2);
+    wait_for(|| async { caller_sees(&caller, "svc.echo").await == 1 }).await;
+    for _ in 0..5 {
+        let v = caller.rpc_call("svc.echo", &()).await.unwrap();
+        assert_eq!(v.decode::<String>().unwrap(), "n3:carol");
+    }
+}
+
+/// Tells when it is dropped (a handler's future interrupted).
+struct DropSignal(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// The callees of `procedure` `rpc.list` shows on the caller's node.
+async fn caller_sees(caller: &Client, procedure: &str) -> usize {
+    use plexus_client::protocol::methods::rpc::{ListParams, ListResult};
+    let Ok(v) = caller.call("rpc.list", &ListParams::default()).await else {
+        return 0;
+    };
+    let list: ListResult = v.decode().unwrap();
+    list.procedures
+        .iter()
+        .find(|p| p.procedure == procedure)
+        .map_or(0, |p| p.callees.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_s_callees_fail_callee_lost_and_its_callers_calls_are_interrupted() {
+    let Some(mut c) = TestCluster::start().await else {
+        return;
+    };
+    // A callee on node 2 that never answers, called from node 1.
+    let svc = rpc_client(c.nodes[1].url(), "svc").await;
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _reg = svc
+        .register("svc.hang", move |_inv: plexus_client::Invocation| {
+            let started = started_tx.clone();
+            async move {
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+                Ok::<u32, plexus_client::protocol::WireError>(0)
+            }
+        })
+        .await
+        .unwrap();
+    let caller = rpc_client(c.nodes[0].url(), "carol").await;
+    wait_for(|| async { caller_sees(&caller, "svc.hang").await == 1 }).await;
+    let opts = plexus_client::CallOptions::new().timeout(Duration::from_secs(60));
+    let call = {
+        let caller = caller.clone();
+        tokio::spawn(async move { caller.rpc_call_with("svc.hang", &(), &opts).await })
+    };
+    tokio::time::timeout(WAIT, started_rx.recv()).await.unwrap();
+    // Its node dies: the call fails `callee_lost` within the node expiry
+    // (1 s here), long before its own deadline.
+    let killed = std::time::Instant::now();
+    c.nodes[1].kill9().await;
+    let r = tokio::time::timeout(WAIT, call).await.unwrap().unwrap();
+    let lost_after = killed.elapsed();
+    assert_eq!(rpc_code(r), "callee_lost");
+    assert!(lost_after < Duration::from_secs(5), "{lost_after:?}");
+    // And nobody is left to call: no ghost callee.
+    wait_for(|| async { caller_sees(&caller, "svc.hang").await == 0 }).await;
+    assert_eq!(
+        rpc_code(caller.rpc_call("svc.hang", &()).await),
+        "no_callee"
+    );
+    println!("callee_lost {lost_after:?} after the callee's node was killed (expiry 1s)");
+
+    // A caller's node dies with its call in flight: the callee elsewhere
+    // is interrupted.
+    let svc1 = rpc_client(c.nodes[0].url(), "svc1").await;
+    let (dropped_tx, mut dropped_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _reg1 = svc1
+        .register("svc.wait", move |_inv: plexus_client::Invocation| {
+            let guard = DropSignal(dropped_tx.clone());
+            let started = started_tx.clone();
+            async move {
+                let _g = guard;
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+                Ok::<u32, plexus_client::protocol::WireError>(0)
+            }
+        })
+        .await
+        .unwrap();
+    let far = rpc_client(c.nodes[2].url(), "dave").await;
+    wait_for(|| async { caller_sees(&far, "svc.wait").await == 1 }).await;
+    let far_call = {
+        let far = far.clone();
+        let opts = plexus_client::CallOptions::new().timeout(Duration::from_secs(60));
+        tokio::spawn(async move { far.rpc_call_with("svc.wait", &(), &opts).await })
+    };
+    tokio::time::timeout(WAIT, started_rx.recv()).await.unwrap();
+    c.nodes[2].kill9().await;
+    tokio::time::timeout(Duration::from_secs(10), dropped_rx.recv())
+        .await
+        .expect("the callee is interrupted when its caller's node dies")
+        .unwrap();
+    far_call.abort();
+}

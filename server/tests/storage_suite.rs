@@ -1069,7 +1069,7 @@ async fn migrations_apply_once_and_topics_list(f: Fixture) {
     // `plexus migrate` applies them once.
     assert_eq!(
         plexus_server::storage::migrate(&f.options).await.unwrap(),
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
     assert!(
         plexus_server::storage::migrate(&f.options)

@@ -24,6 +24,7 @@
 pub mod interest;
 pub mod nodes;
 pub mod presence;
+pub mod rpc;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -104,6 +105,17 @@ struct Inner {
     presence: Arc<presence::ClusterPresence>,
     /// What to do with another node's instance claim (set by the hub).
     on_claim: std::sync::OnceLock<ClaimHandler>,
+    /// The ids of the nodes alive at the last heartbeat, for the RPC task.
+    alive: watch::Sender<Vec<String>>,
+    /// Whether the link is up, for the RPC task.
+    link: watch::Sender<bool>,
+    /// The RPC directory and call link (set by [`Cluster::start_rpc`]).
+    rpc: std::sync::OnceLock<rpc::ClusterRpc>,
+    /// The database pool (nodes, presence, directory).
+    pool: sqlx::PgPool,
+    expiry: Duration,
+    outbound_queue: usize,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// A node of a cluster: its NATS link and its view of the others.
@@ -234,6 +246,13 @@ impl Cluster {
             body_at: crate::streams::frame_from_body(&[]).len(),
             presence: presence.clone(),
             on_claim: std::sync::OnceLock::new(),
+            alive: watch::Sender::new(Vec::new()),
+            link: watch::Sender::new(false),
+            rpc: std::sync::OnceLock::new(),
+            pool: nodes.pool().clone(),
+            expiry: config.cluster_node_expiry.0,
+            outbound_queue: config.cluster_outbound_queue,
+            shutdown: shutdown.clone(),
         });
         // Every node hears every instance claim.
         inner.interest.change(wire::CONTROL_KEY, 1);
@@ -265,6 +284,33 @@ impl Cluster {
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// Starts routed RPC across nodes for `hub` (once, after the hub
+    /// exists): the directory of registrations and the call link.
+    pub async fn start_rpc(&self, hub: Arc<crate::hub::Hub>) -> Result<(), ClusterError> {
+        let i = &self.inner;
+        let r = rpc::start(
+            hub,
+            i.client.clone(),
+            i.prefix.clone(),
+            i.node.clone(),
+            i.pool.clone(),
+            i.expiry,
+            i.outbound_queue,
+            i.alive.subscribe(),
+            i.link.subscribe(),
+            i.shutdown.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let _ = i.rpc.set(r);
+        Ok(())
+    }
+
+    /// The RPC directory and call link, once started.
+    pub fn rpc(&self) -> Option<&rpc::ClusterRpc> {
+        self.inner.rpc.get()
     }
 
     /// Whether the NATS link is up.
@@ -575,6 +621,7 @@ async fn run_events(
         match ev {
             LinkEvent::Up => {
                 let was = inner.up.swap(true, Ordering::AcqRel);
+                inner.link.send_replace(true);
                 metrics::gauge!("plexus_cluster_link_up").set(1.0);
                 tracing::info!(node = %inner.node, "cluster link up");
                 if !was {
@@ -582,6 +629,7 @@ async fn run_events(
                 }
             }
             LinkEvent::Down => {
+                inner.link.send_replace(false);
                 if inner.up.swap(false, Ordering::AcqRel) {
                     inner.stats.disconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(node = %inner.node, "cluster link down");
@@ -623,6 +671,13 @@ async fn run_heartbeat(
                 metrics::gauge!("plexus_cluster_nodes").set(seen.len() as f64);
                 let alive: Vec<String> = seen.iter().map(|n| n.id.clone()).collect();
                 *inner.seen.lock() = seen;
+                inner.alive.send_if_modified(|a| {
+                    let changed = *a != alive;
+                    if changed {
+                        a.clone_from(&alive);
+                    }
+                    changed
+                });
                 // The members of nodes that died leave.
                 let broker = inner.broker.clone();
                 if let Err(e) = inner

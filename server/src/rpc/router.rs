@@ -165,6 +165,8 @@ pub struct Router<E, W> {
     next_reg: RegId,
     next_call: CallId,
     rng: u64,
+    /// Handoffs made by [`Router::insert`].
+    pumped: Vec<Handoff<E, W>>,
 }
 
 /// FNV-1a over `key` then the registration id: the rendezvous score.
@@ -192,6 +194,7 @@ impl<E: Clone, W> Router<E, W> {
             next_reg: 1,
             next_call: 1,
             rng: seed | 1,
+            pumped: Vec::new(),
         }
     }
 
@@ -212,7 +215,7 @@ impl<E: Clone, W> Router<E, W> {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// Registers `procedure` for connection `conn`.
+    /// Registers `procedure` for connection `conn` under a fresh id.
     pub fn register(
         &mut self,
         conn: ConnId,
@@ -222,6 +225,24 @@ impl<E: Clone, W> Router<E, W> {
         max_concurrency: usize,
         disclose: Vec<Box<str>>,
     ) -> Result<RegId, RouteError> {
+        self.check(conn, procedure, &policy)?;
+        let reg = self.next_reg;
+        self.next_reg += 1;
+        self.insert(
+            reg,
+            conn,
+            endpoint,
+            procedure,
+            policy,
+            max_concurrency,
+            disclose,
+        );
+        Ok(reg)
+    }
+
+    /// Whether `conn` may register `procedure` under `policy` now: the
+    /// bounds, the procedure's policy, a `single` procedure's callee.
+    pub fn check(&self, conn: ConnId, procedure: &str, policy: &Policy) -> Result<(), RouteError> {
         if matches!(policy, Policy::Unknown(_)) {
             return Err(RouteError::Conflict("unknown policy"));
         }
@@ -232,23 +253,44 @@ impl<E: Clone, W> Router<E, W> {
             ));
         }
         match self.procedures.get(procedure) {
-            Some(p) if p.policy != policy => {
-                return Err(RouteError::Conflict(
-                    "the procedure is registered under another policy",
-                ));
-            }
-            Some(p) if p.policy == Policy::Single && !p.callees.is_empty() => {
-                return Err(RouteError::Conflict(
-                    "the procedure has a single callee already",
-                ));
-            }
+            Some(p) if p.policy != *policy => Err(RouteError::Conflict(
+                "the procedure is registered under another policy",
+            )),
+            Some(p) if p.policy == Policy::Single && !p.callees.is_empty() => Err(
+                RouteError::Conflict("the procedure has a single callee already"),
+            ),
             None if self.procedures.len() >= self.limits.max_procedures => {
-                return Err(RouteError::TooMany("too many procedures on the hub"));
+                Err(RouteError::TooMany("too many procedures on the hub"))
             }
-            _ => {}
+            _ => Ok(()),
         }
-        let reg = self.next_reg;
-        self.next_reg += 1;
+    }
+
+    /// Inserts registration `reg` without checking the bounds (cluster
+    /// mode: `reg` is the id the shared registration table gave it, here
+    /// or on another node). Callees stay in id order, which is their
+    /// registration order. False, and nothing changes, if `reg` exists or
+    /// the procedure has another policy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(
+        &mut self,
+        reg: RegId,
+        conn: ConnId,
+        endpoint: E,
+        procedure: &str,
+        policy: Policy,
+        max_concurrency: usize,
+        disclose: Vec<Box<str>>,
+    ) -> bool {
+        if self.registrations.contains_key(&reg)
+            || self
+                .procedures
+                .get(procedure)
+                .is_some_and(|p| p.policy != policy)
+        {
+            return false;
+        }
+        self.next_reg = self.next_reg.max(reg + 1);
         let p = self
             .procedures
             .entry(procedure.into())
@@ -259,13 +301,17 @@ impl<E: Clone, W> Router<E, W> {
                 next: 0,
                 queue: VecDeque::new(),
             });
-        p.callees.push(Callee {
-            reg,
-            endpoint,
-            max_concurrency: max_concurrency.max(1),
-            in_flight: 0,
-            disclose: disclose.into(),
-        });
+        let at = p.callees.partition_point(|c| c.reg < reg);
+        p.callees.insert(
+            at,
+            Callee {
+                reg,
+                endpoint,
+                max_concurrency: max_concurrency.max(1),
+                in_flight: 0,
+                disclose: disclose.into(),
+            },
+        );
         self.registrations.insert(
             reg,
             RegInfo {
@@ -274,7 +320,50 @@ impl<E: Clone, W> Router<E, W> {
             },
         );
         *self.per_conn.entry(conn).or_default() += 1;
-        Ok(reg)
+        // A new callee may take queued calls.
+        let mut out = Vec::new();
+        let name: Box<str> = procedure.into();
+        self.pump(&name, &mut out);
+        self.pumped.extend(out);
+        true
+    }
+
+    /// Queued calls that [`insert`](Router::insert) dispatched, to deliver.
+    pub fn take_pumped(&mut self) -> Vec<Handoff<E, W>> {
+        std::mem::take(&mut self.pumped)
+    }
+
+    /// Withdraws registration `reg`, whoever holds it (cluster mode:
+    /// another node's callee left); as [`unregister`](Router::unregister).
+    pub fn remove(&mut self, reg: RegId) -> Vec<Handoff<E, W>> {
+        let mut out = Vec::new();
+        self.remove_registration(reg, &mut out);
+        out
+    }
+
+    /// The registrations of `conn`.
+    pub fn registrations_of(&self, conn: ConnId) -> Vec<RegId> {
+        if !self.per_conn.contains_key(&conn) {
+            return Vec::new();
+        }
+        self.registrations
+            .iter()
+            .filter(|(_, i)| i.conn == conn)
+            .map(|(r, _)| *r)
+            .collect()
+    }
+
+    /// Takes a slot at registration `reg` for call `call` even past its
+    /// bound (cluster mode: a call another node routed to a callee here;
+    /// that node bounds its own calls by the callee's `max_concurrency`),
+    /// so calls routed here see the callee busy. `None` if `reg` is gone.
+    pub fn take(&mut self, call: CallId, reg: RegId) -> Option<Assignment<E>> {
+        let info = self.registrations.get(&reg)?;
+        let p = self.procedures.get_mut(&info.procedure)?;
+        let i = p.callees.iter().position(|c| c.reg == reg)?;
+        let a = take_slot(p, i);
+        self.calls.insert(call, CallState::At(p.name.clone(), reg));
+        Some(a)
     }
 
     /// Withdraws registration `reg` of `conn` (decision R6): its calls in
@@ -325,16 +414,7 @@ impl<E: Clone, W> Router<E, W> {
     /// Every registration of `conn` vanishes (its session ended, R5).
     pub fn drop_conn(&mut self, conn: ConnId) -> Vec<Handoff<E, W>> {
         let mut out = Vec::new();
-        if !self.per_conn.contains_key(&conn) {
-            return out;
-        }
-        let regs: Vec<RegId> = self
-            .registrations
-            .iter()
-            .filter(|(_, i)| i.conn == conn)
-            .map(|(r, _)| *r)
-            .collect();
-        for r in regs {
+        for r in self.registrations_of(conn) {
             self.remove_registration(r, &mut out);
         }
         out

@@ -39,7 +39,7 @@ use crate::conn::{Command, Conn, InvokeEnd, ReplyTo, RoutedEvent};
 use crate::hub::Hub;
 use crate::idmap::IdMap;
 use crate::outbound::Push;
-use crate::rpc::{Assignment, CallId};
+use crate::rpc::{Assignment, CallId, Endpoint, RegId};
 
 /// How much longer than the call's deadline the callee's session waits for
 /// its answer: the call's own deadline decides first (R9).
@@ -48,14 +48,16 @@ pub const INVOKE_SLACK: Duration = Duration::from_secs(1);
 /// Builds a queued call's `rpc.invoke` params once its callee is known,
 /// at the given time (the deadline left is passed on).
 pub type BuildInvoke =
-    Box<dyn FnOnce(&Assignment<Arc<Conn>>, Instant) -> Result<RawValue, RequestError> + Send>;
+    Box<dyn FnOnce(&Assignment<Endpoint>, Instant) -> Result<RawValue, RequestError> + Send>;
 
 /// Where a routed call goes.
 pub enum Target {
     /// Invoke `callee` now with these `rpc.invoke` params.
     Now {
-        /// The callee's connection.
-        callee: Arc<Conn>,
+        /// The callee.
+        callee: Endpoint,
+        /// Its registration.
+        registration: RegId,
         /// The `rpc.invoke` params.
         params: RawValue,
     },
@@ -67,9 +69,10 @@ pub enum Target {
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Now { callee, .. } => {
-                f.debug_struct("Now").field("callee", &callee.id).finish()
-            }
+            Target::Now { registration, .. } => f
+                .debug_struct("Now")
+                .field("registration", registration)
+                .finish(),
             Target::Queued(_) => f.write_str("Queued"),
         }
     }
@@ -91,7 +94,7 @@ pub struct RoutedStart {
 
 enum State {
     Queued(BuildInvoke),
-    Invoked(Arc<Conn>),
+    Invoked(Endpoint, RegId),
 }
 
 struct Call {
@@ -156,9 +159,14 @@ impl Relay {
         env.core.set_deadline(id, start.deadline);
         let (state, now) = match start.target {
             Target::Queued(build) => (State::Queued(build), None),
-            Target::Now { callee, params } => {
-                (State::Invoked(callee.clone()), Some((callee, params)))
-            }
+            Target::Now {
+                callee,
+                registration,
+                params,
+            } => (
+                State::Invoked(callee.clone(), registration),
+                Some((callee, registration, params)),
+            ),
         };
         self.calls.insert(
             id,
@@ -175,14 +183,21 @@ impl Relay {
                 end: None,
             },
         );
-        if let Some((callee, params)) = now {
-            self.invoke(env, id, &callee, params);
+        if let Some((callee, reg, params)) = now {
+            self.invoke(env, id, &callee, reg, params);
         }
     }
 
     /// Sends the invocation to `callee`; a callee whose session is gone or
     /// full fails the call `callee_lost` at once.
-    fn invoke(&mut self, env: &mut Env<'_>, id: u64, callee: &Arc<Conn>, params: RawValue) {
+    fn invoke(
+        &mut self,
+        env: &mut Env<'_>,
+        id: u64,
+        callee: &Endpoint,
+        reg: RegId,
+        params: RawValue,
+    ) {
         let Some(c) = self.calls.get(&id) else { return };
         let cmd = Command::Invoke {
             call: c.call,
@@ -191,7 +206,7 @@ impl Relay {
             window: c.window,
             reply: ReplyTo::new(env.conn.clone(), id, c.call),
         };
-        if let Err(cmd) = callee.out.command(cmd) {
+        if let Err(cmd) = callee.command(reg, cmd) {
             if let Command::Invoke { reply, .. } = cmd {
                 reply.forget();
             }
@@ -209,13 +224,14 @@ impl Relay {
         match event {
             RoutedEvent::Assigned(a) => {
                 let State::Queued(_) = c.state else { return };
-                let State::Queued(build) =
-                    std::mem::replace(&mut c.state, State::Invoked(a.endpoint.clone()))
-                else {
+                let State::Queued(build) = std::mem::replace(
+                    &mut c.state,
+                    State::Invoked(a.endpoint.clone(), a.registration),
+                ) else {
                     return;
                 };
                 match build(&a, env.now) {
-                    Ok(params) => self.invoke(env, id, &a.endpoint, params),
+                    Ok(params) => self.invoke(env, id, &a.endpoint, a.registration, params),
                     // Nothing was sent to the callee.
                     Err(e) => self.complete(env, id, Err(e), false),
                 }
@@ -358,8 +374,8 @@ fn secs(now: Instant, started: Instant) -> f64 {
 /// queue leaves it to the callee's own timer, the deadline plus
 /// [`INVOKE_SLACK`]) and frees its slot.
 fn withdraw(hub: &Hub, c: &Call) {
-    if let State::Invoked(callee) = &c.state {
-        let _ = callee.out.command(Command::Withdraw { call: c.call });
+    if let State::Invoked(callee, reg) = &c.state {
+        let _ = callee.command(*reg, Command::Withdraw { call: c.call });
     }
     hub.rpc.finish(c.call);
 }
@@ -391,15 +407,18 @@ fn relay_chunk(
     c.uncredited += 1;
     // Credit goes back in batches of half the window.
     if c.uncredited >= (c.window / 2).max(1)
-        && let State::Invoked(callee) = &c.state
+        && let State::Invoked(callee, reg) = &c.state
     {
         let chunks = std::mem::take(&mut c.uncredited);
         // A callee whose queue is full or closed is ending or flooded; its
         // own session ends the invocation.
-        let _ = callee.out.command(Command::Credit {
-            call: c.call,
-            chunks,
-        });
+        let _ = callee.command(
+            *reg,
+            Command::Credit {
+                call: c.call,
+                chunks,
+            },
+        );
     }
     Ok(None)
 }

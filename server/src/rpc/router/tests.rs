@@ -294,3 +294,66 @@ fn bounds_on_registrations_and_procedures() {
     assert_eq!(rest.len(), LIMITS.max_procedures - 3);
     assert!(!more);
 }
+
+#[test]
+fn inserted_registrations_keep_id_order_and_are_not_duplicated() {
+    let mut r = router();
+    // Cluster mode: ids come from the shared table, out of order here.
+    assert!(r.insert(30, 3, 3, "svc.a", Policy::First, 1, Vec::new()));
+    assert!(r.insert(10, 1, 1, "svc.a", Policy::First, 1, Vec::new()));
+    assert!(!r.insert(10, 9, 9, "svc.a", Policy::First, 1, Vec::new()));
+    // Another policy is refused.
+    assert!(!r.insert(40, 4, 4, "svc.a", Policy::Last, 1, Vec::new()));
+    // `first` is the lowest id, whatever the order of insertion.
+    let (call, c) = now(&mut r, None);
+    assert_eq!(c, 1);
+    let (_, c2) = now(&mut r, None);
+    assert_eq!(c2, 3);
+    r.finish(call);
+    // A fresh local id never collides with an inserted one.
+    let reg = r
+        .register(5, 5, "svc.b", Policy::Single, 1, Vec::new())
+        .unwrap();
+    assert!(reg > 30);
+}
+
+#[test]
+fn an_inserted_callee_takes_queued_calls() {
+    let mut r = router();
+    callees(&mut r, Policy::RoundRobin, 1, 1);
+    let (_busy, _) = now(&mut r, None);
+    let call = r.next_call_id();
+    assert_eq!(
+        r.route(call, "svc.a", None, || call).unwrap(),
+        Routed::Queued
+    );
+    assert!(r.insert(100, 7, 7, "svc.a", Policy::RoundRobin, 1, Vec::new()));
+    let out = r.take_pumped();
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].call, out[0].assignment.endpoint), (call, 7));
+    assert!(r.take_pumped().is_empty());
+}
+
+#[test]
+fn take_goes_past_the_bound_and_remove_withdraws_any_registration() {
+    let mut r = router();
+    let regs = callees(&mut r, Policy::First, 1, 1);
+    let (_a, _) = now(&mut r, None);
+    // A call another node routed here takes a slot past the bound...
+    let remote = r.next_call_id();
+    let a = r.take(remote, regs[0]).unwrap();
+    assert_eq!(a.endpoint, 1);
+    // ...so local calls queue behind it.
+    let call = r.next_call_id();
+    assert_eq!(
+        r.route(call, "svc.a", None, || call).unwrap(),
+        Routed::Queued
+    );
+    let other = r.next_call_id();
+    assert_eq!(r.take(other, 999), None);
+    assert_eq!(r.registrations_of(1), regs);
+    // Removing the last callee drops the queued call (its waiter: no_callee).
+    assert!(r.remove(regs[0]).is_empty());
+    assert!(!r.has_callee("svc.a"));
+    assert!(r.registrations_of(1).is_empty());
+}

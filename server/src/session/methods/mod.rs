@@ -51,6 +51,9 @@ pub fn registry_with(config: &Config, durable: bool, sync: bool) -> Registry {
         presence::register_clustered(&mut r);
     }
     rpc::register(&mut r);
+    if config.clustered() {
+        rpc::register_clustered(&mut r);
+    }
     if sync {
         sync::register(&mut r);
     }

@@ -28,8 +28,8 @@ use plexus_protocol::topic::Topic;
 use plexus_protocol::{RawRef, RawValue, RpcMethod, duration_ms};
 
 use super::topic_error;
-use crate::conn::{Conn, ReplyTo};
-use crate::rpc::{Assignment, CallId, RouteError, Routed};
+use crate::conn::ReplyTo;
+use crate::rpc::{Assignment, CallId, Endpoint, RouteError, Routed};
 use crate::session::context::Ctx;
 use crate::session::error::{RequestError, params};
 use crate::session::registry::{Meta, Registry};
@@ -72,10 +72,71 @@ fn procedure(ctx: &Ctx<'_>, name: &str) -> Result<Topic, RequestError> {
     Topic::parse(name, ctx.config().max_topic_len).map_err(|e| topic_error("procedure", e))
 }
 
+/// Cluster mode: `rpc.register` goes through the cluster's directory
+/// (`crate::cluster::rpc`), so it is asynchronous.
+pub fn register_clustered(r: &mut Registry) {
+    r.asynchronous::<Register, _>(Meta::default(), register_clustered_procedure);
+}
+
+/// A checked registration: procedure, policy, concurrency, claims.
+struct Checked {
+    topic: Topic,
+    policy: Policy,
+    concurrency: usize,
+    disclose: Vec<Box<str>>,
+}
+
+fn register_clustered_procedure(
+    ctx: &mut Ctx<'_>,
+    p: RegisterParams<'_>,
+) -> Result<
+    futures_util::future::BoxFuture<'static, Result<RegisterResult, RequestError>>,
+    RequestError,
+> {
+    let c = check_register(ctx, p)?;
+    let hub = ctx.hub().clone();
+    let conn = ctx.conn().clone();
+    Ok(Box::pin(async move {
+        let Some(rpc) = hub.cluster.get().and_then(|c| c.rpc()).cloned() else {
+            return Err(RequestError::Unavailable {
+                message: "the cluster's directory is not ready".into(),
+                retry_after_ms: Some(crate::cluster::LINK_RETRY_AFTER_MS),
+            });
+        };
+        let reg = rpc
+            .register(
+                &hub,
+                &conn,
+                c.topic.as_str(),
+                c.policy,
+                c.concurrency,
+                c.disclose,
+            )
+            .await?;
+        Ok(RegisterResult::new(reg))
+    }))
+}
+
 fn register_procedure(
     ctx: &mut Ctx<'_>,
     p: RegisterParams<'_>,
 ) -> Result<RegisterResult, RequestError> {
+    let c = check_register(ctx, p)?;
+    let reg = ctx
+        .hub()
+        .rpc
+        .register(
+            ctx.conn(),
+            c.topic.as_str(),
+            c.policy,
+            c.concurrency,
+            c.disclose,
+        )
+        .map_err(route_error)?;
+    Ok(RegisterResult::new(reg))
+}
+
+fn check_register(ctx: &mut Ctx<'_>, p: RegisterParams<'_>) -> Result<Checked, RequestError> {
     let topic = procedure(ctx, p.procedure)?;
     if !ctx.caps().can_rpc_register(&topic) {
         return Err(RequestError::forbidden("register this procedure"));
@@ -113,19 +174,12 @@ fn register_procedure(
             "a claim name is empty or too long",
         ));
     }
-    let disclose = disclose.into_iter().map(Box::from).collect();
-    let reg = ctx
-        .hub()
-        .rpc
-        .register(
-            ctx.conn(),
-            topic.as_str(),
-            policy,
-            usize::try_from(conc).unwrap_or(usize::MAX),
-            disclose,
-        )
-        .map_err(route_error)?;
-    Ok(RegisterResult::new(reg))
+    Ok(Checked {
+        topic,
+        policy,
+        concurrency: usize::try_from(conc).unwrap_or(usize::MAX),
+        disclose: disclose.into_iter().map(Box::from).collect(),
+    })
 }
 
 fn unregister(ctx: &mut Ctx<'_>, p: UnregisterParams) -> Result<Empty, RequestError> {
@@ -159,7 +213,7 @@ fn list(ctx: &mut Ctx<'_>, p: ListParams<'_>) -> Result<ListResult, RequestError
                     CalleeInfo::new(
                         c.registration,
                         c.endpoint.user(),
-                        &*c.endpoint.session,
+                        c.endpoint.session(),
                         c.in_flight as u64,
                         c.max_concurrency as u64,
                     )
@@ -254,6 +308,7 @@ fn call(ctx: &mut Ctx<'_>, raw: &RawValue) -> Result<RoutedStart, RequestError> 
         ) {
             Ok(params) => Target::Now {
                 callee: a.endpoint,
+                registration: a.registration,
                 params,
             },
             Err(e) => {
@@ -285,7 +340,7 @@ fn call(ctx: &mut Ctx<'_>, raw: &RawValue) -> Result<RoutedStart, RequestError> 
 #[allow(clippy::too_many_arguments)]
 fn invoke_params(
     call: CallId,
-    a: &Assignment<Arc<Conn>>,
+    a: &Assignment<Endpoint>,
     procedure: &str,
     args: RawRef<'_>,
     caller: &CallerInfo,
