@@ -29,7 +29,9 @@
 # three nodes (a private nats-server, a fresh database on the same
 # PLEXUS_BENCH_POSTGRES_URL) beside a cluster of one node and the hub
 # alone, plain and durable topics, with the hubs' CPU seconds per 100,000
-# deliveries, writing bench/results/<date>-cluster.*.
+# deliveries, then routed RPC with the callers on node 1 and the callees on
+# the others (64×16 calls to one and to four callees, and 1×1) beside the
+# same on one node, writing bench/results/<date>-cluster.*.
 # Loopback only; every run ends by itself. The binaries are built into and
 # run from $CARGO_TARGET_DIR/release (default target/release).
 set -euo pipefail

@@ -247,6 +247,12 @@ enum Command {
         /// Only these topic kinds (repeatable) [default: plain and durable].
         #[arg(long, value_enum)]
         only: Vec<plexus_bench::plexus::cluster::TopicKind>,
+        /// Skip the routed-RPC part.
+        #[arg(long)]
+        no_rpc: bool,
+        /// Only the routed-RPC part (no fan-out).
+        #[arg(long, conflicts_with = "no_rpc")]
+        rpc_only: bool,
     },
     /// One durable publish run (P publishers, each publish acknowledged
     /// after it was stored): Plexus on a hub it starts with a durable
@@ -775,7 +781,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             warmup,
             duration,
             only,
+            no_rpc,
+            rpc_only,
         } => {
+            if rpc_only && !only.is_empty() {
+                return Err("--rpc-only and --only exclude each other".into());
+            }
             let suite = ClusterSuite {
                 quick,
                 hub_args,
@@ -788,6 +799,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 warmup: warmup.map(Into::into),
                 duration: duration.map(Into::into),
                 only,
+                fanout: !rpc_only,
+                rpc: !no_rpc,
                 ..ClusterSuite::new(hub_binary(cli.plexus)?, out, postgres_url)
             };
             suite.run().await?;

@@ -10,7 +10,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use plexus_protocol::frame::encode_result;
-use plexus_protocol::methods::rpc::{InvokeParams, Policy, RegisterParams};
+use plexus_protocol::methods::rpc::{CallParams, InvokeParams, Policy, RegisterParams};
 use plexus_protocol::{DecodeLimits, Frame};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -74,23 +74,46 @@ async fn answer(ws: Ws) {
 /// Runs `cfg.connections` callers with `cfg.in_flight` calls each through
 /// the hub at `url` to `callees` callees.
 pub async fn routed(url: &str, cfg: &RpcConfig, callees: usize) -> RpcResult {
+    routed_across(url, &[url.to_owned()], cfg, callees).await
+}
+
+/// Longest wait for the callees to be routable from the callers' node.
+const ROUTABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`routed`] with the callers on `caller_url` and callee `i` on
+/// `callee_urls[i % len]` (cluster mode: the calls cross nodes). Calls
+/// start once one probe call from the callers' node succeeds.
+pub async fn routed_across(
+    caller_url: &str,
+    callee_urls: &[String],
+    cfg: &RpcConfig,
+    callees: usize,
+) -> RpcResult {
     let callees = callees.max(1);
+    let failed = || RpcResult {
+        errors: cfg.connections.max(1) as u64,
+        ..RpcResult::default()
+    };
+    if callee_urls.is_empty() {
+        return failed();
+    }
     let share = (cfg.connections * cfg.in_flight).div_ceil(callees) as u64;
     for i in 0..callees {
+        let url = &callee_urls[i % callee_urls.len()];
         let started = match connect_with(url, None, &rpc_token(&format!("callee{i}")), None).await {
             Ok(s) => callee(s, share).await,
             Err(e) => Err(e),
         };
         if started.is_err() {
-            return RpcResult {
-                errors: cfg.connections.max(1) as u64,
-                ..RpcResult::default()
-            };
+            return failed();
         }
+    }
+    if !routable(caller_url).await {
+        return failed();
     }
     let conns: Vec<(Ws, usize)> = futures_util::stream::iter(0..cfg.connections)
         .map(|i| {
-            let url = url.to_owned();
+            let url = caller_url.to_owned();
             async move {
                 let s = connect_with(&url, None, &rpc_token(&format!("caller{i}")), None).await?;
                 let k = publish_window(cfg.in_flight, &s.limits, cfg.payload + 64);
@@ -102,6 +125,27 @@ pub async fn routed(url: &str, cfg: &RpcConfig, callees: usize) -> RpcResult {
         .collect()
         .await;
     calls(conns, cfg, call_frame).await
+}
+
+/// Whether a call from `url` reaches a callee within [`ROUTABLE_WAIT`]
+/// (another node's registrations reach this one's directory in a moment).
+async fn routable(url: &str) -> bool {
+    let Ok(mut s) = connect_with(url, None, &rpc_token("probe"), None).await else {
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + ROUTABLE_WAIT;
+    let bytes: &minicbor::bytes::ByteSlice = [0u8][..].into();
+    let Ok(item) = plexus_protocol::RawValue::encode(&bytes) else {
+        return false;
+    };
+    let params = CallParams::new(PROCEDURE).with_params(item.as_raw_ref());
+    while tokio::time::Instant::now() < deadline {
+        if call(&mut s.ws, 1, "rpc.call", &params).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// `[0, id, "rpc.call", {0: PROCEDURE, 1: h'…'}]`, written directly.
@@ -124,7 +168,6 @@ fn call_frame(id: u64, payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plexus_protocol::methods::rpc::CallParams;
 
     #[test]
     fn the_hand_written_call_frame_is_the_protocol_crate_s() {

@@ -10,8 +10,14 @@
 //! first saturating, then at a fixed rate, a tenth of the slowest
 //! saturated publish rate of the same run ([`FIXED_RATE_SHARE`]).
 //!
-//! Not measured here (not built yet in cluster mode): cross-node routed
-//! RPC and presence convergence.
+//! Routed RPC ([`RPC_SHAPES`]): callers on node 1, callees on the other
+//! nodes, so every call crosses nodes twice (invocation and answer),
+//! beside the same callers and callees on a cluster of one node and on the
+//! hub alone: calls/s and p50/p99.
+//!
+//! Not measured here: presence convergence (the cluster test
+//! `presence_is_cluster_wide_pages_across_nodes_and_expires_a_dead_node`
+//! prints it).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,9 +28,10 @@ use serde::Serialize;
 
 use super::{BoxError, FANOUT_WINDOW, write_report_with};
 use crate::plexus::cluster::{self, ClusterRun, Setup, TopicKind};
+use crate::plexus::routed::routed_across;
 use crate::procs::HubBinary;
 use crate::report::{Machine, Report, Row};
-use crate::scenario::{FanoutConfig, Rate};
+use crate::scenario::{FanoutConfig, Rate, RpcConfig, RpcResult};
 
 /// Nodes of the cluster setup.
 pub const NODES: usize = 3;
@@ -71,7 +78,17 @@ pub struct ClusterSuite {
     pub duration: Option<Duration>,
     /// Only these topic kinds [default: plain, then durable].
     pub only: Vec<TopicKind>,
+    /// Whether to run the fan-out parts [default: yes].
+    pub fanout: bool,
+    /// Whether to run the routed-RPC part [default: yes].
+    pub rpc: bool,
 }
+
+/// The routed-RPC shapes: (callers, calls in flight each, callees).
+pub const RPC_SHAPES: [(usize, usize, usize); 3] = [(64, 16, 1), (64, 16, 4), (1, 1, 1)];
+
+/// Payload bytes of a routed call (echoed back).
+pub const RPC_PAYLOAD: usize = 64;
 
 /// A group's figures for one setup: the median of each figure over the
 /// rounds.
@@ -189,6 +206,8 @@ impl ClusterSuite {
             warmup: None,
             duration: None,
             only: Vec::new(),
+            fanout: true,
+            rpc: true,
         }
     }
 
@@ -221,6 +240,7 @@ impl ClusterSuite {
     fn kinds(&self) -> Vec<TopicKind> {
         [TopicKind::Plain, TopicKind::Durable]
             .into_iter()
+            .filter(|_| self.fanout)
             .filter(|k| self.only.is_empty() || self.only.contains(k))
             .collect()
     }
@@ -232,6 +252,9 @@ impl ClusterSuite {
         let mut tables = String::from("\n## Side by side (medians)\n\n");
         for kind in self.kinds() {
             self.part(kind, &mut rows, &mut raw, &mut tables).await?;
+        }
+        if self.rpc {
+            self.rpc_part(&mut rows, &mut raw, &mut tables).await?;
         }
         let report = Report {
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -294,6 +317,69 @@ impl ClusterSuite {
         Ok(())
     }
 
+    /// Routed RPC: every shape on every setup, a fresh start each time
+    /// (callees of one shape must not serve the next).
+    async fn rpc_part(
+        &self,
+        rows: &mut Vec<Row>,
+        raw: &mut serde_json::Map<String, serde_json::Value>,
+        tables: &mut String,
+    ) -> Result<(), BoxError> {
+        let (warmup, duration) = self.timing();
+        let mut all = serde_json::Map::new();
+        for (callers, in_flight, callees) in RPC_SHAPES {
+            let cfg = RpcConfig {
+                connections: callers,
+                in_flight,
+                payload: RPC_PAYLOAD,
+                warmup,
+                duration,
+            };
+            let name = format!("routed RPC {callers}×{in_flight} → {callees} callee(s)");
+            let mut runs: BTreeMap<String, Vec<RpcResult>> = BTreeMap::new();
+            for _ in 0..self.rounds() {
+                for setup in self.setups() {
+                    eprintln!("cluster: {name}, {} …", setup.label());
+                    let running = cluster::start(
+                        &self.current,
+                        setup,
+                        TopicKind::Plain,
+                        &self.postgres,
+                        &self.hub_args,
+                    )
+                    .await?;
+                    let urls = running.urls();
+                    // Callers on node 1, callees on the others (all on
+                    // node 1 when it is alone).
+                    let callee_urls = if urls.len() > 1 {
+                        urls[1..].to_vec()
+                    } else {
+                        urls.clone()
+                    };
+                    let r = routed_across(&urls[0], &callee_urls, &cfg, callees).await;
+                    drop(running);
+                    eprintln!(
+                        "  {:.0} calls/s, p50 {:.0} µs, p99 {:.0} µs, errors {}",
+                        r.calls_per_sec, r.latency.p50_us, r.latency.p99_us, r.errors
+                    );
+                    runs.entry(setup.label()).or_default().push(r);
+                }
+            }
+            let med: BTreeMap<String, RpcSummary> = runs
+                .iter()
+                .map(|(k, v)| (k.clone(), rpc_summary(v)))
+                .collect();
+            rpc_rows(rows, &name, self.nodes.max(1), &med);
+            tables.push_str(&rpc_side_by_side(&name, &self.setups(), &med));
+            all.insert(
+                name,
+                serde_json::json!({ "config": cfg, "median": med, "runs": runs }),
+            );
+        }
+        raw.insert("routed_rpc".into(), all.into());
+        Ok(())
+    }
+
     /// Rows and the side-by-side table of one comparison.
     fn emit(
         &self,
@@ -346,6 +432,87 @@ impl ClusterSuite {
         }
         Ok(runs)
     }
+}
+
+/// A routed-RPC shape's figures for one setup: medians over the rounds.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RpcSummary {
+    /// Calls completed per second.
+    pub calls_per_sec: f64,
+    /// Round-trip latency, median.
+    pub p50_us: f64,
+    /// Round-trip latency, 99th percentile.
+    pub p99_us: f64,
+    /// Failed calls, the largest of any round.
+    pub errors: u64,
+}
+
+/// The medians of routed-RPC runs.
+pub fn rpc_summary(runs: &[RpcResult]) -> RpcSummary {
+    RpcSummary {
+        calls_per_sec: median(runs.iter().map(|r| r.calls_per_sec).collect()),
+        p50_us: median(runs.iter().map(|r| r.latency.p50_us).collect()),
+        p99_us: median(runs.iter().map(|r| r.latency.p99_us).collect()),
+        errors: runs.iter().map(|r| r.errors).max().unwrap_or(0),
+    }
+}
+
+/// The ratio rows of one routed-RPC shape: the cluster (calls crossing
+/// nodes) against the cluster of one and against the hub alone.
+pub fn rpc_rows(rows: &mut Vec<Row>, name: &str, nodes: usize, med: &BTreeMap<String, RpcSummary>) {
+    let big = Setup::Cluster { nodes }.label();
+    let one = Setup::Cluster { nodes: 1 }.label();
+    let alone = Setup::Alone.label();
+    let mut pairs = Vec::new();
+    if nodes > 1 {
+        pairs.extend([(&big, &one), (&big, &alone)]);
+    }
+    pairs.push((&one, &alone));
+    for (setup, base) in pairs {
+        let (Some(s), Some(b)) = (med.get(setup), med.get(base)) else {
+            continue;
+        };
+        rows.push(Row::new(
+            &format!("{name}, {setup}: calls/s"),
+            s.calls_per_sec,
+            base,
+            b.calls_per_sec,
+            true,
+        ));
+        rows.push(Row::new(
+            &format!("{name}, {setup}: p99 µs"),
+            s.p99_us,
+            base,
+            b.p99_us,
+            false,
+        ));
+    }
+}
+
+/// One routed-RPC shape's setups side by side (markdown).
+pub fn rpc_side_by_side(
+    name: &str,
+    setups: &[Setup],
+    med: &BTreeMap<String, RpcSummary>,
+) -> String {
+    let mut out = format!(
+        "### {name}\n\n| setup | calls/s | p50 µs | p99 µs | errors |\n|---|---:|---:|---:|---:|\n"
+    );
+    for setup in setups {
+        if let Some(s) = med.get(&setup.label()) {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                setup.label(),
+                fmt(s.calls_per_sec),
+                fmt(s.p50_us),
+                fmt(s.p99_us),
+                s.errors
+            );
+        }
+    }
+    out.push('\n');
+    out
 }
 
 /// The medians of every setup's runs.
@@ -489,6 +656,40 @@ mod tests {
             hub_cpu_per_100k: hub_cpu,
             ..Summary::default()
         }
+    }
+
+    #[test]
+    fn routed_rpc_is_compared_across_setups_with_medians() {
+        let r = |c: f64, p99: f64, e: u64| RpcResult {
+            calls_per_sec: c,
+            latency: crate::stats::Summary {
+                p99_us: p99,
+                ..Default::default()
+            },
+            errors: e,
+        };
+        let s = rpc_summary(&[r(100.0, 9.0, 0), r(300.0, 1.0, 2), r(200.0, 5.0, 1)]);
+        assert_eq!((s.calls_per_sec, s.p99_us, s.errors), (200.0, 5.0, 2));
+        let mut med = BTreeMap::new();
+        med.insert(
+            Setup::Cluster { nodes: 3 }.label(),
+            rpc_summary(&[r(50.0, 8.0, 0)]),
+        );
+        med.insert(
+            Setup::Cluster { nodes: 1 }.label(),
+            rpc_summary(&[r(100.0, 4.0, 0)]),
+        );
+        med.insert(Setup::Alone.label(), rpc_summary(&[r(200.0, 2.0, 0)]));
+        let mut rows = Vec::new();
+        rpc_rows(&mut rows, "x", 3, &med);
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows[0].ratio, 0.5);
+        let table = rpc_side_by_side("x", &[Setup::Cluster { nodes: 3 }, Setup::Alone], &med);
+        assert!(
+            table.contains("| cluster of 3 nodes | 50.00 | 0.000 | 8.00 | 0 |"),
+            "{table}"
+        );
+        assert!(!table.contains("cluster of 1 node"));
     }
 
     #[test]
