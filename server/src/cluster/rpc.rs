@@ -660,12 +660,16 @@ impl Task {
         let _ = self.client.flush().await;
     }
 
-    async fn publish(&self, subject: String, payload: Vec<u8>) {
+    /// Publishes; false if NATS refused it (too large for its
+    /// `max_payload`, or the client is closed).
+    async fn publish(&self, subject: String, payload: Vec<u8>) -> bool {
         if let Err(e) = self.client.publish(subject, Bytes::from(payload)).await {
             metrics::counter!("plexus_cluster_dropped_total").increment(1);
             tracing::debug!(error = %e, "cluster rpc publish failed");
+            false
         } else {
             metrics::counter!("plexus_cluster_sent_total").increment(1);
+            true
         }
     }
 
@@ -675,9 +679,11 @@ impl Task {
         }
     }
 
-    async fn send(&self, node: &str, m: &Msg) {
-        if let Ok(b) = minicbor::to_vec(m) {
-            self.publish(node_subject(&self.prefix, node), b).await;
+    /// Sends `m` to `node`; false if it could not be sent.
+    async fn send(&self, node: &str, m: &Msg) -> bool {
+        match minicbor::to_vec(m) {
+            Ok(b) => self.publish(node_subject(&self.prefix, node), b).await,
+            Err(_) => false,
         }
     }
 
@@ -765,7 +771,14 @@ impl Task {
             }
             _ => return,
         };
-        self.send(&node, &m).await;
+        if !self.send(&node, &m).await
+            && let Msg::Invoke { call, .. } = m
+            && let Some((_, reply)) = self.outgoing.remove(&call)
+        {
+            // Not sent (larger than NATS's `max_payload`, or the link is
+            // closed): the caller hears at once, not at its deadline.
+            reply.end(InvokeEnd::Lost);
+        }
     }
 
     /// A message on this node's subject.
@@ -903,13 +916,9 @@ impl Task {
                 self.remove(&node.into(), &regs);
             }
             Notice::Reset(node) if *node != *self.node => {
-                let node: Arc<str> = node.into();
-                let regs: Vec<RegId> = self
-                    .remote
-                    .get(&node)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default();
-                self.remove(&node, &regs);
+                // The node stopped, or started again: its earlier process
+                // is gone with its callees and calls.
+                self.node_dead(&node.into());
             }
             _ => {}
         }
